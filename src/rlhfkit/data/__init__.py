@@ -1,0 +1,33 @@
+"""Data: the JSONL record kinds (records) and importers for other published preference layouts (importers)."""
+
+from .importers import FORMATS, ImportReport, import_preferences
+from .records import (
+    KINDS,
+    PreferencePair,
+    PromptRecord,
+    Record,
+    SFTExample,
+    detect_kind,
+    load_records,
+    parse_record,
+    read_jsonl,
+    record_to_dict,
+    write_jsonl,
+)
+
+__all__ = [
+    "FORMATS",
+    "KINDS",
+    "ImportReport",
+    "PreferencePair",
+    "PromptRecord",
+    "Record",
+    "SFTExample",
+    "detect_kind",
+    "import_preferences",
+    "load_records",
+    "parse_record",
+    "read_jsonl",
+    "record_to_dict",
+    "write_jsonl",
+]

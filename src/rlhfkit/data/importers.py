@@ -1,0 +1,213 @@
+"""Import preference data published in other layouts as PreferencePair records.
+
+Formats:
+- trl:           the TRL preference layout: prompt/chosen/rejected as text or chat messages, or chosen/rejected
+                 as whole conversations with an implicit prompt (exactly what `parse_record(..., "preference")`
+                 accepts). Any malformed row fails the whole import.
+- hh:            Anthropic HH-RLHF: {"chosen": TRANSCRIPT, "rejected": TRANSCRIPT}, turns starting with
+                 "\\n\\nHuman: " and "\\n\\nAssistant: ". The prompt is the longest common prefix of the two
+                 transcripts cut back to end right after its last "\\n\\nAssistant:"; each response is the rest
+                 of its transcript with one leading space removed.
+- ultrafeedback: the binarized UltraFeedback layout: prompt (text), chosen/rejected (messages, user then
+                 assistant, or text), score_chosen/score_rejected (numbers). margin = score_chosen - score_rejected;
+                 a pair scored the wrong way round is swapped; a tie is skipped.
+
+Structural problems (missing field, wrong type, not a transcript) are a DataError naming file, line and field,
+and nothing is imported. Content problems in real data (an empty reply, two identical replies, a tie) skip the
+row and are listed in the ImportReport with their line numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from .records import PreferencePair, _messages, _prompt, _type_name, _Where, parse_record, read_jsonl
+
+FORMATS = ("trl", "hh", "ultrafeedback")
+
+HH_ASSISTANT = "\n\nAssistant:"
+_MAX_LINES_SHOWN = 10
+
+
+@dataclass
+class ImportReport:
+    source: str
+    format: str
+    read: int = 0
+    imported: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    swapped: list[int] = field(default_factory=list)  # lines whose chosen/rejected were swapped (ultrafeedback)
+
+    def summary(self) -> str:
+        """One line: what was imported, and which lines were skipped or swapped and why."""
+        text = f"imported {self.imported} of {self.read} records from {self.source}"
+        notes = []
+        if self.skipped:
+            by_reason: dict[str, list[int]] = {}
+            for line, reason in self.skipped:
+                by_reason.setdefault(reason, []).append(line)
+            parts = [f"{reason}: {_lines(lines)}" for reason, lines in by_reason.items()]
+            notes.append(f"{len(self.skipped)} skipped: " + "; ".join(parts))
+        if self.swapped:
+            notes.append(f"{len(self.swapped)} swapped because score_chosen < score_rejected: {_lines(self.swapped)}")
+        if notes:
+            text += " (" + "; ".join(notes) + ")"
+        return text
+
+
+def _lines(lines: list[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:_MAX_LINES_SHOWN])
+    word = "line" if len(lines) == 1 else "lines"
+    more = f" and {len(lines) - _MAX_LINES_SHOWN} more" if len(lines) > _MAX_LINES_SHOWN else ""
+    return f"{word} {shown}{more}"
+
+
+def _content_problem(chosen: str, rejected: str) -> str | None:
+    """Why a pair cannot be used though its row is well formed, or None."""
+    if not chosen.strip():
+        return "empty chosen reply"
+    if not rejected.strip():
+        return "empty rejected reply"
+    if chosen.strip() == rejected.strip():
+        return "chosen identical to rejected"
+    return None
+
+
+def _string_field(obj: dict, key: str, where: _Where) -> str:
+    if key not in obj:
+        raise where.fail(key, "missing")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise where.fail(key, f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def split_hh(chosen: str, rejected: str, where: _Where) -> tuple[str, str, str]:
+    """(prompt, chosen reply, rejected reply) from two HH-RLHF transcripts."""
+    n, limit = 0, min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    cut = chosen.rfind(HH_ASSISTANT, 0, n)
+    if cut < 0 or cut + len(HH_ASSISTANT) > n:
+        raise where.fail(
+            "chosen", "the chosen and rejected transcripts share no '\\n\\nAssistant:' turn; not an HH-RLHF transcript pair"
+        )
+    end = cut + len(HH_ASSISTANT)
+    prompt = chosen[:end]
+
+    def reply(text: str) -> str:
+        rest = text[end:]
+        return rest[1:] if rest.startswith(" ") else rest
+
+    return prompt, reply(chosen), reply(rejected)
+
+
+def _import_trl(obj: Any, where: _Where, report: ImportReport) -> PreferencePair | None:
+    return parse_record(obj, "preference", where)  # type: ignore[return-value]
+
+
+def _import_hh(obj: Any, where: _Where, report: ImportReport) -> PreferencePair | None:
+    if not isinstance(obj, dict):
+        raise where.fail(None, f"expected a JSON object with chosen and rejected, got {_type_name(obj)}")
+    chosen_text = _string_field(obj, "chosen", where)
+    rejected_text = _string_field(obj, "rejected", where)
+    prompt, chosen, rejected = split_hh(chosen_text, rejected_text, where)
+    problem = _content_problem(chosen, rejected)
+    if problem:
+        report.skipped.append((where.line, problem))  # type: ignore[arg-type]
+        return None
+    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, category=None, metadata={"source": "hh-rlhf"})
+
+
+def _score(obj: dict, key: str, where: _Where) -> float:
+    if key not in obj:
+        raise where.fail(key, "missing")
+    value = obj[key]
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise where.fail(key, f"expected a number, got {_type_name(value)}")
+    if not math.isfinite(value):
+        raise where.fail(key, f"expected a finite number, got {value}")
+    return value
+
+
+def _uf_reply(obj: dict, key: str, where: _Where) -> str:
+    """A reply given as text or as messages (user then assistant); the text of the last assistant turn."""
+    if key not in obj:
+        raise where.fail(key, "missing")
+    value = obj[key]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        msgs = _messages(value, key, where)
+        if msgs[-1]["role"] != "assistant":
+            raise where.fail(key, "the last message must be the assistant's reply")
+        return msgs[-1]["content"]
+    raise where.fail(key, f"expected a string or a list of messages, got {_type_name(value)}")
+
+
+def _import_ultrafeedback(obj: Any, where: _Where, report: ImportReport) -> PreferencePair | None:
+    if not isinstance(obj, dict):
+        raise where.fail(None, f"expected a JSON object, got {_type_name(obj)}")
+    prompt = _prompt(obj, where)
+    chosen = _uf_reply(obj, "chosen", where)
+    rejected = _uf_reply(obj, "rejected", where)
+    score_chosen = _score(obj, "score_chosen", where)
+    score_rejected = _score(obj, "score_rejected", where)
+    pair_id = obj.get("prompt_id")
+    if pair_id is not None and (not isinstance(pair_id, (str, int)) or isinstance(pair_id, bool)):
+        raise where.fail("prompt_id", f"expected a string or integer, got {_type_name(pair_id)}")
+    if score_chosen == score_rejected:
+        report.skipped.append((where.line, "tie"))  # type: ignore[arg-type]
+        return None
+    problem = _content_problem(chosen, rejected)
+    if problem:
+        report.skipped.append((where.line, problem))  # type: ignore[arg-type]
+        return None
+    metadata: dict[str, Any] = {"source": "ultrafeedback"}
+    if score_chosen < score_rejected:
+        chosen, rejected = rejected, chosen
+        score_chosen, score_rejected = score_rejected, score_chosen
+        report.swapped.append(where.line)  # type: ignore[arg-type]
+        metadata["swapped"] = True
+    metadata["score_chosen"] = score_chosen
+    metadata["score_rejected"] = score_rejected
+    return PreferencePair(
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        id=pair_id,
+        margin=float(score_chosen - score_rejected),
+        metadata=metadata,
+    )
+
+
+_IMPORTERS = {"trl": _import_trl, "hh": _import_hh, "ultrafeedback": _import_ultrafeedback}
+
+
+def import_preferences(path: str | Path, fmt: str) -> tuple[list[PreferencePair], ImportReport]:
+    """Read a whole file in layout `fmt`; return the pairs and a report of what was read, imported and skipped.
+
+    A malformed row raises DataError (file:line: field '...') and nothing is returned; so does a file with no
+    records, or one where every record was skipped.
+    """
+    if fmt not in _IMPORTERS:
+        raise DataError(f"unknown import format '{fmt}'; expected one of {', '.join(FORMATS)}")
+    convert = _IMPORTERS[fmt]
+    source = str(path)
+    report = ImportReport(source=source, format=fmt)
+    pairs: list[PreferencePair] = []
+    for lineno, obj in read_jsonl(path):
+        report.read += 1
+        pair = convert(obj, _Where(source, lineno), report)
+        if pair is not None:
+            pairs.append(pair)
+    report.imported = len(pairs)
+    if report.read == 0:
+        raise DataError(f"{source}: no records")
+    if not pairs:
+        raise DataError(f"{source}: no usable records ({report.summary()})")
+    return pairs, report

