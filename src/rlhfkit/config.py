@@ -164,6 +164,15 @@ STAGE_CONFIGS: dict[str, type[Strict]] = {
 }
 
 
+def describe(cls: type[BaseModel], key: str) -> str | None:
+    """A key's description, looked up through base classes (a subclass that changes a default keeps the meaning)."""
+    for klass in cls.__mro__:
+        fields = getattr(klass, "model_fields", {})
+        if key in fields and fields[key].description:
+            return fields[key].description
+    return None
+
+
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """Turn `a.b=1`, `--a.b=1` and `--a.b 1` into a nested dict with YAML-typed values."""
     flat: list[tuple[str, str]] = []

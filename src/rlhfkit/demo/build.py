@@ -27,7 +27,7 @@ from . import corpus
 
 @dataclass(frozen=True)
 class Recipe:
-    version: int = 1
+    version: int = 2
     pretrain_reviews: int = 20000
     sft_reviews: int = 4000
     train_prompts: int = 4000
@@ -103,6 +103,9 @@ def ensure_default(force: bool = False, recipe: Recipe = Recipe()) -> DefaultTas
 
 
 def build(out: Path, recipe: Recipe) -> None:
+    from ..models.loading import _quiet_transformers
+
+    _quiet_transformers()
     start = time.time()
     setup_torch(recipe.seed)
     train_openings, heldout_openings = corpus.split_openings(seed=recipe.seed)

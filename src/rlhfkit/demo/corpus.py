@@ -139,7 +139,7 @@ def _sentence(rng: random.Random, aspect: str, polarity: str, first: bool) -> st
     plural = aspect.endswith("s") and not aspect.endswith("ss")
     body = template.format(A=cap, a=aspect, adj=adj, adj2=adj2, was="were" if plural else "was")
     if connector:
-        body = f"{connector} {body[0].lower()}{body[1:]}" if not body.startswith(("I ", "We ")) else f"{connector} {body}"
+        body = f"{connector} {body[0].lower()}{body[1:]}" if not body.startswith("I ") else f"{connector} {body}"
     return body
 
 

@@ -21,6 +21,14 @@ from ..errors import ModelError
 ALIASES = ("default", "minilm")
 
 
+def _quiet_transformers() -> None:
+    """No per-load progress bars or advisory warnings from transformers inside our own progress output."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def resolve_model_path(name: str) -> Path:
     """Turn a model name or directory into a directory with an HF config, or raise ModelError."""
     if name == "default":
@@ -45,6 +53,7 @@ def load_tokenizer(path: str | Path, padding_side: str = "right"):
     """The model's tokenizer, with a pad token (the EOS token when it has none)."""
     from transformers import AutoTokenizer
 
+    _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:

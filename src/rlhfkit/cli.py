@@ -1,0 +1,180 @@
+"""The `rlhfkit` command: parse, load the config, call one stage. Errors a user can cause print one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+from . import config as cfg
+from .errors import RlhfkitError
+
+STAGE = {"allow_extra_args": True, "ignore_unknown_options": True}
+OVERRIDES = "Any config key can be overridden after the options: key=value, --key=value or --key value (nested: lora.r=16)."
+
+app = typer.Typer(help="rlhfkit: the RLHF loop end to end. Run `rlhfkit demo` for the whole loop on the embedded default.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Validate and import data files.", no_args_is_help=True)
+reward_app = typer.Typer(help="Train and evaluate reward models.", no_args_is_help=True)
+default_app = typer.Typer(help="The embedded default task (tiny review model, corpus, prompts).", no_args_is_help=True)
+config_app = typer.Typer(help="Show stage configs.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(reward_app, name="reward")
+app.add_typer(default_app, name="default")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; see `rlhfkit config show STAGE`.")
+
+
+def _load(stage: str, config: Optional[Path], ctx: typer.Context):
+    return cfg.load_config(cfg.STAGE_CONFIGS[stage], config, list(ctx.args))
+
+
+@app.command(context_settings=STAGE, epilog=OVERRIDES)
+def sft(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """Supervised fine-tuning (loss on response tokens only)."""
+    from .stages import sft as stage
+
+    stage.run(_load("sft", config, ctx))
+
+
+@app.command(context_settings=STAGE, epilog=OVERRIDES)
+def pairs(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """Sample two responses per prompt and have a simulated annotator panel label them."""
+    from .stages import pairs as stage
+
+    stage.run(_load("pairs", config, ctx))
+
+
+@reward_app.command("train", context_settings=STAGE, epilog=OVERRIDES)
+def reward_train(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """Train a Bradley-Terry reward model on preference pairs."""
+    from .stages import reward as stage
+
+    stage.train(_load("reward-train", config, ctx))
+
+
+@reward_app.command("eval", context_settings=STAGE, epilog=OVERRIDES)
+def reward_eval(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """Accuracy, calibration (ECE), margins and length bias of a reward model on preference pairs."""
+    from .stages import reward as stage
+
+    stage.evaluate(_load("reward-eval", config, ctx))
+
+
+@app.command(context_settings=STAGE, epilog=OVERRIDES)
+def dpo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """Direct preference optimisation (sigmoid, ipo, hinge, robust, simpo, orpo)."""
+    from .stages import dpo as stage
+
+    stage.run(_load("dpo", config, ctx))
+
+
+@app.command("eval", context_settings=STAGE, epilog=OVERRIDES)
+def eval_(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """Compare policies on held-out prompts: gold score, reward, length, distinct-2."""
+    from .evaluate import policy
+
+    policy.run(_load("eval", config, ctx))
+
+
+@app.command(context_settings=STAGE, epilog=OVERRIDES)
+def demo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """The whole loop on the embedded default: SFT, pairs, reward model, DPO, evaluation."""
+    from .stages import demo as stage
+
+    stage.run(_load("demo", config, ctx))
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Path = typer.Argument(..., help="JSONL file (.gz allowed)"),
+    kind: Optional[str] = typer.Option(None, help="sft, prompt or preference (default: guessed from the first record)"),
+):
+    """Check every record of a file against its schema; the first problem is reported with line and field."""
+    from .data.records import KINDS, detect_kind, load_records
+
+    if kind and kind not in KINDS:
+        raise cfg.ConfigError(f"--kind '{kind}': expected one of {', '.join(KINDS)}")
+    kind = kind or detect_kind(path)
+    records = load_records(path, kind)
+    typer.echo(f"{path}: {len(records)} valid {kind} records")
+
+
+@data_app.command("import")
+def data_import(
+    path: Path = typer.Argument(..., help="file to import (.jsonl or .jsonl.gz)"),
+    format: str = typer.Option(..., "--format", "-f", help="trl, hh (Anthropic HH-RLHF) or ultrafeedback"),
+    out: Path = typer.Option(..., "--out", "-o", help="preference JSONL to write"),
+):
+    """Convert preference data to the rlhfkit preference schema (written atomically; nothing on error)."""
+    from .data.importers import import_preferences
+    from .data.records import write_jsonl
+
+    pairs, report = import_preferences(path, format)
+    write_jsonl(out, pairs)
+    typer.echo(f"{report.summary()}; wrote {out}")
+
+
+@default_app.command("build")
+def default_build(force: bool = typer.Option(False, help="rebuild even when a cached build exists")):
+    """Build (once) the embedded default: corpus, BPE tokenizer, tiny GPT-2, prompts."""
+    from .demo.build import ensure_default
+
+    task = ensure_default(force=force)
+    info = task.info
+    typer.echo(f"default task at {task.root}: {info['parameters']:,} parameters, pre-training loss {info['first_loss']:.2f} -> "
+               f"{info['final_loss']:.2f}, built in {info['seconds']}s")
+
+
+@default_app.command("info")
+def default_info():
+    """Where the embedded default lives and whether it is built."""
+    from .demo.build import default_dir
+
+    root = default_dir()
+    built = (root / "build.json").is_file()
+    typer.echo(f"{root} ({'built' if built else 'not built yet: run `rlhfkit default build`'})")
+
+
+@config_app.command("show")
+def config_show(stage: str = typer.Argument(..., help=" | ".join(cfg.STAGE_CONFIGS))):
+    """Print a stage's keys with their defaults and meaning, as YAML."""
+    if stage not in cfg.STAGE_CONFIGS:
+        raise cfg.ConfigError(f"unknown stage '{stage}'; expected one of {', '.join(cfg.STAGE_CONFIGS)}")
+    model = cfg.STAGE_CONFIGS[stage]
+    for name, field in model.model_fields.items():
+        if field.is_required():
+            default = "(required)"
+        else:
+            value = field.get_default(call_default_factory=True)
+            value = value.model_dump() if hasattr(value, "model_dump") else value
+            default = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        typer.echo(f"{name}: {default}" + (f"  # {d}" if (d := cfg.describe(model, name)) else ""))
+
+
+def main() -> None:
+    if os.environ.get("RLHFKIT_TRACEBACK") != "1":
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        app()
+    except RlhfkitError as exc:
+        if os.environ.get("RLHFKIT_TRACEBACK") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: reward-model metrics, policy metrics."""

@@ -1,0 +1,1 @@
+"""Feedback: simulated annotator panels (and, later, AI judges and the annotation app)."""

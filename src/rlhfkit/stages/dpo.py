@@ -1,0 +1,179 @@
+"""Direct preference optimisation and its variants (IPO, SLiC hinge, robust DPO, SimPO, ORPO).
+
+Reference log-probs are computed once, before training, and cached in the run folder (`ref_logps.pt`,
+keyed by reference model and data), so no reference model stays in memory while the policy trains. With
+LoRA and no separate reference, the reference is the policy with its adapter disabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from ..config import DPOConfig, save_config
+from ..data.records import load_records
+from ..data.tokenize import Encoder, pad_sequences
+from ..errors import DataError
+from ..losses import dpo_loss, orpo_loss, sequence_logps, simpo_loss
+from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, resolve_model_path, save_model
+from ..train import RunLog, check_finite, console, make_optimizer, progress_bar, setup_torch, total_steps, batches
+
+REFERENCE_FREE = ("simpo", "orpo")
+
+
+def pair_logps(model, items: list[tuple], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chosen sum logps, rejected sum logps, chosen token counts, rejected token counts): one forward for both."""
+    prompts = [p for p, _, _ in items] * 2
+    responses = [c for _, c, _ in items] + [r for _, _, r in items]
+    batch = pad_sequences(prompts, responses, pad_id)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # Shift: logits at t predict token t+1; only response tokens count.
+    logps, counts = sequence_logps(logits[:, :-1], batch["input_ids"][:, 1:], batch["response_mask"][:, 1:])
+    n = len(items)
+    return logps[:n], logps[n:], counts[:n], counts[n:]
+
+
+@torch.no_grad()
+def reference_logps(model, items: list[tuple], pad_id: int, batch_size: int, description: str) -> torch.Tensor:
+    """[n, 2] reference log-probs (chosen, rejected) for every pair, in data order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    context = model.disable_adapter() if is_peft(model) else nullcontext()
+    with context, progress_bar(description, len(items)) as advance:
+        for i in range(0, len(items), batch_size):
+            chunk = items[i : i + batch_size]
+            c, r, _, _ = pair_logps(model, chunk, pad_id)
+            out.append(torch.stack([c, r], dim=1))
+            advance(len(chunk))
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def cached_reference(path: Path, key: str, compute) -> torch.Tensor:
+    if path.is_file():
+        saved = torch.load(path)
+        if saved.get("key") == key:
+            console.print(f"reusing cached reference log-probs from {path}")
+            return saved["logps"]
+    logps = compute()
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"key": key, "logps": logps}, tmp)
+    tmp.replace(path)
+    return logps
+
+
+def preference_loss(config: DPOConfig, pc, pr, cc, cr, ref):
+    """Per-example loss, chosen rewards, rejected rewards for the configured loss_type."""
+    if config.loss_type == "simpo":
+        return simpo_loss(pc / cc, pr / cr, beta=config.beta, gamma=config.simpo_gamma)
+    if config.loss_type == "orpo":
+        return orpo_loss(pc / cc, pr / cr, beta=config.beta)
+    return dpo_loss(pc, pr, ref[:, 0], ref[:, 1], beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)
+
+
+def run(config: DPOConfig) -> dict:
+    out = Path(config.output_dir)
+    setup_torch(config.seed, config.threads)
+    model_path = resolve_model_path(config.model)
+    ref_path = resolve_model_path(config.ref_model) if config.ref_model else model_path
+    pairs = load_records(config.data, "preference")
+    tokenizer = load_tokenizer(model_path)
+    encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length, add_eos=True)
+    items = []
+    for pair in pairs:
+        enc = encoder.encode(pair.prompt, [pair.chosen, pair.rejected])
+        if enc is not None:
+            items.append((enc[0], enc[1][0], enc[1][1]))
+    console.print(encoder.report.summary(config.max_length, config.max_prompt_length))
+    if not items:
+        raise DataError(f"{config.data}: no pair left after truncation; raise max_length")
+    save_config(config, out)
+
+    model = load_causal_lm(model_path)
+    if config.lora:
+        model = apply_lora(model, config.lora)
+    pad = tokenizer.pad_token_id
+    ref = torch.zeros(len(items), 2)
+    if config.loss_type not in REFERENCE_FREE:
+        key = hashlib.sha256(f"{ref_path}|{config.data}|{config.max_length}|{config.max_prompt_length}|{len(items)}".encode()).hexdigest()
+        if config.ref_model:
+            ref_model = load_causal_lm(ref_path)
+            compute = lambda: reference_logps(ref_model, items, pad, config.batch_size * 2, "reference log-probs")  # noqa: E731
+        else:
+            compute = lambda: reference_logps(model, items, pad, config.batch_size * 2, "reference log-probs")  # noqa: E731
+        ref = cached_reference(out / "ref_logps.pt", key, compute)
+
+    indices = list(range(len(items)))
+    random.Random(config.seed).shuffle(indices)
+    n_val = int(len(indices) * config.val_fraction)
+    val_idx, train_idx = indices[:n_val], indices[n_val:]
+    steps = total_steps(len(train_idx), config.batch_size, config.grad_accum, config.epochs, config.max_steps)
+    optimizer, scheduler = make_optimizer(model, config.lr, config.weight_decay, config.warmup_ratio, steps)
+    sft_coef = config.sft_coef or (1.0 if config.loss_type == "orpo" else 0.0)
+    log = RunLog(out)
+    model.train()
+
+    def step_on(idx: list[int]) -> tuple[torch.Tensor, dict]:
+        chunk = [items[i] for i in idx]
+        pc, pr, cc, cr = pair_logps(model, chunk, pad)
+        losses, r_c, r_r = preference_loss(config, pc, pr, cc, cr, ref[idx])
+        loss = losses.mean()
+        if sft_coef:
+            loss = loss + sft_coef * (-(pc / cc).mean())
+        stats = {"reward_chosen": r_c.mean().item(), "reward_rejected": r_r.mean().item(), "reward_accuracy": (r_c > r_r).float().mean().item(),
+                 "reward_margin": (r_c - r_r).mean().item(), "logp_chosen": (pc / cc).mean().item(), "logp_rejected": (pr / cr).mean().item()}
+        return loss, stats
+
+    def validate() -> dict:
+        if not val_idx:
+            return {}
+        model.eval()
+        totals: dict[str, float] = {}
+        with torch.no_grad():
+            for idx in batches(val_idx, config.batch_size * 2, shuffle=False, seed=0):
+                loss, stats = step_on(idx)
+                for k, v in {"loss": loss.item(), **stats}.items():
+                    totals[k] = totals.get(k, 0.0) + v * len(idx)
+        model.train()
+        return {f"val_{k}": v / len(val_idx) for k, v in totals.items()}
+
+    def train_stream():
+        epoch = 0
+        while True:
+            yield from batches(train_idx, config.batch_size, shuffle=True, seed=config.seed + epoch)
+            epoch += 1
+
+    stream = train_stream()
+    first = validate()
+    last = first
+    with progress_bar(f"dpo ({config.loss_type})", steps) as advance:
+        for step in range(1, steps + 1):
+            agg: dict[str, float] = {}
+            for _ in range(config.grad_accum):
+                loss, stats = step_on(next(stream))
+                check_finite(loss, step)
+                (loss / config.grad_accum).backward()
+                for k, v in {"loss": loss.item(), **stats}.items():
+                    agg[k] = agg.get(k, 0.0) + v / config.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm).item()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            row = validate() if (step % config.eval_every == 0 or step == steps) else {}
+            if row:
+                last = row
+            if step % config.log_every == 0 or row:
+                log.log(step, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, **agg, **row)
+            advance(loss=agg["loss"], acc=agg["reward_accuracy"])
+    save_model(model, tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
+    summary = log.summary(stage="dpo", loss_type=config.loss_type, model=str(model_path), reference=None if config.loss_type in REFERENCE_FREE else str(ref_path),
+                          data=config.data, steps=steps, train_pairs=len(train_idx), val_pairs=len(val_idx), before=first, after=last,
+                          truncation=encoder.report.as_dict(), model_dir=str(out / "model"))
+    acc = last.get("val_reward_accuracy")
+    console.print(f"dpo: {steps} steps" + (f", validation reward accuracy {acc:.3f}" if acc is not None else "") + f"; model saved to {out / 'model'}")
+    return summary

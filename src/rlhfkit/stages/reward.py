@@ -1,0 +1,239 @@
+"""Reward models: Bradley-Terry training with early stopping on validation, and evaluation.
+
+A reward model is an HF sequence-classification directory (one scalar head per objective) on a causal-LM
+or encoder backbone; it reads the rendered prompt followed by the response.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from ..config import RewardEvalConfig, RewardTrainConfig, save_config
+from ..data.records import PreferencePair, load_records, write_jsonl
+from ..data.tokenize import Encoder, render_prompt
+from ..errors import DataError
+from ..evaluate import reward_metrics as rm
+from ..losses import bradley_terry_loss, reward_centering_loss
+from ..models.loading import apply_lora, load_reward_model, load_tokenizer, resolve_model_path, save_model
+from ..train import RunLog, check_finite, console, forever, make_optimizer, progress_bar, setup_torch, total_steps, write_json
+
+
+class RewardEncoder:
+    """prompt + response -> model inputs; encoders get their [CLS]/[SEP] pair layout, causal LMs an EOS."""
+
+    def __init__(self, tokenizer, max_length: int, max_prompt_length: int):
+        self.tokenizer = tokenizer
+        self.pair_style = tokenizer.cls_token is not None
+        special = tokenizer.num_special_tokens_to_add(pair=True) if self.pair_style else 0
+        self.encoder = Encoder(tokenizer, max_length - special, max_prompt_length, add_eos=not self.pair_style)
+
+    def encode_pair(self, pair: PreferencePair) -> tuple[list[int], list[int]] | None:
+        out = self.encoder.encode(pair.prompt, [pair.chosen, pair.rejected])
+        if out is None:
+            return None
+        prompt_ids, (chosen_ids, rejected_ids) = out
+        return self._join(prompt_ids, chosen_ids), self._join(prompt_ids, rejected_ids)
+
+    def encode_response(self, prompt, response: str) -> list[int] | None:
+        out = self.encoder.encode(prompt, [response])
+        return None if out is None else self._join(out[0], out[1][0])
+
+    def _join(self, prompt_ids: list[int], response_ids: list[int]) -> list[int]:
+        if self.pair_style:
+            return self.tokenizer.build_inputs_with_special_tokens(prompt_ids, response_ids)
+        return prompt_ids + response_ids
+
+
+def score_sequences(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Rewards of the first head for right-padded sequences, shape [n]."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return model(input_ids=ids, attention_mask=mask).logits[:, 0]
+
+
+def pair_rewards(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected rewards from one concatenated forward pass."""
+    rewards = score_sequences(model, [c for c, _ in batch] + [r for _, r in batch], pad_id)
+    return rewards[: len(batch)], rewards[len(batch) :]
+
+
+@torch.no_grad()
+def margins_of(model, encoded: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int) -> tuple[list[float], list[float], list[float]]:
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for i in range(0, len(encoded), batch_size):
+        c, r = pair_rewards(model, encoded[i : i + batch_size], pad_id)
+        chosen += c.tolist()
+        rejected += r.tolist()
+    model.train(was_training)
+    return [c - r for c, r in zip(chosen, rejected)], chosen, rejected
+
+
+def encode_pairs(pairs: list[PreferencePair], encoder: RewardEncoder) -> tuple[list, list[PreferencePair]]:
+    encoded, kept = [], []
+    for pair in pairs:
+        out = encoder.encode_pair(pair)
+        if out is not None:
+            encoded.append(out)
+            kept.append(pair)
+    return encoded, kept
+
+
+def split_pairs(pairs: list[PreferencePair], val_fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Seeded split; pairs that share a prompt stay on one side so validation prompts are unseen."""
+    by_prompt: dict[str, list[PreferencePair]] = defaultdict(list)
+    for pair in pairs:
+        by_prompt[str(pair.prompt)].append(pair)
+    keys = sorted(by_prompt)
+    random.Random(seed).shuffle(keys)
+    n_val_target = int(round(len(pairs) * val_fraction))
+    val, train = [], []
+    for key in keys:
+        (val if len(val) < n_val_target else train).extend(by_prompt[key])
+    if not train or not val:
+        raise DataError(f"cannot split {len(pairs)} pairs into train and validation with val_fraction={val_fraction}")
+    return train, val
+
+
+def train(config: RewardTrainConfig) -> dict:
+    out = Path(config.output_dir)
+    setup_torch(config.seed, config.threads)
+    model_path = resolve_model_path(config.model)
+    pairs = load_records(config.data, "preference")
+    train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.seed)
+    tokenizer = load_tokenizer(model_path)
+    encoder = RewardEncoder(tokenizer, config.max_length, config.max_prompt_length)
+    train_enc, train_pairs = encode_pairs(train_pairs, encoder)
+    val_enc, val_pairs = encode_pairs(val_pairs, encoder)
+    console.print(encoder.encoder.report.summary(config.max_length, config.max_prompt_length))
+    if not train_enc or not val_enc:
+        raise DataError(f"{config.data}: no pair left after truncation; raise max_length")
+    save_config(config, out)
+    write_jsonl(out / "train_pairs.jsonl", train_pairs)
+    write_jsonl(out / "val_pairs.jsonl", val_pairs)
+
+    model = load_reward_model(model_path, tokenizer)
+    if config.lora:
+        model = apply_lora(model, config.lora, task_type="SEQ_CLS")
+    model.train()
+    margins = [p.margin or 0.0 for p in train_pairs]
+    items = list(zip(train_enc, margins))
+    steps = total_steps(len(items), config.batch_size, config.grad_accum, config.epochs, config.max_steps)
+    optimizer, scheduler = make_optimizer(model, config.lr, config.weight_decay, config.warmup_ratio, steps)
+    log = RunLog(out)
+    stream = forever(items, config.batch_size, config.seed)
+    pad = tokenizer.pad_token_id
+
+    def validate() -> dict:
+        m, _, _ = margins_of(model, val_enc, pad, config.batch_size * 2)
+        loss = sum(-torch.nn.functional.logsigmoid(torch.tensor(x)).item() for x in m) / len(m)
+        return {"val_accuracy": rm.preference_accuracy(m), "val_ece": rm.expected_calibration_error(m), "val_loss": loss}
+
+    def better(a: dict, b: dict | None) -> bool:
+        if b is None:
+            return True
+        key = {"accuracy": "val_accuracy", "ece": "val_ece", "loss": "val_loss"}[config.early_stop_metric]
+        return a[key] > b[key] if key == "val_accuracy" else a[key] < b[key]
+
+    best, best_state, best_step, stale, stopped_early = None, None, 0, 0, False
+    with progress_bar("reward train", steps) as advance:
+        for step in range(1, steps + 1):
+            step_loss = step_acc = 0.0
+            for _ in range(config.grad_accum):
+                batch = next(stream)
+                chosen, rejected = pair_rewards(model, [e for e, _ in batch], pad)
+                margin = torch.tensor([m for _, m in batch]) if config.use_margin else None
+                loss = bradley_terry_loss(chosen, rejected, margin)
+                if config.center_coef:
+                    loss = loss + config.center_coef * reward_centering_loss(chosen, rejected)
+                check_finite(loss, step)
+                (loss / config.grad_accum).backward()
+                step_loss += loss.item() / config.grad_accum
+                step_acc += (chosen > rejected).float().mean().item() / config.grad_accum
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            row: dict = {}
+            if step % config.eval_every == 0 or step == steps:
+                row = validate()
+                if better(row, best):
+                    best, best_step, stale = row, step, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    stale += 1
+            if step % config.log_every == 0 or row:
+                log.log(step, loss=step_loss, accuracy=step_acc, lr=scheduler.get_last_lr()[0], **row)
+            advance(loss=step_loss, **({"val_acc": row["val_accuracy"]} if row else {}))
+            if config.patience and stale >= config.patience:
+                console.print(f"early stop at step {step}: validation {config.early_stop_metric} has not improved for {stale} evaluations")
+                stopped_early = True
+                break
+    model.load_state_dict(best_state)
+    save_model(model, tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
+    summary = log.summary(
+        stage="reward-train", model=str(model_path), data=config.data, steps_run=step, best_step=best_step, stopped_early=stopped_early,
+        train_pairs=len(train_enc), val_pairs=len(val_enc), **{f"best_{k}": v for k, v in best.items()},
+        truncation=encoder.encoder.report.as_dict(), model_dir=str(out / "model"),
+    )
+    console.print(f"reward train: best validation accuracy {best['val_accuracy']:.3f} (ECE {best['val_ece']:.3f}) at step {best_step}; "
+                  f"model saved to {out / 'model'}")
+    return summary
+
+
+def evaluate(config: RewardEvalConfig) -> dict:
+    out = Path(config.output_dir)
+    setup_torch(0, config.threads)
+    model_path = resolve_model_path(config.model)
+    pairs = load_records(config.data, "preference")
+    tokenizer = load_tokenizer(model_path)
+    encoder = RewardEncoder(tokenizer, config.max_length, config.max_prompt_length)
+    encoded, pairs = encode_pairs(pairs, encoder)
+    if not encoded:
+        raise DataError(f"{config.data}: no pair left after truncation; raise max_length")
+    model = load_reward_model(model_path, tokenizer)
+    save_config(config, out)
+    margins, chosen, rejected = margins_of(model, encoded, tokenizer.pad_token_id, config.batch_size)
+    len_c = [len(p.chosen.split()) for p in pairs]
+    len_r = [len(p.rejected.split()) for p in pairs]
+    summary = {
+        "stage": "reward-eval", "model": str(model_path), "data": config.data, "pairs": len(pairs),
+        "accuracy": rm.preference_accuracy(margins),
+        "ece": rm.expected_calibration_error(margins, config.bins),
+        "mean_margin": sum(margins) / len(margins),
+        "length_correlation": rm.pearson(chosen + rejected, [float(x) for x in len_c + len_r]),
+        "longer_preferred_share": rm.longer_preferred_share(margins, len_c, len_r),
+        "reliability": rm.reliability_bins(margins, config.bins),
+        "truncation": encoder.encoder.report.as_dict(),
+    }
+    categories: dict[str, list[float]] = defaultdict(list)
+    for pair, m in zip(pairs, margins):
+        if pair.category:
+            categories[pair.category].append(m)
+    if categories:
+        summary["accuracy_by_category"] = {c: rm.preference_accuracy(ms) for c, ms in sorted(categories.items())}
+    gold = [(m, p.metadata["gold_chosen"] - p.metadata["gold_rejected"]) for p, m in zip(pairs, margins)
+            if "gold_chosen" in p.metadata and "gold_rejected" in p.metadata]
+    decisive = [(m, d) for m, d in gold if abs(d) >= config.gold_min_diff]
+    if decisive:
+        summary["gold_accuracy"] = sum((m > 0) == (d > 0) for m, d in decisive) / len(decisive)
+        summary["gold_pairs"] = len(decisive)
+        summary["label_matches_gold"] = sum(d > 0 for _, d in decisive) / len(decisive)
+    write_jsonl(out / "scores.jsonl", ({"id": p.id, "reward_chosen": round(c, 5), "reward_rejected": round(r, 5)}
+                                       for p, c, r in zip(pairs, chosen, rejected)))
+    write_json(out / "summary.json", summary)
+    line = f"reward eval on {len(pairs)} pairs: accuracy {summary['accuracy']:.3f}, ECE {summary['ece']:.3f}, mean margin {summary['mean_margin']:.3f}"
+    if "gold_accuracy" in summary:
+        line += f", accuracy against gold {summary['gold_accuracy']:.3f} on {summary['gold_pairs']} pairs with |gold diff| >= {config.gold_min_diff}"
+    console.print(line + f"; length correlation {summary['length_correlation']:.3f}, prefers the longer response in {summary['longer_preferred_share']:.1%}")
+    return summary
