@@ -143,18 +143,10 @@ def default_info():
 
 @config_app.command("show")
 def config_show(stage: str = typer.Argument(..., help=" | ".join(cfg.STAGE_CONFIGS))):
-    """Print a stage's keys with their defaults and meaning, as YAML."""
+    """Print a stage's keys with their defaults and meaning, as a YAML template."""
     if stage not in cfg.STAGE_CONFIGS:
         raise cfg.ConfigError(f"unknown stage '{stage}'; expected one of {', '.join(cfg.STAGE_CONFIGS)}")
-    model = cfg.STAGE_CONFIGS[stage]
-    for name, field in model.model_fields.items():
-        if field.is_required():
-            default = "(required)"
-        else:
-            value = field.get_default(call_default_factory=True)
-            value = value.model_dump() if hasattr(value, "model_dump") else value
-            default = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-        typer.echo(f"{name}: {default}" + (f"  # {d}" if (d := cfg.describe(model, name)) else ""))
+    typer.echo("\n".join(cfg.config_template(cfg.STAGE_CONFIGS[stage])))
 
 
 def main() -> None:

@@ -81,8 +81,8 @@ class PairsConfig(Strict):
     batch_size: int = Field(64, gt=0, description="prompts per generation batch")
     max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
     skip_identical: bool = Field(True, description="drop pairs whose two responses are the same text")
-    seed: int = 0
-    threads: int | None = None
+    seed: int = Field(0, description="seed for sampling")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
 
 class RewardTrainConfig(TrainConfig):
@@ -104,10 +104,10 @@ class RewardEvalConfig(Strict):
     output_dir: str = Field("runs/reward_eval", description="writes summary.json and scores.jsonl")
     bins: int = Field(10, gt=0, description="equal-width confidence bins over [0.5, 1] for the expected calibration error")
     gold_min_diff: float = Field(0.1, ge=0, description="accuracy against gold uses pairs whose gold scores (metadata) differ by at least this")
-    batch_size: int = Field(32, gt=0)
-    max_length: int = Field(256, gt=8)
-    max_prompt_length: int = Field(128, gt=0)
-    threads: int | None = None
+    batch_size: int = Field(32, gt=0, description="pairs scored per forward pass")
+    max_length: int = Field(256, gt=8, description="tokens per prompt+response (same truncation rule as training)")
+    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
 
 DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
@@ -122,7 +122,7 @@ class DPOConfig(TrainConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed label-flip rate (conservative DPO / robust DPO)")
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin")
     sft_coef: float = Field(0.0, ge=0, description="weight of an NLL term on chosen responses (ORPO uses 1.0 when this is 0)")
-    val_fraction: float = Field(0.1, ge=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of pairs held out for validation reward accuracy")
     output_dir: str = "runs/dpo"
     lr: float = 5e-5
 
@@ -133,14 +133,14 @@ class EvalConfig(Strict):
     reward_model: str | None = Field(None, description="reward-model directory to score responses with")
     gold: str | None = Field("default", description="gold judge module:function; 'default' for the review judge; null for none")
     output_dir: str = Field("runs/eval", description="writes eval.json, eval.md and samples.jsonl")
-    num_prompts: int | None = Field(None, gt=0)
-    samples_per_prompt: int = Field(1, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(48, gt=0)
-    batch_size: int = Field(64, gt=0)
-    seed: int = 1234
-    threads: int | None = None
+    num_prompts: int | None = Field(None, gt=0, description="use the first N prompts")
+    samples_per_prompt: int = Field(1, gt=0, description="responses sampled per prompt and model")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_new_tokens: int = Field(64, gt=0, description="response token limit")
+    batch_size: int = Field(64, gt=0, description="prompts per generation batch")
+    seed: int = Field(1234, description="sampling seed (the same for every model, so they see the same draws)")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
 
 class DemoConfig(Strict):
@@ -171,6 +171,32 @@ def describe(cls: type[BaseModel], key: str) -> str | None:
         if key in fields and fields[key].description:
             return fields[key].description
     return None
+
+
+def config_template(cls: type[BaseModel], indent: str = "") -> list[str]:
+    """YAML lines with every key, its default and its meaning; nested settings expanded (commented out when off)."""
+    import typing
+
+    lines = []
+    for name, field in cls.model_fields.items():
+        doc = describe(cls, name)
+        comment = f"  # {doc}" if doc else ""
+        nested = next((a for a in typing.get_args(field.annotation) or (field.annotation,) if isinstance(a, type) and issubclass(a, Strict)), None)
+        if field.is_required():
+            lines.append(f"{indent}{name}: ...{comment} (required)")
+            continue
+        value = field.get_default(call_default_factory=True)
+        if nested is not None:
+            if value is None:
+                lines.append(f"{indent}{name}: null{comment}; to turn on, replace null with:")
+                lines += [f"{indent}#  {line}" for line in config_template(nested, "")]
+            else:
+                lines.append(f"{indent}{name}:{comment}")
+                lines += config_template(nested, indent + "  ")
+            continue
+        rendered = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        lines.append(f"{indent}{name}: {rendered}{comment}")
+    return lines
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:

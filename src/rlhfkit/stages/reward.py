@@ -45,7 +45,10 @@ class RewardEncoder:
 
     def _join(self, prompt_ids: list[int], response_ids: list[int]) -> list[int]:
         if self.pair_style:
-            return self.tokenizer.build_inputs_with_special_tokens(prompt_ids, response_ids)
+            # Encoder pair layout: [CLS] prompt [SEP] response [SEP] (RoBERTa-style tokenizers double the middle separator).
+            cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+            middle = [sep, sep] if self.tokenizer.num_special_tokens_to_add(pair=True) >= 4 else [sep]
+            return [cls] + prompt_ids + middle + response_ids + [sep]
         return prompt_ids + response_ids
 
 
