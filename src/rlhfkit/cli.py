@@ -74,6 +74,38 @@ def dpo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
     stage.run(_load("dpo", config, ctx))
 
 
+@app.command(context_settings=STAGE, epilog=OVERRIDES)
+def ppo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """PPO: value head, GAE, clipped updates, KL penalty to the reference folded into the reward."""
+    from .stages import ppo as stage
+
+    stage.run(_load("ppo", config, ctx))
+
+
+@app.command(context_settings=STAGE, epilog=OVERRIDES)
+def grpo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """GRPO: group-normalised advantages over k samples per prompt, KL to the reference as a loss term."""
+    from .stages import grpo as stage
+
+    stage.run(_load("grpo", config, ctx))
+
+
+@app.command(context_settings=STAGE, epilog=OVERRIDES)
+def rloo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """RLOO: k samples per prompt, each baselined by the mean of the other k-1."""
+    from .stages import grpo as stage
+
+    stage.run(_load("rloo", config, ctx))
+
+
+@app.command(context_settings=STAGE, epilog=OVERRIDES)
+def bon(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """Best-of-n: sample n, keep the best by reward; `finetune=true` trains on the winners (rejection sampling)."""
+    from .stages import bon as stage
+
+    stage.run(_load("bon", config, ctx))
+
+
 @app.command("eval", context_settings=STAGE, epilog=OVERRIDES)
 def eval_(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
     """Compare policies on held-out prompts: gold score, reward, length, distinct-2."""

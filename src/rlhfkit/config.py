@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -143,6 +143,114 @@ class EvalConfig(Strict):
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
 
+class RewardSpec(Strict):
+    model: str | None = Field(None, description="reward-model directory (scores prompt + response)")
+    function: str | None = Field(None, description="or a callable module:function f(prompts, responses) -> scores ('default': the review gold judge)")
+    weight: float = Field(1.0, description="weight of this source in the combined reward")
+    head: int = Field(0, ge=0, description="which head of a multi-head reward model")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.model is None) == (self.function is None):
+            raise ValueError("give exactly one of model or function")
+        return self
+
+
+class OnlineRLConfig(Strict):
+    """Keys shared by ppo, grpo and rloo."""
+
+    model: str = Field("default", description="policy to start from (usually the SFT model)")
+    ref_model: str | None = Field(None, description="reference for the KL term; null: `model` (with LoRA, the adapter-disabled policy)")
+    prompts: str = Field("default", description="prompt JSONL, or 'default' for the embedded training prompts")
+    rewards: list[RewardSpec] = Field(..., description="reward sources, combined as a weighted sum; e.g. [{model: runs/rm/model}]")
+    gold: str | None = Field("default", description="gold judge module:function logged each step (never trained on); null for none")
+    output_dir: str = Field("runs/rl", description="run folder: model/, checkpoints/, metrics.jsonl, summary.json, config.yaml")
+    seed: int = Field(0, description="seed for prompt order and sampling")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+    steps: int = Field(100, gt=0, description="iterations; each samples a batch of responses and updates on it")
+    batch_size: int = Field(32, gt=0, description="prompts per iteration")
+    mini_batch_size: int = Field(32, gt=0, description="sequences per gradient step inside an iteration")
+    epochs_per_batch: int = Field(1, gt=0, description="optimisation passes over each sampled batch")
+    lr: float = Field(1e-5, gt=0, description="learning rate (AdamW, constant after warm-up)")
+    warmup_steps: int = Field(0, ge=0, description="iterations of linear learning-rate warm-up")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    max_new_tokens: int = Field(48, gt=0, description="response token limit")
+    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (the policy is trained at this temperature)")
+    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    kl_coef: float = Field(0.05, ge=0, description="weight of the KL penalty to the reference")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator: k1 logp-ref, k2 0.5(logp-ref)^2, k3 exp(ref-logp)-(ref-logp)-1")
+    kl_ceiling: float | None = Field(None, gt=0, description="guard: stop when the mean sequence KL exceeds this")
+    missing_eos_penalty: float | None = Field(None, description="subtract this from the score of a response cut at max_new_tokens")
+    save_every: int = Field(25, gt=0, description="iterations between checkpoints (atomic; the last two are kept)")
+    resume: bool = Field(False, description="continue from the newest checkpoint in output_dir")
+    window: int = Field(10, gt=0, description="iterations in the rolling means logged as *_avg")
+    lora: LoraSettings | None = Field(None, description="train a LoRA adapter; the reference is the adapter-disabled policy")
+
+
+class PPOConfig(OnlineRLConfig):
+    value_model: Literal["separate", "shared"] = Field("separate", description="value head on its own backbone copy, or on the policy's hidden states")
+    value_init: str | None = Field(None, description="backbone of a separate value model (null: the policy's starting model)")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
+    value_clip_range: float = Field(0.2, gt=0, description="value clip around the rollout values")
+    vf_coef: float = Field(0.1, ge=0, description="value-loss weight")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus weight")
+    reward_scale: float = Field(1.0, gt=0, description="multiply scores by this before adding the KL penalty")
+    whiten_rewards: bool = Field(False, description="whiten scores across the batch")
+    whiten_advantages: bool = Field(True, description="whiten advantages across the batch")
+    adaptive_kl: bool = Field(False, description="adapt kl_coef toward target_kl (Ziegler et al. 2019)")
+    target_kl: float = Field(6.0, gt=0, description="adaptive controller's target sequence KL")
+    kl_horizon: int = Field(10000, gt=0, description="adaptive controller's horizon in sequences")
+    epochs_per_batch: int = 4
+    mini_batch_size: int = 16
+    lr: float = 3e-5
+    output_dir: str = "runs/ppo"
+
+
+class GRPOConfig(OnlineRLConfig):
+    group_size: int = Field(8, gt=1, description="responses sampled per prompt (the group)")
+    normalize: bool = Field(True, description="divide group-centred rewards by the group's standard deviation")
+    clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL to the reference as a loss term (k3, as in GRPO)")
+    kl_coef: float = Field(0.04, ge=0, description="weight of the KL loss term")
+    batch_size: int = 8
+    mini_batch_size: int = 64
+    lr: float = 3e-5
+    output_dir: str = "runs/grpo"
+
+
+class RLOOConfig(OnlineRLConfig):
+    k: int = Field(4, gt=1, description="responses sampled per prompt; each one's baseline is the mean of the other k-1")
+    clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
+    batch_size: int = 16
+    mini_batch_size: int = 64
+    lr: float = 3e-5
+    output_dir: str = "runs/rloo"
+
+
+class BoNConfig(Strict):
+    model: str = Field("default", description="policy to sample from")
+    prompts: str = Field("default", description="prompt JSONL, or 'default' / 'heldout'")
+    rewards: list[RewardSpec] = Field(..., description="reward sources that pick the best of n")
+    gold: str | None = Field("default", description="gold judge logged for the kept and the average response; null for none")
+    n: int = Field(8, gt=0, description="samples per prompt")
+    num_prompts: int | None = Field(None, gt=0, description="use the first N prompts")
+    output_dir: str = Field("runs/bon", description="writes best.jsonl (SFT records of the winners), summary.json")
+    max_new_tokens: int = Field(48, gt=0, description="response token limit")
+    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    batch_size: int = Field(64, gt=0, description="sequences per generation batch")
+    finetune: bool = Field(False, description="rejection sampling: fine-tune the model on the winners (an sft stage)")
+    sft: dict[str, Any] = Field(default_factory=dict, description="overrides for that sft stage")
+    seed: int = Field(0, description="sampling seed")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+
 class DemoConfig(Strict):
     output_dir: str = Field("runs/demo", description="run folder holding one sub-folder per stage")
     num_pairs_prompts: int = Field(2000, gt=0, description="training prompts sampled into candidate pairs")
@@ -160,6 +268,10 @@ STAGE_CONFIGS: dict[str, type[Strict]] = {
     "reward-eval": RewardEvalConfig,
     "dpo": DPOConfig,
     "eval": EvalConfig,
+    "ppo": PPOConfig,
+    "grpo": GRPOConfig,
+    "rloo": RLOOConfig,
+    "bon": BoNConfig,
     "demo": DemoConfig,
 }
 

@@ -165,3 +165,200 @@ def sequence_logps(
     sum_logps = torch.where(mask, token_logps, zero).sum(dim=-1)
     token_counts = mask.sum(dim=-1).to(token_logps.dtype)
     return sum_logps, token_counts
+
+
+# ------------------------------------------------------------------ RL (PPO / GRPO / RLOO) helpers
+
+__all__ += [
+    "gae",
+    "kl_penalty",
+    "KL_ESTIMATORS",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "group_advantages",
+    "rloo_advantages",
+    "whiten",
+    "entropy_from_logits",
+]
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def _masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` with masked-out positions replaced by exact zeros (so garbage there cannot leak)."""
+    # where() rather than values * mask: 0 * inf / 0 * nan would otherwise poison results and gradients.
+    return torch.where(mask != 0, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def _check_same_shape(**tensors: torch.Tensor) -> None:
+    """Raise ValueError unless every named tensor has the same shape."""
+    shapes = {name: tuple(x.shape) for name, x in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError("shape mismatch: " + ", ".join(f"{n} {s}" for n, s in shapes.items()))
+
+
+@torch.no_grad()
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over the masked tokens of each [B, T] row; returns (advantages, returns)."""
+    _check_same_shape(rewards=rewards, values=values, mask=mask)
+    dtype = torch.promote_types(rewards.dtype, values.dtype)
+    keep = mask != 0
+    # Inputs are detached and masked positions zeroed, so garbage there never enters the recursion.
+    rewards = _masked(rewards.detach().to(dtype), keep)
+    values = _masked(values.detach().to(dtype), keep)
+    batch, steps = rewards.shape
+    # Bootstrap with 0 after the last masked token of every row (episode ends with the response).
+    next_value = rewards.new_zeros(batch)
+    next_adv = rewards.new_zeros(batch)
+    advantages = torch.zeros_like(rewards)
+    for t in reversed(range(steps)):
+        # delta_t = r_t + gamma * V_{t+1} - V_t, where "t+1" is the next *masked* token of the row.
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv = delta + gamma * lam * next_adv
+        # Unmasked positions (prompt prefix, right padding, any hole) are skipped: the carry passes through.
+        advantages[:, t] = torch.where(keep[:, t], adv, advantages.new_zeros(()))
+        next_value = torch.where(keep[:, t], values[:, t], next_value)
+        next_adv = torch.where(keep[:, t], adv, next_adv)
+    # returns = A + V on masked tokens; both are already 0 elsewhere.
+    returns = advantages + values
+    return advantages, returns
+
+
+def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Element-wise KL(policy || ref) estimate from sampled-token logps (Schulman's k1 / k2 / k3)."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {', '.join(KL_ESTIMATORS)}")
+    log_ratio = logps - ref_logps
+    if estimator == "k1":
+        # k1: unbiased, can be negative per token.
+        return log_ratio
+    if estimator == "k2":
+        # k2: 0.5 * log_ratio**2, low variance, biased.
+        return 0.5 * log_ratio**2
+    # k3: exp(-x) - (-x) - 1 with x = logp - ref, written with expm1 so tiny x does not cancel; always >= 0.
+    neg = -log_ratio
+    return torch.expm1(neg) - neg
+
+
+def ppo_policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO clipped surrogate loss (token-level masked mean) plus float stats clip_fraction/approx_kl/ratio_mean."""
+    _check_same_shape(logps=logps, old_logps=old_logps, advantages=advantages, mask=mask)
+    keep = mask != 0
+    # The log-ratio is zeroed at masked positions *before* exp so garbage cannot overflow into NaN gradients.
+    log_ratio = _masked(logps - old_logps, keep)
+    advantages = _masked(advantages.detach(), keep)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    # Pessimistic bound: the larger (worse) of the two per-token losses.
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        # A token counts as clipped when the clipped branch strictly wins (which implies |ratio - 1| > eps).
+        clip_active = ((ratio - 1.0).abs() > clip_range) & (clipped > unclipped)
+        stats = {
+            "clip_fraction": masked_mean(clip_active.to(ratio.dtype), mask).item(),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item(),
+            "ratio_mean": masked_mean(ratio, mask).item(),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped value loss 0.5 * masked mean of max((V-R)^2, (clip(V, V_old±eps)-R)^2) plus value_clip_fraction."""
+    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    keep = mask != 0
+    # Every input is zeroed at masked positions so huge garbage cannot overflow the squares or gradients.
+    values = _masked(values, keep)
+    old_values = _masked(old_values.detach(), keep)
+    returns = _masked(returns.detach(), keep)
+    # clip(V, V_old - eps, V_old + eps) written as V_old + clamp(V - V_old) so the gradient flows inside the band.
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    with torch.no_grad():
+        # Clip fraction: share of masked tokens where the clipped branch strictly dominates.
+        frac = masked_mean((clipped_loss > unclipped_loss).to(values.dtype), mask).item()
+    return loss, {"value_clip_fraction": frac}
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, normalize: bool = True) -> torch.Tensor:
+    """GRPO advantages for consecutive groups: r - group mean, optionally / (group std + 1e-4); shape [n]."""
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [n], got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"number of rewards ({rewards.numel()}) must be a multiple of group_size ({group_size}), group_size >= 1"
+        )
+    grouped = rewards.reshape(-1, group_size)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    if normalize:
+        # Unbiased (n - 1) std as in the GRPO paper / TRL; a group of one has std defined as 0 (advantage is 0 anyway).
+        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centered)
+        # The 1e-4 floor keeps all-equal groups at exactly 0 instead of 0/0.
+        centered = centered / (std + 1e-4)
+    return centered.reshape(-1)
+
+
+def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """RLOO advantages for consecutive groups of k: r_i minus the mean of the other k-1 rewards; shape [n]."""
+    if k < 2:
+        raise ValueError(f"RLOO needs k >= 2 samples per prompt, got k={k}")
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [n], got shape {tuple(rewards.shape)}")
+    if rewards.numel() % k != 0:
+        raise ValueError(f"number of rewards ({rewards.numel()}) must be a multiple of k ({k})")
+    grouped = rewards.reshape(-1, k)
+    # Leave-one-out baseline (sum - r_i) / (k - 1).
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)
+    return (grouped - baseline).reshape(-1)
+
+
+def whiten(
+    values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """Whiten ``values`` over masked entries: (x - mean) / sqrt(var + eps), masked-out entries returned as 0."""
+    if mask is None:
+        mask = torch.ones_like(values)
+    _check_same_shape(values=values, mask=mask)
+    keep = mask != 0
+    mean = masked_mean(values, mask)
+    # Biased (divide by N) variance over masked entries, as in TRL's masked_whiten.
+    var = masked_mean((_masked(values, keep) - mean) ** 2, mask)
+    # eps sits inside the square root: rsqrt(var + eps).
+    whitened = (_masked(values, keep) - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        # Only rescale: the original mean is added back.
+        whitened = whitened + mean
+    return _masked(whitened, keep)
+
+
+def _entropy_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last dim as logsumexp(logits) - sum(p * logits)."""
+    logz = torch.logsumexp(logits, dim=-1)
+    probs = torch.exp(logits - logz.unsqueeze(-1))
+    # -inf logits (banned tokens) have p = 0; they are zeroed so 0 * -inf cannot yield NaN.
+    finite_logits = logits.masked_fill(torch.isneginf(logits), 0.0)
+    return logz - (probs * finite_logits).sum(dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy of softmax(logits) over the last dim: [B, T, V] -> [B, T]."""
+    if logits.dtype in (torch.float32, torch.float64):
+        return _entropy_rows(logits)
+    # Low-precision logits: upcast one sequence at a time so only a [T, V] float32 copy exists.
+    return torch.stack([_entropy_rows(row.float()) for row in logits])

@@ -1,0 +1,107 @@
+"""Critic-free online RL: GRPO (Shao et al. 2024) and RLOO (Ahmadian et al. 2024).
+
+One iteration: take `batch_size` prompts, sample k responses each, score them, turn scores into
+per-sequence advantages within each prompt's group, and update with the clipped ratio objective.
+- GRPO: A = (r - group mean) / group std; KL to the reference is a separate loss term (k3 by default).
+- RLOO: the KL penalty is folded into the sequence reward, r' = r - kl_coef * KL(seq); A = r' - mean of the other k-1.
+The loss is the token-level mean over every response token of the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import GRPOConfig, RLOOConfig, save_config
+from ..losses import group_advantages, kl_penalty, masked_mean, ppo_policy_loss, rloo_advantages
+from ..models.loading import load_tokenizer, save_model
+from ..scoring import load_scorer
+from ..train import console, progress_bar, setup_torch, write_json
+from . import online
+
+
+def run(config: GRPOConfig | RLOOConfig) -> dict:
+    is_grpo = isinstance(config, GRPOConfig)
+    name = "grpo" if is_grpo else "rloo"
+    k = config.group_size if is_grpo else config.k
+    out = Path(config.output_dir)
+    setup_torch(config.seed, config.threads)
+    reward_fn = online.RewardFunction(config.rewards)
+    gold = load_scorer(config.gold) if config.gold else None
+    policy = online.load_policy(config)
+    from .pairs import resolve_prompts
+
+    prompts = online.PromptStream(resolve_prompts(config.prompts), policy.tokenizer, config.max_prompt_length, config.seed)
+    params = online.trainable(policy.model)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5)
+    warmup = config.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    modules = {"policy": policy.model}
+    start_step = 0
+    last_ckpt = online.latest_checkpoint(out) if config.resume else None
+    if config.resume and last_ckpt is None:
+        console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
+    if last_ckpt is not None:
+        start_step, state = online.load_checkpoint(last_ckpt, modules, {"adamw": optimizer})
+        scheduler.last_epoch = start_step
+        prompts.position = state["prompt_position"]
+        generator.set_state(state["generator"])
+        console.print(f"resuming from {last_ckpt} (step {start_step})")
+    save_config(config, out)
+    monitor = online.Monitor(out / "metrics.jsonl", config.window, append=last_ckpt is not None)
+    row: dict = {}
+    with progress_bar(name, config.steps) as advance:
+        advance(start_step)
+        for step in range(start_step + 1, config.steps + 1):
+            t0 = time.time()
+            # Each prompt k times in a row: consecutive rows form a group.
+            indices = [i for i in prompts.take(config.batch_size) for _ in range(k)]
+            batch = online.sample_batch(policy, prompts, indices, reward_fn, gold, config, generator)
+            mask = batch.mask
+            if is_grpo:
+                advantages = group_advantages(batch.scores, k, normalize=config.normalize)
+            else:
+                seq_kl = (kl_penalty(batch.logps, batch.ref_logps, config.kl_estimator) * mask).sum(1)
+                advantages = rloo_advantages(batch.scores - config.kl_coef * seq_kl, k)
+            token_adv = advantages[:, None].expand_as(mask)
+            input_ids, attention_mask = batch.rollout.full()
+            prompt_len = batch.rollout.prompt_ids.shape[1]
+            stats: dict[str, float] = {}
+            n_updates = 0
+            for _ in range(config.epochs_per_batch):
+                order = torch.randperm(len(indices))
+                for i in range(0, len(order), config.mini_batch_size):
+                    idx = order[i : i + config.mini_batch_size]
+                    logps, entropy = online.token_logps(policy.model, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True)
+                    pg_loss, pg_stats = ppo_policy_loss(logps, batch.logps[idx], token_adv[idx], mask[idx], config.clip_range)
+                    loss = pg_loss
+                    if is_grpo and config.kl_coef:
+                        kl_term = masked_mean(kl_penalty(logps, batch.ref_logps[idx], config.kl_estimator), mask[idx])
+                        loss = loss + config.kl_coef * kl_term
+                        pg_stats["kl_loss"] = kl_term.item()
+                    online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    optimizer.step()
+                    n_updates += 1
+                    for key, v in {"policy_loss": pg_loss.item(), "entropy": masked_mean(entropy, mask[idx]).item(), **pg_stats}.items():
+                        stats[key] = stats.get(key, 0.0) + v
+            scheduler.step()
+            stats = {key: v / n_updates for key, v in stats.items()}
+            group_std = batch.scores.view(-1, k).std(1).mean().item()
+            row = monitor.log(step, {**batch.stats, **stats, "group_reward_std": group_std, "lr": scheduler.get_last_lr()[0],
+                                     "step_seconds": round(time.time() - t0, 3)})
+            advance(reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"])
+            if step % config.save_every == 0 or step == config.steps:
+                last_ckpt = online.save_checkpoint(out, step, modules, {"adamw": optimizer},
+                                                   {"prompt_position": prompts.position, "generator": generator.get_state()})
+    save_model(policy.model, load_tokenizer(policy.path), out / "model", merge_lora=config.lora.merge if config.lora else True)
+    summary = {"stage": name, "model": str(policy.path), "steps": config.steps, "final": row, "model_dir": str(out / "model")}
+    write_json(out / "summary.json", summary)
+    console.print(f"{name}: {config.steps} steps; last-window reward {row.get('reward_avg', float('nan')):.3f}, "
+                  f"gold {row.get('gold_avg', float('nan')):.3f}, KL {row.get('kl_avg', float('nan')):.3f}; model saved to {out / 'model'}")
+    return summary

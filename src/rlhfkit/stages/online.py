@@ -1,0 +1,284 @@
+"""Parts shared by the online RL stages (ppo, grpo, rloo, bon): policy and reference, rewards, rollouts,
+per-token log-probs, monitoring with rolling windows, guards, and atomic checkpoints that resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+import tempfile
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import OnlineRLConfig, RewardSpec
+from ..data.records import load_records
+from ..data.tokenize import Encoder, pad_left
+from ..errors import ConfigError, TrainingError
+from ..evaluate.diversity import distinct_n
+from ..losses import entropy_from_logits
+from ..models.loading import apply_lora, is_peft, load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path
+from ..rollout import Rollout, decode_responses, generate
+from ..scoring import call_scorer, load_scorer
+from ..train import console
+
+
+# ---------------------------------------------------------------- rewards
+
+
+class RewardFunction:
+    """Weighted sum of reward sources: reward-model directories (a chosen head) and `module:function` callables."""
+
+    def __init__(self, specs: list[RewardSpec]):
+        from .reward import RewardEncoder
+
+        self.sources = []
+        for i, spec in enumerate(specs):
+            if spec.model:
+                path = resolve_model_path(spec.model)
+                tokenizer = load_tokenizer(path)
+                model = load_reward_model(path, tokenizer).eval()
+                if spec.head >= model.config.num_labels:
+                    raise ConfigError(f"rewards[{i}].head={spec.head}: the reward model {path} has {model.config.num_labels} head(s)")
+                encoder = RewardEncoder(tokenizer, max_length=1024, max_prompt_length=512)
+                self.sources.append((f"rm{i}", spec, (model, tokenizer, encoder)))
+            else:
+                self.sources.append((f"fn{i}", spec, load_scorer(spec.function, option=f"rewards[{i}].function")))
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        total = torch.zeros(len(responses))
+        parts = {}
+        for name, spec, source in self.sources:
+            if callable(source):
+                scores = torch.tensor(call_scorer(source, prompts, responses, option=name))
+            else:
+                model, tokenizer, encoder = source
+                seqs = [encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
+                scores = torch.cat([_score(model, seqs[i : i + 64], tokenizer.pad_token_id, spec.head) for i in range(0, len(seqs), 64)])
+            parts[f"reward_{name}"] = scores.mean().item()
+            total += spec.weight * scores
+        return total, parts
+
+
+def _score(model, sequences: list[list[int]], pad_id: int, head: int) -> torch.Tensor:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return model(input_ids=ids, attention_mask=mask).logits[:, head].float()
+
+
+# ---------------------------------------------------------------- policy, reference, prompts
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module
+    tokenizer: object
+    reference: torch.nn.Module | None  # None: the adapter-disabled policy (LoRA)
+    path: Path
+
+    @torch.no_grad()
+    def reference_logps(self, input_ids, attention_mask, prompt_len: int, temperature: float) -> torch.Tensor:
+        if self.reference is None:
+            with self.model.disable_adapter():
+                return token_logps(self.model, input_ids, attention_mask, prompt_len, temperature)[0]
+        return token_logps(self.reference, input_ids, attention_mask, prompt_len, temperature)[0]
+
+
+def load_policy(config: OnlineRLConfig) -> Policy:
+    path = resolve_model_path(config.model)
+    tokenizer = load_tokenizer(path, padding_side="left")
+    model = load_causal_lm(path)
+    reference = None
+    if config.lora:
+        model = apply_lora(model, config.lora)
+        if config.ref_model:
+            reference = load_causal_lm(resolve_model_path(config.ref_model))
+    else:
+        reference = load_causal_lm(resolve_model_path(config.ref_model) if config.ref_model else path)
+    if reference is not None:
+        reference.eval().requires_grad_(False)
+    # Dropout off everywhere: log-probs must agree between rollout and update.
+    model.eval()
+    return Policy(model=model, tokenizer=tokenizer, reference=reference, path=path)
+
+
+class PromptStream:
+    """Endless, seeded, epoch-shuffled prompts; `position` makes it resumable."""
+
+    def __init__(self, prompts_path: Path, tokenizer, max_prompt_length: int, seed: int):
+        records = load_records(prompts_path, "prompt")
+        encoder = Encoder(tokenizer, max_length=max_prompt_length + 1, max_prompt_length=max_prompt_length)
+        self.ids = [encoder.prompt_ids(r.prompt)[0] for r in records]
+        self.texts = [tokenizer.decode(i) for i in self.ids]
+        self.seed = seed
+        self.position = 0
+
+    def take(self, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            epoch, offset = divmod(self.position, len(self.ids))
+            order = list(range(len(self.ids)))
+            random.Random(self.seed + epoch).shuffle(order)
+            out.append(order[offset])
+            self.position += 1
+        return out
+
+
+def token_logps(model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0, with_entropy: bool = False):
+    """Per-token log-probs [B, R] of the response part under logits / temperature (and entropies); positions skip left padding."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    # Logits at t predict token t+1: the response starts at prompt_len.
+    logits = logits[:, prompt_len - 1 : -1].float() / temperature
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
+    return logps, (entropy_from_logits(logits) if with_entropy else None)
+
+
+@dataclass
+class Batch:
+    """One iteration's sampled data, everything the update needs."""
+
+    rollout: Rollout
+    prompt_texts: list[str]
+    response_texts: list[str]
+    scores: torch.Tensor  # combined reward per sequence (after missing-EOS penalty)
+    logps: torch.Tensor  # [B, R] behaviour log-probs
+    ref_logps: torch.Tensor  # [B, R]
+    mask: torch.Tensor  # [B, R] float
+    stats: dict
+
+
+def sample_batch(policy: Policy, prompts: PromptStream, indices: list[int], reward_fn: RewardFunction, gold, config: OnlineRLConfig,
+                 generator: torch.Generator) -> Batch:
+    tok = policy.tokenizer
+    batch = pad_left([prompts.ids[i] for i in indices], tok.pad_token_id)
+    rollout = generate(policy.model, batch["input_ids"], batch["attention_mask"], eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                       max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                       generator=generator)
+    input_ids, attention_mask = rollout.full()
+    prompt_len = rollout.prompt_ids.shape[1]
+    mask = rollout.response_mask.float()
+    # Behaviour log-probs come from sampling itself (same tempered distribution the update uses): no second forward pass.
+    logps = rollout.logps
+    ref_logps = policy.reference_logps(input_ids, attention_mask, prompt_len, config.temperature)
+    prompt_texts = [prompts.texts[i] for i in indices]
+    responses = decode_responses(tok, rollout)
+    scores, parts = reward_fn(prompt_texts, responses)
+    if config.missing_eos_penalty is not None:
+        scores = scores - config.missing_eos_penalty * rollout.truncated.float()
+    lengths = mask.sum(1)
+    seq_kl = ((logps - ref_logps) * mask).sum(1)
+    stats = {"reward": scores.mean().item(), **parts, "kl": seq_kl.mean().item(), "response_length": lengths.mean().item(),
+             "response_words": statistics.mean(len(r.split()) for r in responses), "distinct_2": distinct_n(responses, 2),
+             "truncated_share": rollout.truncated_share}
+    if gold is not None:
+        stats["gold"] = statistics.mean(call_scorer(gold, prompt_texts, responses))
+    return Batch(rollout, prompt_texts, responses, scores, logps.detach(), ref_logps.detach(), mask, stats)
+
+
+def policy_forward(policy: Policy, batch: Batch, idx: torch.Tensor, temperature: float):
+    """Trainable per-token log-probs and entropies for the rows `idx` of a batch."""
+    input_ids, attention_mask = batch.rollout.full()
+    return token_logps(policy.model, input_ids[idx], attention_mask[idx], batch.rollout.prompt_ids.shape[1], temperature, with_entropy=True)
+
+
+# ---------------------------------------------------------------- monitoring and guards
+
+
+class Monitor:
+    """metrics.jsonl rows with rolling-window means (`*_avg`) of the headline metrics."""
+
+    HEADLINE = ("reward", "gold", "kl", "entropy", "response_length", "distinct_2")
+
+    def __init__(self, path: Path, window: int, append: bool):
+        self.path = path
+        self.windows: dict[str, deque] = {k: deque(maxlen=window) for k in self.HEADLINE}
+        if not append:
+            path.write_text("")
+        else:
+            for line in path.read_text().splitlines()[-window:]:
+                row = json.loads(line)
+                for k in self.HEADLINE:
+                    if k in row:
+                        self.windows[k].append(row[k])
+
+    def log(self, step: int, row: dict) -> dict:
+        for k in self.HEADLINE:
+            if k in row and row[k] is not None:
+                self.windows[k].append(row[k])
+        full = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}}
+        full.update({f"{k}_avg": round(sum(w) / len(w), 6) for k, w in self.windows.items() if w})
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(full) + "\n")
+        return full
+
+
+def guard(step: int, loss: torch.Tensor, kl: float, config: OnlineRLConfig, last_checkpoint: Path | None) -> None:
+    keep = f"; the last good checkpoint is {last_checkpoint}" if last_checkpoint else "; no checkpoint was written yet"
+    if not torch.isfinite(loss):
+        raise TrainingError(f"step {step}: the loss is {loss.item()} (NaN/inf guard stopped the run){keep}")
+    if config.kl_ceiling is not None and kl > config.kl_ceiling:
+        raise TrainingError(f"step {step}: KL to the reference {kl:.2f} exceeds kl_ceiling={config.kl_ceiling} (KL guard stopped the run){keep}")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(out: Path, step: int, modules: dict[str, torch.nn.Module], optimizers: dict, state: dict, keep: int = 2) -> Path:
+    """Write checkpoints/step-N atomically (temporary folder, then rename); keep the newest `keep`."""
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    try:
+        torch.save({
+            "step": step, "state": state,
+            "modules": {k: {n: p for n, p in m.state_dict().items()} for k, m in modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        }, tmp / "trainer_state.pt")
+        final = root / f"step-{step:06d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / "trainer_state.pt").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict) -> tuple[int, dict]:
+    saved = torch.load(path / "trainer_state.pt", weights_only=False)
+    for k, m in modules.items():
+        m.load_state_dict(saved["modules"][k])
+    for k, o in optimizers.items():
+        o.load_state_dict(saved["optimizers"][k])
+    torch.set_rng_state(saved["rng"]["torch"])
+    random.setstate(saved["rng"]["python"])
+    return saved["step"], saved["state"]
+
+
+def trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def uses_lora(model) -> bool:
+    return is_peft(model)

@@ -1,0 +1,163 @@
+"""PPO with a value head, GAE and a per-token KL penalty folded into the reward (Ziegler et al. 2019; Ouyang et al. 2022).
+
+One iteration: sample a batch of responses -> score them -> per-token rewards = -kl_coef * KL, plus the
+score on the last token -> GAE advantages -> several epochs of clipped policy and value updates.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import PPOConfig, save_config
+from ..losses import gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
+from ..models.loading import load_tokenizer, resolve_model_path, save_model
+from ..scoring import load_scorer
+from ..train import console, progress_bar, setup_torch, write_json
+from . import online
+
+
+class ValueModel(nn.Module):
+    """V(s_t) for every response position: a scalar head on a separate backbone copy or on the policy's hidden states."""
+
+    def __init__(self, config: PPOConfig, policy: online.Policy):
+        super().__init__()
+        self.shared = config.value_model == "shared"
+        if self.shared:
+            hidden = policy.model.config.get_text_config().hidden_size if hasattr(policy.model.config, "get_text_config") else policy.model.config.hidden_size
+            self.head = nn.Linear(hidden, 1)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        else:
+            from transformers import AutoModelForTokenClassification
+
+            path = resolve_model_path(config.value_init) if config.value_init else policy.path
+            self.backbone = AutoModelForTokenClassification.from_pretrained(str(path), num_labels=1)
+            self.backbone.config.pad_token_id = policy.tokenizer.pad_token_id
+            self.backbone.eval()  # dropout off
+
+    def forward(self, policy: online.Policy, input_ids, attention_mask, prompt_len: int, temperature: float, with_policy: bool):
+        """(policy log-probs, entropies, values) over the response positions; one backbone pass when shared."""
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        targets = input_ids[:, prompt_len:, None]
+        logps = entropy = None
+        if self.shared:
+            out = policy.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True)
+            values = self.head(out.hidden_states[-1][:, prompt_len - 1 : -1]).squeeze(-1)
+            logits = out.logits[:, prompt_len - 1 : -1].float() / temperature
+        else:
+            values = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, prompt_len - 1 : -1, 0]
+            logits = None
+            if with_policy:
+                logits = policy.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, prompt_len - 1 : -1].float() / temperature
+        if with_policy:
+            from ..losses import entropy_from_logits
+
+            logps = torch.log_softmax(logits, -1).gather(-1, targets).squeeze(-1)
+            entropy = entropy_from_logits(logits)
+        return logps, entropy, values.float()
+
+
+class AdaptiveKL:
+    """kl_coef <- kl_coef * (1 + clip(KL/target - 1, -0.2, 0.2) * n / horizon) (Ziegler et al. 2019)."""
+
+    def __init__(self, coef: float, target: float, horizon: int):
+        self.coef, self.target, self.horizon = coef, target, horizon
+
+    def update(self, kl: float, n: int) -> None:
+        error = max(-0.2, min(0.2, kl / self.target - 1))
+        self.coef *= 1 + error * n / self.horizon
+
+
+def run(config: PPOConfig) -> dict:
+    out = Path(config.output_dir)
+    setup_torch(config.seed, config.threads)
+    reward_fn = online.RewardFunction(config.rewards)
+    gold = load_scorer(config.gold) if config.gold else None
+    policy = online.load_policy(config)
+    from .pairs import resolve_prompts
+
+    prompts = online.PromptStream(resolve_prompts(config.prompts), policy.tokenizer, config.max_prompt_length, config.seed)
+    value = ValueModel(config, policy)
+    params = online.trainable(policy.model) + [p for p in value.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5)
+    warmup = config.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    kl_ctl = AdaptiveKL(config.kl_coef, config.target_kl, config.kl_horizon)
+    modules = {"policy": policy.model, "value": value}
+    start_step = 0
+    generator = torch.Generator().manual_seed(config.seed)
+    last_ckpt = online.latest_checkpoint(out) if config.resume else None
+    if config.resume and last_ckpt is None:
+        console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
+    if last_ckpt is not None:
+        start_step, state = online.load_checkpoint(last_ckpt, modules, {"adamw": optimizer})
+        scheduler.last_epoch = start_step
+        kl_ctl.coef, prompts.position = state["kl_coef"], state["prompt_position"]
+        generator.set_state(state["generator"])
+        console.print(f"resuming from {last_ckpt} (step {start_step})")
+    save_config(config, out)
+    monitor = online.Monitor(out / "metrics.jsonl", config.window, append=last_ckpt is not None)
+    row: dict = {}
+    with progress_bar("ppo", config.steps) as advance:
+        advance(start_step)
+        for step in range(start_step + 1, config.steps + 1):
+            t0 = time.time()
+            batch = online.sample_batch(policy, prompts, prompts.take(config.batch_size), reward_fn, gold, config, generator)
+            input_ids, attention_mask = batch.rollout.full()
+            prompt_len = batch.rollout.prompt_ids.shape[1]
+            mask = batch.mask
+            with torch.no_grad():
+                _, _, old_values = value(policy, input_ids, attention_mask, prompt_len, config.temperature, with_policy=False)
+            # Reward shaping: scaled (optionally whitened) score on the last response token, minus kl_coef * per-token KL.
+            scores = batch.scores * config.reward_scale
+            if config.whiten_rewards:
+                scores = whiten(scores, shift_mean=False)
+            token_kl = kl_penalty(batch.logps, batch.ref_logps, config.kl_estimator) * mask
+            rewards = -kl_ctl.coef * token_kl
+            last = (mask.sum(1) - 1).clamp(min=0).long()
+            rewards[torch.arange(len(last)), last] += scores
+            advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+            if config.whiten_advantages:
+                advantages = whiten(advantages, mask)
+            stats: dict[str, float] = {}
+            n_updates = 0
+            for _ in range(config.epochs_per_batch):
+                order = torch.randperm(len(last))
+                for i in range(0, len(order), config.mini_batch_size):
+                    idx = order[i : i + config.mini_batch_size]
+                    logps, entropy, values = value(policy, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_policy=True)
+                    pg_loss, pg_stats = ppo_policy_loss(logps, batch.logps[idx], advantages[idx], mask[idx], config.clip_range)
+                    vf_loss, vf_stats = ppo_value_loss(values, old_values[idx], returns[idx], mask[idx], config.value_clip_range)
+                    ent = masked_mean(entropy, mask[idx])
+                    loss = pg_loss + config.vf_coef * vf_loss - config.entropy_coef * ent
+                    online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    optimizer.step()
+                    n_updates += 1
+                    for k, v in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": ent.item(), **pg_stats, **vf_stats}.items():
+                        stats[k] = stats.get(k, 0.0) + v
+            scheduler.step()
+            stats = {k: v / n_updates for k, v in stats.items()}
+            if config.adaptive_kl:
+                kl_ctl.update(batch.stats["kl"], config.batch_size)
+            row = monitor.log(step, {**batch.stats, **stats, "kl_coef": kl_ctl.coef, "lr": scheduler.get_last_lr()[0],
+                                     "step_seconds": round(time.time() - t0, 3)})
+            advance(reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"])
+            if step % config.save_every == 0 or step == config.steps:
+                last_ckpt = online.save_checkpoint(out, step, modules, {"adamw": optimizer},
+                                                   {"kl_coef": kl_ctl.coef, "prompt_position": prompts.position,
+                                                    "generator": generator.get_state()})
+    save_model(policy.model, load_tokenizer(policy.path), out / "model", merge_lora=config.lora.merge if config.lora else True)
+    if not value.shared:
+        value.backbone.save_pretrained(str(out / "value_model"))
+    summary = {"stage": "ppo", "model": str(policy.path), "steps": config.steps, "final": row, "model_dir": str(out / "model")}
+    write_json(out / "summary.json", summary)
+    console.print(f"ppo: {config.steps} steps; last-window reward {row.get('reward_avg', float('nan')):.3f}, "
+                  f"gold {row.get('gold_avg', float('nan')):.3f}, KL {row.get('kl_avg', float('nan')):.3f}; model saved to {out / 'model'}")
+    return summary

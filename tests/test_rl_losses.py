@@ -1,0 +1,327 @@
+"""Parity tests for the RL helpers in rlhfkit.losses against hand-computed values (math module / plain loops)."""
+
+import math
+
+import pytest
+import torch
+
+from rlhfkit.losses import (
+    entropy_from_logits,
+    gae,
+    group_advantages,
+    kl_penalty,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+    whiten,
+)
+
+GARBAGE = 1e9
+
+
+def t(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def close(actual, expected, tol=1e-10):
+    actual = torch.as_tensor(actual, dtype=torch.float64)
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
+
+
+def with_garbage(x, mask, value=GARBAGE):
+    """Copy of x with every masked-out position overwritten by ``value``."""
+    return torch.where(mask != 0, x, torch.full_like(x, value))
+
+
+# ---------------------------------------------------------------- GAE
+
+
+def ref_gae(rewards, values, gamma, lam):
+    """Plain reverse-loop GAE over one fully-valid response (lists of floats), bootstrapping 0 at the end."""
+    n = len(rewards)
+    adv = [0.0] * n
+    next_value, next_adv = 0.0, 0.0
+    for i in reversed(range(n)):
+        delta = rewards[i] + gamma * next_value - values[i]
+        adv[i] = delta + gamma * lam * next_adv
+        next_value, next_adv = values[i], adv[i]
+    return adv, [a + v for a, v in zip(adv, values)]
+
+
+R4 = [0.1, -0.2, 0.3, 1.0]
+V4 = [0.5, 0.4, -0.1, 0.2]
+G, L = 0.9, 0.8
+
+
+def test_gae_full_row_matches_hand_values():
+    adv, ret = gae(t(R4), t(V4), torch.ones(1, 4, dtype=torch.float64), G, L)
+    # By hand: A3 = 1.0 - 0.2 = 0.8; delta2 = 0.3 + 0.9*0.2 + 0.1 = 0.58, A2 = 0.58 + 0.72*0.8 = 1.156
+    # delta1 = -0.2 + 0.9*(-0.1) - 0.4 = -0.69, A1 = -0.69 + 0.72*1.156 = 0.14232
+    # delta0 = 0.1 + 0.9*0.4 - 0.5 = -0.04, A0 = -0.04 + 0.72*0.14232 = 0.0624704
+    expected_adv = [0.0624704, 0.14232, 1.156, 0.8]
+    close(adv, [expected_adv])
+    close(ret, [[a + v for a, v in zip(expected_adv, V4)]])
+    ref_adv, ref_ret = ref_gae(R4, V4, G, L)
+    close(adv, [ref_adv])
+    close(ret, [ref_ret])
+
+
+def test_gae_prompt_prefix_and_padding_with_garbage():
+    # Row 0: 2 prompt tokens, 3 response tokens, 2 padding. Row 1: fully valid up to the last token.
+    mask = t([0, 0, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1])
+    r_resp, v_resp = [0.3, -0.5, 2.0], [0.25, -0.75, 1.5]
+    r1 = [0.0, 0.1, 0.0, -0.3, 0.0, 0.2, 1.0]
+    v1 = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    rewards = t([7.0, 7.0, *r_resp, 7.0, 7.0], r1)
+    values = t([3.0, 3.0, *v_resp, 3.0, 3.0], v1)
+
+    adv, ret = gae(rewards, values, mask, G, L)
+    a_resp, ret_resp = ref_gae(r_resp, v_resp, G, L)
+    a1, ret1 = ref_gae(r1, v1, G, L)
+    close(adv, [[0.0, 0.0, *a_resp, 0.0, 0.0], a1])
+    close(ret, [[0.0, 0.0, *ret_resp, 0.0, 0.0], ret1])
+    # The last response token bootstraps from 0, not from the padding value: A = r - V.
+    assert adv[0, 4].item() == pytest.approx(2.0 - 1.5)
+
+    adv_g, ret_g = gae(with_garbage(rewards, mask), with_garbage(values, mask), mask, G, L)
+    close(adv_g, adv)
+    close(ret_g, ret)
+    adv_n, _ = gae(with_garbage(rewards, mask, math.nan), with_garbage(values, mask, math.inf), mask, G, L)
+    close(adv_n, adv)
+
+
+def test_gae_is_detached():
+    values = t(V4).requires_grad_(True)
+    rewards = t(R4).requires_grad_(True)
+    adv, ret = gae(rewards, values, torch.ones(1, 4, dtype=torch.float64), G, L)
+    assert not adv.requires_grad and not ret.requires_grad
+
+
+# ---------------------------------------------------------------- KL estimators
+
+
+def test_kl_estimators_match_hand_values():
+    lp, ref = [-1.0, -2.5, -0.3], [-1.5, -2.0, -0.3]
+    logps, ref_logps = t(lp), t(ref)
+    close(kl_penalty(logps, ref_logps, "k1"), [[a - b for a, b in zip(lp, ref)]])
+    close(kl_penalty(logps, ref_logps, "k2"), [[0.5 * (a - b) ** 2 for a, b in zip(lp, ref)]])
+    close(kl_penalty(logps, ref_logps, "k3"), [[math.exp(b - a) - (b - a) - 1 for a, b in zip(lp, ref)]])
+    assert kl_penalty(logps, ref_logps, "k3").shape == logps.shape
+
+
+def test_k3_nonnegative_and_close_to_k2_for_small_differences():
+    gen = torch.Generator().manual_seed(0)
+    logps = -torch.rand(4, 16, generator=gen, dtype=torch.float64) * 5
+    ref = logps + (torch.rand(4, 16, generator=gen, dtype=torch.float64) - 0.5) * 6
+    assert (kl_penalty(logps, ref, "k3") >= 0).all()
+    small = logps + 1e-3 * (torch.rand(4, 16, generator=gen, dtype=torch.float64) - 0.5)
+    k2, k3 = kl_penalty(logps, small, "k2"), kl_penalty(logps, small, "k3")
+    # k3 = x^2/2 + O(x^3) with |x| <= 5e-4: relative gap bounded by ~|x|/3.
+    torch.testing.assert_close(k3, k2, rtol=1e-3, atol=1e-15)
+
+
+def test_kl_unknown_estimator_raises():
+    with pytest.raises(ValueError, match="k1, k2, k3"):
+        kl_penalty(t([0.0]), t([0.0]), "k4")
+
+
+# ---------------------------------------------------------------- PPO policy loss
+
+
+def ref_ppo_token(lp, old, a, eps):
+    ratio = math.exp(lp - old)
+    unclipped = -a * ratio
+    clipped = -a * min(max(ratio, 1 - eps), 1 + eps)
+    return max(unclipped, clipped), clipped > unclipped
+
+
+def test_ppo_policy_loss_unclipped_regime():
+    eps = 0.2
+    lp, old, adv = [-1.0, -2.0, -0.5], [-1.05, -1.9, -0.5], [1.5, -0.7, 2.0]
+    loss, stats = ppo_policy_loss(t(lp), t(old), t(adv), torch.ones(1, 3, dtype=torch.float64), eps)
+    ratios = [math.exp(a - b) for a, b in zip(lp, old)]
+    assert all(abs(r - 1) < eps for r in ratios)
+    close(loss, sum(-a * r for a, r in zip(adv, ratios)) / 3)
+    assert stats["clip_fraction"] == 0.0
+    assert stats["approx_kl"] == pytest.approx(sum(0.5 * (a - b) ** 2 for a, b in zip(lp, old)) / 3, abs=1e-12)
+    assert stats["ratio_mean"] == pytest.approx(sum(ratios) / 3, abs=1e-12)
+    assert set(stats) == {"clip_fraction", "approx_kl", "ratio_mean"}
+    assert all(type(v) is float for v in stats.values())
+
+
+def test_ppo_policy_loss_clipped_regime_both_signs():
+    eps = 0.2
+    # tok0: ratio e^0.5 > 1.2, A > 0 -> clipped branch (-1.2*A) wins.
+    # tok1: ratio e^-0.5 < 0.8, A < 0 -> clipped branch (-0.8*A) wins.
+    # tok2: ratio e^0.5, A < 0 -> unclipped wins (pessimism keeps the bigger ratio).
+    # tok3: ratio e^-0.5, A > 0 -> unclipped wins.
+    lp = [0.0, -1.0, -0.2, -3.0]
+    old = [-0.5, -0.5, -0.7, -2.5]
+    adv = [2.0, -1.0, -0.5, 3.0]
+    mask = torch.ones(1, 4, dtype=torch.float64)
+    loss, stats = ppo_policy_loss(t(lp), t(old), t(adv), mask, eps)
+
+    r_up, r_dn = math.exp(0.5), math.exp(-0.5)
+    expected_tokens = [-2.0 * 1.2, 1.0 * 0.8, 0.5 * r_up, -3.0 * r_dn]
+    close(loss, sum(expected_tokens) / 4)
+    assert stats["clip_fraction"] == pytest.approx(2 / 4)
+    ref = [ref_ppo_token(*x, eps) for x in zip(lp, old, adv)]
+    close(loss, sum(v for v, _ in ref) / 4)
+    assert [c for _, c in ref] == [True, True, False, False]
+    assert stats["ratio_mean"] == pytest.approx((2 * r_up + 2 * r_dn) / 4, abs=1e-12)
+    assert stats["approx_kl"] == pytest.approx(0.5 * 0.25, abs=1e-12)
+
+
+def test_ppo_policy_loss_gradient_and_masked_garbage():
+    eps = 0.2
+    mask = t([0, 1, 1, 1, 0], [1, 1, 0, 0, 0])
+    lp = t([-1.0, -0.1, -1.0, -0.2, -1.0], [-0.3, -3.0, -1.0, -1.0, -1.0])
+    old = t([-1.0, -0.6, -1.1, -0.25, -1.0], [-0.2, -2.5, -1.0, -1.0, -1.0])
+    adv = t([0.0, 1.0, -2.0, 0.5, 0.0], [-1.0, 1.0, 0.0, 0.0, 0.0])
+
+    ref = [
+        ref_ppo_token(lp[b, i].item(), old[b, i].item(), adv[b, i].item(), eps)
+        for b in range(2)
+        for i in range(5)
+        if mask[b, i]
+    ]
+    lp_req = lp.clone().requires_grad_(True)
+    loss, stats = ppo_policy_loss(lp_req, old, adv, mask, eps)
+    close(loss, sum(v for v, _ in ref) / len(ref))
+    assert stats["clip_fraction"] == pytest.approx(sum(c for _, c in ref) / len(ref))
+    loss.backward()
+    clean_grad = lp_req.grad.clone()
+    assert (clean_grad[mask == 0] == 0).all()
+
+    lp_bad = with_garbage(lp, mask).requires_grad_(True)
+    loss_g, stats_g = ppo_policy_loss(lp_bad, with_garbage(old, mask, -GARBAGE), with_garbage(adv, mask), mask, eps)
+    close(loss_g, loss)
+    assert stats_g == pytest.approx(stats)
+    loss_g.backward()
+    assert torch.isfinite(lp_bad.grad).all()
+    close(lp_bad.grad, clean_grad)
+
+
+# ---------------------------------------------------------------- PPO value loss
+
+
+def test_ppo_value_loss_without_clipping():
+    eps = 0.5
+    v, old, ret = [1.0, 0.2, -0.4], [0.9, 0.0, -0.5], [1.5, 0.0, 0.3]
+    loss, stats = ppo_value_loss(t(v), t(old), t(ret), torch.ones(1, 3, dtype=torch.float64), eps)
+    # |V - V_old| <= eps everywhere, so both branches coincide: 0.5 * mean((V - R)^2).
+    close(loss, 0.5 * (0.25 + 0.04 + 0.49) / 3)
+    assert stats == {"value_clip_fraction": 0.0}
+
+
+def test_ppo_value_loss_with_clipping():
+    eps = 0.2
+    # tok0: V moved 1.0 past V_old toward R: clip(V)=0.2, (0.2-1)^2=0.64 > (1-1)^2=0 -> clipped wins.
+    # tok1: V moved 1.0 away from R: clip(V)=-0.2, (-0.2-0)^2=0.04 < (-1-0)^2=1 -> unclipped wins.
+    # tok2: within band -> equal.
+    v, old, ret = [1.0, -1.0, 0.1], [0.0, 0.0, 0.0], [1.0, 0.0, 0.5]
+    loss, stats = ppo_value_loss(t(v), t(old), t(ret), torch.ones(1, 3, dtype=torch.float64), eps)
+    close(loss, 0.5 * (0.64 + 1.0 + 0.16) / 3)
+    assert stats["value_clip_fraction"] == pytest.approx(1 / 3)
+
+
+def test_ppo_value_loss_masked_garbage():
+    eps = 0.2
+    mask = t([0, 1, 1, 0])
+    v, old, ret = t([5.0, 1.0, -1.0, 5.0]), t([5.0, 0.0, 0.0, 5.0]), t([5.0, 1.0, 0.0, 5.0])
+    v_req = v.clone().requires_grad_(True)
+    loss, stats = ppo_value_loss(v_req, old, ret, mask, eps)
+    close(loss, 0.5 * (0.64 + 1.0) / 2)
+    assert stats["value_clip_fraction"] == pytest.approx(0.5)
+    loss.backward()
+    # tok1 is clipped (no gradient), tok2 unclipped: d/dV 0.5 * (V - R)^2 / 2 = (V - R) / 2 = -0.5.
+    close(v_req.grad, [[0.0, 0.0, -0.5, 0.0]])
+
+    v_bad = with_garbage(v, mask, 1e30).requires_grad_(True)
+    loss_g, stats_g = ppo_value_loss(v_bad, with_garbage(old, mask), with_garbage(ret, mask, -1e30), mask, eps)
+    close(loss_g, loss)
+    assert stats_g == stats
+    loss_g.backward()
+    close(v_bad.grad, v_req.grad)
+
+
+# ---------------------------------------------------------------- GRPO / RLOO advantages
+
+
+def test_group_advantages_normalized_and_not():
+    rewards = [1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 2.0, 2.0]
+    out = group_advantages(torch.tensor(rewards, dtype=torch.float64), group_size=4)
+    # Group 1: mean 2.5, unbiased std sqrt(5/3). Group 2: mean 1, std sqrt(4/3).
+    s1, s2 = math.sqrt(5 / 3), math.sqrt(4 / 3)
+    expected = [(r - 2.5) / (s1 + 1e-4) for r in rewards[:4]] + [(r - 1.0) / (s2 + 1e-4) for r in rewards[4:]]
+    close(out, expected)
+    raw = group_advantages(torch.tensor(rewards, dtype=torch.float64), group_size=4, normalize=False)
+    close(raw, [-1.5, -0.5, 0.5, 1.5, -1.0, -1.0, 1.0, 1.0])
+    # Constant group: exactly 0, not NaN.
+    close(group_advantages(torch.tensor([3.0, 3.0, 3.0], dtype=torch.float64), 3), [0.0, 0.0, 0.0])
+
+
+def test_group_advantages_bad_size_raises():
+    with pytest.raises(ValueError):
+        group_advantages(torch.tensor([1.0, 2.0, 3.0]), group_size=2)
+    with pytest.raises(ValueError):
+        group_advantages(torch.tensor([1.0, 2.0]), group_size=0)
+
+
+def test_rloo_hand_examples():
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    # k=2: each baseline is the other member of the pair.
+    close(rloo_advantages(r, 2), [1 - 2, 2 - 1, 3 - 4, 4 - 3])
+    # k=4: baseline = mean of the other three.
+    close(rloo_advantages(r, 4), [1 - 3.0, 2 - 8 / 3, 3 - 7 / 3, 4 - 2.0])
+    with pytest.raises(ValueError):
+        rloo_advantages(r, 1)
+    with pytest.raises(ValueError):
+        rloo_advantages(r, 3)
+
+
+# ---------------------------------------------------------------- whiten / entropy
+
+
+def test_whiten_unmasked_and_masked():
+    xs = [1.0, 2.0, 4.0, 9.0]
+    mean = sum(xs) / 4
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / 4)  # biased (divide by N)
+    out = whiten(t(xs))
+    close(out, [[(x - mean) / std for x in xs]], tol=1e-7)
+    close(whiten(t(xs), shift_mean=False), [[(x - mean) / std + mean for x in xs]], tol=1e-7)
+
+    mask = t([0, 1, 1, 0, 1, 1, 0])
+    values = t([GARBAGE, 1.0, 2.0, -GARBAGE, 4.0, 9.0, math.nan])
+    expected = [0.0, *[(x - mean) / std for x in xs[:2]], 0.0, *[(x - mean) / std for x in xs[2:]], 0.0]
+    close(whiten(values, mask), [expected], tol=1e-7)
+    expected_shift = [0.0, *[(x - mean) / std + mean for x in xs[:2]], 0.0]
+    expected_shift += [(x - mean) / std + mean for x in xs[2:]] + [0.0]
+    close(whiten(values, mask, shift_mean=False), [expected_shift], tol=1e-7)
+    # eps sits inside the square root.
+    close(whiten(t([1.0, 3.0]), eps=1.0), [[-1 / math.sqrt(2), 1 / math.sqrt(2)]])
+
+
+def test_entropy_from_logits():
+    vocab = 7
+    uniform = torch.full((2, 3, vocab), 1.7, dtype=torch.float64)
+    close(entropy_from_logits(uniform), torch.full((2, 3), math.log(vocab), dtype=torch.float64))
+
+    row = [2.0, -1.0, 0.5]
+    z = sum(math.exp(x) for x in row)
+    ps = [math.exp(x) / z for x in row]
+    expected = -sum(p * math.log(p) for p in ps)
+    logits = torch.tensor([[row, [1000.0, 1000.0, -1000.0]]], dtype=torch.float64)
+    out = entropy_from_logits(logits)
+    assert out.shape == (1, 2)
+    close(out[0, 0], expected)
+    # Huge logits stay finite (stable form); two equal winners -> log 2.
+    close(out[0, 1], math.log(2))
+    # -inf (banned) tokens contribute nothing and produce no NaN.
+    banned = torch.tensor([[[0.0, 0.0, -math.inf]]], dtype=torch.float64)
+    close(entropy_from_logits(banned), [[math.log(2)]])
+    # Low-precision logits are upcast.
+    bf = entropy_from_logits(torch.zeros(1, 2, 16, dtype=torch.bfloat16))
+    close(bf, [[math.log(16)] * 2], tol=1e-6)
