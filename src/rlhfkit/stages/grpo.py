@@ -16,9 +16,8 @@ import torch
 
 from ..config import GRPOConfig, RLOOConfig, save_config
 from ..losses import group_advantages, kl_penalty, masked_mean, ppo_policy_loss, rloo_advantages
-from ..models.loading import load_tokenizer, save_model
 from ..scoring import load_scorer
-from ..train import console, progress_bar, setup_torch, write_json
+from ..train import progress_bar, setup_torch
 from . import online
 
 
@@ -36,20 +35,11 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
     prompts = online.PromptStream(resolve_prompts(config.prompts), policy.tokenizer, config.max_prompt_length, config.seed)
     params = online.trainable(policy.model)
     optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5)
-    warmup = config.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    scheduler = online.constant_schedule(optimizer, config.warmup_steps)
     generator = torch.Generator().manual_seed(config.seed)
     modules = {"policy": policy.model}
-    start_step = 0
-    last_ckpt = online.latest_checkpoint(out) if config.resume else None
-    if config.resume and last_ckpt is None:
-        console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
-    if last_ckpt is not None:
-        start_step, state = online.load_checkpoint(last_ckpt, modules, {"adamw": optimizer})
-        scheduler.last_epoch = start_step
-        prompts.position = state["prompt_position"]
-        generator.set_state(state["generator"])
-        console.print(f"resuming from {last_ckpt} (step {start_step})")
+    start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts)
+    scheduler.last_epoch = start_step
     save_config(config, out)
     monitor = online.Monitor(out / "metrics.jsonl", config.window, append=last_ckpt is not None)
     row: dict = {}
@@ -97,11 +87,5 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
                                      "step_seconds": round(time.time() - t0, 3)})
             advance(reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"])
             if step % config.save_every == 0 or step == config.steps:
-                last_ckpt = online.save_checkpoint(out, step, modules, {"adamw": optimizer},
-                                                   {"prompt_position": prompts.position, "generator": generator.get_state()})
-    save_model(policy.model, load_tokenizer(policy.path), out / "model", merge_lora=config.lora.merge if config.lora else True)
-    summary = {"stage": name, "model": str(policy.path), "steps": config.steps, "final": row, "model_dir": str(out / "model")}
-    write_json(out / "summary.json", summary)
-    console.print(f"{name}: {config.steps} steps; last-window reward {row.get('reward_avg', float('nan')):.3f}, "
-                  f"gold {row.get('gold_avg', float('nan')):.3f}, KL {row.get('kl_avg', float('nan')):.3f}; model saved to {out / 'model'}")
-    return summary
+                last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts)
+    return online.finish(name, config, policy, out, row)

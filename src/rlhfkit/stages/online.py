@@ -21,7 +21,7 @@ from ..data.tokenize import Encoder, pad_left
 from ..errors import ConfigError, TrainingError
 from ..evaluate.diversity import distinct_n
 from ..losses import entropy_from_logits
-from ..models.loading import apply_lora, is_peft, load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path
+from ..models.loading import apply_lora, load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path
 from ..rollout import Rollout, decode_responses, generate
 from ..scoring import call_scorer, load_scorer
 from ..train import console
@@ -185,12 +185,6 @@ def sample_batch(policy: Policy, prompts: PromptStream, indices: list[int], rewa
     return Batch(rollout, prompt_texts, responses, scores, logps.detach(), ref_logps.detach(), mask, stats)
 
 
-def policy_forward(policy: Policy, batch: Batch, idx: torch.Tensor, temperature: float):
-    """Trainable per-token log-probs and entropies for the rows `idx` of a batch."""
-    input_ids, attention_mask = batch.rollout.full()
-    return token_logps(policy.model, input_ids[idx], attention_mask[idx], batch.rollout.prompt_ids.shape[1], temperature, with_entropy=True)
-
-
 # ---------------------------------------------------------------- monitoring and guards
 
 
@@ -268,7 +262,11 @@ def latest_checkpoint(out: Path) -> Path | None:
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict) -> tuple[int, dict]:
     saved = torch.load(path / "trainer_state.pt", weights_only=False)
     for k, m in modules.items():
-        m.load_state_dict(saved["modules"][k])
+        try:
+            m.load_state_dict(saved["modules"][k])
+        except (KeyError, RuntimeError):
+            raise TrainingError(f"{path}: the checkpoint's {k} does not match this config (model, lora or value_model changed?); "
+                                "resume with the run's own config.yaml or choose a new output_dir") from None
     for k, o in optimizers.items():
         o.load_state_dict(saved["optimizers"][k])
     torch.set_rng_state(saved["rng"]["torch"])
@@ -276,9 +274,43 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers:
     return saved["step"], saved["state"]
 
 
+def resume_state(config: OnlineRLConfig, out: Path, modules: dict, optimizer, generator: torch.Generator, prompts: PromptStream) -> tuple[int, Path | None, dict]:
+    """With `resume`, restore modules, optimizer, sampler RNG and prompt position from the newest checkpoint."""
+    if not config.resume:
+        return 0, None, {}
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
+        return 0, None, {}
+    step, state = load_checkpoint(checkpoint, modules, {"adamw": optimizer})
+    prompts.position = state["prompt_position"]
+    generator.set_state(state["generator"])
+    console.print(f"resuming from {checkpoint} (step {step})")
+    return step, checkpoint, state
+
+
+def checkpoint_now(out: Path, step: int, modules: dict, optimizer, generator: torch.Generator, prompts: PromptStream, **extra) -> Path:
+    return save_checkpoint(out, step, modules, {"adamw": optimizer},
+                           {"prompt_position": prompts.position, "generator": generator.get_state(), **extra})
+
+
+def finish(name: str, config: OnlineRLConfig, policy: Policy, out: Path, row: dict) -> dict:
+    """Save the final policy as a plain HF directory and write summary.json."""
+    from ..models.loading import save_model
+    from ..train import write_json
+
+    save_model(policy.model, load_tokenizer(policy.path), out / "model", merge_lora=config.lora.merge if config.lora else True)
+    summary = {"stage": name, "model": str(policy.path), "steps": config.steps, "final": row, "model_dir": str(out / "model")}
+    write_json(out / "summary.json", summary)
+    console.print(f"{name}: {config.steps} steps; last-window reward {row.get('reward_avg', float('nan')):.3f}, "
+                  f"gold {row.get('gold_avg', float('nan')):.3f}, KL {row.get('kl_avg', float('nan')):.3f}; model saved to {out / 'model'}")
+    return summary
+
+
+def constant_schedule(optimizer, warmup: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+
+
 def trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
-
-def uses_lora(model) -> bool:
-    return is_peft(model)

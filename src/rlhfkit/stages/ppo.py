@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..config import PPOConfig, save_config
-from ..losses import gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
-from ..models.loading import load_tokenizer, resolve_model_path, save_model
+from ..losses import entropy_from_logits, gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
+from ..models.loading import resolve_model_path
 from ..scoring import load_scorer
-from ..train import console, progress_bar, setup_torch, write_json
+from ..train import progress_bar, setup_torch
 from . import online
 
 
@@ -42,23 +42,19 @@ class ValueModel(nn.Module):
     def forward(self, policy: online.Policy, input_ids, attention_mask, prompt_len: int, temperature: float, with_policy: bool):
         """(policy log-probs, entropies, values) over the response positions; one backbone pass when shared."""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        targets = input_ids[:, prompt_len:, None]
-        logps = entropy = None
-        if self.shared:
-            out = policy.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True)
-            values = self.head(out.hidden_states[-1][:, prompt_len - 1 : -1]).squeeze(-1)
-            logits = out.logits[:, prompt_len - 1 : -1].float() / temperature
-        else:
+        if not self.shared:
             values = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, prompt_len - 1 : -1, 0]
-            logits = None
-            if with_policy:
-                logits = policy.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, prompt_len - 1 : -1].float() / temperature
-        if with_policy:
-            from ..losses import entropy_from_logits
-
-            logps = torch.log_softmax(logits, -1).gather(-1, targets).squeeze(-1)
-            entropy = entropy_from_logits(logits)
-        return logps, entropy, values.float()
+            if not with_policy:
+                return None, None, values.float()
+            logps, entropy = online.token_logps(policy.model, input_ids, attention_mask, prompt_len, temperature, with_entropy=True)
+            return logps, entropy, values.float()
+        out = policy.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True)
+        values = self.head(out.hidden_states[-1][:, prompt_len - 1 : -1]).squeeze(-1).float()
+        if not with_policy:
+            return None, None, values
+        logits = out.logits[:, prompt_len - 1 : -1].float() / temperature
+        logps = torch.log_softmax(logits, -1).gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
+        return logps, entropy_from_logits(logits), values
 
 
 class AdaptiveKL:
@@ -84,21 +80,13 @@ def run(config: PPOConfig) -> dict:
     value = ValueModel(config, policy)
     params = online.trainable(policy.model) + [p for p in value.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5)
-    warmup = config.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    scheduler = online.constant_schedule(optimizer, config.warmup_steps)
     kl_ctl = AdaptiveKL(config.kl_coef, config.target_kl, config.kl_horizon)
     modules = {"policy": policy.model, "value": value}
-    start_step = 0
     generator = torch.Generator().manual_seed(config.seed)
-    last_ckpt = online.latest_checkpoint(out) if config.resume else None
-    if config.resume and last_ckpt is None:
-        console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
-    if last_ckpt is not None:
-        start_step, state = online.load_checkpoint(last_ckpt, modules, {"adamw": optimizer})
-        scheduler.last_epoch = start_step
-        kl_ctl.coef, prompts.position = state["kl_coef"], state["prompt_position"]
-        generator.set_state(state["generator"])
-        console.print(f"resuming from {last_ckpt} (step {start_step})")
+    start_step, last_ckpt, state = online.resume_state(config, out, modules, optimizer, generator, prompts)
+    scheduler.last_epoch = start_step
+    kl_ctl.coef = state.get("kl_coef", kl_ctl.coef)
     save_config(config, out)
     monitor = online.Monitor(out / "metrics.jsonl", config.window, append=last_ckpt is not None)
     row: dict = {}
@@ -150,14 +138,9 @@ def run(config: PPOConfig) -> dict:
                                      "step_seconds": round(time.time() - t0, 3)})
             advance(reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"])
             if step % config.save_every == 0 or step == config.steps:
-                last_ckpt = online.save_checkpoint(out, step, modules, {"adamw": optimizer},
-                                                   {"kl_coef": kl_ctl.coef, "prompt_position": prompts.position,
-                                                    "generator": generator.get_state()})
-    save_model(policy.model, load_tokenizer(policy.path), out / "model", merge_lora=config.lora.merge if config.lora else True)
+                last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, kl_coef=kl_ctl.coef)
     if not value.shared:
         value.backbone.save_pretrained(str(out / "value_model"))
-    summary = {"stage": "ppo", "model": str(policy.path), "steps": config.steps, "final": row, "model_dir": str(out / "model")}
-    write_json(out / "summary.json", summary)
-    console.print(f"ppo: {config.steps} steps; last-window reward {row.get('reward_avg', float('nan')):.3f}, "
-                  f"gold {row.get('gold_avg', float('nan')):.3f}, KL {row.get('kl_avg', float('nan')):.3f}; model saved to {out / 'model'}")
-    return summary
+    else:
+        torch.save(value.head.state_dict(), out / "value_head.pt")
+    return online.finish("ppo", config, policy, out, row)
