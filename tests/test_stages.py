@@ -27,6 +27,7 @@ from rlhfkit.config import (
 from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import Encoder
 from rlhfkit.demo import corpus
+from rlhfkit.demo.build import ensure_default
 from rlhfkit.demo.gold import gold_score
 from rlhfkit.evaluate import policy
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
@@ -133,7 +134,8 @@ def test_sft_on_default_data_logs_saves_and_reloads(sft_run):
     # it must be measured before and after, stay finite and not blow up.
     before, after = summary["val_loss_before"], summary["val_loss"]
     assert math.isfinite(before) and math.isfinite(after) and 0 < after < before + 0.05
-    assert summary["val_examples"] == int(4000 * 0.02) and summary["train_examples"] == 4000 - summary["val_examples"]
+    n_examples = len(load_records(ensure_default().sft_data, "sft"))
+    assert summary["val_examples"] == int(n_examples * 0.02) and summary["train_examples"] == n_examples - summary["val_examples"]
 
     metrics = rows(out / "metrics.jsonl")
     assert [r["step"] for r in metrics] == [5, 10, 15, 20, 25, 30]
@@ -232,17 +234,15 @@ def test_truncation_rule_counts_exactly():
     assert enc.report.as_dict() == {"records": 5, "prompts_truncated": 2, "responses_truncated": 3, "dropped": 0}
     assert "2 of 5 prompts cut from the left, 3 responses cut from the right" in enc.report.summary(max_length, max_prompt)
 
-    # A prompt longer than max_length (max_prompt_length above it): whatever the encoder keeps fits max_length with at
-    # least one response token; dropped records are exactly those it returns None for.
+    # No room: a prompt that keeps max_prompt_length tokens and leaves no budget is dropped and counted;
+    # a pair whose responses are identical once cut is dropped too.
     tight = Encoder(tokenizer, max_length=12, max_prompt_length=128)
-    results = [tight.encode(long_prompt, [long_resp]), tight.encode(short_prompt, [short_resp])]
-    for out in results:
-        if out is not None:
-            p, (r,) = out
-            assert len(p) + len(r) <= 12 and len(r) >= 1
-            assert p == ids(long_prompt)[-len(p):] or p == ids(short_prompt)
-    assert tight.report.dropped == sum(out is None for out in results)
-    assert tight.report.records == 2
+    assert tight.encode(long_prompt, [long_resp]) is None
+    assert tight.encode(short_prompt, [" The room was great and the staff were lovely.", " The room was great and the staff were rude."]) is None
+    p, (r,) = tight.encode(short_prompt, [short_resp])
+    assert p == ids(short_prompt) and len(p) + len(r) <= 12
+    assert tight.report.dropped == 2 and tight.report.records == 3
+    assert "2 records dropped" in tight.report.summary(12, 128)
 
 
 # ----------------------------------------------------------------------------------------------- pairs
@@ -456,7 +456,7 @@ def test_policy_eval_writes_results(reward_run, tmp_path):
     assert row["mean_reward"] == pytest.approx(statistics.mean(s["reward"] for s in samples), abs=1e-3)
     assert row["distinct_2"] == pytest.approx(distinct_n(responses, 2))
     assert row["mean_length"] == pytest.approx(statistics.mean(len(r.split()) for r in responses))
-    heldout = {r.prompt for r in load_records(resolve_model_path("default").parent / "heldout_prompts.jsonl", "prompt")}
+    heldout = {r.prompt for r in load_records(ensure_default().heldout_prompts, "prompt")}
     assert all(s["prompt"].strip() in heldout for s in samples)
 
 

@@ -3,7 +3,7 @@
 Truncation rule (counted and reported, never silent): the prompt keeps its last `max_prompt_length`
 tokens; then, if prompt + response exceed `max_length`, the response keeps its first tokens up to the
 budget, and a cut response gets no EOS (the model must not learn to stop mid-sentence). A record whose
-response budget is under 1 token is dropped and counted.
+response budget is under 1 token, or whose responses become identical once cut, is dropped and counted.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class TruncationReport:
     def summary(self, max_length: int, max_prompt_length: int) -> str:
         return (f"truncation (max_length={max_length}, max_prompt_length={max_prompt_length}): "
                 f"{self.prompts_cut} of {self.records} prompts cut from the left, {self.responses_cut} responses cut from the right, "
-                f"{self.dropped} records dropped (no room for a response)")
+                f"{self.dropped} records dropped (no room for a response, or responses identical once cut)")
 
 
 class Encoder:
@@ -49,7 +49,7 @@ class Encoder:
     def __init__(self, tokenizer, max_length: int, max_prompt_length: int, add_eos: bool = True):
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.max_prompt_length = min(max_prompt_length, max_length - 1)
+        self.max_prompt_length = max_prompt_length
         self.add_eos = add_eos and tokenizer.eos_token_id is not None
         self.report = TruncationReport()
         self._prompt_cache: dict[str, list[int]] = {}
@@ -85,6 +85,9 @@ class Encoder:
             r_ids, r_cut = self.response_ids(response, budget)
             any_cut |= r_cut
             outs.append(r_ids)
+        if len(outs) > 1 and len({tuple(o) for o in outs}) < len(outs):
+            self.report.dropped += 1  # responses that differ only past the cut would teach nothing
+            return None
         self.report.prompts_cut += p_cut
         self.report.responses_cut += any_cut
         return p_ids, outs
