@@ -41,7 +41,7 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
     start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts)
     scheduler.last_epoch = start_step
     save_config(config, out)
-    monitor = online.Monitor(out / "metrics.jsonl", config.window, append=last_ckpt is not None)
+    monitor = online.Monitor(out / "metrics.jsonl", config.window, resume_step=start_step if last_ckpt else None)
     row: dict = {}
     with progress_bar(name, config.steps) as advance:
         advance(start_step)

@@ -193,17 +193,19 @@ class Monitor:
 
     HEADLINE = ("reward", "gold", "kl", "entropy", "response_length", "distinct_2")
 
-    def __init__(self, path: Path, window: int, append: bool):
+    def __init__(self, path: Path, window: int, resume_step: int | None):
+        """A fresh log, or (resuming) the rows up to the checkpoint's step; rows logged after it are dropped."""
         self.path = path
         self.windows: dict[str, deque] = {k: deque(maxlen=window) for k in self.HEADLINE}
-        if not append:
-            path.write_text("")
-        else:
-            for line in path.read_text().splitlines()[-window:]:
-                row = json.loads(line)
-                for k in self.HEADLINE:
-                    if k in row:
-                        self.windows[k].append(row[k])
+        kept = []
+        if resume_step is not None and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+        for line in kept[-window:]:
+            row = json.loads(line)
+            for k in self.HEADLINE:
+                if k in row:
+                    self.windows[k].append(row[k])
 
     def log(self, step: int, row: dict) -> dict:
         for k in self.HEADLINE:

@@ -88,7 +88,7 @@ def run(config: PPOConfig) -> dict:
     scheduler.last_epoch = start_step
     kl_ctl.coef = state.get("kl_coef", kl_ctl.coef)
     save_config(config, out)
-    monitor = online.Monitor(out / "metrics.jsonl", config.window, append=last_ckpt is not None)
+    monitor = online.Monitor(out / "metrics.jsonl", config.window, resume_step=start_step if last_ckpt else None)
     row: dict = {}
     with progress_bar("ppo", config.steps) as advance:
         advance(start_step)
