@@ -152,6 +152,22 @@ def data_import(
     typer.echo(f"{report.summary()}; wrote {out}")
 
 
+@app.command()
+def agreement(
+    path: Path = typer.Argument(..., help="judgments JSONL (pair_id, annotator, choice) or a preference file with metadata.votes"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON here"),
+):
+    """Inter-annotator agreement: raw agreement, Cohen's kappa per annotator pair, Fleiss' kappa, Krippendorff's alpha."""
+    from .feedback.agreement import agreement_report, format_report
+
+    report = agreement_report(path)
+    typer.echo(format_report(report))
+    if json_out:
+        from .train import write_json
+
+        write_json(json_out, report)
+
+
 @default_app.command("build")
 def default_build(force: bool = typer.Option(False, help="rebuild even when a cached build exists")):
     """Build (once) the embedded default: corpus, BPE tokenizer, tiny GPT-2, prompts."""
