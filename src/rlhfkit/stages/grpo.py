@@ -16,8 +16,7 @@ import torch
 
 from ..config import GRPOConfig, RLOOConfig, save_config
 from ..losses import group_advantages, kl_penalty, masked_mean, ppo_policy_loss, rloo_advantages
-from ..scoring import load_scorer
-from ..train import progress_bar, setup_torch
+from ..train import progress_bar
 from . import online
 
 
@@ -26,13 +25,7 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
     name = "grpo" if is_grpo else "rloo"
     k = config.group_size if is_grpo else config.k
     out = Path(config.output_dir)
-    setup_torch(config.seed, config.threads)
-    reward_fn = online.RewardFunction(config.rewards)
-    gold = load_scorer(config.gold) if config.gold else None
-    policy = online.load_policy(config)
-    from .pairs import resolve_prompts
-
-    prompts = online.PromptStream(resolve_prompts(config.prompts), policy.tokenizer, config.max_prompt_length, config.seed)
+    reward_fn, gold, policy, prompts = online.setup(config)
     params = online.trainable(policy.model)
     optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5)
     scheduler = online.constant_schedule(optimizer, config.warmup_steps)

@@ -51,6 +51,8 @@ class RewardFunction:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        from .reward import score_sequences
+
         total = torch.zeros(len(responses))
         parts = {}
         for name, spec, source in self.sources:
@@ -59,20 +61,11 @@ class RewardFunction:
             else:
                 model, tokenizer, encoder = source
                 seqs = [encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
-                scores = torch.cat([_score(model, seqs[i : i + 64], tokenizer.pad_token_id, spec.head) for i in range(0, len(seqs), 64)])
+                scores = torch.cat([score_sequences(model, seqs[i : i + 64], tokenizer.pad_token_id, spec.head).float()
+                                    for i in range(0, len(seqs), 64)])
             parts[f"reward_{name}"] = scores.mean().item()
             total += spec.weight * scores
         return total, parts
-
-
-def _score(model, sequences: list[list[int]], pad_id: int, head: int) -> torch.Tensor:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return model(input_ids=ids, attention_mask=mask).logits[:, head].float()
 
 
 # ---------------------------------------------------------------- policy, reference, prompts
@@ -109,6 +102,19 @@ def load_policy(config: OnlineRLConfig) -> Policy:
     # Dropout off everywhere: log-probs must agree between rollout and update.
     model.eval()
     return Policy(model=model, tokenizer=tokenizer, reference=reference, path=path)
+
+
+def setup(config: OnlineRLConfig):
+    """Seed, then load everything an online stage needs: (reward function, gold judge or None, policy, prompt stream)."""
+    from ..train import setup_torch
+    from .pairs import resolve_prompts
+
+    setup_torch(config.seed, config.threads)
+    reward_fn = RewardFunction(config.rewards)
+    gold = load_scorer(config.gold) if config.gold else None
+    policy = load_policy(config)
+    prompts = PromptStream(resolve_prompts(config.prompts), policy.tokenizer, config.max_prompt_length, config.seed)
+    return reward_fn, gold, policy, prompts
 
 
 class PromptStream:

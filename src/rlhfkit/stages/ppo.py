@@ -15,8 +15,7 @@ from torch import nn
 from ..config import PPOConfig, save_config
 from ..losses import entropy_from_logits, gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
 from ..models.loading import resolve_model_path
-from ..scoring import load_scorer
-from ..train import progress_bar, setup_torch
+from ..train import progress_bar
 from . import online
 
 
@@ -70,13 +69,7 @@ class AdaptiveKL:
 
 def run(config: PPOConfig) -> dict:
     out = Path(config.output_dir)
-    setup_torch(config.seed, config.threads)
-    reward_fn = online.RewardFunction(config.rewards)
-    gold = load_scorer(config.gold) if config.gold else None
-    policy = online.load_policy(config)
-    from .pairs import resolve_prompts
-
-    prompts = online.PromptStream(resolve_prompts(config.prompts), policy.tokenizer, config.max_prompt_length, config.seed)
+    reward_fn, gold, policy, prompts = online.setup(config)
     value = ValueModel(config, policy)
     params = online.trainable(policy.model) + [p for p in value.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5)

@@ -52,15 +52,15 @@ class RewardEncoder:
         return prompt_ids + response_ids
 
 
-def score_sequences(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
-    """Rewards of the first head for right-padded sequences, shape [n]."""
+def score_sequences(model, sequences: list[list[int]], pad_id: int, head: int = 0) -> torch.Tensor:
+    """Rewards of one head for right-padded sequences, shape [n]."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, s in enumerate(sequences):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    return model(input_ids=ids, attention_mask=mask).logits[:, 0]
+    return model(input_ids=ids, attention_mask=mask).logits[:, head]
 
 
 def pair_rewards(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
