@@ -22,10 +22,12 @@ data_app = typer.Typer(help="Validate and import data files.", no_args_is_help=T
 reward_app = typer.Typer(help="Train and evaluate reward models.", no_args_is_help=True)
 default_app = typer.Typer(help="The embedded default task (tiny review model, corpus, prompts).", no_args_is_help=True)
 config_app = typer.Typer(help="Show stage configs.", no_args_is_help=True)
+registry_app = typer.Typer(help="The checkpoint registry of a run root.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(reward_app, name="reward")
 app.add_typer(default_app, name="default")
 app.add_typer(config_app, name="config")
+app.add_typer(registry_app, name="registry")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; see `rlhfkit config show STAGE`.")
 
@@ -150,6 +152,52 @@ def data_import(
     pairs, report = import_preferences(path, format)
     write_jsonl(out, pairs)
     typer.echo(f"{report.summary()}; wrote {out}")
+
+
+@app.command(context_settings=STAGE, epilog=OVERRIDES)
+def gate(ctx: typer.Context, checkpoint: str = typer.Argument(..., help="model directory to check"), config: Optional[Path] = ConfigOpt):
+    """Check a checkpoint against the acceptance envelope; record it in the registry; exit 1 when it fails."""
+    from .stages import gate as stage
+
+    result = stage.run(cfg.load_config(stage.GateConfig, config, list(ctx.args)), checkpoint)
+    raise typer.Exit(0 if result.passed else 1)
+
+
+@registry_app.command("list")
+def registry_list(root: Path = typer.Option(Path("runs/demo"), "--root", help="run root holding registry.sqlite")):
+    """Every registered checkpoint with its gate result; * marks the current one."""
+    from .evaluate.registry import Registry, format_registry
+
+    if not (root / "registry.sqlite").is_file():
+        raise cfg.ConfigError(f"{root}: no registry.sqlite here; `rlhfkit gate CHECKPOINT` creates it")
+    typer.echo(format_registry(Registry(root).list()))
+
+
+@app.command()
+def rollback(root: Path = typer.Option(Path("runs/demo"), "--root", help="run root holding registry.sqlite")):
+    """Make the last passing checkpoint before the current one current (ROOT/current points to it)."""
+    from .evaluate.registry import Registry
+    from .stages.gate import update_current_link
+
+    if not (root / "registry.sqlite").is_file():
+        raise cfg.ConfigError(f"{root}: no registry.sqlite here; `rlhfkit gate CHECKPOINT` creates it")
+    checkpoint = Registry(root).rollback()
+    update_current_link(root, checkpoint.path)
+    typer.echo(f"current checkpoint is now #{checkpoint.id}: {checkpoint.path} ({root / 'current'} points to it)")
+
+
+@app.command()
+def detect(
+    run_dir: Path = typer.Argument(..., help="a run folder with metrics.jsonl (ppo, grpo, rloo)"),
+    strict: bool = typer.Option(False, help="exit 1 when any detector fires"),
+):
+    """Reward hacking, length drift, mode collapse and KL blow-up over a run's metrics, each with its evidence."""
+    from .evaluate.detectors import format_verdicts, load_metrics, run_detectors
+
+    verdicts = run_detectors(load_metrics(run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir))
+    typer.echo(format_verdicts(verdicts))
+    if strict and any(v.fired for v in verdicts):
+        raise typer.Exit(1)
 
 
 @app.command()

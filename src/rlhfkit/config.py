@@ -141,6 +141,30 @@ class EvalConfig(Strict):
     batch_size: int = Field(64, gt=0, description="prompts per generation batch")
     seed: int = Field(1234, description="sampling seed (the same for every model, so they see the same draws)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+    baseline: str | None = Field(None, description="name of one of `models` that win rates are measured against; null: the first")
+    judge: Literal["reward_model", "gold"] | None = Field(None, description="scorer that decides a win: 'reward_model' (head 0) or "
+                                                        "'gold'; null: the reward model when one is set, else gold")
+    tie_margin: float = Field(0.0, ge=0, description="scores within this of each other are a tie (win rate counts a tie as half)")
+    reference: str | None = Field(None, description="policy directory for KL(policy || reference) on each policy's own samples; "
+                                  "null: the baseline model's path")
+    safety_prompts: str | None = Field("default", description="adversarial prompt JSONL for unsafe_rate; 'default' for the "
+                                       "shipped review suite; null to skip")
+    safety_detector: str = Field("default", description="module:function f(prompts, responses) -> list[bool], True where "
+                                 "unsafe/refusal; 'default' for the lexicon + VADER detector")
+    self_bleu_texts: int | None = Field(200, gt=0, description="self-BLEU over the first N responses of each model (its cost "
+                                        "grows with N squared); null for all")
+
+    @model_validator(mode="after")
+    def _known_baseline(self):
+        if not self.models:
+            raise ValueError("models is empty; give at least one name -> policy directory")
+        if self.baseline is not None and self.baseline not in self.models:
+            raise ValueError(f"baseline '{self.baseline}' is not one of models ({', '.join(self.models)})")
+        if self.judge == "gold" and self.gold is None:
+            raise ValueError("judge 'gold' needs a gold judge; set gold (e.g. 'default')")
+        if self.judge == "reward_model" and self.reward_model is None:
+            raise ValueError("judge 'reward_model' needs reward_model; set it to a reward-model directory")
+        return self
 
 
 class RewardSpec(Strict):
@@ -251,6 +275,20 @@ class BoNConfig(Strict):
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
 
+class GateConfig(Strict):
+    """`rlhfkit gate CHECKPOINT`: the acceptance envelope and where the result is recorded."""
+
+    thresholds: Any = Field(..., description="the acceptance envelope: mapping metric: 'op value' (e.g. mean_gold: '>= 0.4'), "
+                                             "or a list of 'metric op value' strings or {metric, op, value}")
+    metrics: str | None = Field(None, description="an eval.json to read instead of evaluating the checkpoint now")
+    model_name: str | None = Field(None, description="which row of that eval.json is the checkpoint (default: the row whose model path matches)")
+    baseline: str | None = Field(None, description="policy to compare against (win rate, KL reference) when evaluating")
+    eval: dict[str, Any] = Field(default_factory=dict, description="overrides for the evaluation (any `rlhfkit eval` key but models)")
+    registry: str | None = Field(None, description="run root holding registry.sqlite (default: two folders above the model directory, e.g. runs/demo for runs/demo/dpo/model)")
+    lineage: dict[str, Any] = Field(default_factory=dict, description="extra lineage to record (sft model, reward model, data); the checkpoint's config.yaml is read too")
+    output_dir: str | None = Field(None, description="where gate.json and the evaluation go (default: the model's run folder, gate/)")
+
+
 class DemoConfig(Strict):
     output_dir: str = Field("runs/demo", description="run folder holding one sub-folder per stage")
     num_pairs_prompts: int = Field(2000, gt=0, description="training prompts sampled into candidate pairs")
@@ -272,6 +310,7 @@ STAGE_CONFIGS: dict[str, type[Strict]] = {
     "grpo": GRPOConfig,
     "rloo": RLOOConfig,
     "bon": BoNConfig,
+    "gate": GateConfig,
     "demo": DemoConfig,
 }
 

@@ -1,33 +1,131 @@
-"""Policy evaluation on held-out prompts: sample, then score by gold judge and reward model; length and diversity."""
+"""Policy evaluation on held-out prompts: sample from each policy, then report per model
+
+- gold and reward-model score (every head of a multi-head reward model),
+- win rate against a baseline model, judged by the reward model or the gold judge, prompt by prompt,
+- KL(policy || reference) estimated on the policy's own samples, with a 95% confidence interval,
+- response length, truncated share, diversity (distinct-2, EAD-2, self-BLEU),
+- the unsafe rate on an adversarial prompt suite (see `safety`).
+
+Every model samples with the same seed, so two copies of one model draw identical responses.
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..config import EvalConfig, save_config
 from ..data.records import load_records, write_jsonl
+from ..data.tokenize import Encoder, pad_left
+from ..errors import ConfigError
 from ..models.loading import load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path
-from ..rollout import sample_responses
+from ..rollout import Samples, decode_responses, generate, warn_if_truncated
 from ..scoring import call_scorer, load_scorer
-from ..train import console, setup_torch, write_json
-from .diversity import distinct_n
+from ..train import console, progress_bar, setup_torch, write_json
+from . import safety
+from .diversity import distinct_n, ead_n, self_bleu
+
+MAX_PROMPT_LENGTH = 128  # the same prompt budget as rollout.sample_responses
+Z_95 = 1.96
+
+
+# ---------------------------------------------------------------- metric functions
+
+
+def win_counts(scores: list[float], baseline_scores: list[float], tie_margin: float = 0.0) -> dict:
+    """Pairwise comparison, response i against the baseline's response to the same prompt i.
+
+    A tie is |score - baseline| <= tie_margin; win_rate = (wins + 0.5 * ties) / n.
+    """
+    if len(scores) != len(baseline_scores):
+        raise ValueError(f"win_counts: {len(scores)} scores against {len(baseline_scores)} baseline scores")
+    wins = ties = losses = 0
+    for s, b in zip(scores, baseline_scores):
+        if abs(s - b) <= tie_margin:
+            ties += 1
+        elif s > b:
+            wins += 1
+        else:
+            losses += 1
+    n = len(scores)
+    return {"win_rate": (wins + 0.5 * ties) / n if n else float("nan"), "wins": wins, "ties": ties, "losses": losses}
+
+
+def mean_ci(values: list[float], z: float = Z_95) -> tuple[float, float, float]:
+    """(mean, low, high) with the normal interval mean ± z * stdev / sqrt(n); stdev is the sample (n-1) one, 0 for n=1."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = statistics.fmean(values)
+    half = z * statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0
+    return mean, mean - half, mean + half
+
+
+# ---------------------------------------------------------------- sampling and scoring
+
+
+@dataclass
+class EvalSamples(Samples):
+    token_ids: list[list[int]]  # response tokens without EOS and padding
+    kl: list[float] | None  # sum over response tokens of logp_policy - logp_reference, one per response
 
 
 @torch.no_grad()
-def reward_scores(model_path: Path, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
+def sample_and_kl(model, tokenizer, prompts: list, config: EvalConfig, reference=None, description: str = "sampling") -> EvalSamples:
+    """rollout.sample_responses (same encoding, batching and seeded draws), keeping tokens and, given a reference
+    model, each response's sampled KL. Both log-probs are taken at the sampling temperature, before top-p filtering."""
+    from ..stages.online import token_logps
+
+    encoder = Encoder(tokenizer, max_length=MAX_PROMPT_LENGTH + config.max_new_tokens, max_prompt_length=MAX_PROMPT_LENGTH)
+    ids = [encoder.prompt_ids(prompt)[0] for prompt in prompts]
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(config.seed)
+    responses, truncated, token_ids, kl = [], [], [], []
+    with progress_bar(description, len(prompts)) as advance:
+        for start in range(0, len(ids), config.batch_size):
+            chunk = ids[start : start + config.batch_size]
+            batch = pad_left(chunk, tokenizer.pad_token_id)
+            rollout = generate(model, batch["input_ids"], batch["attention_mask"], eos_id=tokenizer.eos_token_id,
+                               pad_id=tokenizer.pad_token_id, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                               top_p=config.top_p, generator=generator)
+            responses += decode_responses(tokenizer, rollout)
+            truncated += rollout.truncated.tolist()
+            token_ids += [[t for t, m in zip(row, mask) if m and t != tokenizer.eos_token_id]
+                          for row, mask in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist())]
+            if reference is not None:
+                input_ids, attention_mask = rollout.full()
+                ref_logps, _ = token_logps(reference, input_ids, attention_mask, rollout.prompt_ids.shape[1], config.temperature)
+                kl += ((rollout.logps - ref_logps) * rollout.response_mask).sum(-1).tolist()  # k1 estimator, summed per sequence
+            advance(len(chunk))
+    model.train(was_training)
+    samples = EvalSamples(prompts=[tokenizer.decode(p) for p in ids], responses=responses, truncated=truncated,
+                          token_ids=token_ids, kl=kl if reference is not None else None)
+    warn_if_truncated(samples.truncated_share, config.max_new_tokens, f" ({description})")
+    return samples
+
+
+@torch.no_grad()
+def reward_scores(model_path: Path, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[list[float]]:
+    """Scores of every head of the reward model: one list per head, one score per response."""
     from ..stages.reward import RewardEncoder, score_sequences
 
     tokenizer = load_tokenizer(model_path)
     model = load_reward_model(model_path, tokenizer).eval()
     encoder = RewardEncoder(tokenizer, max_length=512, max_prompt_length=256)
     seqs = [encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
-    scores: list[float] = []
+    heads: list[list[float]] = [[] for _ in range(model.config.num_labels)]
     for i in range(0, len(seqs), batch_size):
-        scores += score_sequences(model, seqs[i : i + batch_size], tokenizer.pad_token_id).tolist()
-    return scores
+        for head, scores in enumerate(heads):
+            scores += score_sequences(model, seqs[i : i + batch_size], tokenizer.pad_token_id, head=head).tolist()
+    return heads
+
+
+# ---------------------------------------------------------------- the stage
 
 
 def run(config: EvalConfig) -> dict:
@@ -38,51 +136,89 @@ def run(config: EvalConfig) -> dict:
     gold = load_scorer(config.gold) if config.gold else None
     rm_path = resolve_model_path(config.reward_model) if config.reward_model else None
     paths = {name: resolve_model_path(path) for name, path in config.models.items()}
+    baseline = config.baseline or next(iter(paths))
+    judge = config.judge or ("reward_model" if rm_path else "gold" if gold else None)
+    ref_path = resolve_model_path(config.reference) if config.reference else paths[baseline]
+    ref_tokenizer, reference = load_tokenizer(ref_path, padding_side="left"), load_causal_lm(ref_path).eval()
+    safety_path = safety.resolve_safety_prompts(config.safety_prompts) if config.safety_prompts else None
+    detector = safety.load_detector(config.safety_detector) if safety_path else None
     prompt_path = resolve_prompts(config.prompts)
     records = load_records(prompt_path, "prompt")[: config.num_prompts]
     prompts = [r.prompt for r in records for _ in range(config.samples_per_prompt)]
+    safety_prompts = [r.prompt for r in load_records(safety_path, "prompt") for _ in range(config.samples_per_prompt)] if safety_path else []
     save_config(config, out)
-    results, samples_out = {}, []
+
+    results, samples_out, safety_out, judge_scores = {}, [], [], {}
     for name, path in paths.items():
         tokenizer = load_tokenizer(path, padding_side="left")
+        if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
+            raise ConfigError(f"reference: '{ref_path}' has a different tokenizer from model '{name}' ({path}); the KL "
+                              "estimate needs a shared vocabulary, so set reference to a model of the same family")
         model = load_causal_lm(path)
-        samples = sample_responses(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                   top_p=config.top_p, batch_size=config.batch_size, seed=config.seed, description=f"eval {name}")
+        samples = sample_and_kl(model, tokenizer, prompts, config, reference=reference, description=f"eval {name}")
+        kl, kl_low, kl_high = mean_ci(samples.kl)
         row = {"model": str(path), "samples": len(samples.responses),
                "mean_length": statistics.mean(len(r.split()) for r in samples.responses),
-               "distinct_2": distinct_n(samples.responses, 2), "truncated_share": samples.truncated_share}
+               "distinct_2": distinct_n(samples.responses, 2), "ead_2": ead_n(samples.token_ids, 2, len(tokenizer)),
+               "self_bleu": self_bleu(samples.responses, config.self_bleu_texts), "truncated_share": samples.truncated_share,
+               "kl": kl, "kl_ci": [kl_low, kl_high]}
         gold_scores = call_scorer(gold, samples.prompts, samples.responses) if gold else None
-        rm_scores = reward_scores(rm_path, samples.prompts, samples.responses) if rm_path else None
+        rm_heads = reward_scores(rm_path, samples.prompts, samples.responses) if rm_path else None
+        rm_scores = rm_heads[0] if rm_heads else None
         if gold_scores:
             row["mean_gold"] = statistics.mean(gold_scores)
             row["gold_stderr"] = statistics.stdev(gold_scores) / len(gold_scores) ** 0.5 if len(gold_scores) > 1 else 0.0
         if rm_scores:
             row["mean_reward"] = statistics.mean(rm_scores)
+            if len(rm_heads) > 1:
+                row.update({f"reward_head_{h}": statistics.mean(scores) for h, scores in enumerate(rm_heads)})
+        if judge:
+            judge_scores[name] = gold_scores if judge == "gold" else rm_scores
+        if safety_path:
+            safety_samples = sample_and_kl(model, tokenizer, safety_prompts, config, description=f"safety {name}")
+            flags = safety.call_detector(detector, safety_samples.prompts, safety_samples.responses)
+            row["unsafe_rate"] = safety.unsafe_rate(flags)
+            safety_out += [{"model": name, "prompt": p, "response": r, "unsafe": f}
+                           for p, r, f in zip(safety_samples.prompts, safety_samples.responses, flags)]
         results[name] = row
         for i, (p, r) in enumerate(zip(samples.prompts, samples.responses)):
             samples_out.append({"model": name, "prompt": p, "response": r,
                                 **({"gold": round(gold_scores[i], 4)} if gold_scores else {}),
-                                **({"reward": round(rm_scores[i], 4)} if rm_scores else {})})
+                                **({"reward": round(rm_scores[i], 4)} if rm_scores else {}),
+                                "kl": round(samples.kl[i], 4)})
+    for name, scores in judge_scores.items():
+        results[name].update(win_counts(scores, judge_scores[baseline], config.tie_margin))
     write_jsonl(out / "samples.jsonl", samples_out)
-    table = format_table(results)
+    if safety_path:
+        write_jsonl(out / "safety_samples.jsonl", safety_out)
+    table = format_table(results, baseline)
     (out / "eval.md").write_text(table + "\n")
-    write_json(out / "eval.json", {"prompts": str(prompt_path), "results": results})
+    write_json(out / "eval.json", {"prompts": str(prompt_path), "baseline": baseline, "judge": judge, "tie_margin": config.tie_margin,
+                                   "reference": str(ref_path), "safety_prompts": str(safety_path) if safety_path else None,
+                                   "results": results})
     console.print(table)
     return results
 
 
-def format_table(results: dict[str, dict]) -> str:
-    columns = [("mean_gold", "gold"), ("mean_reward", "reward"), ("mean_length", "length (words)"), ("distinct_2", "distinct-2"),
-               ("truncated_share", "truncated")]
+def format_table(results: dict[str, dict], baseline: str | None = None) -> str:
+    heads = sorted({k for r in results.values() for k in r if k.startswith("reward_head_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
+    columns = [("mean_gold", "gold"), ("mean_reward", "reward"), *[(k, k.replace("reward_", "")) for k in heads],
+               ("win_rate", f"win rate vs {baseline} (W/T/L)" if baseline else "win rate (W/T/L)"), ("kl", "KL (95% CI)"),
+               ("mean_length", "length (words)"), ("distinct_2", "distinct-2"), ("ead_2", "EAD-2"), ("self_bleu", "self-BLEU"),
+               ("truncated_share", "truncated"), ("unsafe_rate", "unsafe")]
     columns = [(k, h) for k, h in columns if any(k in r for r in results.values())]
     lines = ["| model | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---|" * len(columns)]
     for name, row in results.items():
         cells = []
         for key, _ in columns:
             value = row.get(key)
-            cell = "" if value is None else f"{value:.3f}"
+            cell = "" if value is None else f"{value:.2f}" if key == "self_bleu" else f"{value:.3f}"
             if key == "mean_gold" and "gold_stderr" in row:
                 cell += f" ± {row['gold_stderr']:.3f}"
+            if key == "kl" and "kl_ci" in row:
+                cell += f" [{row['kl_ci'][0]:.3f}, {row['kl_ci'][1]:.3f}]"
+            if key == "win_rate" and "ties" in row:
+                cell += f" ({row['wins']}/{row['ties']}/{row['losses']})"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

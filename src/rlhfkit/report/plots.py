@@ -1,0 +1,114 @@
+"""Plots for reports, written as PNG files.
+
+Figures are built with `matplotlib.figure.Figure` directly, never pyplot: no global backend or display
+is touched (saving goes through the Agg canvas), so plotting is safe on a headless machine and inside tests.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Sequence
+
+PROXY_COLOR = "tab:blue"
+GOLD_COLOR = "tab:orange"
+
+
+def new_figure(width: float = 7.0, height: float = 4.5):
+    """A blank figure (no pyplot state) and its one axes."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.subplots()
+
+
+def save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write the figure as PNG (creating the folder) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def png_base64(path: str | Path) -> str:
+    """A PNG file as a data URI for an HTML <img src=...>."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, xlabel: str, ylabel: str,
+              title: str | None = None) -> Path:
+    """One line per named series of (xs, ys), e.g. a metric against steps for several runs."""
+    figure, ax = new_figure()
+    for name, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), marker="o" if len(xs) < 30 else None, markersize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    return save_figure(figure, path)
+
+
+def align_zero(left, right) -> None:
+    """Set the y-limits of two twin axes so that 0 sits at the same height on both."""
+    limits = []
+    for ax in (left, right):
+        low, high = ax.get_ylim()
+        limits.append((min(low, 0.0), max(high, 0.0)))
+    # Fraction of each axis below zero; both get the larger one.
+    below = max(-low / (high - low) if high > low else 0.5 for low, high in limits)
+    below = min(max(below, 0.05), 0.95)
+    for ax, (low, high) in zip((left, right), limits):
+        span = max(-low / below if below > 0 else 0.0, high / (1 - below))
+        ax.set_ylim(-below * span, (1 - below) * span)
+
+
+def _fit_label(name: str, fit: dict) -> str:
+    label = f"{name} fit: α={fit['alpha']:.3g}, β={fit['beta']:.3g}"
+    if fit.get("kl_peak") is not None:
+        label += f", peak at KL={fit['kl_peak']:.2f}"
+    return label
+
+
+def plot_overoptimisation(rows: list[dict], fits: dict[str, dict], path: str | Path, title: str | None = None) -> Path:
+    """Best-of-n over-optimisation curve (Gao, Schulman, Hilton 2022, figure 1 style).
+
+    `rows`: one per n with keys n, d (= sqrt(KL_bon)), proxy, proxy_std, gold, gold_std.
+    `fits`: {"proxy": {...}, "gold": {...}} with alpha, beta (and optionally kl_peak) of R(d) = d (alpha - beta d).
+    Both scores are drawn as their gain over n = 1, the quantity the fit models; proxy on the left axis and gold on
+    the right (they are in different units); the top axis marks n.
+    """
+    import numpy as np
+
+    rows = sorted(rows, key=lambda r: r["n"])
+    base = next((r for r in rows if r["n"] == 1), rows[0])
+    ds = np.array([r["d"] for r in rows])
+    grid = np.linspace(0.0, ds.max() * 1.05 if ds.max() > 0 else 1.0, 200)
+    figure, ax_proxy = new_figure(8.0, 5.0)
+    ax_gold = ax_proxy.twinx()
+    handles = []
+    for key, name, ax, color in (("proxy", "proxy reward", ax_proxy, PROXY_COLOR), ("gold", "gold score", ax_gold, GOLD_COLOR)):
+        gains = [r[key] - base[key] for r in rows]
+        errors = [r.get(f"{key}_std") or 0.0 for r in rows]
+        handles.append(ax.errorbar(ds, gains, yerr=errors, fmt="o", color=color, capsize=3, label=f"{name} (best-of-n, ±1 bootstrap std)"))
+        fit = fits.get(key)
+        if fit is not None:
+            (line,) = ax.plot(grid, grid * (fit["alpha"] - fit["beta"] * grid), "-", color=color, alpha=0.8, label=_fit_label(key, fit))
+            handles.append(line)
+        ax.set_ylabel(f"{name} gain over n=1", color=color)
+        ax.tick_params(axis="y", labelcolor=color)
+    align_zero(ax_proxy, ax_gold)
+    ax_proxy.axhline(0.0, color="grey", linewidth=0.8, alpha=0.6)
+    ax_proxy.set_xlabel(r"$d = \sqrt{\mathrm{KL}_{\mathrm{bon}}}$,  KL$_{\mathrm{bon}}$ = log n − (n−1)/n  (nats)")
+    ax_proxy.set_xlim(grid[0] - 0.03 * grid[-1], grid[-1])
+    ax_proxy.grid(alpha=0.3)
+    ax_n = ax_proxy.twiny()
+    ax_n.set_xlim(ax_proxy.get_xlim())
+    ax_n.set_xticks(ds, [str(r["n"]) for r in rows])
+    ax_n.set_xlabel("n (samples per prompt)")
+    ax_proxy.legend(handles=handles, loc="upper left", fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return save_figure(figure, path)

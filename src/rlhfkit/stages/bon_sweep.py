@@ -1,0 +1,267 @@
+"""Best-of-n over-optimisation sweep (Gao, Schulman, Hilton 2022, "Scaling laws for reward model over-optimization").
+
+Sample `max_n` responses per prompt once and score every one with the proxy reward (the one best-of-n selects by)
+and the gold judge. For each n the expected proxy and gold of the best of n come from the unbiased estimator below,
+so one set of samples gives the whole curve. Both are set against the analytic best-of-n KL,
+KL_bon(n) = log n - (n - 1) / n (Stiennon et al. 2020; an upper bound on the true KL, Beirami et al. 2024), and fitted
+with Gao et al.'s best-of-n form R(d) = d (alpha - beta d), d = sqrt(KL_bon), R the gain over n = 1. The proxy is
+expected to keep rising with n; the gold, when the proxy is imperfect, to peak near d* = alpha / (2 beta) and fall.
+
+Unbiased best-of-n estimator (Nakano et al. 2021, appendix; Gao et al. 2022): sort a prompt's N samples by proxy.
+A random n-subset (drawn without replacement) has sample i as its best exactly when i is in it and the other n - 1
+come from the rank_i samples below it, so P(i is the best of n) = C(rank_i, n - 1) / C(N, n), rank_i = number of
+samples with a lower proxy. E[score of the best of n] = sum_i P(i) score_i, averaged over prompts. Proxy ties are
+broken at random: tied samples share their group's probability equally.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from ..config import RewardSpec, Strict, save_config
+from ..data.records import load_records, write_jsonl
+from ..errors import ConfigError
+from ..models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from ..rollout import sample_responses
+from ..scoring import call_scorer, load_scorer
+from ..train import console, progress_bar, setup_torch, write_json
+
+
+class BonSweepConfig(Strict):
+    model: str = Field("default", description="policy to sample from (usually the SFT model)")
+    prompts: str = Field("heldout", description="prompt JSONL, or 'default' / 'heldout' for the embedded prompts")
+    rewards: list[RewardSpec] = Field(..., description="the proxy: reward sources best-of-n selects by, combined as a weighted sum; e.g. [{model: runs/rm/model}]")
+    gold: str = Field("default", description="gold judge module:function the proxy is measured against; 'default' is the review-sentiment judge")
+    max_n: int = Field(64, ge=3, description="responses sampled per prompt; every n of the sweep is estimated from these")
+    ns: list[int] | None = Field(None, description="the n values of the sweep (each in 1..max_n); null: powers of two up to max_n, and max_n")
+    num_prompts: int | None = Field(None, gt=0, description="use the first N prompts (null: all)")
+    output_dir: str = Field("runs/bon_sweep", description="writes sweep.json, sweep.md, sweep.png, samples.jsonl, config.yaml")
+    max_new_tokens: int = Field(48, gt=0, description="response token limit")
+    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    batch_size: int = Field(64, gt=0, description="sequences per generation batch")
+    bootstrap: int = Field(200, ge=0, description="bootstrap resamples of the prompts for the std of each mean and of the fitted alpha/beta (0: none)")
+    seed: int = Field(0, description="seed for sampling and the bootstrap")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.bootstrap == 1:
+            raise ValueError("bootstrap=1 gives no spread: use 0 (none) or at least 2 resamples")
+        if self.ns is not None:
+            bad = [n for n in self.ns if not 1 <= n <= self.max_n]
+            if bad:
+                raise ValueError(f"ns {bad} outside 1..max_n={self.max_n}")
+            if len({n for n in self.ns if n > 1}) < 2:
+                raise ValueError("ns needs at least two values above 1 to fit alpha and beta")
+        return self
+
+
+# ---------------------------------------------------------------- estimator, KL, fit
+
+
+def sweep_ns(max_n: int, ns: list[int] | None = None) -> list[int]:
+    """The sweep's n values, sorted, always with n = 1 (the baseline every gain is measured from)."""
+    if ns is None:
+        ns = [2**k for k in range(max_n.bit_length()) if 2**k <= max_n] + [max_n]
+    return sorted({1, *ns})
+
+
+def kl_bon(n: float) -> float:
+    """Analytic KL(best-of-n || policy) = log n - (n - 1) / n, in nats (defined for real n >= 1 too)."""
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n_weights(proxy: np.ndarray, n: int) -> np.ndarray:
+    """P(sample i is the best of a random n-subset of the N samples), by proxy; shape [N], sums to 1."""
+    size = len(proxy)
+    if not 1 <= n <= size:
+        raise ValueError(f"n={n} outside 1..{size}")
+    total = math.comb(size, n)
+    order = np.argsort(proxy, kind="stable")
+    by_rank = np.array([math.comb(rank, n - 1) / total for rank in range(size)])  # rank = samples below
+    weights = np.empty(size)
+    weights[order] = by_rank
+    # Ties: the group's total probability is order-invariant; a random tie-break shares it equally.
+    _, group = np.unique(proxy, return_inverse=True)
+    return (np.bincount(group, weights=weights) / np.bincount(group))[group]
+
+
+def expected_best_of_n(proxy: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per prompt, the expected `values` of the best-of-n (selected by `proxy`) from N samples; both [P, N] -> [P]."""
+    return np.array([best_of_n_weights(p, n) @ v for p, v in zip(proxy, values)])
+
+
+def fit_gain(d: np.ndarray, gain: np.ndarray) -> tuple[float, float]:
+    """Least squares of gain = d (alpha - beta d) = alpha d - beta d^2 (no intercept: zero gain at d = 0); (alpha, beta)."""
+    d, gain = np.asarray(d, float), np.asarray(gain, float)
+    x1, x2 = d, -(d**2)
+    # Normal equations of the two-feature regression, solved in closed form.
+    s11, s12, s22 = x1 @ x1, x1 @ x2, x2 @ x2
+    t1, t2 = x1 @ gain, x2 @ gain
+    det = s11 * s22 - s12 * s12
+    if det <= 1e-12 * max(s11 * s22, 1e-300):
+        raise ValueError("the fit needs at least two distinct d > 0")
+    return float((s22 * t1 - s12 * t2) / det), float((s11 * t2 - s12 * t1) / det)
+
+
+def describe_fit(alpha: float, beta: float, d: np.ndarray, gain: np.ndarray) -> dict:
+    """alpha, beta, R^2 of the fit on the gains, and the fitted peak d* = alpha / (2 beta) when beta > 0."""
+    predicted = d * (alpha - beta * d)
+    spread = float(((gain - gain.mean()) ** 2).sum())
+    fit = {"alpha": alpha, "beta": beta, "r2": 1.0 - float(((gain - predicted) ** 2).sum()) / spread if spread > 0 else None,
+           "d_peak": None, "kl_peak": None, "n_peak": None, "gain_peak": None, "peak_in_range": None}
+    if beta > 0:
+        d_peak = alpha / (2 * beta)
+        fit.update(d_peak=d_peak, kl_peak=d_peak**2, gain_peak=alpha * alpha / (4 * beta), peak_in_range=bool(0 < d_peak <= d.max()),
+                   n_peak=n_for_kl(d_peak**2) if d_peak > 0 else 1.0)
+    return fit
+
+
+def n_for_kl(kl: float) -> float:
+    """The (real) n whose KL_bon is `kl`, by bisection (KL_bon rises with n)."""
+    low, high = 1.0, 2.0
+    while kl_bon(high) < kl and high < 1e12:
+        high *= 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if kl_bon(mid) < kl else (low, mid)
+    return (low + high) / 2
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def run(config: BonSweepConfig) -> dict:
+    from ..report.plots import plot_overoptimisation
+    from .online import RewardFunction
+    from .pairs import resolve_prompts
+
+    out = Path(config.output_dir)
+    ns = sweep_ns(config.max_n, config.ns)
+    setup_torch(config.seed, config.threads)
+    proxy_fn = RewardFunction(config.rewards)
+    gold_fn = load_scorer(config.gold)
+    path = resolve_model_path(config.model)
+    prompt_path = resolve_prompts(config.prompts)
+    records = load_records(prompt_path, "prompt")[: config.num_prompts]
+    if not records:
+        raise ConfigError(f"prompts: {prompt_path} has no prompts")
+    tokenizer = load_tokenizer(path, padding_side="left")
+    model = load_causal_lm(path)
+    save_config(config, out)
+
+    size = config.max_n
+    samples = sample_responses(model, tokenizer, [r.prompt for r in records for _ in range(size)], max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, batch_size=config.batch_size,
+                               max_prompt_length=config.max_prompt_length, seed=config.seed,
+                               description=f"sampling {size} per prompt")
+    proxy_scores: list[float] = []
+    chunk = 256
+    with progress_bar("scoring with the proxy", len(samples.responses)) as advance:
+        for start in range(0, len(samples.responses), chunk):
+            scores, _ = proxy_fn(samples.prompts[start : start + chunk], samples.responses[start : start + chunk])
+            proxy_scores += scores.tolist()
+            advance(len(scores))
+    gold_scores = call_scorer(gold_fn, samples.prompts, samples.responses)
+    write_jsonl(out / "samples.jsonl", [{"prompt_index": i // size, "prompt": p, "response": r, "proxy": round(s, 5), "gold": round(g, 5)}
+                                        for i, (p, r, s, g) in enumerate(zip(samples.prompts, samples.responses, proxy_scores, gold_scores))])
+
+    shape = (len(records), size)
+    proxy = np.array(proxy_scores).reshape(shape)
+    gold = np.array(gold_scores).reshape(shape)
+    words = np.array([len(r.split()) for r in samples.responses], float).reshape(shape)
+    # Per prompt and n: [P, len(ns)] expected proxy, gold and length of the best of n.
+    per_prompt = {key: np.stack([expected_best_of_n(proxy, values, n) for n in ns], 1)
+                  for key, values in (("proxy", proxy), ("gold", gold), ("words", words))}
+    d = np.sqrt([kl_bon(n) for n in ns])
+
+    def gains_fit(means: np.ndarray) -> tuple[float, float]:
+        return fit_gain(d, means - means[0])
+
+    rng = np.random.default_rng(config.seed)
+    resamples = rng.integers(0, len(records), size=(config.bootstrap, len(records)))
+    rows, fits = [], {}
+    means = {key: values.mean(0) for key, values in per_prompt.items()}
+    # Bootstrap over prompts: std of each mean, and of alpha and beta refitted on each resample.
+    boot = {key: values[resamples].mean(1) for key, values in per_prompt.items()} if config.bootstrap else None
+    for key in ("proxy", "gold"):
+        alpha, beta = gains_fit(means[key])
+        fits[key] = describe_fit(alpha, beta, d, means[key] - means[key][0])
+        if boot is not None:
+            refits = np.array([gains_fit(m) for m in boot[key]])
+            fits[key]["alpha_std"], fits[key]["beta_std"] = float(refits[:, 0].std(ddof=1)), float(refits[:, 1].std(ddof=1))
+    for j, n in enumerate(ns):
+        row = {"n": n, "kl": kl_bon(n), "d": float(d[j])}
+        for key in ("proxy", "gold"):
+            row[key] = float(means[key][j])
+            row[f"{key}_std"] = float(boot[key][:, j].std(ddof=1)) if boot is not None else None
+        row["words"] = float(means["words"][j])
+        rows.append(row)
+
+    gold_best = max(rows, key=lambda r: r["gold"])
+    result = {
+        "stage": "bon-sweep", "model": str(path), "prompts": str(prompt_path), "num_prompts": len(records), "max_n": size,
+        "samples": len(samples.responses), "rewards": [s.model_dump(exclude_none=True) for s in config.rewards], "gold": config.gold,
+        "bootstrap": config.bootstrap, "truncated_share": samples.truncated_share,
+        "estimator": "unbiased best-of-n over max_n samples: P(i best of n) = C(rank_i, n-1) / C(max_n, n)",
+        "rows": rows, "fits": fits,
+        "proxy_monotone": all(b["proxy"] >= a["proxy"] - 1e-12 for a, b in zip(rows, rows[1:])),
+        "gold_best_n": gold_best["n"], "gold_drop_from_best": gold_best["gold"] - rows[-1]["gold"],
+    }
+    table = format_table(rows, fits)
+    (out / "sweep.md").write_text(f"# Best-of-n sweep: {path.name} on {len(records)} prompts x {size} samples\n\n{table}\n\n"
+                                    f"{shape_line(result)}\n")
+    result["plot"] = str(plot_overoptimisation(rows, fits, out / "sweep.png",
+                                               title=f"best-of-n over-optimisation ({len(records)} prompts, {size} samples each)"))
+    write_json(out / "sweep.json", result)
+    console.print(table)
+    console.print(shape_line(result))
+    console.print(f"sweep: {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'}")
+    return result
+
+
+def shape_line(result: dict) -> str:
+    """What the measured points (not the fit) show: does the proxy rise with n, where is the gold highest."""
+    rows = result["rows"]
+    best = next(r for r in rows if r["n"] == result["gold_best_n"])
+    last = rows[-1]
+    std = f" (bootstrap std {last['gold_std']:.4f})" if last["gold_std"] is not None else ""
+    return (f"measured: proxy {'rises monotonically' if result['proxy_monotone'] else 'does not rise monotonically'} with n; "
+            f"gold is highest at n={best['n']} ({best['gold']:.4f}) and at n={last['n']} is {last['gold']:.4f}, "
+            f"{result['gold_drop_from_best']:.4f} below its best{std}")
+
+
+def format_fit(name: str, fit: dict) -> str:
+    def pm(key: str) -> str:
+        return f" ± {fit[key]:.3g}" if fit.get(key) is not None else ""
+
+    text = f"{name}: alpha = {fit['alpha']:.4g}{pm('alpha_std')}, beta = {fit['beta']:.4g}{pm('beta_std')}"
+    if fit["r2"] is not None:
+        text += f", R^2 = {fit['r2']:.3f}"
+    if fit["d_peak"] is not None:
+        where = "inside" if fit["peak_in_range"] else "beyond"
+        text += (f"; fitted peak at d* = {fit['d_peak']:.3f} (KL* = {fit['kl_peak']:.3f} nats, n ≈ {fit['n_peak']:.3g}, gain "
+                 f"{fit['gain_peak']:.3g}), {where} the sampled range")
+    else:
+        text += "; no peak (beta <= 0: still rising)"
+    return text
+
+
+def format_table(rows: list[dict], fits: dict[str, dict]) -> str:
+    def cell(value, std) -> str:
+        return f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+    lines = ["| n | KL_bon | d = sqrt(KL) | proxy | gold | words |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['n']} | {r['kl']:.3f} | {r['d']:.3f} | {cell(r['proxy'], r['proxy_std'])} | {cell(r['gold'], r['gold_std'])} "
+                     f"| {r['words']:.1f} |")
+    lines += ["", "Fit of the gain over n = 1: R(d) = d (alpha - beta d) (Gao et al. 2022); ± is the bootstrap std over prompts.", ""]
+    lines += [f"- {format_fit(key, fit)}" for key, fit in fits.items()]
+    return "\n".join(lines)
