@@ -201,6 +201,19 @@ def detect(
 
 
 @app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a run folder (e.g. runs/demo) or one stage's folder"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html)"),
+):
+    """One self-contained HTML report: data and agreement, reward-model audit, curves, detectors, gate, samples."""
+    from .report.html import build_report
+
+    if not run_dir.is_dir():
+        raise cfg.ConfigError(f"run folder '{run_dir}' not found")
+    typer.echo(f"wrote {build_report(run_dir, out)}")
+
+
+@app.command()
 def agreement(
     path: Path = typer.Argument(..., help="judgments JSONL (pair_id, annotator, choice) or a preference file with metadata.votes"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON here"),
