@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/rlhfkit demo
 
 test: $(STAMP)
+	bash scripts/test-setup.sh
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -108,6 +108,14 @@ def bon(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
     stage.run(_load("bon", config, ctx))
 
 
+@app.command("bon-sweep", context_settings=STAGE, epilog=OVERRIDES)
+def bon_sweep(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """Best-of-n over-optimisation curve: proxy and gold against KL_bon = log n - (n-1)/n, with the Gao et al. fit."""
+    from .stages import bon_sweep as stage
+
+    stage.run(_load("bon-sweep", config, ctx))
+
+
 @app.command("eval", context_settings=STAGE, epilog=OVERRIDES)
 def eval_(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
     """Compare policies on held-out prompts: gold score, reward, length, distinct-2."""

@@ -275,6 +275,38 @@ class BoNConfig(Strict):
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
 
+class BonSweepConfig(Strict):
+    model: str = Field("default", description="policy to sample from (usually the SFT model)")
+    prompts: str = Field("heldout", description="prompt JSONL, or 'default' / 'heldout' for the embedded prompts")
+    rewards: list[RewardSpec] = Field(..., description="the proxy: reward sources best-of-n selects by, combined as a weighted sum; e.g. [{model: runs/rm/model}]")
+    gold: str = Field("default", description="gold judge module:function the proxy is measured against; 'default' is the review-sentiment judge")
+    max_n: int = Field(64, ge=3, description="responses sampled per prompt; every n of the sweep is estimated from these")
+    ns: list[int] | None = Field(None, description="the n values of the sweep (each in 1..max_n); null: powers of two up to max_n, and max_n")
+    num_prompts: int | None = Field(None, gt=0, description="use the first N prompts (null: all)")
+    output_dir: str = Field("runs/bon_sweep", description="writes sweep.json, sweep.md, sweep.png, samples.jsonl, config.yaml")
+    max_new_tokens: int = Field(48, gt=0, description="response token limit")
+    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    batch_size: int = Field(64, gt=0, description="sequences per generation batch")
+    bootstrap: int = Field(200, ge=0, description="bootstrap resamples of the prompts for the std of each mean and of the fitted alpha/beta (0: none)")
+    seed: int = Field(0, description="seed for sampling and the bootstrap")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.bootstrap == 1:
+            raise ValueError("bootstrap=1 gives no spread: use 0 (none) or at least 2 resamples")
+        if self.ns is not None:
+            bad = [n for n in self.ns if not 1 <= n <= self.max_n]
+            if bad:
+                raise ValueError(f"ns {bad} outside 1..max_n={self.max_n}")
+            if len({n for n in self.ns if n > 1}) < 2:
+                raise ValueError("ns needs at least two values above 1 to fit alpha and beta")
+        return self
+
+
 class GateConfig(Strict):
     """`rlhfkit gate CHECKPOINT`: the acceptance envelope and where the result is recorded."""
 
@@ -297,6 +329,8 @@ class DemoConfig(Strict):
     reward: dict[str, Any] = Field(default_factory=dict, description="overrides for reward train")
     dpo: dict[str, Any] = Field(default_factory=dict, description="overrides for the dpo stage")
     eval: dict[str, Any] = Field(default_factory=dict, description="overrides for the final evaluation")
+    gate: dict[str, Any] = Field(default_factory=lambda: {"mean_gold": ">= 0.4", "win_rate": ">= 0.6", "distinct_2": ">= 0.05", "truncated_share": "<= 0.2"},
+                                 description="acceptance envelope the DPO model must meet (metric: 'op value')")
 
 
 STAGE_CONFIGS: dict[str, type[Strict]] = {
@@ -310,6 +344,7 @@ STAGE_CONFIGS: dict[str, type[Strict]] = {
     "grpo": GRPOConfig,
     "rloo": RLOOConfig,
     "bon": BoNConfig,
+    "bon-sweep": BonSweepConfig,
     "gate": GateConfig,
     "demo": DemoConfig,
 }

@@ -20,47 +20,14 @@ import math
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from ..config import RewardSpec, Strict, save_config
+from ..config import BonSweepConfig, save_config
 from ..data.records import load_records, write_jsonl
 from ..errors import ConfigError
 from ..models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 from ..rollout import sample_responses
 from ..scoring import call_scorer, load_scorer
 from ..train import console, progress_bar, setup_torch, write_json
-
-
-class BonSweepConfig(Strict):
-    model: str = Field("default", description="policy to sample from (usually the SFT model)")
-    prompts: str = Field("heldout", description="prompt JSONL, or 'default' / 'heldout' for the embedded prompts")
-    rewards: list[RewardSpec] = Field(..., description="the proxy: reward sources best-of-n selects by, combined as a weighted sum; e.g. [{model: runs/rm/model}]")
-    gold: str = Field("default", description="gold judge module:function the proxy is measured against; 'default' is the review-sentiment judge")
-    max_n: int = Field(64, ge=3, description="responses sampled per prompt; every n of the sweep is estimated from these")
-    ns: list[int] | None = Field(None, description="the n values of the sweep (each in 1..max_n); null: powers of two up to max_n, and max_n")
-    num_prompts: int | None = Field(None, gt=0, description="use the first N prompts (null: all)")
-    output_dir: str = Field("runs/bon_sweep", description="writes sweep.json, sweep.md, sweep.png, samples.jsonl, config.yaml")
-    max_new_tokens: int = Field(48, gt=0, description="response token limit")
-    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature")
-    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
-    batch_size: int = Field(64, gt=0, description="sequences per generation batch")
-    bootstrap: int = Field(200, ge=0, description="bootstrap resamples of the prompts for the std of each mean and of the fitted alpha/beta (0: none)")
-    seed: int = Field(0, description="seed for sampling and the bootstrap")
-    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.bootstrap == 1:
-            raise ValueError("bootstrap=1 gives no spread: use 0 (none) or at least 2 resamples")
-        if self.ns is not None:
-            bad = [n for n in self.ns if not 1 <= n <= self.max_n]
-            if bad:
-                raise ValueError(f"ns {bad} outside 1..max_n={self.max_n}")
-            if len({n for n in self.ns if n > 1}) < 2:
-                raise ValueError("ns needs at least two values above 1 to fit alpha and beta")
-        return self
 
 
 # ---------------------------------------------------------------- estimator, KL, fit
@@ -230,12 +197,16 @@ def run(config: BonSweepConfig) -> dict:
 def shape_line(result: dict) -> str:
     """What the measured points (not the fit) show: does the proxy rise with n, where is the gold highest."""
     rows = result["rows"]
-    best = next(r for r in rows if r["n"] == result["gold_best_n"])
-    last = rows[-1]
-    std = f" (bootstrap std {last['gold_std']:.4f})" if last["gold_std"] is not None else ""
-    return (f"measured: proxy {'rises monotonically' if result['proxy_monotone'] else 'does not rise monotonically'} with n; "
-            f"gold is highest at n={best['n']} ({best['gold']:.4f}) and at n={last['n']} is {last['gold']:.4f}, "
-            f"{result['gold_drop_from_best']:.4f} below its best{std}")
+    best, last, before = next(r for r in rows if r["n"] == result["gold_best_n"]), rows[-1], rows[-2]
+    proxy = "rises monotonically" if result["proxy_monotone"] else "does not rise monotonically"
+    if best is last:
+        gold = (f"gold is highest at the largest n={last['n']} ({last['gold']:.4f}; {last['gold'] - before['gold']:+.4f} "
+                f"from n={before['n']}, first step {rows[1]['gold'] - rows[0]['gold']:+.4f}): no peak inside the sweep")
+    else:
+        std = f", bootstrap std {last['gold_std']:.4f}" if last["gold_std"] is not None else ""
+        gold = (f"gold peaks at n={best['n']} ({best['gold']:.4f}) and falls to {last['gold']:.4f} at n={last['n']} "
+                f"({result['gold_drop_from_best']:.4f} below its peak{std})")
+    return f"measured: proxy {proxy} with n; {gold}"
 
 
 def format_fit(name: str, fit: dict) -> str:

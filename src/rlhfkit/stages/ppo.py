@@ -26,23 +26,25 @@ class ValueModel(nn.Module):
         super().__init__()
         self.shared = config.value_model == "shared"
         if self.shared:
-            hidden = policy.model.config.get_text_config().hidden_size if hasattr(policy.model.config, "get_text_config") else policy.model.config.hidden_size
-            self.head = nn.Linear(hidden, 1)
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+            hidden = policy.model.config.get_text_config().hidden_size
         else:
-            from transformers import AutoModelForTokenClassification
+            from transformers import AutoModel
 
             path = resolve_model_path(config.value_init) if config.value_init else policy.path
-            self.backbone = AutoModelForTokenClassification.from_pretrained(str(path), num_labels=1)
-            self.backbone.config.pad_token_id = policy.tokenizer.pad_token_id
+            # The bare backbone (AutoModel) exists for every architecture, unlike *ForTokenClassification (OPT has none).
+            self.backbone = AutoModel.from_pretrained(str(path))
             self.backbone.eval()  # dropout off
+            hidden = self.backbone.config.get_text_config().hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, policy: online.Policy, input_ids, attention_mask, prompt_len: int, temperature: float, with_policy: bool):
         """(policy log-probs, entropies, values) over the response positions; one backbone pass when shared."""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         if not self.shared:
-            values = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, prompt_len - 1 : -1, 0]
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+            values = self.head(hidden[:, prompt_len - 1 : -1]).squeeze(-1)
             if not with_policy:
                 return None, None, values.float()
             logps, entropy = online.token_logps(policy.model, input_ids, attention_mask, prompt_len, temperature, with_entropy=True)
@@ -134,6 +136,5 @@ def run(config: PPOConfig) -> dict:
                 last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, kl_coef=kl_ctl.coef)
     if not value.shared:
         value.backbone.save_pretrained(str(out / "value_model"))
-    else:
-        torch.save(value.head.state_dict(), out / "value_head.pt")
+    torch.save(value.head.state_dict(), out / "value_head.pt")
     return online.finish("ppo", config, policy, out, row)
