@@ -382,3 +382,11 @@ def test_cli_grpo_runs(tmp_path):
     assert [r["step"] for r in rows(out / "metrics.jsonl")] == [1]
     assert (out / "model" / "config.json").is_file()
     assert json.loads((out / "summary.json").read_text())["stage"] == "grpo"
+
+
+def test_online_run_warns_loudly_when_responses_hit_the_limit(tmp_path, capfd):
+    ppo.run(PPOConfig(output_dir=str(tmp_path / "ppo"), steps=2, batch_size=4, mini_batch_size=4, rewards=GOLD, max_new_tokens=2, seed=0))
+    err = capfd.readouterr().err
+    assert "WARNING at step 1" in err and "max_new_tokens=2" in err
+    assert "WARNING at step 2" not in err  # at most once every 10 steps
+    assert all(r["truncated_share"] > 0.2 for r in rows(tmp_path / "ppo" / "metrics.jsonl"))

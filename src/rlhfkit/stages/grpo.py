@@ -34,7 +34,8 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
     start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts)
     scheduler.last_epoch = start_step
     save_config(config, out)
-    monitor = online.Monitor(out / "metrics.jsonl", config.window, resume_step=start_step if last_ckpt else None)
+    monitor = online.Monitor(out / "metrics.jsonl", config.window, resume_step=start_step if last_ckpt else None,
+                             max_new_tokens=config.max_new_tokens)
     row: dict = {}
     with progress_bar(name, config.steps) as advance:
         advance(start_step)

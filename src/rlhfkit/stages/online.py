@@ -22,7 +22,7 @@ from ..errors import ConfigError, TrainingError
 from ..evaluate.diversity import distinct_n
 from ..losses import entropy_from_logits
 from ..models.loading import apply_lora, load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path
-from ..rollout import Rollout, decode_responses, generate
+from ..rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, warn_if_truncated
 from ..scoring import call_scorer, load_scorer
 from ..train import console
 
@@ -199,9 +199,11 @@ class Monitor:
 
     HEADLINE = ("reward", "gold", "kl", "entropy", "response_length", "distinct_2")
 
-    def __init__(self, path: Path, window: int, resume_step: int | None):
+    def __init__(self, path: Path, window: int, resume_step: int | None, max_new_tokens: int = 0):
         """A fresh log, or (resuming) the rows up to the checkpoint's step; rows logged after it are dropped."""
         self.path = path
+        self.max_new_tokens = max_new_tokens
+        self.warned_at: int | None = None
         self.windows: dict[str, deque] = {k: deque(maxlen=window) for k in self.HEADLINE}
         kept = []
         if resume_step is not None and path.is_file():
@@ -214,6 +216,10 @@ class Monitor:
                     self.windows[k].append(row[k])
 
     def log(self, step: int, row: dict) -> dict:
+        share = row.get("truncated_share", 0.0)
+        if share > TRUNCATION_WARNING and (self.warned_at is None or step - self.warned_at >= 10):
+            self.warned_at = step  # loud, but at most once every 10 steps
+            warn_if_truncated(share, self.max_new_tokens, f" at step {step}")
         for k in self.HEADLINE:
             if k in row and row[k] is not None:
                 self.windows[k].append(row[k])

@@ -83,7 +83,8 @@ def run(config: PPOConfig) -> dict:
     scheduler.last_epoch = start_step
     kl_ctl.coef = state.get("kl_coef", kl_ctl.coef)
     save_config(config, out)
-    monitor = online.Monitor(out / "metrics.jsonl", config.window, resume_step=start_step if last_ckpt else None)
+    monitor = online.Monitor(out / "metrics.jsonl", config.window, resume_step=start_step if last_ckpt else None,
+                             max_new_tokens=config.max_new_tokens)
     row: dict = {}
     with progress_bar("ppo", config.steps) as advance:
         advance(start_step)
