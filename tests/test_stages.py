@@ -8,6 +8,7 @@ right way, models that reload in plain `transformers`.
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import os
 import statistics
@@ -419,6 +420,16 @@ def test_dpo_reuses_cached_reference_logps(sft_run, small_pairs, tmp_path, capsy
     dpo.run(DPOConfig(**{**config, "max_length": 24}))
     assert "reusing" not in capsys.readouterr().err
     assert torch.load(cache)["key"] != saved["key"]
+
+    # A rewritten reference model at the same path is not mistaken for the old one.
+    model_dir = tmp_path / "ref"
+    shutil.copytree(sft_run[1] / "model", model_dir)
+    dpo.run(DPOConfig(**{**config, "model": str(model_dir)}))
+    capsys.readouterr()
+    weights = next(model_dir.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    dpo.run(DPOConfig(**{**config, "model": str(model_dir)}))
+    assert "reusing" not in capsys.readouterr().err
 
 
 def test_dpo_lora_merged_reloads(sft_run, small_pairs, tmp_path):

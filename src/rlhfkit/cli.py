@@ -124,6 +124,20 @@ def eval_(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
     policy.run(_load("eval", config, ctx))
 
 
+@app.command(context_settings=STAGE, epilog="Override any stage key after the file: NAME.KEY=VALUE (dpo.beta=0.2); output_dir=DIR moves the run root.")
+def run(
+    ctx: typer.Context,
+    pipeline: Path = typer.Argument(..., help="pipeline YAML: output_dir and an ordered list of stages {name, stage, config}"),
+    force: Optional[list[str]] = typer.Option(None, "--force", help="rerun this stage even when unchanged (repeatable)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and print the plan with fingerprints; run nothing"),
+):
+    """Run a pipeline of stages in order; a stage whose inputs and config are unchanged is skipped and says so."""
+    from . import pipeline as runner
+
+    result = runner.run(runner.load_pipeline(pipeline, list(ctx.args), force=force or []), dry_run=dry_run)
+    raise typer.Exit(0 if result["passed"] else 1)
+
+
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
 def demo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
     """The whole loop on the embedded default: SFT, pairs, reward model, DPO, evaluation."""

@@ -333,6 +333,16 @@ class DemoConfig(Strict):
                                  description="acceptance envelope the DPO model must meet (metric: 'op value')")
 
 
+class PipelineConfig(Strict):
+    """`rlhfkit run PIPELINE.yaml`: stages in order; each entry is checked in rlhfkit.pipeline (kind, name, references)."""
+
+    output_dir: str = Field("runs/pipeline", description="run root: one folder per stage (default OUTPUT_DIR/NAME), pipeline.json, pipeline.yaml")
+    stages: list[dict[str, Any]] = Field(..., description="in order, each {name, stage: sft|pairs|reward-train|reward-eval|dpo|ppo|grpo|rloo|bon|eval|"
+                                                          "bon-sweep|gate, config: {stage keys}, checkpoint (gate only)}; a string "
+                                                          "may name an earlier stage's output_dir as ${NAME}")
+    force: list[str] = Field(default_factory=list, description="stage names to rerun even when their inputs and config are unchanged")
+
+
 STAGE_CONFIGS: dict[str, type[Strict]] = {
     "sft": SFTConfig,
     "pairs": PairsConfig,

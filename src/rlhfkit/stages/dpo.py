@@ -8,6 +8,7 @@ LoRA and no separate reference, the reference is the policy with its adapter dis
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from contextlib import nullcontext
 from pathlib import Path
@@ -52,6 +53,12 @@ def reference_logps(model, items: list[tuple], pad_id: int, batch_size: int, des
             advance(len(chunk))
     model.train(was_training)
     return torch.cat(out)
+
+
+def file_stamps(path: Path) -> list:
+    """(name, size, mtime) of a file or of every file in a folder: changes whenever the model or data is rewritten."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
 def cached_reference(path: Path, key: str, compute) -> torch.Tensor:
@@ -100,7 +107,8 @@ def run(config: DPOConfig) -> dict:
     pad = tokenizer.pad_token_id
     ref = torch.zeros(len(items), 2)
     if config.loss_type not in REFERENCE_FREE:
-        key = hashlib.sha256(f"{ref_path}|{config.data}|{config.max_length}|{config.max_prompt_length}|{len(items)}".encode()).hexdigest()
+        key = hashlib.sha256(json.dumps([file_stamps(ref_path), file_stamps(Path(config.data)), config.max_length,
+                                         config.max_prompt_length, len(items)]).encode()).hexdigest()
         if config.ref_model:
             ref_model = load_causal_lm(ref_path)
             compute = lambda: reference_logps(ref_model, items, pad, config.batch_size * 2, "reference log-probs")  # noqa: E731
