@@ -118,7 +118,7 @@ def bon_sweep(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 @app.command("eval", context_settings=STAGE, epilog=OVERRIDES)
 def eval_(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
-    """Compare policies on held-out prompts: gold score, reward, length, distinct-2."""
+    """Compare policies on held-out prompts: gold, reward, win rate, KL, length, diversity, unsafe rate."""
     from .evaluate import policy
 
     policy.run(_load("eval", config, ctx))
@@ -140,7 +140,7 @@ def run(
 
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
 def demo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
-    """The whole loop on the embedded default: SFT, pairs, reward model, DPO, evaluation."""
+    """The whole loop on the embedded default: SFT, pairs, reward model, DPO, evaluation, gate, report."""
     from .stages import demo as stage
 
     stage.run(_load("demo", config, ctx))
