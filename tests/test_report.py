@@ -65,7 +65,8 @@ def test_report_renders_every_section_and_plot_in_chromium(demo_run):
         for plot in ("Cohen's kappa per annotator pair", "Reliability diagram", "loss over training"):
             assert plot in alts, (plot, alts)
         text = page.inner_text("body")
-        for expected in ("Cohen's kappa", "Reliability diagram", "accuracy against gold", "PASS", "mean_gold"):
+        for expected in ("Cohen's kappa", "Reliability diagram", "accuracy against gold", "length-controlled accuracy",
+                         "Words that drive the score", "PASS", "mean_gold"):
             assert expected in text, expected
         samples = page.evaluate("document.querySelectorAll('table.samples tr').length")
         assert samples >= 2  # header plus side-by-side responses

@@ -8,7 +8,7 @@ from pathlib import Path
 from rlhfkit.config import STAGE_CONFIGS, config_template
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
-COMMANDS = {"reward-train": "reward train", "reward-eval": "reward eval"}
+COMMANDS = {"reward-train": "reward train", "reward-eval": "reward eval", "reward-noise-sweep": "reward noise-sweep"}
 
 
 def reference() -> str:

@@ -68,6 +68,14 @@ def reward_eval(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
     stage.evaluate(_load("reward-eval", config, ctx))
 
 
+@reward_app.command("noise-sweep", context_settings=STAGE, epilog=OVERRIDES)
+def reward_noise_sweep(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """Flip a share of the training labels, retrain per share, and plot held-out accuracy against it."""
+    from .stages import noise_sweep as stage
+
+    stage.run(_load("reward-noise-sweep", config, ctx))
+
+
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
 def dpo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
     """Direct preference optimisation (sigmoid, ipo, hinge, robust, simpo, orpo)."""

@@ -108,6 +108,11 @@ class RewardEvalConfig(Strict):
     max_length: int = Field(256, gt=8, description="tokens per prompt+response (same truncation rule as training)")
     max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+    length_tolerance: float = Field(0.1, ge=0, description="length-controlled accuracy uses pairs whose word counts differ by at most "
+                                    "this share of the longer response (0.1: within 10%)")
+    attributions: int = Field(8, ge=0, description="integrated-gradients word attributions for the chosen and rejected response of "
+                              "the first N pairs, and the words that drive the score most across them (0: none)")
+    attribution_steps: int = Field(32, gt=0, description="integration steps of integrated gradients (more: closer to completeness, slower)")
 
 
 DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
@@ -343,11 +348,46 @@ class PipelineConfig(Strict):
     force: list[str] = Field(default_factory=list, description="stage names to rerun even when their inputs and config are unchanged")
 
 
+class NoiseSweepConfig(Strict):
+    """`rlhfkit reward noise-sweep`: how reward-model accuracy degrades as training labels are flipped."""
+
+    model: str = Field("default", description="backbone of every reward model, as in reward train")
+    data: str = Field(..., description="preference JSONL; split once into train and a fixed held-out set")
+    output_dir: str = Field("runs/noise_sweep", description="writes sweep.json, sweep.md, sweep.png, val_pairs.jsonl and one folder per rate")
+    rates: list[float] = Field([0.0, 0.1, 0.2, 0.3, 0.4], description="shares of training labels flipped (chosen and rejected swapped), one reward model each")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share, the same clean pairs for every rate")
+    seed: int = Field(0, description="seed for the split, which labels flip (nested: a higher rate flips a superset) and training")
+    train: dict[str, Any] = Field(default_factory=dict, description="overrides for each reward train (e.g. max_steps, lr); its own "
+                                  "val_fraction splits the noisy training file again, for early stopping only")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.rates:
+            raise ValueError("rates is empty; give at least one share of labels to flip, e.g. [0.0, 0.2, 0.4]")
+        bad = [r for r in self.rates if not 0 <= r <= 1]
+        if bad:
+            raise ValueError(f"rates {bad} outside 0..1")
+        if len(set(self.rates)) != len(self.rates):
+            raise ValueError(f"rates {self.rates} repeat a value")
+        fixed = sorted({"model", "data", "output_dir"} & set(self.train))
+        if fixed:
+            raise ValueError(f"train: {', '.join(fixed)} is set by the sweep; use the sweep's model, data and output_dir instead")
+        try:
+            RewardTrainConfig.model_validate({"data": "-", **self.train})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"train: unknown key '{key}'" if err["type"] == "extra_forbidden" else f"train.{key}: {err['msg']}") from None
+        return self
+
+
 STAGE_CONFIGS: dict[str, type[Strict]] = {
     "sft": SFTConfig,
     "pairs": PairsConfig,
     "reward-train": RewardTrainConfig,
     "reward-eval": RewardEvalConfig,
+    "reward-noise-sweep": NoiseSweepConfig,
     "dpo": DPOConfig,
     "eval": EvalConfig,
     "ppo": PPOConfig,

@@ -118,6 +118,18 @@ def section_reward(stages: dict[str, Path], figures: Path) -> str:
             ax.legend()
             plots.save_figure(fig, path)
             parts.append(_figure(path, f"Reliability diagram ({name}); numbers are pairs per bin; ECE {summary.get('ece', float('nan')):.3f}"))
+        if "length_controlled_accuracy" in summary:
+            parts.append(_table(["length-controlled accuracy", "pairs of similar length", "accuracy, chosen shorter", "accuracy, chosen longer"],
+                                [[summary.get("length_controlled_accuracy"), summary.get("length_controlled_pairs"),
+                                  summary.get("accuracy_chosen_shorter"), summary.get("accuracy_chosen_longer")]]))
+        top = summary.get("top_words") or {}
+        if top.get("positive") or top.get("negative"):
+            raise_rows = top.get("positive", [])
+            lower_rows = top.get("negative", [])
+            rows = [[*(raise_rows[i][:2] if i < len(raise_rows) else ["", None]), *(lower_rows[i][:2] if i < len(lower_rows) else ["", None])]
+                    for i in range(max(len(raise_rows), len(lower_rows)))]
+            parts.append("<p>Words that drive the score (integrated gradients, mean attribution over the audited responses):</p>"
+                         + _table(["raises the reward", "mean", "lowers the reward", "mean"], rows))
         by_category = summary.get("accuracy_by_category")
         if by_category:
             parts.append(_table(["category", "accuracy"], [[k, v] for k, v in by_category.items()]))

@@ -194,6 +194,50 @@ def train(config: RewardTrainConfig) -> dict:
     return summary
 
 
+def length_controlled(margins: list[float], len_chosen: list[int], len_rejected: list[int], tolerance: float) -> dict:
+    """Accuracy where length cannot explain the label: pairs whose word counts differ by at most `tolerance` of the
+    longer one; and accuracy split by whether the chosen response is the shorter or the longer one (None: no pairs)."""
+    def accuracy(selected: list[float]) -> float | None:
+        return rm.preference_accuracy(selected) if selected else None
+
+    close = [m for m, c, r in zip(margins, len_chosen, len_rejected) if abs(c - r) <= tolerance * max(c, r)]
+    shorter = [m for m, c, r in zip(margins, len_chosen, len_rejected) if c < r]
+    longer = [m for m, c, r in zip(margins, len_chosen, len_rejected) if c > r]
+    return {"length_controlled_accuracy": accuracy(close), "length_controlled_pairs": len(close),
+            "accuracy_chosen_shorter": accuracy(shorter), "chosen_shorter_pairs": len(shorter),
+            "accuracy_chosen_longer": accuracy(longer), "chosen_longer_pairs": len(longer)}
+
+
+def response_positions(encoder: RewardEncoder, prompt, input_ids: list[int]) -> range:
+    """Token positions of the response (and its closing special token) in a sequence built by `encoder`."""
+    prompt_ids, _ = encoder.encoder.prompt_ids(prompt)
+    # _join with an empty response: the prompt part, plus the closing [SEP] in the encoder layout.
+    start = len(encoder._join(prompt_ids, [])) - (1 if encoder.pair_style else 0)
+    return range(start, len(input_ids))
+
+
+def attribute_pairs(model, tokenizer, encoder: RewardEncoder, pairs: list[PreferencePair], encoded: list, steps: int) -> tuple[list[dict], dict, float]:
+    """Word attributions of each pair's chosen and rejected response (the prompt held fixed in the baseline); the words
+    with the highest and lowest mean attribution over all of them; the largest completeness error."""
+    from ..evaluate.attribution import integrated_gradients, top_words, word_attributions
+
+    rows, attributed, worst = [], [], 0.0
+    with progress_bar("attributions", len(pairs)) as advance:
+        for pair, sequences in zip(pairs, encoded):
+            row: dict = {"id": pair.id, "prompt": pair.prompt}
+            for side, ids in zip(("chosen", "rejected"), sequences):
+                span = response_positions(encoder, pair.prompt, ids)
+                result = integrated_gradients(model, tokenizer, ids, steps=steps, positions=span)
+                words = word_attributions(tokenizer, ids[span.start :], result.values[span.start :])
+                attributed.append(words)
+                worst = max(worst, result.completeness_error)
+                row[side] = [[word, round(value, 5)] for word, value in words]
+                row[f"reward_{side}"] = round(result.score, 5)
+            rows.append(row)
+            advance()
+    return rows, top_words(attributed), worst
+
+
 def evaluate(config: RewardEvalConfig) -> dict:
     out = Path(config.output_dir)
     setup_torch(0, config.threads)
@@ -232,6 +276,13 @@ def evaluate(config: RewardEvalConfig) -> dict:
         summary["gold_accuracy"] = sum((m > 0) == (d > 0) for m, d in decisive) / len(decisive)
         summary["gold_pairs"] = len(decisive)
         summary["label_matches_gold"] = sum(d > 0 for _, d in decisive) / len(decisive)
+    summary.update(length_controlled(margins, len_c, len_r, config.length_tolerance))
+    if config.attributions:
+        n = config.attributions
+        summary["attributions"], summary["top_words"], worst = attribute_pairs(model, tokenizer, encoder, pairs[:n], encoded[:n], config.attribution_steps)
+        summary["attribution_method"] = {"method": "integrated gradients over the input embeddings (captum LayerIntegratedGradients)",
+                                         "baseline": "response tokens replaced by the pad token, prompt and special tokens kept",
+                                         "steps": config.attribution_steps, "max_completeness_error": worst}
     write_jsonl(out / "scores.jsonl", ({"id": p.id, "reward_chosen": round(c, 5), "reward_rejected": round(r, 5)}
                                        for p, c, r in zip(pairs, chosen, rejected)))
     write_json(out / "summary.json", summary)
@@ -239,4 +290,18 @@ def evaluate(config: RewardEvalConfig) -> dict:
     if "gold_accuracy" in summary:
         line += f", accuracy against gold {summary['gold_accuracy']:.3f} on {summary['gold_pairs']} pairs with |gold diff| >= {config.gold_min_diff}"
     console.print(line + f"; length correlation {summary['length_correlation']:.3f}, prefers the longer response in {summary['longer_preferred_share']:.1%}")
+    console.print(length_line(summary, config.length_tolerance))
+    if summary.get("top_words"):
+        top = summary["top_words"]
+        console.print(f"words that raise the score most: {', '.join(w for w, _, _ in top['positive'][:5]) or '-'}; "
+                      f"lower it most: {', '.join(w for w, _, _ in top['negative'][:5]) or '-'} "
+                      f"(integrated gradients on {len(summary['attributions'])} pairs)")
     return summary
+
+
+def length_line(summary: dict, tolerance: float) -> str:
+    def acc(key: str, count: str) -> str:
+        return f"{summary[key]:.3f} on {summary[count]} pairs" if summary[key] is not None else "no pairs"
+
+    return (f"length-controlled accuracy (word counts within {tolerance:.0%}): {acc('length_controlled_accuracy', 'length_controlled_pairs')}; "
+            f"chosen shorter: {acc('accuracy_chosen_shorter', 'chosen_shorter_pairs')}; chosen longer: {acc('accuracy_chosen_longer', 'chosen_longer_pairs')}")
