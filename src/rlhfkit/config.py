@@ -260,7 +260,18 @@ class RLOOConfig(OnlineRLConfig):
     output_dir: str = "runs/rloo"
 
 
-class BoNConfig(Strict):
+class SamplingSettings(Strict):
+    """Sampling keys of the best-of-n stages."""
+
+    max_new_tokens: int = Field(48, gt=0, description="response token limit")
+    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    batch_size: int = Field(64, gt=0, description="sequences per generation batch")
+
+
+class BoNConfig(SamplingSettings):
     model: str = Field("default", description="policy to sample from")
     prompts: str = Field("default", description="prompt JSONL, or 'default' / 'heldout'")
     rewards: list[RewardSpec] = Field(..., description="reward sources that pick the best of n")
@@ -268,19 +279,13 @@ class BoNConfig(Strict):
     n: int = Field(8, gt=0, description="samples per prompt")
     num_prompts: int | None = Field(None, gt=0, description="use the first N prompts")
     output_dir: str = Field("runs/bon", description="writes best.jsonl (SFT records of the winners), summary.json")
-    max_new_tokens: int = Field(48, gt=0, description="response token limit")
-    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature")
-    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
-    batch_size: int = Field(64, gt=0, description="sequences per generation batch")
     finetune: bool = Field(False, description="rejection sampling: fine-tune the model on the winners (an sft stage)")
     sft: dict[str, Any] = Field(default_factory=dict, description="overrides for that sft stage")
     seed: int = Field(0, description="sampling seed")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
 
-class BonSweepConfig(Strict):
+class BonSweepConfig(SamplingSettings):
     model: str = Field("default", description="policy to sample from (usually the SFT model)")
     prompts: str = Field("heldout", description="prompt JSONL, or 'default' / 'heldout' for the embedded prompts")
     rewards: list[RewardSpec] = Field(..., description="the proxy: reward sources best-of-n selects by, combined as a weighted sum; e.g. [{model: runs/rm/model}]")
@@ -289,12 +294,6 @@ class BonSweepConfig(Strict):
     ns: list[int] | None = Field(None, description="the n values of the sweep (each in 1..max_n); null: powers of two up to max_n, and max_n")
     num_prompts: int | None = Field(None, gt=0, description="use the first N prompts (null: all)")
     output_dir: str = Field("runs/bon_sweep", description="writes sweep.json, sweep.md, sweep.png, samples.jsonl, config.yaml")
-    max_new_tokens: int = Field(48, gt=0, description="response token limit")
-    max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature")
-    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
-    batch_size: int = Field(64, gt=0, description="sequences per generation batch")
     bootstrap: int = Field(200, ge=0, description="bootstrap resamples of the prompts for the std of each mean and of the fitted alpha/beta (0: none)")
     seed: int = Field(0, description="seed for sampling and the bootstrap")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
