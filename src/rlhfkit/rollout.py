@@ -115,8 +115,9 @@ class Samples:
 def sample_responses(
     model, tokenizer, prompts: list[PromptValue], *, max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
     top_k: int = 0, batch_size: int = 64, max_prompt_length: int = 128, seed: int = 0, description: str = "sampling",
+    on_batch=None,
 ) -> Samples:
-    """One sampled response per prompt (repeat prompts for several)."""
+    """One sampled response per prompt (repeat prompts for several); `on_batch(rollout)` sees each batch's tokens and log-probs."""
     encoder = Encoder(tokenizer, max_length=max_prompt_length + max_new_tokens, max_prompt_length=max_prompt_length)
     ids = [encoder.prompt_ids(prompt)[0] for prompt in prompts]
     rendered = [tokenizer.decode(p) for p in ids]
@@ -132,6 +133,8 @@ def sample_responses(
                                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             responses += decode_responses(tokenizer, rollout)
             truncated += rollout.truncated.tolist()
+            if on_batch is not None:
+                on_batch(rollout)
             advance(len(chunk))
     model.train(was_training)
     samples = Samples(prompts=rendered, responses=responses, truncated=truncated)

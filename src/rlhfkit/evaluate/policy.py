@@ -20,12 +20,11 @@ import torch
 
 from ..config import EvalConfig, save_config
 from ..data.records import load_records, write_jsonl
-from ..data.tokenize import Encoder, pad_left
 from ..errors import ConfigError
 from ..models.loading import load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path
-from ..rollout import Samples, decode_responses, generate, warn_if_truncated
+from ..rollout import Samples, sample_responses
 from ..scoring import call_scorer, load_scorer
-from ..train import console, progress_bar, setup_torch, write_json
+from ..train import console, setup_torch, write_json
 from . import safety
 from .diversity import distinct_n, ead_n, self_bleu
 
@@ -76,37 +75,25 @@ class EvalSamples(Samples):
 
 @torch.no_grad()
 def sample_and_kl(model, tokenizer, prompts: list, config: EvalConfig, reference=None, description: str = "sampling") -> EvalSamples:
-    """rollout.sample_responses (same encoding, batching and seeded draws), keeping tokens and, given a reference
-    model, each response's sampled KL. Both log-probs are taken at the sampling temperature, before top-p filtering."""
+    """rollout.sample_responses, keeping each response's tokens and, given a reference model, its sampled KL.
+    Both log-probs are taken at the sampling temperature, before top-p filtering."""
     from ..stages.online import token_logps
 
-    encoder = Encoder(tokenizer, max_length=MAX_PROMPT_LENGTH + config.max_new_tokens, max_prompt_length=MAX_PROMPT_LENGTH)
-    ids = [encoder.prompt_ids(prompt)[0] for prompt in prompts]
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator().manual_seed(config.seed)
-    responses, truncated, token_ids, kl = [], [], [], []
-    with progress_bar(description, len(prompts)) as advance:
-        for start in range(0, len(ids), config.batch_size):
-            chunk = ids[start : start + config.batch_size]
-            batch = pad_left(chunk, tokenizer.pad_token_id)
-            rollout = generate(model, batch["input_ids"], batch["attention_mask"], eos_id=tokenizer.eos_token_id,
-                               pad_id=tokenizer.pad_token_id, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                               top_p=config.top_p, generator=generator)
-            responses += decode_responses(tokenizer, rollout)
-            truncated += rollout.truncated.tolist()
-            token_ids += [[t for t, m in zip(row, mask) if m and t != tokenizer.eos_token_id]
-                          for row, mask in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist())]
-            if reference is not None:
-                input_ids, attention_mask = rollout.full()
-                ref_logps, _ = token_logps(reference, input_ids, attention_mask, rollout.prompt_ids.shape[1], config.temperature)
-                kl += ((rollout.logps - ref_logps) * rollout.response_mask).sum(-1).tolist()  # k1 estimator, summed per sequence
-            advance(len(chunk))
-    model.train(was_training)
-    samples = EvalSamples(prompts=[tokenizer.decode(p) for p in ids], responses=responses, truncated=truncated,
-                          token_ids=token_ids, kl=kl if reference is not None else None)
-    warn_if_truncated(samples.truncated_share, config.max_new_tokens, f" ({description})")
-    return samples
+    token_ids, kl = [], []
+
+    def keep(rollout) -> None:
+        token_ids.extend([t for t, m in zip(row, mask) if m and t != tokenizer.eos_token_id]
+                         for row, mask in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist()))
+        if reference is not None:
+            input_ids, attention_mask = rollout.full()
+            ref_logps, _ = token_logps(reference, input_ids, attention_mask, rollout.prompt_ids.shape[1], config.temperature)
+            kl.extend(((rollout.logps - ref_logps) * rollout.response_mask).sum(-1).tolist())  # k1 estimator, summed per sequence
+
+    samples = sample_responses(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                               top_p=config.top_p, batch_size=config.batch_size, max_prompt_length=MAX_PROMPT_LENGTH, seed=config.seed,
+                               description=description, on_batch=keep)
+    return EvalSamples(prompts=samples.prompts, responses=samples.responses, truncated=samples.truncated,
+                       token_ids=token_ids, kl=kl if reference is not None else None)
 
 
 @torch.no_grad()

@@ -55,25 +55,22 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             prompt_len = batch.rollout.prompt_ids.shape[1]
             stats: dict[str, float] = {}
             n_updates = 0
-            for _ in range(config.epochs_per_batch):
-                order = torch.randperm(len(indices))
-                for i in range(0, len(order), config.mini_batch_size):
-                    idx = order[i : i + config.mini_batch_size]
-                    logps, entropy = online.token_logps(policy.model, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True)
-                    pg_loss, pg_stats = ppo_policy_loss(logps, batch.logps[idx], token_adv[idx], mask[idx], config.clip_range)
-                    loss = pg_loss
-                    if is_grpo and config.kl_coef:
-                        kl_term = masked_mean(kl_penalty(logps, batch.ref_logps[idx], config.kl_estimator), mask[idx])
-                        loss = loss + config.kl_coef * kl_term
-                        pg_stats["kl_loss"] = kl_term.item()
-                    online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                    optimizer.step()
-                    n_updates += 1
-                    for key, v in {"policy_loss": pg_loss.item(), "entropy": masked_mean(entropy, mask[idx]).item(), **pg_stats}.items():
-                        stats[key] = stats.get(key, 0.0) + v
+            for idx in online.minibatches(len(indices), config.mini_batch_size, config.epochs_per_batch):
+                logps, entropy = online.token_logps(policy.model, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True)
+                pg_loss, pg_stats = ppo_policy_loss(logps, batch.logps[idx], token_adv[idx], mask[idx], config.clip_range)
+                loss = pg_loss
+                if is_grpo and config.kl_coef:
+                    kl_term = masked_mean(kl_penalty(logps, batch.ref_logps[idx], config.kl_estimator), mask[idx])
+                    loss = loss + config.kl_coef * kl_term
+                    pg_stats["kl_loss"] = kl_term.item()
+                online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                n_updates += 1
+                for key, v in {"policy_loss": pg_loss.item(), "entropy": masked_mean(entropy, mask[idx]).item(), **pg_stats}.items():
+                    stats[key] = stats.get(key, 0.0) + v
             scheduler.step()
             stats = {key: v / n_updates for key, v in stats.items()}
             group_std = batch.scores.view(-1, k).std(1).mean().item()

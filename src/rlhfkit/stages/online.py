@@ -321,6 +321,14 @@ def finish(name: str, config: OnlineRLConfig, policy: Policy, out: Path, row: di
     return summary
 
 
+def minibatches(n: int, size: int, epochs: int):
+    """Row indices for `epochs` shuffled passes over a batch of n rows, `size` at a time."""
+    for _ in range(epochs):
+        order = torch.randperm(n)
+        for i in range(0, n, size):
+            yield order[i : i + size]
+
+
 def constant_schedule(optimizer, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
 

@@ -109,23 +109,20 @@ def run(config: PPOConfig) -> dict:
                 advantages = whiten(advantages, mask)
             stats: dict[str, float] = {}
             n_updates = 0
-            for _ in range(config.epochs_per_batch):
-                order = torch.randperm(len(last))
-                for i in range(0, len(order), config.mini_batch_size):
-                    idx = order[i : i + config.mini_batch_size]
-                    logps, entropy, values = value(policy, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_policy=True)
-                    pg_loss, pg_stats = ppo_policy_loss(logps, batch.logps[idx], advantages[idx], mask[idx], config.clip_range)
-                    vf_loss, vf_stats = ppo_value_loss(values, old_values[idx], returns[idx], mask[idx], config.value_clip_range)
-                    ent = masked_mean(entropy, mask[idx])
-                    loss = pg_loss + config.vf_coef * vf_loss - config.entropy_coef * ent
-                    online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                    optimizer.step()
-                    n_updates += 1
-                    for k, v in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": ent.item(), **pg_stats, **vf_stats}.items():
-                        stats[k] = stats.get(k, 0.0) + v
+            for idx in online.minibatches(len(last), config.mini_batch_size, config.epochs_per_batch):
+                logps, entropy, values = value(policy, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_policy=True)
+                pg_loss, pg_stats = ppo_policy_loss(logps, batch.logps[idx], advantages[idx], mask[idx], config.clip_range)
+                vf_loss, vf_stats = ppo_value_loss(values, old_values[idx], returns[idx], mask[idx], config.value_clip_range)
+                ent = masked_mean(entropy, mask[idx])
+                loss = pg_loss + config.vf_coef * vf_loss - config.entropy_coef * ent
+                online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                n_updates += 1
+                for k, v in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": ent.item(), **pg_stats, **vf_stats}.items():
+                    stats[k] = stats.get(k, 0.0) + v
             scheduler.step()
             stats = {k: v / n_updates for k, v in stats.items()}
             if config.adaptive_kl:

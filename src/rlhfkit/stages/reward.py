@@ -15,7 +15,7 @@ import torch
 
 from ..config import RewardEvalConfig, RewardTrainConfig, save_config
 from ..data.records import PreferencePair, load_records, write_jsonl
-from ..data.tokenize import Encoder, render_prompt
+from ..data.tokenize import Encoder
 from ..errors import DataError
 from ..evaluate import reward_metrics as rm
 from ..losses import bradley_terry_loss, reward_centering_loss
