@@ -14,8 +14,8 @@ import yaml
 
 from rlhfkit import pipeline
 from rlhfkit.errors import ConfigError
+from rlhfkit.stages.demo import PIPELINE as DEMO_PIPELINE
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["sft", "pairs", "reward", "dpo"]
 KINDS = {"sft": "sft", "pairs": "pairs", "reward": "reward-train", "dpo": "dpo"}
 
@@ -145,7 +145,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_runs_the_example_pipeline_end_to_end(tmp_path):
-    example = str(ROOT / "examples" / "pipeline.yaml")
+    example = str(DEMO_PIPELINE)  # the demo pipeline shipped with the package
     run_dir = tmp_path / "run"
     tiny = [f"output_dir={run_dir}", "sft.max_steps=2", "sft.val_fraction=0.01", "pairs.num_prompts=16", "pairs.max_new_tokens=24",
             "reward.max_steps=2", "reward.eval_every=2", "dpo.max_steps=2", "dpo.eval_every=2", "eval.num_prompts=4",
@@ -156,6 +156,7 @@ def test_cli_runs_the_example_pipeline_end_to_end(tmp_path):
     result = json.loads((run_dir / "pipeline.json").read_text())
     assert [row["status"] for row in result["stages"]] == ["ran"] * 7 and result["passed"]
     assert (run_dir / "registry.sqlite").is_file() and (run_dir / "gate" / "gate.json").is_file()
+    assert result["report"] == str(run_dir / "report.html") and (run_dir / "report.html").is_file()
 
     plan = cli(example, *tiny, "--force", "gate", "--dry-run")
     assert plan.returncode == 0, plan.stderr

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 
-from rlhfkit.config import DemoConfig
 from rlhfkit.evaluate.registry import Registry
 from rlhfkit.report.html import SECTIONS, build_report
 from rlhfkit.stages import demo
@@ -20,12 +19,12 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-r
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    summary = demo.run(DemoConfig(
-        output_dir=str(root), num_pairs_prompts=120,
-        sft={"max_steps": 10, "batch_size": 8, "val_fraction": 0.01}, reward={"max_steps": 15, "eval_every": 5, "batch_size": 16},
-        dpo={"max_steps": 10, "batch_size": 8}, eval={"num_prompts": 12, "samples_per_prompt": 2, "self_bleu_texts": 20},
-        gate={"mean_gold": ">= -1.0", "distinct_2": ">= 0.0"},
-    ))
+    summary = demo.run({
+        "output_dir": str(root), "pairs": {"num_prompts": 120},
+        "sft": {"max_steps": 10, "batch_size": 8, "val_fraction": 0.01}, "reward": {"max_steps": 15, "eval_every": 5, "batch_size": 16},
+        "dpo": {"max_steps": 10, "batch_size": 8}, "eval": {"num_prompts": 12, "samples_per_prompt": 2, "self_bleu_texts": 20},
+        "gate": {"thresholds": ["mean_gold >= -1.0", "distinct_2 >= 0.0"]},
+    })
     return root, summary
 
 

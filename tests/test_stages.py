@@ -23,7 +23,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhfkit.config import (
-    DemoConfig, DPOConfig, EvalConfig, LoraSettings, PairsConfig, RewardEvalConfig, RewardTrainConfig, SFTConfig,
+    DPOConfig, EvalConfig, LoraSettings, PairsConfig, RewardEvalConfig, RewardTrainConfig, SFTConfig,
 )
 from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import Encoder
@@ -472,11 +472,9 @@ def test_policy_eval_writes_results(reward_run, tmp_path):
 
 
 def test_small_demo_end_to_end(tmp_path):
-    summary = demo.run(DemoConfig(
-        output_dir=str(tmp_path), num_pairs_prompts=120,
-        sft={"max_steps": 10, "batch_size": 8, "val_fraction": 0.01}, reward={"max_steps": 15, "eval_every": 5, "batch_size": 16},
-        dpo={"max_steps": 10, "batch_size": 8}, eval={"num_prompts": 12, "samples_per_prompt": 2},
-    ))
+    summary = demo.run([f"output_dir={tmp_path}", "pairs.num_prompts=120", "sft.max_steps=10", "sft.batch_size=8", "sft.val_fraction=0.01",
+                        "reward.max_steps=15", "reward.eval_every=5", "reward.batch_size=16", "dpo.max_steps=10", "dpo.batch_size=8",
+                        "eval.num_prompts=12", "eval.samples_per_prompt=2", "gate.thresholds=[mean_gold >= -1]"])
     on_disk = json.loads((tmp_path / "demo_summary.json").read_text())
     for key in ("gold_sft", "gold_dpo", "reward_gold_accuracy", "distinct2_ratio"):
         assert on_disk[key] is not None and math.isfinite(on_disk[key]), key
@@ -489,7 +487,14 @@ def test_small_demo_end_to_end(tmp_path):
     assert (tmp_path / "eval" / "eval.json").is_file()
     assert config_yaml(tmp_path / "sft")["max_steps"] == 10
     assert config_yaml(tmp_path / "dpo")["model"] == str(tmp_path / "sft" / "model")
-    assert config_yaml(tmp_path)["num_pairs_prompts"] == 120
+    assert yaml.safe_load((tmp_path / "pipeline.yaml").read_text())["stages"][1]["config"]["num_prompts"] == 120
+    assert summary["gate_passed"] is True and summary["report"] == str(tmp_path / "report.html")
+
+    again = demo.run([f"output_dir={tmp_path}", "pairs.num_prompts=120", "sft.max_steps=10", "sft.batch_size=8", "sft.val_fraction=0.01",
+                      "reward.max_steps=15", "reward.eval_every=5", "reward.batch_size=16", "dpo.max_steps=10", "dpo.batch_size=8",
+                      "eval.num_prompts=12", "eval.samples_per_prompt=2", "gate.thresholds=[mean_gold >= -1]"])
+    assert set(again["stages"].values()) == {"skipped"}  # a second demo run reuses every stage
+    assert again["gold_dpo"] == summary["gold_dpo"]
 
 
 def test_cli_overrides_reach_the_saved_config(tmp_path):

@@ -52,6 +52,14 @@ def pairs(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
     stage.run(_load("pairs", config, ctx))
 
 
+@app.command(context_settings=STAGE, epilog=OVERRIDES)
+def judge(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+    """AI judge (RLAIF): label preference pairs with a reward model, a causal LM or an OpenAI-compatible endpoint, both orders asked."""
+    from .stages import judge as stage
+
+    stage.run(_load("judge", config, ctx))
+
+
 @reward_app.command("train", context_settings=STAGE, epilog=OVERRIDES)
 def reward_train(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
     """Train a Bradley-Terry reward model on preference pairs."""
@@ -146,12 +154,23 @@ def run(
     raise typer.Exit(0 if result["passed"] else 1)
 
 
-@app.command(context_settings=STAGE, epilog=OVERRIDES)
-def demo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
-    """The whole loop on the embedded default: SFT, pairs, reward model, DPO, evaluation, gate, report."""
+@app.command(context_settings=STAGE, epilog="Overrides: NAME.KEY=VALUE for a stage of the demo pipeline (e.g. dpo.beta=0.2), or output_dir=DIR.")
+def demo(
+    ctx: typer.Context,
+    show: bool = typer.Option(False, "--show", help="print the demo pipeline file (to copy and run with `rlhfkit run`) and exit"),
+    force: Optional[list[str]] = typer.Option(None, "--force", help="rerun this stage even when unchanged (repeatable)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and print the plan; run nothing"),
+):
+    """The whole loop on the embedded default, as a cached pipeline: SFT, pairs, reward model, DPO, evaluation, gate, report.
+    Exits 1 when the DPO model fails the acceptance gate."""
     from .stages import demo as stage
 
-    stage.run(_load("demo", config, ctx))
+    if show:
+        typer.echo(f"# {stage.PIPELINE}")
+        typer.echo(stage.PIPELINE.read_text().rstrip())
+        return
+    summary = stage.run(list(ctx.args), force=force or [], dry_run=dry_run)
+    raise typer.Exit(0 if dry_run or summary["gate_passed"] else 1)
 
 
 @data_app.command("validate")

@@ -26,6 +26,7 @@ class LoraSettings(Strict):
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch")
     target_modules: list[str] | None = Field(None, description="module names to adapt; null finds the attention/MLP projections of the architecture")
     merge: bool = Field(True, description="merge the adapter into the base weights when saving (a plain HF model); false saves the adapter only")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the frozen base in 4-bit NF4 through bitsandbytes (CUDA only)")
 
 
 class TrainConfig(Strict):
@@ -35,7 +36,7 @@ class TrainConfig(Strict):
     seed: int = Field(0, description="seed for data order, splits and sampling")
     epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
-    batch_size: int = Field(16, gt=0, description="examples per optimizer step (before gradient accumulation)")
+    batch_size: int = Field(16, gt=0, description="examples per micro-batch across all processes (each of N processes takes batch_size / N)")
     grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
     lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
@@ -47,6 +48,12 @@ class TrainConfig(Strict):
     log_every: int = Field(10, gt=0, description="steps between metrics.jsonl rows")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
     lora: LoraSettings | None = Field(None, description="train a LoRA adapter instead of all weights")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train; auto: CUDA when torch sees a GPU, else CPU")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision: bf16 (CPU or a GPU that has it), fp16 (CUDA only)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, ~30% more compute")
+    checkpoint_every: int | None = Field(None, gt=0, description="steps between resumable checkpoints in OUTPUT_DIR/checkpoints (atomic); null: none")
+    keep_checkpoints: int = Field(2, gt=0, description="newest checkpoints kept")
+    resume: bool = Field(False, description="continue from the newest checkpoint in output_dir (same config)")
 
 
 class SFTConfig(TrainConfig):
@@ -325,26 +332,15 @@ class GateConfig(Strict):
     output_dir: str | None = Field(None, description="where gate.json and the evaluation go (default: the model's run folder, gate/)")
 
 
-class DemoConfig(Strict):
-    output_dir: str = Field("runs/demo", description="run folder holding one sub-folder per stage")
-    num_pairs_prompts: int = Field(2000, gt=0, description="training prompts sampled into candidate pairs")
-    sft: dict[str, Any] = Field(default_factory=dict, description="overrides for the sft stage")
-    pairs: dict[str, Any] = Field(default_factory=dict, description="overrides for the pairs stage")
-    reward: dict[str, Any] = Field(default_factory=dict, description="overrides for reward train")
-    dpo: dict[str, Any] = Field(default_factory=dict, description="overrides for the dpo stage")
-    eval: dict[str, Any] = Field(default_factory=dict, description="overrides for the final evaluation")
-    gate: dict[str, Any] = Field(default_factory=lambda: {"mean_gold": ">= 0.4", "win_rate": ">= 0.6", "distinct_2": ">= 0.05", "truncated_share": "<= 0.2"},
-                                 description="acceptance envelope the DPO model must meet (metric: 'op value')")
-
-
 class PipelineConfig(Strict):
     """`rlhfkit run PIPELINE.yaml`: stages in order; each entry is checked in rlhfkit.pipeline (kind, name, references)."""
 
     output_dir: str = Field("runs/pipeline", description="run root: one folder per stage (default OUTPUT_DIR/NAME), pipeline.json, pipeline.yaml")
     stages: list[dict[str, Any]] = Field(..., description="in order, each {name, stage: sft|pairs|reward-train|reward-eval|dpo|ppo|grpo|rloo|bon|eval|"
-                                                          "bon-sweep|gate, config: {stage keys}, checkpoint (gate only)}; a string "
+                                                          "bon-sweep|gate|judge, config: {stage keys}, checkpoint (gate only)}; a string "
                                                           "may name an earlier stage's output_dir as ${NAME}")
     force: list[str] = Field(default_factory=list, description="stage names to rerun even when their inputs and config are unchanged")
+    report: bool = Field(False, description="build OUTPUT_DIR/report.html (`rlhfkit report`) when the run ends, gate failed or not")
 
 
 class NoiseSweepConfig(Strict):
@@ -381,6 +377,62 @@ class NoiseSweepConfig(Strict):
         return self
 
 
+JUDGE_RUBRIC = ("You compare two responses to the same prompt. Prefer the response that is more helpful, honest and harmless "
+                "and that better does what the prompt asks. Do not let the order of the responses or their length decide.")
+
+
+class JudgeConfig(Strict):
+    """`rlhfkit judge`: label preference pairs with an AI judge (RLAIF), asking every pair in both orders."""
+
+    data: str = Field(..., description="preference JSONL to judge; each record's chosen is response a, its rejected response b")
+    kind: Literal["reward_model", "causal_lm", "openai"] = Field(..., description="reward_model (a `reward train` model scores both "
+                                                                 "responses), causal_lm (log-probs of the answer labels after a rubric "
+                                                                 "prompt) or openai (any OpenAI-compatible chat-completions endpoint)")
+    output_dir: str = Field("runs/judge", description="writes judgments.jsonl, pairs.jsonl (chosen = the judge's winner; ties left out), "
+                            "judge.json and config.yaml")
+    name: str | None = Field(None, description="judge name in the files (annotator 'judge:NAME'); null: api_model, or the model folder's name (the run's name for RUN/model)")
+    model: str | None = Field(None, description="reward_model: a reward-model directory (OUTPUT_DIR/model of `reward train`); causal_lm: "
+                              "an HF causal LM directory or 'default'")
+    head: int = Field(0, ge=0, description="reward_model: which head of a multi-head reward model")
+    base_url: str | None = Field(None, description="openai: the API root; requests go to BASE_URL/chat/completions (e.g. "
+                                 "https://api.openai.com/v1, or http://localhost:8000/v1 for a local vLLM / llama.cpp server)")
+    api_model: str | None = Field(None, description="openai: the model name sent with each request")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key (sent as a Bearer "
+                                    "token); required unless base_url is a local address; null: send no key")
+    rubric: str = Field(JUDGE_RUBRIC, description="causal_lm, openai: the instructions at the top of every judging prompt")
+    rubric_file: str | None = Field(None, description="read the rubric from this text file instead")
+    answer_labels: list[str] = Field(["A", "B"], description="causal_lm, openai: names of the first- and second-shown response in the prompt and the answer")
+    tie_threshold: float = Field(0.0, ge=0, description="one order's verdict is a tie when |reward difference| (reward_model) or "
+                                 "|log-prob difference of the two answer labels| (causal_lm) is at most this")
+    known_labels: bool = Field(True, description="the file's chosen/rejected are real labels: report the judge's accuracy against them")
+    max_pairs: int | None = Field(None, gt=0, description="judge the first N pairs (null: all)")
+    batch_size: int = Field(16, gt=0, description="reward_model, causal_lm: sequences per forward pass")
+    max_length: int = Field(1024, gt=8, description="reward_model: tokens per prompt+response (cut as in reward train); causal_lm: tokens "
+                            "of a judging prompt (a longer one keeps its last tokens, counted in judge.json); capped by the model's context")
+    max_prompt_length: int = Field(512, gt=0, description="reward_model: tokens kept from the end of an over-long prompt")
+    concurrency: int = Field(4, gt=0, description="openai: requests in flight at once")
+    timeout: float = Field(60.0, gt=0, description="openai: seconds to wait for one reply before retrying")
+    max_retries: int = Field(5, ge=0, description="openai: retries of a request that timed out or got HTTP 429 or 5xx")
+    retry_delay: float = Field(1.0, ge=0, description="openai: seconds before the first retry, doubled for each next one (a Retry-After header wins)")
+    max_reply_tokens: int | None = Field(16, gt=0, description="openai: max_tokens of a reply (null: not sent; some reasoning models reject it)")
+    seed: int = Field(0, description="seed for which order each pair is asked in first")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+    @model_validator(mode="after")
+    def _kind_needs(self):
+        if self.kind in ("reward_model", "causal_lm") and not self.model:
+            example = "a reward-model directory such as runs/rm/model" if self.kind == "reward_model" else "'default' or an HF model directory"
+            raise ValueError(f"kind {self.kind} needs model: {example}")
+        if self.kind == "openai":
+            if not self.base_url or not self.api_model:
+                raise ValueError("kind openai needs base_url (e.g. http://localhost:8000/v1) and api_model")
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url '{self.base_url}' must start with http:// or https://")
+        if len(self.answer_labels) != 2 or len({label.strip() for label in self.answer_labels}) != 2 or not all(l.strip() for l in self.answer_labels):
+            raise ValueError(f"answer_labels {self.answer_labels}: give two different, non-empty labels, e.g. [A, B]")
+        return self
+
+
 STAGE_CONFIGS: dict[str, type[Strict]] = {
     "sft": SFTConfig,
     "pairs": PairsConfig,
@@ -395,7 +447,7 @@ STAGE_CONFIGS: dict[str, type[Strict]] = {
     "bon": BoNConfig,
     "bon-sweep": BonSweepConfig,
     "gate": GateConfig,
-    "demo": DemoConfig,
+    "judge": JudgeConfig,
 }
 
 

@@ -21,3 +21,7 @@ class ModelError(RlhfkitError):
 
 class TrainingError(RlhfkitError):
     """A run stopped for a reason the user must act on (NaN loss, empty data after truncation)."""
+
+
+class JudgeError(RlhfkitError):
+    """An AI judge's endpoint refused a request or kept failing (names the URL and the status)."""

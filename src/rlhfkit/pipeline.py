@@ -4,7 +4,7 @@ A stage's fingerprint is the sha256 of its kind, its resolved config and the con
 folder its config names (models, data, prompts, reward models, the gate's checkpoint). After a stage finishes,
 `OUTPUT_DIR/.rlhfkit-stage.json` records the fingerprint and a hash of what the stage wrote. The next run skips a
 stage whose fingerprint and outputs still match; since a downstream fingerprint hashes the upstream artifacts,
-a stage whose upstream produced different files runs again. A failed stage leaves no marker; an online-RL stage
+a stage whose upstream produced different files runs again. A failed stage leaves no marker; a training stage
 that crashed resumes from its own checkpoints.
 """
 
@@ -45,10 +45,10 @@ DISPATCH = {
     "eval": (".evaluate.policy", "run"),
     "bon-sweep": (".stages.bon_sweep", "run"),
     "gate": (".stages.gate", "run"),
+    "judge": (".stages.judge", "run"),
 }
-ONLINE_RL = ("ppo", "grpo", "rloo")
 NOT_INPUTS = ("output_dir", "registry")  # keys naming where a stage writes, never what it reads
-SUMMARY_FILES = ("summary.json", "eval.json", "sweep.json", "gate.json")
+SUMMARY_FILES = ("summary.json", "eval.json", "sweep.json", "gate.json", "judge.json")
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 STAGE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
@@ -84,6 +84,7 @@ class Pipeline:
     stages: list[Stage]
     force: list[str]
     resolved: dict[str, Any]  # the pipeline with overrides merged, references kept (written to pipeline.yaml)
+    report: bool = False  # build OUTPUT_DIR/report.html when the run ends
 
 
 @dataclass
@@ -142,10 +143,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | dict | None = None, f
     unknown = [name for name in forced if name not in order]
     if unknown:
         raise ConfigError(f"{source}: force names {', '.join(repr(n) for n in unknown)}, not a stage of this pipeline (stages: {', '.join(order)})")
-    resolved = {"output_dir": top.output_dir, "stages": [
+    resolved = {"output_dir": top.output_dir, "report": top.report, "stages": [
         {"name": e.name, "stage": e.stage, "config": e.config, **({"checkpoint": e.checkpoint} if e.checkpoint is not None else {})}
         for e in entries]}
-    return Pipeline(source, root, stages, forced, resolved)
+    return Pipeline(source, root, stages, forced, resolved, top.report)
 
 
 def check_entries(source: str, entries: list[StageEntry]) -> None:
@@ -336,12 +337,12 @@ def why_run(stage: Stage, fingerprint: str, config_hash: str, inputs: dict[str, 
 
 
 def prepare(stage: Stage, fingerprint: str) -> Strict:
-    """Clear the old marker, record the run in progress; an online-RL stage resumes only its own interrupted run."""
+    """Clear the old marker, record the run in progress; a checkpointing stage resumes only its own interrupted run."""
     out = stage.out
     (out / MARKER).unlink(missing_ok=True)
     config = stage.config
-    if stage.kind in ONLINE_RL and not config.resume:
-        from .stages.online import latest_checkpoint
+    if "resume" in type(config).model_fields and not config.resume:
+        from .checkpoints import latest_checkpoint
 
         checkpoint = latest_checkpoint(out)
         running = read_json(out / RUNNING) or {}
@@ -414,7 +415,7 @@ def run(pipeline: Pipeline, dry_run: bool = False) -> dict[str, Any]:
                     stage_function(stage.kind)(config)
             except BaseException:
                 record.status, record.reason, record.seconds = "failed", reason, time.time() - start
-                finish(pipeline, records, passed=False)
+                finish(pipeline, records, passed=False, report=False)
                 raise
             summary = next((stage.out / name for name in SUMMARY_FILES if (stage.out / name).is_file()), None)
             record.status, record.reason, record.summary = "ran", reason, str(summary) if summary else None
@@ -442,10 +443,14 @@ def stage_row(record: StageRecord) -> dict[str, Any]:
     return row
 
 
-def finish(pipeline: Pipeline, records: list[StageRecord], passed: bool) -> dict[str, Any]:
-    """Print one line per stage and write OUTPUT_DIR/pipeline.json."""
+def finish(pipeline: Pipeline, records: list[StageRecord], passed: bool, report: bool = True) -> dict[str, Any]:
+    """Print one line per stage, build the report when the pipeline asks for one, and write OUTPUT_DIR/pipeline.json."""
     result = {"pipeline": pipeline.source, "output_dir": str(pipeline.output_dir), "finished_at": now(), "passed": passed,
               "seconds": round(sum(r.seconds for r in records), 2), "stages": [stage_row(r) for r in records]}
+    if pipeline.report and report:
+        from .report.html import build_report
+
+        result["report"] = str(build_report(pipeline.output_dir))
     write_json(pipeline.output_dir / "pipeline.json", result)
     width = max(len(r.name) for r in records)
     kind_width = max(len(r.stage) for r in records)
@@ -455,5 +460,7 @@ def finish(pipeline: Pipeline, records: list[StageRecord], passed: bool) -> dict
     for r in records:
         gate = "" if r.passed is None else (", PASSED" if r.passed else ", FAILED")
         say(f"{r.name:<{width}}  {r.stage:<{kind_width}}  {r.status:<7}  {r.seconds:7.1f} s  {r.reason}{gate}")
+    if "report" in result:
+        say(f"report: {result['report']}")
     say(f"pipeline.json: {pipeline.output_dir / 'pipeline.json'}")
     return result

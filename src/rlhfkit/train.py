@@ -63,10 +63,16 @@ def batches(items: list, batch_size: int, shuffle: bool, seed: int) -> Iterator[
 
 
 def forever(items: list, batch_size: int, seed: int) -> Iterator[list]:
-    """Shuffled batches epoch after epoch (a new order each epoch)."""
-    epoch = 0
+    """Shuffled batches of exactly `batch_size`, epoch after epoch (a new order each epoch; an epoch's last partial
+    batch is completed from the next one, so every batch splits evenly among processes)."""
+    epoch, pending = 0, []
     while True:
-        yield from batches(items, batch_size, shuffle=True, seed=seed + epoch)
+        order = list(range(len(items)))
+        random.Random(seed + epoch).shuffle(order)
+        pending += order
+        while len(pending) >= batch_size:
+            yield [items[j] for j in pending[:batch_size]]
+            pending = pending[batch_size:]
         epoch += 1
 
 
@@ -76,16 +82,30 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
 
 
 class RunLog:
-    """metrics.jsonl (one row per logged step, appended and flushed) and summary.json for a run folder."""
+    """metrics.jsonl (one row per logged step, appended and flushed) and summary.json for a run folder. A resumed run
+    keeps the rows up to its checkpoint's step (`keep_until`); only the main process of a distributed run writes."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, keep_until: int | None = None, enabled: bool = True):
         self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
-        self.path.write_text("")
         self.start = time.time()
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if keep_until is not None and self.path.is_file():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            kept = [row for row in rows if row.get("step", 0) <= keep_until]
+            if kept:
+                self.start -= kept[-1].get("time", 0.0)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        os.replace(tmp, self.path)
 
     def log(self, step: int, **metrics: Any) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, "time": round(time.time() - self.start, 3)}
         row.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
         with self.path.open("a") as handle:
@@ -93,7 +113,8 @@ class RunLog:
 
     def summary(self, **values: Any) -> dict:
         values = {"elapsed_s": round(time.time() - self.start, 1), **values}
-        write_json(self.dir / "summary.json", values)
+        if self.enabled:
+            write_json(self.dir / "summary.json", values)
         return values
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 
 ALIASES = ("default", "minilm")
 
@@ -66,11 +66,31 @@ def load_tokenizer(path: str | Path, padding_side: str = "right"):
     return tokenizer
 
 
-def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32):
+def quantization(lora, device: str):
+    """QLoRA's 4-bit loading settings (NF4, double quantisation, bf16 compute), or None without lora.load_in_4bit.
+    Refused off CUDA: bitsandbytes' 4-bit kernels need a GPU."""
+    if not (lora and lora.load_in_4bit):
+        return None
+    if device != "cuda":
+        raise ConfigError("lora.load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on the CPU; "
+                          "set lora.load_in_4bit=false to train the LoRA adapter on a full-precision base here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("lora.load_in_4bit needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, quantization_config=None):
     from transformers import AutoModelForCausalLM
 
+    extra = {}
+    if quantization_config is not None:
+        extra = {"quantization_config": quantization_config, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **extra)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"model directory '{path}': cannot load a causal LM ({str(exc).splitlines()[0]})") from None
     return model
@@ -134,6 +154,10 @@ def apply_lora(model, lora, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model
 
     targets = lora.target_modules or find_lora_targets(model)
+    if getattr(model, "is_loaded_in_4bit", False):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task_type)
     try:
         return get_peft_model(model, config)

@@ -20,8 +20,9 @@ from ..data.records import load_records
 from ..data.tokenize import Encoder, pad_sequences
 from ..errors import DataError
 from ..losses import dpo_loss, orpo_loss, sequence_logps, simpo_loss
-from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, resolve_model_path, save_model
-from ..train import RunLog, check_finite, console, make_optimizer, progress_bar, setup_torch, total_steps, batches
+from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization, resolve_model_path, save_model
+from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
+from ..train import RunLog, batches, console, make_optimizer, progress_bar, setup_torch, total_steps
 
 REFERENCE_FREE = ("simpo", "orpo")
 
@@ -30,8 +31,8 @@ def pair_logps(model, items: list[tuple], pad_id: int) -> tuple[torch.Tensor, to
     """(chosen sum logps, rejected sum logps, chosen token counts, rejected token counts): one forward for both."""
     prompts = [p for p, _, _ in items] * 2
     responses = [c for _, c, _ in items] + [r for _, _, r in items]
-    batch = pad_sequences(prompts, responses, pad_id)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    batch = {k: v.to(next(model.parameters()).device) for k, v in pad_sequences(prompts, responses, pad_id).items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
     # Shift: logits at t predict token t+1; only response tokens count.
     logps, counts = sequence_logps(logits[:, :-1], batch["input_ids"][:, 1:], batch["response_mask"][:, 1:])
     n = len(items)
@@ -49,7 +50,7 @@ def reference_logps(model, items: list[tuple], pad_id: int, batch_size: int, des
         for i in range(0, len(items), batch_size):
             chunk = items[i : i + batch_size]
             c, r, _, _ = pair_logps(model, chunk, pad_id)
-            out.append(torch.stack([c, r], dim=1))
+            out.append(torch.stack([c, r], dim=1).cpu())
             advance(len(chunk))
     model.train(was_training)
     return torch.cat(out)
@@ -86,6 +87,7 @@ def preference_loss(config: DPOConfig, pc, pr, cc, cr, ref):
 def run(config: DPOConfig) -> dict:
     out = Path(config.output_dir)
     setup_torch(config.seed, config.threads)
+    runtime = start(config)  # joins the launcher's processes; checks device, precision and batch split first
     model_path = resolve_model_path(config.model)
     ref_path = resolve_model_path(config.ref_model) if config.ref_model else model_path
     pairs = load_records(config.data, "preference")
@@ -99,22 +101,31 @@ def run(config: DPOConfig) -> dict:
     console.print(encoder.report.summary(config.max_length, config.max_prompt_length))
     if not items:
         raise DataError(f"{config.data}: no pair left after truncation; raise max_length")
-    save_config(config, out)
+    if runtime.is_main:
+        save_config(config, out)
 
-    model = load_causal_lm(model_path)
+    model = load_causal_lm(model_path, quantization_config=quantization(config.lora, config.device))
     if config.lora:
         model = apply_lora(model, config.lora)
+    model.to(runtime.device)
     pad = tokenizer.pad_token_id
     ref = torch.zeros(len(items), 2)
     if config.loss_type not in REFERENCE_FREE:
         key = hashlib.sha256(json.dumps([file_stamps(ref_path), file_stamps(Path(config.data)), config.max_length,
                                          config.max_prompt_length, len(items)]).encode()).hexdigest()
         if config.ref_model:
-            ref_model = load_causal_lm(ref_path)
+            ref_model = load_causal_lm(ref_path).to(runtime.device)
             compute = lambda: reference_logps(ref_model, items, pad, config.batch_size * 2, "reference log-probs")  # noqa: E731
         else:
             compute = lambda: reference_logps(model, items, pad, config.batch_size * 2, "reference log-probs")  # noqa: E731
-        ref = cached_reference(out / "ref_logps.pt", key, compute)
+        # the main process computes (or reuses) the cache; the others read it
+        if runtime.is_main:
+            ref = cached_reference(out / "ref_logps.pt", key, compute)
+        runtime.barrier()
+        if not runtime.is_main:
+            ref = torch.load(out / "ref_logps.pt")["logps"]
+        if config.ref_model:
+            del ref_model
 
     indices = list(range(len(items)))
     random.Random(config.seed).shuffle(indices)
@@ -122,66 +133,62 @@ def run(config: DPOConfig) -> dict:
     val_idx, train_idx = indices[:n_val], indices[n_val:]
     steps = total_steps(len(train_idx), config.batch_size, config.grad_accum, config.epochs, config.max_steps)
     optimizer, scheduler = make_optimizer(model, config.lr, config.weight_decay, config.warmup_ratio, steps)
+    model, optimizer = prepare(runtime, model, optimizer, config)
     sft_coef = config.sft_coef or (1.0 if config.loss_type == "orpo" else 0.0)
-    log = RunLog(out)
+    stream = BatchStream(train_idx, config.batch_size, config.seed)
+    first_step, state = resume(runtime, config, out, model, optimizer, scheduler, stream)
+    log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main)
     model.train()
 
-    def step_on(idx: list[int]) -> tuple[torch.Tensor, dict]:
+    def loss_sum(idx: list[int], on=None) -> tuple[torch.Tensor, dict]:
         chunk = [items[i] for i in idx]
-        pc, pr, cc, cr = pair_logps(model, chunk, pad)
-        losses, r_c, r_r = preference_loss(config, pc, pr, cc, cr, ref[idx])
-        loss = losses.mean()
+        pc, pr, cc, cr = pair_logps(on if on is not None else model, chunk, pad)
+        losses, r_c, r_r = preference_loss(config, pc, pr, cc, cr, ref[idx].to(pc.device))
+        loss = losses.sum()
         if sft_coef:
-            loss = loss + sft_coef * (-(pc / cc).mean())
-        stats = {"reward_chosen": r_c.mean().item(), "reward_rejected": r_r.mean().item(), "reward_accuracy": (r_c > r_r).float().mean().item(),
-                 "reward_margin": (r_c - r_r).mean().item(), "logp_chosen": (pc / cc).mean().item(), "logp_rejected": (pr / cr).mean().item()}
+            loss = loss + sft_coef * (-(pc / cc).sum())
+        stats = {"reward_chosen": r_c.sum().item(), "reward_rejected": r_r.sum().item(), "reward_accuracy": (r_c > r_r).float().sum().item(),
+                 "reward_margin": (r_c - r_r).sum().item(), "logp_chosen": (pc / cc).sum().item(), "logp_rejected": (pr / cr).sum().item()}
         return loss, stats
 
     def validate() -> dict:
         if not val_idx:
             return {}
-        model.eval()
+        plain = runtime.unwrap(model)
+        plain.eval()
         totals: dict[str, float] = {}
-        with torch.no_grad():
+        with torch.no_grad(), runtime.accelerator.autocast():
             for idx in batches(val_idx, config.batch_size * 2, shuffle=False, seed=0):
-                loss, stats = step_on(idx)
+                loss, stats = loss_sum(idx, on=plain)
                 for k, v in {"loss": loss.item(), **stats}.items():
-                    totals[k] = totals.get(k, 0.0) + v * len(idx)
-        model.train()
+                    totals[k] = totals.get(k, 0.0) + v
+        plain.train()
         return {f"val_{k}": v / len(val_idx) for k, v in totals.items()}
 
-    def train_stream():
-        epoch = 0
-        while True:
-            yield from batches(train_idx, config.batch_size, shuffle=True, seed=config.seed + epoch)
-            epoch += 1
-
-    stream = train_stream()
-    first = validate()
-    last = first
+    first = state.get("first") if first_step else validate()
+    last = state.get("last", first)
     with progress_bar(f"dpo ({config.loss_type})", steps) as advance:
-        for step in range(1, steps + 1):
-            agg: dict[str, float] = {}
-            for _ in range(config.grad_accum):
-                loss, stats = step_on(next(stream))
-                check_finite(loss, step)
-                (loss / config.grad_accum).backward()
-                for k, v in {"loss": loss.item(), **stats}.items():
-                    agg[k] = agg.get(k, 0.0) + v / config.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm).item()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        advance(first_step)
+        for step in range(first_step + 1, steps + 1):
+            micro = [runtime.shard(next(stream)) for _ in range(config.grad_accum)]
+            agg = accumulate(runtime, model, micro, len, loss_sum, step)
+            grad_norm = optimizer_step(runtime, model, optimizer, scheduler, config.max_grad_norm)
             row = validate() if (step % config.eval_every == 0 or step == steps) else {}
             if row:
                 last = row
             if step % config.log_every == 0 or row:
                 log.log(step, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, **agg, **row)
             advance(loss=agg["loss"], acc=agg["reward_accuracy"])
-    save_model(model, tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
-    summary = log.summary(stage="dpo", loss_type=config.loss_type, model=str(model_path), reference=None if config.loss_type in REFERENCE_FREE else str(ref_path),
-                          data=config.data, steps=steps, train_pairs=len(train_idx), val_pairs=len(val_idx), before=first, after=last,
-                          truncation=encoder.report.as_dict(), model_dir=str(out / "model"))
-    acc = last.get("val_reward_accuracy")
-    console.print(f"dpo: {steps} steps" + (f", validation reward accuracy {acc:.3f}" if acc is not None else "") + f"; model saved to {out / 'model'}")
+            if should_save(config, step, steps):
+                save(runtime, out, step, model, optimizer, scheduler, stream, {"first": first, "last": last}, config.keep_checkpoints)
+    summary = {"stage": "dpo", "loss_type": config.loss_type, "model": str(model_path),
+               "reference": None if config.loss_type in REFERENCE_FREE else str(ref_path), "data": config.data, "steps": steps,
+               "resumed_from": first_step or None, "processes": runtime.world, "train_pairs": len(train_idx), "val_pairs": len(val_idx),
+               "before": first, "after": last, "truncation": encoder.report.as_dict(), "model_dir": str(out / "model")}
+    if runtime.is_main:
+        save_model(runtime.unwrap(model), tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
+        summary = log.summary(**summary)
+        acc = last.get("val_reward_accuracy")
+        console.print(f"dpo: {steps} steps" + (f", validation reward accuracy {acc:.3f}" if acc is not None else "") + f"; model saved to {out / 'model'}")
+    runtime.barrier()
     return summary

@@ -5,6 +5,8 @@ per-sequence advantages within each prompt's group, and update with the clipped 
 - GRPO: A = (r - group mean) / group std; KL to the reference is a separate loss term (k3 by default).
 - RLOO: the KL penalty is folded into the sequence reward, r' = r - kl_coef * KL(seq); A = r' - mean of the other k-1.
 The loss is the token-level mean over every response token of the batch.
+Under torchrun / accelerate launch each process samples and scores its share of the prompts (whole groups, so
+advantages stay exact) and gradients are averaged by DDP.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 
 from ..config import GRPOConfig, RLOOConfig, save_config
 from ..losses import group_advantages, kl_penalty, masked_mean, ppo_policy_loss, rloo_advantages
+from ..errors import ConfigError
+from ..runtime import start
 from ..train import progress_bar
 from . import online
 
@@ -25,24 +29,31 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
     name = "grpo" if is_grpo else "rloo"
     k = config.group_size if is_grpo else config.k
     out = Path(config.output_dir)
+    runtime = start(config)  # one process, or this process's place among N
+    if config.mini_batch_size % runtime.world:
+        raise ConfigError(f"mini_batch_size {config.mini_batch_size} must split evenly among the {runtime.world} processes")
     reward_fn, gold, policy, prompts = online.setup(config)
     params = online.trainable(policy.model)
     optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5)
     scheduler = online.constant_schedule(optimizer, config.warmup_steps)
-    generator = torch.Generator().manual_seed(config.seed)
+    # every process draws the same prompts in the same order, and samples its own responses to its share
+    generator = torch.Generator().manual_seed(config.seed + runtime.rank)
     modules = {"policy": policy.model}
-    start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts)
+    start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts, rank=runtime.rank)
     scheduler.last_epoch = start_step
-    save_config(config, out)
+    # gradients flow through the DDP wrapper; sampling uses the plain module (no collectives inside generation)
+    trained = runtime.accelerator.prepare_model(policy.model) if runtime.world > 1 else policy.model
+    if runtime.is_main:
+        save_config(config, out)
     monitor = online.Monitor(out / "metrics.jsonl", config.window, resume_step=start_step if last_ckpt else None,
-                             max_new_tokens=config.max_new_tokens)
+                             max_new_tokens=config.max_new_tokens) if runtime.is_main else None
     row: dict = {}
     with progress_bar(name, config.steps) as advance:
         advance(start_step)
         for step in range(start_step + 1, config.steps + 1):
             t0 = time.time()
             # Each prompt k times in a row: consecutive rows form a group.
-            indices = [i for i in prompts.take(config.batch_size) for _ in range(k)]
+            indices = [i for i in runtime.shard(prompts.take(config.batch_size)) for _ in range(k)]
             batch = online.sample_batch(policy, prompts, indices, reward_fn, gold, config, generator)
             mask = batch.mask
             if is_grpo:
@@ -55,8 +66,8 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             prompt_len = batch.rollout.prompt_ids.shape[1]
             stats: dict[str, float] = {}
             n_updates = 0
-            for idx in online.minibatches(len(indices), config.mini_batch_size, config.epochs_per_batch):
-                logps, entropy = online.token_logps(policy.model, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True)
+            for idx in online.minibatches(len(indices), config.mini_batch_size // runtime.world, config.epochs_per_batch):
+                logps, entropy = online.token_logps(trained, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True)
                 pg_loss, pg_stats = ppo_policy_loss(logps, batch.logps[idx], token_adv[idx], mask[idx], config.clip_range)
                 loss = pg_loss
                 if is_grpo and config.kl_coef:
@@ -74,9 +85,10 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             scheduler.step()
             stats = {key: v / n_updates for key, v in stats.items()}
             group_std = batch.scores.view(-1, k).std(1).mean().item()
-            row = monitor.log(step, {**batch.stats, **stats, "group_reward_std": group_std, "lr": scheduler.get_last_lr()[0],
-                                     "step_seconds": round(time.time() - t0, 3)})
-            advance(reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"])
+            measured = runtime.mean_stats({**batch.stats, **stats, "group_reward_std": group_std})
+            if monitor is not None:
+                row = monitor.log(step, {**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)})
+                advance(reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"])
             if step % config.save_every == 0 or step == config.steps:
-                last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts)
-    return online.finish(name, config, policy, out, row)
+                last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime=runtime)
+    return online.finish(name, config, policy, out, row, runtime=runtime)

@@ -4,17 +4,15 @@ per-token log-probs, monitoring with rolling windows, guards, and atomic checkpo
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import statistics
-import tempfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import OnlineRLConfig, RewardSpec
 from ..data.records import load_records
 from ..data.tokenize import Encoder, pad_left
@@ -241,55 +239,9 @@ def guard(step: int, loss: torch.Tensor, kl: float, config: OnlineRLConfig, last
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(out: Path, step: int, modules: dict[str, torch.nn.Module], optimizers: dict, state: dict, keep: int = 2) -> Path:
-    """Write checkpoints/step-N atomically (temporary folder, then rename); keep the newest `keep`."""
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
-    try:
-        torch.save({
-            "step": step, "state": state,
-            "modules": {k: {n: p for n, p in m.state_dict().items()} for k, m in modules.items()},
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-        }, tmp / "trainer_state.pt")
-        final = root / f"step-{step:06d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    root = out / "checkpoints"
-    if not root.is_dir():
-        return None
-    done = sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / "trainer_state.pt").is_file())
-    return done[-1] if done else None
-
-
-def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict) -> tuple[int, dict]:
-    saved = torch.load(path / "trainer_state.pt", weights_only=False)
-    for k, m in modules.items():
-        try:
-            m.load_state_dict(saved["modules"][k])
-        except (KeyError, RuntimeError):
-            raise TrainingError(f"{path}: the checkpoint's {k} does not match this config (model, lora or value_model changed?); "
-                                "resume with the run's own config.yaml or choose a new output_dir") from None
-    for k, o in optimizers.items():
-        o.load_state_dict(saved["optimizers"][k])
-    torch.set_rng_state(saved["rng"]["torch"])
-    random.setstate(saved["rng"]["python"])
-    return saved["step"], saved["state"]
-
-
-def resume_state(config: OnlineRLConfig, out: Path, modules: dict, optimizer, generator: torch.Generator, prompts: PromptStream) -> tuple[int, Path | None, dict]:
-    """With `resume`, restore modules, optimizer, sampler RNG and prompt position from the newest checkpoint."""
+def resume_state(config: OnlineRLConfig, out: Path, modules: dict, optimizer, generator: torch.Generator, prompts: PromptStream,
+                 rank: int = 0) -> tuple[int, Path | None, dict]:
+    """With `resume`, restore modules, optimizer, sampler RNG (this process's) and prompt position from the newest checkpoint."""
     if not config.resume:
         return 0, None, {}
     checkpoint = latest_checkpoint(out)
@@ -298,26 +250,40 @@ def resume_state(config: OnlineRLConfig, out: Path, modules: dict, optimizer, ge
         return 0, None, {}
     step, state = load_checkpoint(checkpoint, modules, {"adamw": optimizer})
     prompts.position = state["prompt_position"]
-    generator.set_state(state["generator"])
+    generators = state["generator"] if isinstance(state["generator"], list) else [state["generator"]]
+    if rank < len(generators):
+        generator.set_state(generators[rank])
     console.print(f"resuming from {checkpoint} (step {step})")
     return step, checkpoint, state
 
 
-def checkpoint_now(out: Path, step: int, modules: dict, optimizer, generator: torch.Generator, prompts: PromptStream, **extra) -> Path:
-    return save_checkpoint(out, step, modules, {"adamw": optimizer},
-                           {"prompt_position": prompts.position, "generator": generator.get_state(), **extra})
+def checkpoint_now(out: Path, step: int, modules: dict, optimizer, generator: torch.Generator, prompts: PromptStream, runtime=None, **extra) -> Path | None:
+    """Main process writes; `generator` holds every process's sampler state (gathered) so each resumes its own stream."""
+    generators = runtime.gather_objects(generator.get_state()) if runtime is not None else [generator.get_state()]
+    path = None
+    if runtime is None or runtime.is_main:
+        path = save_checkpoint(out, step, modules, {"adamw": optimizer}, {"prompt_position": prompts.position, "generator": generators, **extra})
+    if runtime is not None:
+        runtime.barrier()
+    return path
 
 
-def finish(name: str, config: OnlineRLConfig, policy: Policy, out: Path, row: dict) -> dict:
-    """Save the final policy as a plain HF directory and write summary.json."""
+def finish(name: str, config: OnlineRLConfig, policy: Policy, out: Path, row: dict, runtime=None) -> dict:
+    """Save the final policy as a plain HF directory and write summary.json (the main process, when distributed)."""
     from ..models.loading import save_model
     from ..train import write_json
 
+    if runtime is not None and not runtime.is_main:
+        runtime.barrier()
+        return {"stage": name, "final": row}
     save_model(policy.model, load_tokenizer(policy.path), out / "model", merge_lora=config.lora.merge if config.lora else True)
-    summary = {"stage": name, "model": str(policy.path), "steps": config.steps, "final": row, "model_dir": str(out / "model")}
+    summary = {"stage": name, "model": str(policy.path), "steps": config.steps, "processes": runtime.world if runtime else 1,
+               "final": row, "model_dir": str(out / "model")}
     write_json(out / "summary.json", summary)
     console.print(f"{name}: {config.steps} steps; last-window reward {row.get('reward_avg', float('nan')):.3f}, "
                   f"gold {row.get('gold_avg', float('nan')):.3f}, KL {row.get('kl_avg', float('nan')):.3f}; model saved to {out / 'model'}")
+    if runtime is not None:
+        runtime.barrier()
     return summary
 
 

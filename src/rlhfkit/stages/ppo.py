@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from ..config import PPOConfig, save_config
+from ..errors import ConfigError
 from ..losses import entropy_from_logits, gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
 from ..models.loading import resolve_model_path
+from ..runtime import start
 from ..train import progress_bar
 from . import online
 
@@ -58,6 +60,18 @@ class ValueModel(nn.Module):
         return logps, entropy_from_logits(logits), values
 
 
+class ActorCritic(nn.Module):
+    """Policy and value model as one module, so that one DDP wrapper averages the gradients of both."""
+
+    def __init__(self, policy: online.Policy, value: ValueModel):
+        super().__init__()
+        self.policy_model, self.value = policy.model, value
+        self._policy = policy
+
+    def forward(self, input_ids, attention_mask, prompt_len: int, temperature: float):
+        return self.value(self._policy, input_ids, attention_mask, prompt_len, temperature, with_policy=True)
+
+
 class AdaptiveKL:
     """kl_coef <- kl_coef * (1 + clip(KL/target - 1, -0.2, 0.2) * n / horizon) (Ziegler et al. 2019)."""
 
@@ -71,6 +85,9 @@ class AdaptiveKL:
 
 def run(config: PPOConfig) -> dict:
     out = Path(config.output_dir)
+    runtime = start(config)  # one process, or this process's place among N (each samples its share of the prompts)
+    if config.mini_batch_size % runtime.world:
+        raise ConfigError(f"mini_batch_size {config.mini_batch_size} must split evenly among the {runtime.world} processes")
     reward_fn, gold, policy, prompts = online.setup(config)
     value = ValueModel(config, policy)
     params = online.trainable(policy.model) + [p for p in value.parameters() if p.requires_grad]
@@ -78,19 +95,23 @@ def run(config: PPOConfig) -> dict:
     scheduler = online.constant_schedule(optimizer, config.warmup_steps)
     kl_ctl = AdaptiveKL(config.kl_coef, config.target_kl, config.kl_horizon)
     modules = {"policy": policy.model, "value": value}
-    generator = torch.Generator().manual_seed(config.seed)
-    start_step, last_ckpt, state = online.resume_state(config, out, modules, optimizer, generator, prompts)
+    generator = torch.Generator().manual_seed(config.seed + runtime.rank)
+    start_step, last_ckpt, state = online.resume_state(config, out, modules, optimizer, generator, prompts, rank=runtime.rank)
     scheduler.last_epoch = start_step
     kl_ctl.coef = state.get("kl_coef", kl_ctl.coef)
-    save_config(config, out)
+    actor_critic = ActorCritic(policy, value)
+    # gradients flow through the DDP wrapper; sampling and the rollout values use the plain modules
+    trained = runtime.accelerator.prepare_model(actor_critic) if runtime.world > 1 else actor_critic
+    if runtime.is_main:
+        save_config(config, out)
     monitor = online.Monitor(out / "metrics.jsonl", config.window, resume_step=start_step if last_ckpt else None,
-                             max_new_tokens=config.max_new_tokens)
+                             max_new_tokens=config.max_new_tokens) if runtime.is_main else None
     row: dict = {}
     with progress_bar("ppo", config.steps) as advance:
         advance(start_step)
         for step in range(start_step + 1, config.steps + 1):
             t0 = time.time()
-            batch = online.sample_batch(policy, prompts, prompts.take(config.batch_size), reward_fn, gold, config, generator)
+            batch = online.sample_batch(policy, prompts, runtime.shard(prompts.take(config.batch_size)), reward_fn, gold, config, generator)
             input_ids, attention_mask = batch.rollout.full()
             prompt_len = batch.rollout.prompt_ids.shape[1]
             mask = batch.mask
@@ -109,8 +130,8 @@ def run(config: PPOConfig) -> dict:
                 advantages = whiten(advantages, mask)
             stats: dict[str, float] = {}
             n_updates = 0
-            for idx in online.minibatches(len(last), config.mini_batch_size, config.epochs_per_batch):
-                logps, entropy, values = value(policy, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_policy=True)
+            for idx in online.minibatches(len(last), config.mini_batch_size // runtime.world, config.epochs_per_batch):
+                logps, entropy, values = trained(input_ids[idx], attention_mask[idx], prompt_len, config.temperature)
                 pg_loss, pg_stats = ppo_policy_loss(logps, batch.logps[idx], advantages[idx], mask[idx], config.clip_range)
                 vf_loss, vf_stats = ppo_value_loss(values, old_values[idx], returns[idx], mask[idx], config.value_clip_range)
                 ent = masked_mean(entropy, mask[idx])
@@ -125,14 +146,17 @@ def run(config: PPOConfig) -> dict:
                     stats[k] = stats.get(k, 0.0) + v
             scheduler.step()
             stats = {k: v / n_updates for k, v in stats.items()}
-            if config.adaptive_kl:
-                kl_ctl.update(batch.stats["kl"], config.batch_size)
-            row = monitor.log(step, {**batch.stats, **stats, "kl_coef": kl_ctl.coef, "lr": scheduler.get_last_lr()[0],
-                                     "step_seconds": round(time.time() - t0, 3)})
-            advance(reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"])
+            measured = runtime.mean_stats({**batch.stats, **stats})
+            if config.adaptive_kl:  # on the mean over every process, so each keeps the same coefficient
+                kl_ctl.update(measured["kl"], config.batch_size)
+            if monitor is not None:
+                row = monitor.log(step, {**measured, "kl_coef": kl_ctl.coef, "lr": scheduler.get_last_lr()[0],
+                                         "step_seconds": round(time.time() - t0, 3)})
+                advance(reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"])
             if step % config.save_every == 0 or step == config.steps:
-                last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, kl_coef=kl_ctl.coef)
-    if not value.shared:
-        value.backbone.save_pretrained(str(out / "value_model"))
-    torch.save(value.head.state_dict(), out / "value_head.pt")
-    return online.finish("ppo", config, policy, out, row)
+                last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime=runtime, kl_coef=kl_ctl.coef)
+    if runtime.is_main:
+        if not value.shared:
+            value.backbone.save_pretrained(str(out / "value_model"))
+        torch.save(value.head.state_dict(), out / "value_head.pt")
+    return online.finish("ppo", config, policy, out, row, runtime=runtime)

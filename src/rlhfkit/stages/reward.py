@@ -20,7 +20,8 @@ from ..errors import DataError
 from ..evaluate import reward_metrics as rm
 from ..losses import bradley_terry_loss, reward_centering_loss
 from ..models.loading import apply_lora, load_reward_model, load_tokenizer, resolve_model_path, save_model
-from ..train import RunLog, check_finite, console, forever, make_optimizer, progress_bar, setup_torch, total_steps, write_json
+from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
+from ..train import RunLog, console, make_optimizer, progress_bar, setup_torch, total_steps, write_json
 
 
 class RewardEncoder:
@@ -60,7 +61,8 @@ def score_sequences(model, sequences: list[list[int]], pad_id: int, head: int = 
     for i, s in enumerate(sequences):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    return model(input_ids=ids, attention_mask=mask).logits[:, head]
+    device = next(model.parameters()).device
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, head].float()
 
 
 def pair_rewards(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +113,7 @@ def split_pairs(pairs: list[PreferencePair], val_fraction: float, seed: int) -> 
 def train(config: RewardTrainConfig) -> dict:
     out = Path(config.output_dir)
     setup_torch(config.seed, config.threads)
+    runtime = start(config)  # joins the launcher's processes; checks device, precision and batch split first
     model_path = resolve_model_path(config.model)
     pairs = load_records(config.data, "preference")
     train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.seed)
@@ -121,9 +124,10 @@ def train(config: RewardTrainConfig) -> dict:
     console.print(encoder.encoder.report.summary(config.max_length, config.max_prompt_length))
     if not train_enc or not val_enc:
         raise DataError(f"{config.data}: no pair left after truncation; raise max_length")
-    save_config(config, out)
-    write_jsonl(out / "train_pairs.jsonl", train_pairs)
-    write_jsonl(out / "val_pairs.jsonl", val_pairs)
+    if runtime.is_main:
+        save_config(config, out)
+        write_jsonl(out / "train_pairs.jsonl", train_pairs)
+        write_jsonl(out / "val_pairs.jsonl", val_pairs)
 
     model = load_reward_model(model_path, tokenizer)
     if config.lora:
@@ -133,12 +137,15 @@ def train(config: RewardTrainConfig) -> dict:
     items = list(zip(train_enc, margins))
     steps = total_steps(len(items), config.batch_size, config.grad_accum, config.epochs, config.max_steps)
     optimizer, scheduler = make_optimizer(model, config.lr, config.weight_decay, config.warmup_ratio, steps)
-    log = RunLog(out)
-    stream = forever(items, config.batch_size, config.seed)
+    model, optimizer = prepare(runtime, model, optimizer, config)
+    stream = BatchStream(items, config.batch_size, config.seed)
+    first_step, state = resume(runtime, config, out, model, optimizer, scheduler, stream)
+    log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main)
     pad = tokenizer.pad_token_id
 
     def validate() -> dict:
-        m, _, _ = margins_of(model, val_enc, pad, config.batch_size * 2)
+        with runtime.accelerator.autocast():
+            m, _, _ = margins_of(runtime.unwrap(model), val_enc, pad, config.batch_size * 2)
         loss = sum(-torch.nn.functional.logsigmoid(torch.tensor(x)).item() for x in m) / len(m)
         return {"val_accuracy": rm.preference_accuracy(m), "val_ece": rm.expected_calibration_error(m), "val_loss": loss}
 
@@ -148,49 +155,56 @@ def train(config: RewardTrainConfig) -> dict:
         key = {"accuracy": "val_accuracy", "ece": "val_ece", "loss": "val_loss"}[config.early_stop_metric]
         return a[key] > b[key] if key == "val_accuracy" else a[key] < b[key]
 
-    best, best_state, best_step, stale, stopped_early = None, None, 0, 0, False
+    def loss_sum(batch: list) -> tuple[torch.Tensor, dict]:
+        chosen, rejected = pair_rewards(model, [e for e, _ in batch], pad)
+        margin = torch.tensor([m for _, m in batch], device=chosen.device) if config.use_margin else None
+        loss = bradley_terry_loss(chosen, rejected, margin)
+        if config.center_coef:
+            loss = loss + config.center_coef * reward_centering_loss(chosen, rejected)
+        return loss * len(batch), {"accuracy": (chosen > rejected).float().sum().item()}
+
+    best, best_step, stale = state.get("best"), state.get("best_step", 0), state.get("stale", 0)
+    best_state = state.get("best_state")
+    stopped_early, step = False, first_step
     with progress_bar("reward train", steps) as advance:
-        for step in range(1, steps + 1):
-            step_loss = step_acc = 0.0
-            for _ in range(config.grad_accum):
-                batch = next(stream)
-                chosen, rejected = pair_rewards(model, [e for e, _ in batch], pad)
-                margin = torch.tensor([m for _, m in batch]) if config.use_margin else None
-                loss = bradley_terry_loss(chosen, rejected, margin)
-                if config.center_coef:
-                    loss = loss + config.center_coef * reward_centering_loss(chosen, rejected)
-                check_finite(loss, step)
-                (loss / config.grad_accum).backward()
-                step_loss += loss.item() / config.grad_accum
-                step_acc += (chosen > rejected).float().mean().item() / config.grad_accum
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        advance(first_step)
+        for step in range(first_step + 1, steps + 1):
+            micro = [runtime.shard(next(stream)) for _ in range(config.grad_accum)]
+            stats = accumulate(runtime, model, micro, len, loss_sum, step)
+            optimizer_step(runtime, model, optimizer, scheduler, config.max_grad_norm)
             row: dict = {}
             if step % config.eval_every == 0 or step == steps:
                 row = validate()
                 if better(row, best):
                     best, best_step, stale = row, step, 0
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state = copy.deepcopy(runtime.unwrap(model).state_dict())
                 else:
                     stale += 1
             if step % config.log_every == 0 or row:
-                log.log(step, loss=step_loss, accuracy=step_acc, lr=scheduler.get_last_lr()[0], **row)
-            advance(loss=step_loss, **({"val_acc": row["val_accuracy"]} if row else {}))
+                log.log(step, loss=stats["loss"], accuracy=stats["accuracy"], lr=scheduler.get_last_lr()[0], **row)
+            advance(loss=stats["loss"], **({"val_acc": row["val_accuracy"]} if row else {}))
             if config.patience and stale >= config.patience:
                 console.print(f"early stop at step {step}: validation {config.early_stop_metric} has not improved for {stale} evaluations")
                 stopped_early = True
                 break
-    model.load_state_dict(best_state)
-    save_model(model, tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
-    summary = log.summary(
-        stage="reward-train", model=str(model_path), data=config.data, steps_run=step, best_step=best_step, stopped_early=stopped_early,
-        train_pairs=len(train_enc), val_pairs=len(val_enc), **{f"best_{k}": v for k, v in best.items()},
-        truncation=encoder.encoder.report.as_dict(), model_dir=str(out / "model"),
-    )
-    console.print(f"reward train: best validation accuracy {best['val_accuracy']:.3f} (ECE {best['val_ece']:.3f}) at step {best_step}; "
-                  f"model saved to {out / 'model'}")
+            if should_save(config, step, steps):
+                save(runtime, out, step, model, optimizer, scheduler, stream,
+                     {"best": best, "best_step": best_step, "stale": stale, "best_state": best_state}, config.keep_checkpoints)
+    if best is None:  # resumed at the last step: nothing left to run
+        best = validate()
+        best_state = runtime.unwrap(model).state_dict()
+    plain = runtime.unwrap(model)
+    plain.load_state_dict(best_state)
+    summary = {"stage": "reward-train", "model": str(model_path), "data": config.data, "steps_run": step, "best_step": best_step,
+               "stopped_early": stopped_early, "resumed_from": first_step or None, "processes": runtime.world, "train_pairs": len(train_enc),
+               "val_pairs": len(val_enc), **{f"best_{k}": v for k, v in best.items()}, "truncation": encoder.encoder.report.as_dict(),
+               "model_dir": str(out / "model")}
+    if runtime.is_main:
+        save_model(plain, tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
+        summary = log.summary(**summary)
+        console.print(f"reward train: best validation accuracy {best['val_accuracy']:.3f} (ECE {best['val_ece']:.3f}) at step {best_step}; "
+                      f"model saved to {out / 'model'}")
+    runtime.barrier()
     return summary
 
 

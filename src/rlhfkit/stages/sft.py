@@ -12,8 +12,9 @@ from ..data.records import SFTExample, load_records
 from ..data.tokenize import Encoder, pad_sequences
 from ..errors import DataError
 from ..losses import sequence_logps
-from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, resolve_model_path, save_model
-from ..train import RunLog, check_finite, console, forever, make_optimizer, progress_bar, setup_torch, total_steps
+from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, quantization, resolve_model_path, save_model
+from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
+from ..train import RunLog, console, make_optimizer, progress_bar, setup_torch, total_steps
 
 
 def resolve_sft_data(data: str) -> Path:
@@ -34,16 +35,17 @@ def encode_examples(examples: list[SFTExample], encoder: Encoder) -> list[tuple[
 
 
 def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean negative log-likelihood per response token over the batch, and the token count."""
+    """Summed negative log-likelihood of the batch's response tokens, and the token count."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     # Shift: logits at t predict token t+1.
     logps, counts = sequence_logps(logits[:, :-1], batch["input_ids"][:, 1:], batch["response_mask"][:, 1:])
-    return -logps.sum() / counts.sum().clamp(min=1), counts.sum()
+    return -logps.sum(), counts.sum()
 
 
 def run(config: SFTConfig) -> dict:
     out = Path(config.output_dir)
     setup_torch(config.seed, config.threads)
+    runtime = start(config)  # joins the launcher's processes; checks device, precision and batch split first
     model_path = resolve_model_path(config.model)
     data_path = resolve_sft_data(config.data)
     examples = load_records(data_path, "sft")
@@ -57,58 +59,63 @@ def run(config: SFTConfig) -> dict:
     n_val = int(len(encoded) * config.val_fraction)
     val, train = encoded[:n_val], encoded[n_val:]
 
-    save_config(config, out)
-    model = load_causal_lm(model_path)
+    if runtime.is_main:
+        save_config(config, out)
+    model = load_causal_lm(model_path, quantization_config=quantization(config.lora, config.device))
     if config.lora:
         model = apply_lora(model, config.lora)
     model.train()
     steps = total_steps(len(train), config.batch_size, config.grad_accum, config.epochs, config.max_steps)
     optimizer, scheduler = make_optimizer(model, config.lr, config.weight_decay, config.warmup_ratio, steps)
-    log = RunLog(out)
-    micro = max(1, config.batch_size)
-    stream = forever(train, micro, config.seed)
+    model, optimizer = prepare(runtime, model, optimizer, config)
+    stream = BatchStream(train, config.batch_size, config.seed)
+    first_step, state = resume(runtime, config, out, model, optimizer, scheduler, stream)
+    log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main)
+    device = runtime.device
 
     def collate(items):
-        return pad_sequences([p for p, _ in items], [r for _, r in items], tokenizer.pad_token_id)
+        batch = pad_sequences([p for p, _ in items], [r for _, r in items], tokenizer.pad_token_id)
+        return {k: v.to(device) for k, v in batch.items()}
 
     def validate() -> float | None:
         if not val:
             return None
-        model.eval()
+        plain = runtime.unwrap(model)
+        plain.eval()
         total, tokens = 0.0, 0.0
-        with torch.no_grad():
-            for i in range(0, len(val), micro):
-                loss, count = response_nll(model, collate(val[i : i + micro]))
-                total += loss.item() * count.item()
+        with torch.no_grad(), runtime.accelerator.autocast():
+            for i in range(0, len(val), config.batch_size):
+                loss, count = response_nll(plain, collate(val[i : i + config.batch_size]))
+                total += loss.item()
                 tokens += count.item()
-        model.train()
+        plain.train()
         return total / max(tokens, 1)
 
-    first_val = validate()
-    val_loss = first_val
+    first_val = state.get("first_val") if first_step else validate()
+    val_loss = state.get("val_loss", first_val)
     with progress_bar("sft", steps) as advance:
-        for step in range(1, steps + 1):
-            step_loss = 0.0
-            for _ in range(config.grad_accum):
-                loss, _ = response_nll(model, collate(next(stream)))
-                check_finite(loss, step)
-                (loss / config.grad_accum).backward()
-                step_loss += loss.item() / config.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm).item()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        advance(first_step)
+        for step in range(first_step + 1, steps + 1):
+            micro = [collate(runtime.shard(next(stream))) for _ in range(config.grad_accum)]
+            # the step's loss is the mean over every response token of every process and micro-batch
+            stats = accumulate(runtime, model, micro, lambda b: b["response_mask"][:, 1:].sum().item(),
+                               lambda b: (response_nll(model, b)[0], {}), step)
+            grad_norm = optimizer_step(runtime, model, optimizer, scheduler, config.max_grad_norm)
             row = {}
             if step % config.eval_every == 0 or step == steps:
                 val_loss = validate()
                 row["val_loss"] = val_loss
             if step % config.log_every == 0 or step == steps or row:
-                log.log(step, loss=step_loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, **row)
-            advance(loss=step_loss)
-    save_model(model, tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
-    summary = log.summary(
-        stage="sft", model=str(model_path), data=str(data_path), steps=steps, train_examples=len(train), val_examples=len(val),
-        val_loss_before=first_val, val_loss=val_loss, truncation=encoder.report.as_dict(), model_dir=str(out / "model"),
-    )
-    console.print(f"sft: {steps} steps, validation loss {first_val} -> {val_loss}; model saved to {out / 'model'}")
+                log.log(step, loss=stats["loss"], lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, **row)
+            advance(loss=stats["loss"])
+            if should_save(config, step, steps):
+                save(runtime, out, step, model, optimizer, scheduler, stream, {"first_val": first_val, "val_loss": val_loss}, config.keep_checkpoints)
+    summary = {"stage": "sft", "model": str(model_path), "data": str(data_path), "steps": steps, "resumed_from": first_step or None,
+               "train_examples": len(train), "val_examples": len(val), "processes": runtime.world, "val_loss_before": first_val,
+               "val_loss": val_loss, "truncation": encoder.report.as_dict(), "model_dir": str(out / "model")}
+    if runtime.is_main:
+        save_model(runtime.unwrap(model), tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
+        summary = log.summary(**summary)
+        console.print(f"sft: {steps} steps, validation loss {first_val} -> {val_loss}; model saved to {out / 'model'}")
+    runtime.barrier()
     return summary

@@ -1,0 +1,105 @@
+"""Resumable training checkpoints: OUTPUT_DIR/checkpoints/step-N, written atomically (a temporary folder, then a
+rename), holding the trainable weights, optimiser and scheduler state, every random-number generator and the
+stage's own position (data batches consumed, best score so far, ...). A crash mid-write leaves only a hidden
+temporary folder, never a half-written step-N; the newest `keep` checkpoints are kept."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import TrainingError
+
+STATE_FILE = "trainer_state.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights training changes: every parameter for full fine-tuning, the adapter alone for LoRA (the frozen
+    base is reloaded from the model path on resume)."""
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    state = module.state_dict()
+    if len(trainable) == sum(1 for _ in module.parameters()):
+        return state
+    return {name: tensor for name, tensor in state.items() if name in trainable}
+
+
+def save_checkpoint(out: Path, step: int, modules: dict[str, torch.nn.Module], optimizers: dict, state: dict, keep: int = 2,
+                    schedulers: dict | None = None, rng: Any = None) -> Path:
+    """Write OUT/checkpoints/step-N atomically and keep the newest `keep`. `rng` defaults to this process's generators
+    (a distributed run passes every rank's)."""
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    try:
+        torch.save({
+            "step": step, "state": state,
+            "modules": {k: trainable_state(m) for k, m in modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
+            "rng": rng if rng is not None else rng_state(),
+        }, tmp / STATE_FILE)
+        final = root / f"step-{step:06d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict, schedulers: dict | None = None,
+                    restore_rng: bool = True) -> tuple[int, dict]:
+    """Restore modules, optimisers, schedulers (and, unless told not to, this process's generators); returns (step,
+    the stage's state). A checkpoint that does not fit the model raises TrainingError naming it."""
+    saved = torch.load(path / STATE_FILE, weights_only=False)
+    for k, m in modules.items():
+        weights = saved["modules"].get(k)
+        try:
+            if weights is None:
+                raise KeyError(k)
+            missing, unexpected = m.load_state_dict(weights, strict=False)
+            if unexpected or len(missing) == len(m.state_dict()):
+                raise RuntimeError(f"unexpected {unexpected[:3]}")
+        except (KeyError, RuntimeError):
+            raise TrainingError(f"{path}: the checkpoint's {k} does not match this config (model, lora or value_model changed?); "
+                                "resume with the run's own config.yaml or choose a new output_dir") from None
+    for k, o in optimizers.items():
+        o.load_state_dict(saved["optimizers"][k])
+    for k, s in (schedulers or {}).items():
+        if k in saved.get("schedulers", {}):
+            s.load_state_dict(saved["schedulers"][k])
+    if restore_rng:
+        set_rng_state(saved["rng"])
+    return saved["step"], {**saved["state"], "_rng": saved["rng"]}

@@ -1,0 +1,224 @@
+"""Where and how a training stage runs: one process, or N under `torchrun` / `accelerate launch` (DDP through
+accelerate: gloo on CPU, NCCL on GPUs; FSDP or DeepSpeed from an accelerate config file), on CPU or CUDA, with
+optional bf16/fp16 autocast and gradient checkpointing.
+
+`batch_size` is the global batch: every process draws the same batches from the same seeded stream and keeps its
+slice (rank::world), so a run's data order does not depend on how many processes share it. A step's loss is the
+sum over every process and accumulation micro-batch divided by the step's total weight (response tokens for SFT,
+pairs for reward and DPO), so N processes and 1 process take the same gradient step up to float rounding.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .errors import ConfigError
+from .train import check_finite, console, forever
+
+
+@dataclass
+class Runtime:
+    accelerator: Any  # accelerate.Accelerator
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def shard(self, batch: list) -> list:
+        return batch[self.rank :: self.world]
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over processes (a no-op alone)."""
+        if self.world == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.accelerator.reduce(tensor, reduction="sum").tolist()
+
+    def mean_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Numeric statistics averaged over processes (each measured on an equal share); others kept as they are."""
+        if self.world == 1:
+            return stats
+        keys = sorted(k for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        return {**stats, **{k: v / self.world for k, v in zip(keys, self.sum([float(stats[k]) for k in keys]))}}
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        if self.world == 1:
+            return [value]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, value)
+        return out
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda': no CUDA GPU is visible to torch on this machine; use device=cpu (or auto)")
+    return requested
+
+
+def check_precision(precision: str, device: str) -> None:
+    if precision == "fp16" and device != "cuda":
+        raise ConfigError("mixed_precision 'fp16' needs a CUDA GPU (CPU autocast has no fp16 loss scaling); use bf16 or no")
+    if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("mixed_precision 'bf16': this GPU does not support bfloat16; use fp16 or no")
+
+
+def start(config) -> Runtime:
+    """Join the launcher's process group (if any) and check that the config fits it. Raises ConfigError before any
+    model is loaded."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from .models.loading import quantization
+
+    # online RL (no device or precision keys) runs its processes on the CPU
+    device = pick_device(getattr(config, "device", "cpu"))
+    precision = getattr(config, "mixed_precision", "no")
+    check_precision(precision, device)
+    quantization(config.lora, device)  # QLoRA off CUDA is refused here, before any model is loaded
+    # one Python process may run several stages (a pipeline, the tests) with different precisions; accelerate keeps
+    # its settings in a process-wide singleton, so each stage starts it afresh (the process group itself stays)
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision)
+    runtime = Runtime(accelerator)
+    if config.batch_size % runtime.world:
+        raise ConfigError(f"batch_size {config.batch_size} is the global batch and must divide evenly among the {runtime.world} "
+                          f"processes; use a multiple of {runtime.world}")
+    if runtime.world > 1 and runtime.is_main:
+        console.print(f"distributed: {runtime.world} processes ({accelerator.distributed_type.value}, backend "
+                      f"{accelerator.state.backend}), {config.batch_size // runtime.world} of each batch's {config.batch_size} per process")
+    if not runtime.is_main:
+        console.quiet = True  # one process speaks
+    return runtime
+
+
+def prepare(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config):
+    """Gradient checkpointing if asked, then hand model and optimiser to accelerate together (DDP, or FSDP / DeepSpeed
+    from the launcher's config, all need both at once). The scheduler stays ours: it steps once per optimizer step."""
+    if config.gradient_checkpointing:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"gradient_checkpointing: {type(base).__name__} does not support it; set gradient_checkpointing=false")
+        # non-reentrant checkpointing also works when the inputs need no grad (LoRA on a frozen embedding)
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
+    return runtime.accelerator.prepare(model, optimizer)
+
+
+class BatchStream:
+    """Seeded, shuffled global batches epoch after epoch, counting how many were taken (the data position a
+    checkpoint records)."""
+
+    def __init__(self, items: list, batch_size: int, seed: int):
+        self.items, self.batch_size, self.seed = items, batch_size, seed
+        self.taken = 0
+        self._batches: Iterator[list] = forever(items, batch_size, seed)
+
+    def __next__(self) -> list:
+        self.taken += 1
+        return next(self._batches)
+
+    def __iter__(self):
+        return self
+
+    def skip_to(self, position: int) -> None:
+        while self.taken < position:
+            next(self)
+
+
+def accumulate(runtime: Runtime, model: torch.nn.Module, micro_batches: list[list], weigh: Callable[[list], float],
+               loss_sum: Callable[[list], tuple[torch.Tensor, dict[str, float]]], step: int) -> dict[str, float]:
+    """Forward and backward over this process's micro-batches of one optimizer step. `weigh(batch)` is the batch's
+    share of the step (tokens or pairs); `loss_sum(batch)` returns the summed loss and summed statistics. Returns
+    the step's loss and statistics as means over every process and micro-batch."""
+    accelerator = runtime.accelerator
+    weights = [float(weigh(batch)) for batch in micro_batches]
+    (total,) = runtime.sum([sum(weights)])
+    # DDP averages gradients over processes, so each process scales its sum by world / total
+    scale = runtime.world / max(total, 1e-8)
+    sums: dict[str, float] = {}
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = nullcontext() if last or runtime.world == 1 else accelerator.no_sync(model)
+        with sync:
+            with accelerator.autocast():
+                loss, stats = loss_sum(batch)
+            check_finite(loss, step)
+            accelerator.backward(loss * scale)
+        for key, value in {"loss": loss.item(), **stats}.items():
+            sums[key] = sums.get(key, 0.0) + value
+    keys = sorted(sums)
+    totals = runtime.sum([sums[k] for k in keys])
+    return {k: v / max(total, 1e-8) for k, v in zip(keys, totals)}
+
+
+def optimizer_step(runtime: Runtime, model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float) -> float:
+    grad_norm = runtime.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm) if grad_norm is not None else float("nan")  # DeepSpeed clips inside its engine
+
+
+# ---------------------------------------------------------------- checkpoints of the offline stages
+
+
+def save(runtime: Runtime, out, step: int, model: torch.nn.Module, optimizer, scheduler, stream: BatchStream, state: dict, keep: int) -> None:
+    """Every process hands in its generators; the main process writes checkpoints/step-N atomically."""
+    rngs = runtime.gather_objects(rng_state())
+    if runtime.is_main:
+        path = save_checkpoint(out, step, {"model": runtime.unwrap(model)}, {"adamw": optimizer}, {**state, "batches_taken": stream.taken,
+                               "world": runtime.world}, keep=keep, schedulers={"schedule": scheduler}, rng={"ranks": rngs})
+        console.print(f"checkpoint {path}", highlight=False)
+    runtime.barrier()
+
+
+def resume(runtime: Runtime, config, out, model: torch.nn.Module, optimizer, scheduler, stream: BatchStream) -> tuple[int, dict]:
+    """With `resume`, restore the newest checkpoint: weights, optimiser, schedule, data position and every process's
+    generators (a different process count keeps the data position and reseeds). Returns (step, the stage's state)."""
+    if not config.resume:
+        return 0, {}
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
+        return 0, {}
+    step, state = load_checkpoint(checkpoint, {"model": runtime.unwrap(model)}, {"adamw": optimizer}, {"schedule": scheduler}, restore_rng=False)
+    ranks = state.pop("_rng").get("ranks", [])
+    if len(ranks) == runtime.world:
+        set_rng_state(ranks[runtime.rank])
+    else:
+        console.print(f"resume: the checkpoint was written by {len(ranks)} processes, this run has {runtime.world}; "
+                      "data position kept, random generators reseeded")
+    stream.skip_to(state.pop("batches_taken"))
+    state.pop("world", None)
+    console.print(f"resuming from {checkpoint} (step {step})")
+    return step, state
+
+
+def should_save(config, step: int, steps: int) -> bool:
+    return bool(config.checkpoint_every) and step % config.checkpoint_every == 0 and step < steps
