@@ -5,16 +5,15 @@ temporary folder, never a half-written step-N; the newest `keep` checkpoints are
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .atomic import atomic_dir
 from .errors import TrainingError
 
 STATE_FILE = "trainer_state.pt"
@@ -50,8 +49,8 @@ def save_checkpoint(out: Path, step: int, modules: dict[str, torch.nn.Module], o
     (a distributed run passes every rank's)."""
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
-    try:
+    final = root / f"step-{step:06d}"
+    with atomic_dir(final) as tmp:
         torch.save({
             "step": step, "state": state,
             "modules": {k: trainable_state(m) for k, m in modules.items()},
@@ -59,13 +58,6 @@ def save_checkpoint(out: Path, step: int, modules: dict[str, torch.nn.Module], o
             "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
             "rng": rng if rng is not None else rng_state(),
         }, tmp / STATE_FILE)
-        final = root / f"step-{step:06d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

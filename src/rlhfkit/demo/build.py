@@ -12,14 +12,13 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_dir
 from ..data.records import PromptRecord, SFTExample, write_jsonl
 from ..train import console, make_optimizer, progress_bar, setup_torch, write_json
 from . import corpus
@@ -89,16 +88,9 @@ def ensure_default(force: bool = False, recipe: Recipe = Recipe()) -> DefaultTas
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "build.json").is_file() and not force:
             return DefaultTask(target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            console.print(f"[bold]Building the embedded default task[/] into {target} (once; reused afterwards)")
+        console.print(f"[bold]Building the embedded default task[/] into {target} (once; reused afterwards)")
+        with atomic_dir(target) as tmp:
             build(tmp, recipe)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return DefaultTask(target)
 
 

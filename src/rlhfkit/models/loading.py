@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_dir
 from ..errors import ConfigError, ModelError
 
 ALIASES = ("default", "minilm")
@@ -172,9 +171,7 @@ def is_peft(model) -> bool:
 def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True) -> Path:
     """Save a plain HF directory atomically: write into a temporary folder, then rename it into place."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         to_save = model
         if is_peft(model) and merge_lora:
             import copy
@@ -182,17 +179,6 @@ def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True) -
             to_save = copy.deepcopy(model).merge_and_unload()
         to_save.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
