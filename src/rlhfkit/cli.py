@@ -12,6 +12,7 @@ import yaml
 
 from . import config as cfg
 from .errors import RlhfkitError
+from .feedback.annotate.cli import app as annotate_app
 
 STAGE = {"allow_extra_args": True, "ignore_unknown_options": True}
 OVERRIDES = "Any config key can be overridden after the options: key=value, --key=value or --key value (nested: lora.r=16)."
@@ -28,6 +29,7 @@ app.add_typer(reward_app, name="reward")
 app.add_typer(default_app, name="default")
 app.add_typer(config_app, name="config")
 app.add_typer(registry_app, name="registry")
+app.add_typer(annotate_app, name="annotate")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; see `rlhfkit config show STAGE`.")
 

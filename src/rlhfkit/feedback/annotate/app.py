@@ -1,0 +1,355 @@
+"""The annotation web app: `create_app(db)` returns a FastAPI app serving the JSON API and three plain pages.
+
+Pages (no login form: the token travels in the URL fragment, which browsers never send to the server):
+  /annotate/PROJECT#token=T   an annotator's page        /admin#token=T   projects, imports, invitations
+  /admin/PROJECT/dashboard#token=T   agreement and annotator statistics
+API: every call sends `Authorization: Bearer TOKEN`. Admin tokens come from `rlhfkit annotate init`; annotator
+tokens from an invitation and are valid for their own project only. No token or an unknown one: 401; a token
+without the right: 403. Every write is committed before its response is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ...data.records import record_to_dict
+from ...errors import RlhfkitError
+from . import service
+from .db import AnnotateError, Database, current_revision, open_database
+from .models import Admin, Annotator, Judgment, Pair, Project
+
+STATIC = Path(__file__).parent / "static"
+IMPORT_PATHS = ("/pairs", "/margins", "/machine-judgments")
+
+
+class Upload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    jsonl: str = Field(..., description="the file's text: one JSON object a line")
+    filename: str = Field("upload.jsonl", max_length=200, description="named in error messages")
+    role: str = Field("main", description="pairs: main, calibration or anchor")
+    kind: str = Field("ai", description="machine judgments: ai or panel, for rows without annotator_kind")
+
+
+class InviteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., min_length=1, max_length=100)
+
+
+class OverrideIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(..., min_length=1, max_length=2000)
+
+
+class JudgmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    choice: str = Field(..., description="left, right, tie or both_bad, as shown")
+    rationale: str | None = None
+    criteria: dict[str, str] | None = None
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over the limit gets 413 before the app reads it (imports have their own limit)."""
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, app, max_request_bytes: int, max_import_bytes: int):
+        self.app, self.max_request_bytes, self.max_import_bytes = app, max_request_bytes, max_import_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        is_import = scope["method"] == "POST" and scope["path"].endswith(IMPORT_PATHS)
+        limit = self.max_import_bytes if is_import else self.max_request_bytes
+        option = "--max-import-mb" if is_import else "--max-request-kb"
+        detail = f"request body over the limit of {limit} bytes ({option} sets it)"
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        received = 0
+        started = False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyLimit.TooLarge()
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyLimit.TooLarge:
+            if not started:
+                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require_admin(s: Session, request: Request) -> Admin:
+    token = _bearer(request)
+    if token is None:
+        raise HTTPException(401, "missing token: send the header 'Authorization: Bearer TOKEN'")
+    admin = service.admin_for_token(s, token)
+    if admin is not None:
+        return admin
+    if service.annotator_for_token(s, token) is not None:
+        raise HTTPException(403, "this needs an admin token")
+    raise HTTPException(401, "unknown token")
+
+
+def require_annotator(s: Session, request: Request, project_name: str) -> tuple[Annotator, Project]:
+    """The annotator behind the token, who must belong to `project_name` (else 403, without saying what exists)."""
+    token = _bearer(request)
+    if token is None:
+        raise HTTPException(401, "missing token: send the header 'Authorization: Bearer TOKEN'")
+    annotator = service.annotator_for_token(s, token)
+    if annotator is None:
+        if service.admin_for_token(s, token) is not None:
+            raise HTTPException(403, "this is an annotator's endpoint; admins invite themselves to label")
+        raise HTTPException(401, "unknown token")
+    project = s.get(Project, annotator.project_id)
+    if project.name != project_name:
+        raise HTTPException(403, f"your token is not for project '{project_name}'")
+    return annotator, project
+
+
+def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_import_bytes: int = 32 * 1024 * 1024,
+               max_rationale: int = 2000) -> FastAPI:
+    """The app over a store (`db`: an open Database, or a URL/path to open and upgrade to the newest schema)."""
+    database = db if isinstance(db, Database) else open_database(db, create=True)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if not isinstance(db, Database):
+            database.close()
+
+    app = FastAPI(title="rlhfkit annotate", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+    app.state.db = database
+    app.state.max_rationale = max_rationale
+    app.add_middleware(BodyLimit, max_request_bytes=max_request_bytes, max_import_bytes=max_import_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(RlhfkitError)
+    async def user_error(_request: Request, exc: RlhfkitError):
+        status = exc.status if isinstance(exc, AnnotateError) else 422
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    def session() -> Session:
+        return database.session()
+
+    # ------------------------------------------------------------------------------------------- pages
+    def page(name: str) -> FileResponse:
+        return FileResponse(STATIC / name, media_type="text/html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return page("index.html")
+
+    @app.get("/admin", include_in_schema=False)
+    def admin_page():
+        return page("admin.html")
+
+    @app.get("/admin/{project}/dashboard", include_in_schema=False)
+    def dashboard_page(project: str):
+        return page("dashboard.html")
+
+    @app.get("/annotate/{project}", include_in_schema=False)
+    def annotate_page(project: str):
+        return page("annotate.html")
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True, "schema": current_revision(database.engine)}
+
+    # --------------------------------------------------------------------------------------- who am I
+    @app.get("/api/whoami")
+    def whoami(request: Request):
+        with session() as s:
+            token = _bearer(request)
+            admin = service.admin_for_token(s, token)
+            if admin is not None:
+                return {"role": "admin", "name": admin.name}
+            annotator = service.annotator_for_token(s, token)
+            if annotator is None:
+                raise HTTPException(401, "missing or unknown token")
+            return {"role": "annotator", "name": annotator.name, "project": s.get(Project, annotator.project_id).name}
+
+    # ------------------------------------------------------------------------------------------ admin
+    @app.get("/api/projects")
+    def projects(request: Request):
+        with session() as s:
+            require_admin(s, request)
+            return service.list_projects(s)
+
+    @app.post("/api/projects", status_code=201)
+    def create_project(settings: service.ProjectSettings, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            project = service.create_project(s, settings)
+            s.commit()
+            return service.project_view(project)
+
+    @app.post("/api/projects/{name}/pairs")
+    def import_pairs(name: str, upload: Upload, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            project = service.get_project(s, name)
+            count = service.import_pairs(s, project, service.jsonl_text_rows(upload.jsonl, upload.filename), upload.filename, upload.role)
+            s.commit()
+            return {"imported": count, "role": upload.role}
+
+    @app.post("/api/projects/{name}/margins")
+    def import_margins(name: str, upload: Upload, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            project = service.get_project(s, name)
+            count = service.import_margins(s, project, service.jsonl_text_rows(upload.jsonl, upload.filename), upload.filename)
+            s.commit()
+            return {"imported": count}
+
+    @app.post("/api/projects/{name}/machine-judgments")
+    def import_machine_judgments(name: str, upload: Upload, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            project = service.get_project(s, name)
+            result = service.import_judgments(s, project, service.jsonl_text_rows(upload.jsonl, upload.filename), upload.filename, upload.kind)
+            s.commit()
+            return result
+
+    @app.get("/api/projects/{name}/annotators")
+    def annotators(name: str, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            project = service.get_project(s, name)
+            counts = dict(s.execute(select(Judgment.annotator_id, func.count()).where(Judgment.project_id == project.id)
+                                    .group_by(Judgment.annotator_id)).all())
+            out = []
+            for annotator in s.scalars(select(Annotator).where(Annotator.project_id == project.id).order_by(Annotator.id)):
+                row = {"name": annotator.name, "kind": annotator.kind, "judgments": counts.get(annotator.id, 0)}
+                if annotator.kind == "human":
+                    row["calibration"] = service.calibration_status(s, project, annotator)
+                out.append(row)
+            return out
+
+    @app.post("/api/projects/{name}/annotators", status_code=201)
+    def invite(name: str, body: InviteIn, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            project = service.get_project(s, name)
+            annotator, token = service.invite(s, project, body.name)
+            s.commit()
+            path = f"/annotate/{project.name}#token={token}"
+            return {"name": annotator.name, "token": token, "path": path, "url": str(request.base_url).rstrip("/") + path}
+
+    @app.post("/api/projects/{name}/annotators/{annotator}/override")
+    def override(name: str, annotator: str, body: OverrideIn, request: Request):
+        with session() as s:
+            admin = require_admin(s, request)
+            project = service.get_project(s, name)
+            status = service.override_calibration(s, project, annotator, admin.name, body.reason)
+            s.commit()
+            return status
+
+    @app.get("/api/projects/{name}/dashboard")
+    def dashboard(name: str, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            return service.dashboard(s, service.get_project(s, name))
+
+    @app.get("/api/projects/{name}/judgments")
+    def judgments(name: str, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            return service.export_judgments(s, service.get_project(s, name))
+
+    @app.get("/api/projects/{name}/export.jsonl")
+    def export(name: str, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            pairs, counts = service.export_preferences(s, service.get_project(s, name))
+            body = "".join(json.dumps(record_to_dict(p), ensure_ascii=False) + "\n" for p in pairs)
+            return Response(body, media_type="application/x-ndjson",
+                            headers={"X-Export-Counts": json.dumps(counts), "Content-Disposition": f'attachment; filename="{name}-preferences.jsonl"'})
+
+    # ------------------------------------------------------------------------- admin or annotator
+    @app.get("/api/projects/{name}")
+    def project(name: str, request: Request):
+        with session() as s:
+            token = _bearer(request)
+            if service.admin_for_token(s, token) is not None:
+                return service.project_view(service.get_project(s, name))
+            _, project = require_annotator(s, request, name)
+            return service.project_view(project)
+
+    # -------------------------------------------------------------------------------------- annotator
+    @app.get("/api/projects/{name}/me")
+    def me(name: str, request: Request):
+        with session() as s:
+            annotator, project = require_annotator(s, request, name)
+            return {"name": annotator.name, "project": service.project_view(project),
+                    "calibration": service.calibration_status(s, project, annotator),
+                    "progress": service.annotator_progress(s, project, annotator)}
+
+    @app.post("/api/projects/{name}/next")
+    def next_item(name: str, request: Request):
+        with session() as s:
+            annotator, project = require_annotator(s, request, name)
+            result = service.next_assignment(s, project, annotator)
+            s.commit()
+            return result
+
+    @app.get("/api/projects/{name}/assignments/{assignment_id}")
+    def assignment(name: str, assignment_id: int, request: Request):
+        with session() as s:
+            annotator, project = require_annotator(s, request, name)
+            item = service.get_own_assignment(s, annotator, assignment_id)
+            return service.assignment_view(item, s.get(Pair, item.pair_id), project)
+
+    @app.post("/api/projects/{name}/assignments/{assignment_id}/judgment")
+    def submit(name: str, assignment_id: int, body: JudgmentIn, request: Request) -> dict[str, Any]:
+        with session() as s:
+            annotator, project = require_annotator(s, request, name)
+            try:
+                result = service.submit_judgment(s, project, annotator, assignment_id, body.choice, body.rationale, body.criteria,
+                                                 max_rationale=app.state.max_rationale)
+                s.commit()
+            except IntegrityError:
+                # the same assignment submitted twice at once: the other request stored it; answer as it did
+                s.rollback()
+                stored = service.existing_judgment(s, assignment_id)
+                if stored is None:
+                    raise
+                result = service.judgment_response(stored)
+            return result
+
+    @app.get("/api/projects/{name}/my-judgments")
+    def my_judgments(name: str, request: Request):
+        with session() as s:
+            annotator, _ = require_annotator(s, request, name)
+            return service.own_judgments(s, annotator)
+
+    return app

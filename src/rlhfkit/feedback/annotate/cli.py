@@ -1,0 +1,284 @@
+"""`rlhfkit annotate ...`: create the store, serve the app, manage projects from the shell, import and export.
+
+The commands work on the store directly (`--db`: a SQLite file, `annotate.sqlite` here by default, or a
+database URL such as postgresql://user:password@host/db). FastAPI, SQLAlchemy and uvicorn are imported inside
+the commands so `rlhfkit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="The annotation web app: people label pairs in the browser; calibration, anchors, agreement, export.",
+                  no_args_is_help=True)
+
+DB_HELP = "SQLite file or database URL (postgresql://user:password@host/db)"
+DbOpt = typer.Option("annotate.sqlite", "--db", help=DB_HELP)
+ProjectOpt = typer.Option(..., "--project", "-p", help="project name")
+
+
+def _open(db: str, create: bool = False):
+    from .db import open_database
+
+    return open_database(db, create=create)
+
+
+@app.command()
+def init(db: str = DbOpt, name: str = typer.Option("admin", "--name", help="who the admin token belongs to (kept with overrides)")):
+    """Create the store (or upgrade its schema to the newest) and print a new admin token, shown once."""
+    from .db import current_revision, shown_url
+    from .service import create_admin
+
+    database = _open(db, create=True)
+    with database.session() as s:
+        token = create_admin(s, name)
+        s.commit()
+    typer.echo(f"annotation store ready: {shown_url(database.url)} (schema {current_revision(database.engine)})")
+    typer.echo(f"admin token for '{name}' (shown once, stored only as a hash): {token}")
+    typer.echo(f"next: rlhfkit annotate serve --db {db}   then open http://127.0.0.1:8000/admin#token={token}")
+    database.close()
+
+
+@app.command()
+def serve(
+    db: str = DbOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, "--port", help="TCP port"),
+    max_request_kb: int = typer.Option(64, "--max-request-kb", min=1, help="largest request body in KiB (larger: 413)"),
+    max_import_mb: int = typer.Option(32, "--max-import-mb", min=1, help="largest import upload (pairs, margins, judgments) in MiB"),
+    max_rationale: int = typer.Option(2000, "--max-rationale", min=1, help="longest rationale in characters (longer: 422)"),
+):
+    """Serve the annotation app (upgrades the schema first). Pages: /admin, /annotate/PROJECT, /admin/PROJECT/dashboard."""
+    import uvicorn
+
+    from .app import create_app
+    from .db import shown_url
+
+    database = _open(db)
+    application = create_app(database, max_request_bytes=max_request_kb * 1024, max_import_bytes=max_import_mb * 1024 * 1024,
+                             max_rationale=max_rationale)
+    typer.echo(f"serving {shown_url(database.url)} on http://{host}:{port}/  (admin page: /admin#token=ADMIN_TOKEN)", err=True)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command("create-project")
+def create_project(
+    config: Path = typer.Argument(..., help="project YAML: name, rubric, criteria, overlap, ... and optional pairs/calibration/anchors/margins files"),
+    db: str = DbOpt,
+):
+    """Create a project from a YAML file and import the files it names (all or nothing)."""
+    from ...config import load_config
+    from ...data.records import read_jsonl
+    from . import service
+
+    settings = load_config(service.ProjectFile, config)
+    database = _open(db)
+    with database.session() as s:
+        project = service.create_project(s, settings)
+        lines = [f"created project '{project.name}' (overlap {project.overlap}, calibration threshold {project.agreement_threshold:.0%}, "
+                 f"anchor rate {project.anchor_rate:g}, criteria: {', '.join(project.criteria) or 'overall only'})"]
+        for role, file in (("main", settings.pairs), ("calibration", settings.calibration), ("anchor", settings.anchors)):
+            if file:
+                path = (config.parent / file)
+                lines.append(f"imported {service.import_pairs(s, project, read_jsonl(path), str(path), role)} {role} pairs from {path}")
+        if settings.margins:
+            path = config.parent / settings.margins
+            lines.append(f"imported {service.import_margins(s, project, read_jsonl(path), str(path))} reward margins from {path}")
+        s.commit()
+    typer.echo("\n".join(lines))
+
+
+@app.command("import-pairs")
+def import_pairs(
+    path: Path = typer.Argument(..., help="JSONL: {prompt, response_a, response_b} rows, or preference rows (prompt/chosen/rejected, e.g. `rlhfkit pairs` output)"),
+    project: str = ProjectOpt,
+    role: str = typer.Option("main", "--role", help="main (to label), calibration (everyone labels first) or anchor (known answers)"),
+    db: str = DbOpt,
+):
+    """Add pairs to a project; every row is checked first, a bad one stops the import with file, line and field."""
+    from ...data.records import read_jsonl
+    from . import service
+
+    database = _open(db)
+    with database.session() as s:
+        count = service.import_pairs(s, service.get_project(s, project), read_jsonl(path), str(path), role)
+        s.commit()
+    typer.echo(f"imported {count} {role} pairs into '{project}'")
+
+
+@app.command("import-margins")
+def import_margins(
+    path: Optional[Path] = typer.Argument(None, help="JSONL of {pair_id, margin} with margin = r(a) - r(b)"),
+    project: str = ProjectOpt,
+    reward_model: Optional[str] = typer.Option(None, "--reward-model", help="compute the margins with this reward model (an `rlhfkit reward train` model directory) instead of reading a file"),
+    db: str = DbOpt,
+):
+    """Reward-model margins per pair; dynamic sampling gives pairs with |margin| < margin_below more judgments."""
+    from ...config import ConfigError
+    from ...data.records import read_jsonl
+    from . import service
+
+    if (path is None) == (reward_model is None):
+        raise ConfigError("give either a margins FILE or --reward-model DIR")
+    database = _open(db)
+    with database.session() as s:
+        target = service.get_project(s, project)
+        if reward_model:
+            rows = list(enumerate(compute_margins(s, target, reward_model), start=1))
+            count = service.import_margins(s, target, rows, f"--reward-model {reward_model}")
+        else:
+            count = service.import_margins(s, target, read_jsonl(path), str(path))
+        s.commit()
+    typer.echo(f"stored {count} reward margins in '{project}'")
+
+
+def compute_margins(s, project, model: str) -> list[dict]:
+    """{pair_id, margin} for every pair of the project: r(prompt, a) - r(prompt, b) under a trained reward model."""
+    from sqlalchemy import select
+
+    from ...data.records import PreferencePair
+    from ...models.loading import load_reward_model, load_tokenizer, resolve_model_path
+    from ...stages.reward import RewardEncoder, margins_of
+    from .models import Pair
+
+    path = resolve_model_path(model)
+    tokenizer = load_tokenizer(path)
+    reward = load_reward_model(path, tokenizer)
+    encoder = RewardEncoder(tokenizer, max_length=256, max_prompt_length=128)
+    encoded, ids = [], []
+    for pair in s.scalars(select(Pair).where(Pair.project_id == project.id).order_by(Pair.id)):
+        out = encoder.encode_pair(PreferencePair(prompt=pair.prompt, chosen=pair.response_a, rejected=pair.response_b))
+        if out is not None:
+            encoded.append(out)
+            ids.append(pair.external_id)
+    margins, _, _ = margins_of(reward, encoded, tokenizer.pad_token_id, batch_size=32) if encoded else ([], [], [])
+    return [{"pair_id": pair_id, "margin": round(m, 6)} for pair_id, m in zip(ids, margins)]
+
+
+@app.command("import-judgments")
+def import_judgments(
+    path: Path = typer.Argument(..., help="judgments JSONL: {pair_id, annotator, choice, shown_first?, annotator_kind?} (what `rlhfkit pairs` and `rlhfkit judge` write)"),
+    project: str = ProjectOpt,
+    kind: str = typer.Option("ai", "--kind", help="ai or panel: the machine kind of rows without annotator_kind"),
+    db: str = DbOpt,
+):
+    """Store machine judgments (AI judges, simulated panels) next to the human ones; they never count as human votes."""
+    from ...data.records import read_jsonl
+    from . import service
+
+    database = _open(db)
+    with database.session() as s:
+        result = service.import_judgments(s, service.get_project(s, project), read_jsonl(path), str(path), kind)
+        s.commit()
+    typer.echo(f"imported {result['imported']} machine judgments from {', '.join(result['annotators'])} into '{project}'"
+               + (f" ({result['already_stored']} already stored, skipped)" if result["already_stored"] else ""))
+
+
+@app.command()
+def invite(
+    name: str = typer.Argument(..., help="the annotator's name, unique in the project"),
+    project: str = ProjectOpt,
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="where the app is served, for the printed link"),
+    db: str = DbOpt,
+):
+    """Create an annotator with their own token and print their link (the token is shown once)."""
+    from . import service
+
+    database = _open(db)
+    with database.session() as s:
+        annotator, token = service.invite(s, service.get_project(s, project), name)
+        s.commit()
+    typer.echo(f"annotator '{annotator.name}' invited to '{project}'; token (shown once): {token}")
+    typer.echo(f"link: {url.rstrip('/')}/annotate/{project}#token={token}")
+
+
+@app.command()
+def override(
+    name: str = typer.Argument(..., help="annotator whose main queue to open"),
+    project: str = ProjectOpt,
+    reason: str = typer.Option(..., "--reason", help="why; kept with the project and shown on the dashboard"),
+    admin: str = typer.Option("admin", "--admin", help="who decided"),
+    db: str = DbOpt,
+):
+    """Open an annotator's main queue although their calibration agreement is under the threshold (recorded)."""
+    from . import service
+
+    database = _open(db)
+    with database.session() as s:
+        status = service.override_calibration(s, service.get_project(s, project), name, admin, reason)
+        s.commit()
+    agreement = "n/a" if status["agreement"] is None else f"{status['agreement']:.0%}"
+    typer.echo(f"'{name}' may label the main queue of '{project}' (calibration agreement {agreement}, threshold {status['threshold']:.0%}); override recorded")
+
+
+@app.command()
+def stats(project: str = ProjectOpt, db: str = DbOpt,
+          json_out: Optional[Path] = typer.Option(None, "--json", help="also write the whole dashboard as JSON here")):
+    """The dashboard as text: progress, agreement, kappas, position bias, per-annotator accuracy and drift."""
+    from ...train import write_json
+    from . import service
+
+    database = _open(db)
+    with database.session() as s:
+        board = service.dashboard(s, service.get_project(s, project))
+    typer.echo(format_dashboard(board))
+    if json_out:
+        write_json(json_out, board)
+
+
+def format_dashboard(board: dict) -> str:
+    def num(value, percent=False):
+        return "n/a" if value is None else (f"{value:.0%}" if percent else f"{value:.3f}")
+
+    p, agreement, bias = board["progress"], board["agreement"] or {}, board["position_bias"]
+    lines = [f"project {board['project']['name']}: {p['complete']} of {p['pairs']} pairs have {board['project']['overlap']} human judgments "
+             f"({p['human_judgments']} human, {p['machine_judgments']} machine judgments; {p['disputed']} disputed, {p['resampled']} re-presented)",
+             f"  raw agreement {num(agreement.get('raw_agreement'))}, mean Cohen's kappa {num(agreement.get('mean_cohen_kappa'))}, "
+             f"Fleiss' kappa {num(agreement.get('fleiss_kappa'))}, Krippendorff's alpha {num(agreement.get('krippendorff_alpha'))}",
+             f"  position bias: the left side won {num(bias['left_share'], True)} of {bias['decisive']} decisive judgments"]
+    for key, kappa in (agreement.get("cohen_kappa") or {}).items():
+        lines.append(f"  kappa {key.replace('|', ' / ')}: {kappa:.3f}")
+    for person in board["annotators"]:
+        cal = person["calibration"]
+        trend = " -> ".join(f"{t['accuracy']:.2f}" for t in person["anchor_trend"]) or "no anchors yet"
+        lines.append(f"  {person['name']}: {person['judgments']} judgments; calibration {cal['state']} ({num(cal['agreement'], True)}); "
+                     f"anchor accuracy {num(person['anchor_accuracy'], True)} (trend {trend}); left side won "
+                     f"{num(person['position_bias']['left_share'], True)}")
+    for machine in board["machine_annotators"]:
+        lines.append(f"  {machine['name']} ({machine['kind']}): kappa with the human majority {num(machine['kappa_with_human_majority'])} "
+                     f"on {machine['shared_with_human_majority']} pairs")
+    return "\n".join(lines)
+
+
+@app.command()
+def export(
+    project: str = ProjectOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="preference JSONL to write (what `rlhfkit reward train` and `rlhfkit dpo` read)"),
+    judgments: Optional[Path] = typer.Option(None, "--judgments", help="also write every judgment here, in the judgments format `rlhfkit agreement` reads"),
+    db: str = DbOpt,
+):
+    """Majority labels as preference pairs; pairs whose majority is tie or both_bad, or that have none, are left out and counted."""
+    from ...data.records import write_jsonl
+    from ...errors import DataError
+    from . import service
+
+    database = _open(db)
+    with database.session() as s:
+        target = service.get_project(s, project)
+        pairs, counts = service.export_preferences(s, target)
+        rows = service.export_judgments(s, target) if judgments else None
+    if not pairs:
+        raise DataError(f"project '{project}': no pair has a human majority for a or b yet (left out: {_left_out(counts)}); nothing written")
+    write_jsonl(out, pairs)
+    typer.echo(f"wrote {len(pairs)} preference pairs to {out} (left out: {_left_out(counts)})")
+    if judgments:
+        write_jsonl(judgments, rows)
+        typer.echo(f"wrote {len(rows)} judgments to {judgments}")
+
+
+def _left_out(counts: dict) -> str:
+    return (f"{counts['tie']} tie, {counts['both_bad']} both_bad, {counts['no_majority']} without a majority, "
+            f"{counts['unlabelled']} unlabelled")
