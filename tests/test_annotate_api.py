@@ -532,6 +532,51 @@ def test_forbidden_accesses(app_harness):
     assert len(h.judgments(project)) == 1 and h.judgments(other) == []
 
 
+# a body that passes validation for each API route that takes one, so a refusal is the rights check, not a 422
+ROUTE_BODIES = {
+    ("POST", "/api/projects"): {"name": "mine"},
+    ("POST", "/api/projects/{name}/pairs"): {"jsonl": jsonl(pair_rows(1, "x"))},
+    ("POST", "/api/projects/{name}/margins"): {"jsonl": json.dumps({"pair_id": "p0", "margin": 0.5})},
+    ("POST", "/api/projects/{name}/machine-judgments"): {"jsonl": json.dumps({"pair_id": "p0", "annotator": "j", "choice": "a"})},
+    ("POST", "/api/projects/{name}/annotators"): {"name": "eve"},
+    ("POST", "/api/projects/{name}/annotators/{annotator}/override"): {"reason": "me"},
+    ("POST", "/api/projects/{name}/assignments/{assignment_id}/judgment"): {"choice": "left"},
+}
+ANNOTATOR_ROUTES = {"/api/projects/{name}/me", "/api/projects/{name}/next", "/api/projects/{name}/assignments/{assignment_id}",
+                    "/api/projects/{name}/assignments/{assignment_id}/judgment", "/api/projects/{name}/my-judgments"}
+EITHER_ROUTES = {"/api/whoami", "/api/projects/{name}"}
+
+
+def test_every_api_route_checks_rights(app_harness):
+    """Every API route the app has, including any added later: no token or an unknown one is 401; an annotator on
+    an admin route and an admin on an annotator route are 403; none of it changes the store."""
+    from fastapi.routing import APIRoute
+
+    h = app_harness
+    project = h.project(anchor_rate=0)
+    h.pairs(project, pair_rows(2))
+    ann = h.invite(project, "ann")
+    item = h.next(project, ann)["assignment"]
+    values = {"name": project, "annotator": "ann", "assignment_id": str(item["id"])}
+    routes = [(method, route.path, route.body_field is not None) for route in h.client.app.routes
+              if isinstance(route, APIRoute) and route.path.startswith("/api/") for method in sorted(route.methods)]
+    assert len(routes) >= 18
+    nobody, unknown = {}, {"Authorization": "Bearer not-a-token"}
+    for method, path, takes_body in routes:
+        url = path.format(**values)
+        body = ROUTE_BODIES.get((method, path))
+        assert body is not None or not takes_body, f"add a valid body for {method} {path} to ROUTE_BODIES"
+        for headers in (nobody, unknown):
+            assert h.client.request(method, url, json=body, headers=headers).status_code == 401, (method, path, headers)
+        if path in ANNOTATOR_ROUTES:
+            assert h.client.request(method, url, json=body, headers=h.admin).status_code == 403, (method, path)
+        elif path not in EITHER_ROUTES:
+            assert h.client.request(method, url, json=body, headers=ann).status_code == 403, (method, path)
+    assert [p["name"] for p in h.client.get("/api/projects", headers=h.admin).json()] == [project]
+    assert [a["name"] for a in h.client.get(f"/api/projects/{project}/annotators", headers=h.admin).json()] == ["ann"]
+    assert h.judgments(project) == [] and h.dashboard(project)["overrides"] == []
+
+
 def test_tokens_are_stored_hashed(app_harness):
     import hashlib
 

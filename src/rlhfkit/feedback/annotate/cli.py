@@ -136,26 +136,22 @@ def import_margins(
 
 
 def compute_margins(s, project, model: str) -> list[dict]:
-    """{pair_id, margin} for every pair of the project: r(prompt, a) - r(prompt, b) under a trained reward model."""
+    """{pair_id, margin} for every pair of the project: r(prompt, a) - r(prompt, b), scored exactly as
+    `rlhfkit judge kind=reward_model` scores (a directory without a reward head is refused there, with a clear error).
+    A pair with no room left for a response after truncation gets no margin."""
     from sqlalchemy import select
 
-    from ...data.records import PreferencePair
-    from ...models.loading import load_reward_model, load_tokenizer, resolve_model_path
-    from ...stages.reward import RewardEncoder, margins_of
+    from ..judge import Question, RewardModelJudge
     from .models import Pair
 
-    path = resolve_model_path(model)
-    tokenizer = load_tokenizer(path)
-    reward = load_reward_model(path, tokenizer)
-    encoder = RewardEncoder(tokenizer, max_length=256, max_prompt_length=128)
-    encoded, ids = [], []
-    for pair in s.scalars(select(Pair).where(Pair.project_id == project.id).order_by(Pair.id)):
-        out = encoder.encode_pair(PreferencePair(prompt=pair.prompt, chosen=pair.response_a, rejected=pair.response_b))
-        if out is not None:
-            encoded.append(out)
-            ids.append(pair.external_id)
-    margins, _, _ = margins_of(reward, encoded, tokenizer.pad_token_id, batch_size=32) if encoded else ([], [], [])
-    return [{"pair_id": pair_id, "margin": round(m, 6)} for pair_id, m in zip(ids, margins)]
+    pairs = s.scalars(select(Pair).where(Pair.project_id == project.id).order_by(Pair.id)).all()
+    verdicts = RewardModelJudge(model).judge([Question(p.prompt, p.response_a, p.response_b) for p in pairs])
+    margins = []
+    for pair, verdict in zip(pairs, verdicts):
+        first, second = verdict.detail["reward_first"], verdict.detail["reward_second"]
+        if first is not None and second is not None:
+            margins.append({"pair_id": pair.external_id, "margin": round(first - second, 6)})
+    return margins
 
 
 @app.command("import-judgments")
