@@ -274,6 +274,26 @@ def test_pairs_records_judgments_and_determinism(tmp_path):
         assert by_pair[j["pair_id"]][j["annotator"]] == j["choice"]
         assert j["shown_first"] in ("a", "b")
 
+    # votes are in sampling order; chosen_side names the sample that became chosen (the majority's pick)
+    for pair_id in by_pair:
+        votes = [j for j in judgments if j["pair_id"] == pair_id]
+        assert {j["chosen_side"] for j in votes} == {Counter(j["choice"] for j in votes).most_common(1)[0][0]}
+
+    # the panel's votes imported into an annotation project made from these pairs line up with it (chosen = a)
+    from rlhfkit.feedback.annotate import service
+    from rlhfkit.feedback.annotate.db import open_database
+
+    database = open_database(str(tmp_path / "store.sqlite"), create=True)
+    with database.session() as s:
+        project = service.create_project(s, service.ProjectSettings(name="panel"))
+        for name, load in (("pairs.jsonl", service.import_pairs), ("judgments.jsonl", service.import_judgments)):
+            load(s, project, service.jsonl_text_rows((tmp_path / "a" / name).read_text(), name), name)
+        stored = service.export_judgments(s, project)
+    database.close()
+    assert len(stored) == len(judgments)
+    for pair_id in by_pair:
+        assert Counter(j["choice"] for j in stored if j["pair_id"] == pair_id).most_common(1)[0][0] == "a"
+
     matches = sum(r.metadata["gold_chosen"] >= r.metadata["gold_rejected"] for r in records) / len(records)
     assert first["panel_matches_gold"] == pytest.approx(matches, abs=1e-3)
     assert first["panel_matches_gold"] > 0.75

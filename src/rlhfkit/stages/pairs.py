@@ -1,7 +1,8 @@
 """Candidate pairs: sample two responses per prompt from a model and have a simulated panel label them.
 
 Writes `pairs.jsonl` (preference pairs: the panel's majority choice is `chosen`; metadata keeps both gold
-scores, every vote and the panel's agreement) and `judgments.jsonl` (one row per annotator vote).
+scores, every vote and the panel's agreement) and `judgments.jsonl` (one row per annotator vote; `a` and `b` in sampling
+order, with `chosen_side` naming the one that became `chosen`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ def run(config: PairsConfig) -> dict:
             metadata={"gold_chosen": round(gold_c, 4), "gold_rejected": round(gold_r, 4), "agreement": round(agreement, 3),
                       "votes": {v.annotator: v.choice for v in votes}},
         ))
-        judgments.extend({"pair_id": pair_id, "annotator": v.annotator, "choice": v.choice, "shown_first": v.first} for v in votes)
+        # choices in sampling order (a = the first sample); chosen_side says which of them became `chosen`
+        judgments.extend({"pair_id": pair_id, "annotator": v.annotator, "choice": v.choice, "shown_first": v.first,
+                          "chosen_side": "a" if winner == "a" else "b"}
+                         for v in votes)
     write_jsonl(out / "judgments.jsonl", judgments)
     write_jsonl(out / "pairs.jsonl", pairs)
     gold_agree = sum(p.metadata["gold_chosen"] >= p.metadata["gold_rejected"] for p in pairs) / max(1, len(pairs))

@@ -312,8 +312,12 @@ def import_margins(s: Session, project: Project, rows: Iterable[tuple[int, Any]]
     return count
 
 
+SWAP = {"a": "b", "b": "a"}
+
+
 def import_judgments(s: Session, project: Project, rows: Iterable[tuple[int, Any]], source: str, kind: str = "ai") -> dict[str, Any]:
-    """Machine judgments in the judgments format {pair_id, annotator, choice, shown_first?, annotator_kind?}.
+    """Machine judgments in the judgments format {pair_id, annotator, choice, shown_first?, annotator_kind?, chosen_side?}
+    (chosen_side 'b': the row's a/b are the other way round from the imported pair's chosen/rejected, and are swapped).
     They are stored as made by machine annotators (`annotator_kind` 'ai' or 'panel'; `kind` when a row has none),
     never count toward a pair's human judgments, and a row already stored (same annotator and pair) is skipped."""
     if kind not in MACHINE_KINDS:
@@ -337,6 +341,11 @@ def import_judgments(s: Session, project: Project, rows: Iterable[tuple[int, Any
         shown_first = obj.get("shown_first")
         if shown_first is not None and shown_first not in ("a", "b"):
             raise where.fail("shown_first", f"expected 'a' or 'b', got {shown_first!r}")
+        chosen_side = obj.get("chosen_side")
+        if chosen_side is not None and chosen_side not in ("a", "b"):
+            raise where.fail("chosen_side", f"expected 'a' or 'b', got {chosen_side!r}")
+        if chosen_side == "b":  # `rlhfkit pairs` votes in sampling order where the second sample became chosen (= a here)
+            choice, shown_first = SWAP.get(choice, choice), SWAP.get(shown_first, shown_first)
         row_kind = obj.get("annotator_kind", kind)
         if row_kind not in MACHINE_KINDS:
             raise where.fail("annotator_kind", f"expected 'ai' or 'panel', got {row_kind!r} (people label through the annotation page)")
