@@ -196,11 +196,15 @@ def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):
 
 
 def test_bf16_autocast_and_gradient_checkpointing_train_on_cpu(tmp_path):
-    base = ["sft", "max_steps=8", "batch_size=8", "lr=1e-3", "log_every=1", "eval_every=8", "val_fraction=0.01", "max_length=96", "threads=1"]
-    launch(single(), *base, f"output_dir={tmp_path / 'fp32'}")
-    launch(single(), *base, "gradient_checkpointing=true", f"output_dir={tmp_path / 'ckpt'}")
-    launch(single(), *base, "mixed_precision=bf16", f"output_dir={tmp_path / 'bf16'}")
-    launch(single(), *base, "gradient_checkpointing=true", "lora.r=4", "lr=5e-3", f"output_dir={tmp_path / 'lora-ckpt'}")
+    from rlhfkit.config import SFTConfig
+    from rlhfkit.stages import sft
+
+    data = tmp_path / "sft.jsonl"
+    write_jsonl(data, load_records(ensure_default().sft_data, "sft")[:80])
+    base = dict(data=str(data), max_steps=8, batch_size=8, lr=1e-3, log_every=1, eval_every=8, val_fraction=0.1, max_length=96, threads=1)
+    for name, extra in (("fp32", {}), ("ckpt", {"gradient_checkpointing": True}), ("bf16", {"mixed_precision": "bf16"}),
+                        ("lora-ckpt", {"gradient_checkpointing": True, "lora": {"r": 4}, "lr": 5e-3})):
+        sft.run(SFTConfig(**{**base, **extra, "output_dir": str(tmp_path / name)}))
     fp32 = losses(tmp_path / "fp32")
     # recomputing activations changes nothing but memory and time
     assert losses(tmp_path / "ckpt") == pytest.approx(fp32, rel=1e-4)
