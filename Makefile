@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean bench
 
 venv: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/test-setup.sh
 	$(BIN)/python -m pytest -q
+
+# rlhfkit against TRL (pinned, in its own bench/.venv-trl): tables into BENCHMARKS.md. Not part of `make test`.
+# Flags through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--repeats 1 --tasks sft,dpo"`.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

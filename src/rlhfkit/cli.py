@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-import yaml
 
 from . import config as cfg
 from .errors import RlhfkitError

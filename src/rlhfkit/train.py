@@ -1,4 +1,5 @@
-"""Small parts every training stage shares: seeding, threads, optimizer and schedule, the run log, progress bars."""
+"""Small parts every training stage shares: seeding, threads, optimizer and schedule, the run log, progress bars,
+and the padding-free forward that gives response log-probs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .data.tokenize import pack_rows, pad_sequences
 from .errors import TrainingError
+from .losses import sequence_logps
 
 console = Console(stderr=True)
 
@@ -43,7 +46,9 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, warmu
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    # the fused kernel does AdamW's ~10 elementwise passes in one (~3x faster on CPU); same update
+    fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
     warmup = int(steps * warmup_ratio)
 
     def factor(step: int) -> float:
@@ -140,3 +145,69 @@ def progress_bar(description: str, total: int):
             progress.update(task, advance=n, **({"info": info} if fields else {}))
 
         yield advance
+
+
+# Decoders whose output layer is a plain projection of the last hidden state (no logit scaling or soft-capping), and
+# whose attention honours packed position ids: the only ones the padding-free path below runs on.
+PACKABLE = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+
+
+def decoder_parts(model: torch.nn.Module, head: str = "lm_head") -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(backbone, output layer) of a plain or LoRA-wrapped decoder in PACKABLE, else None (wrapped for DDP/FSDP, an
+    encoder, or an architecture that post-processes its logits): the caller then runs the whole model on a padded batch.
+    `head` is "lm_head" for a causal LM, "score" for a reward model."""
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    from transformers import PreTrainedModel
+
+    if not isinstance(base, PreTrainedModel) or getattr(base.config, "model_type", None) not in PACKABLE:
+        return None
+    backbone = getattr(base, base.base_model_prefix, None)
+    output = base.get_output_embeddings() if head == "lm_head" else getattr(base, head, None)
+    return (backbone, output) if backbone is not None and output is not None else None
+
+
+def packed_hidden(backbone: torch.nn.Module, sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, list[int]]:
+    """Last hidden states of packed `sequences`, flattened to [rows * width, hidden], and where each sequence starts."""
+    packed = pack_rows(sequences, pad_id)
+    device = next(backbone.parameters()).device
+    hidden = backbone(input_ids=packed["input_ids"].to(device), position_ids=packed["position_ids"].to(device),
+                      use_cache=False).last_hidden_state
+    width = packed["input_ids"].shape[1]
+    return hidden.reshape(-1, hidden.shape[-1]), [r * width + s for r, s in zip(packed["row"], packed["start"])]
+
+
+def response_logits(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    """Padding-free forward (None where decoder_parts refuses the model): the float logits [N, V] at the N positions
+    that predict a response token, the token each predicts, the sequence it belongs to and its index in the response.
+    No padding goes through the matmuls, and the output layer runs only at those N positions."""
+    parts = decoder_parts(model)
+    if parts is None:
+        return None
+    backbone, lm_head = parts
+    hidden, starts = packed_hidden(backbone, [p + r for p, r in zip(prompts, responses)], pad_id)
+    where, labels, owner, slot = [], [], [], []
+    for i, (p, r, start) in enumerate(zip(prompts, responses, starts)):
+        first = max(len(p), 1)  # index in the sequence of the first predicted token (a sequence's first has no predictor)
+        where.extend(range(start + first - 1, start + len(p) + len(r) - 1))
+        labels.extend((p + r)[first:])
+        owner.extend([i] * (len(p) + len(r) - first))
+        slot.extend(range(first - len(p), len(r)))
+    device = hidden.device
+    logits = lm_head(hidden[torch.tensor(where, device=device)]).float()
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+    return logits, as_tensor(labels), as_tensor(owner), as_tensor(slot)
+
+
+def response_logps(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sum of the response tokens' log-probs, and their count (a sequence's first token has no
+    prediction): padding-free where response_logits can, else one right-padded batch through the whole model."""
+    packed = response_logits(model, prompts, responses, pad_id)
+    if packed is None:
+        batch = {k: v.to(next(model.parameters()).device) for k, v in pad_sequences(prompts, responses, pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Shift: logits at t predict token t+1; only response tokens count.
+        return sequence_logps(logits[:, :-1], batch["input_ids"][:, 1:], batch["response_mask"][:, 1:])
+    logits, labels, owner, _ = packed
+    token_logps = logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    sums = torch.zeros(len(prompts), dtype=token_logps.dtype, device=logits.device).index_add(0, owner, token_logps)
+    return sums, torch.bincount(owner, minlength=len(prompts)).to(token_logps.dtype)

@@ -119,3 +119,29 @@ def pad_left(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]
         input_ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
         attention[i, width - len(seq) :] = 1
     return {"input_ids": input_ids, "attention_mask": attention}
+
+
+def pack_rows(sequences: list[list[int]], pad_id: int) -> dict:
+    """Sequences laid end to end in rows as wide as the longest one (first-fit decreasing), so that the matmuls see
+    almost no padding. Position ids restart at every sequence; with no attention mask, transformers reads the restarts
+    as sequence boundaries and attends only within each sequence. `row` and `start` say where sequence i lies; the
+    padding at a row's end gets positions 0, 1, ... of its own and is never read."""
+    width = max(len(s) for s in sequences)
+    free: list[int] = []  # room left in each row
+    row, start = [0] * len(sequences), [0] * len(sequences)
+    for i in sorted(range(len(sequences)), key=lambda i: -len(sequences[i])):
+        n = len(sequences[i])
+        r = next((r for r, room in enumerate(free) if room >= n), None)
+        if r is None:
+            r = len(free)
+            free.append(width)
+        row[i], start[i] = r, width - free[r]
+        free[r] -= n
+    input_ids = torch.full((len(free), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(free), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        input_ids[row[i], start[i] : start[i] + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        position_ids[row[i], start[i] : start[i] + len(seq)] = torch.arange(len(seq))
+    for r, room in enumerate(free):
+        position_ids[r, width - room :] = torch.arange(room)
+    return {"input_ids": input_ids, "position_ids": position_ids, "row": row, "start": start}

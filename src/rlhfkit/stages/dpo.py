@@ -17,24 +17,19 @@ import torch
 
 from ..config import DPOConfig, save_config
 from ..data.records import load_records
-from ..data.tokenize import Encoder, pad_sequences
+from ..data.tokenize import Encoder
 from ..errors import DataError
-from ..losses import dpo_loss, orpo_loss, sequence_logps, simpo_loss
+from ..losses import dpo_loss, orpo_loss, simpo_loss
 from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization, resolve_model_path, save_model
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
-from ..train import RunLog, batches, console, make_optimizer, progress_bar, setup_torch, total_steps
+from ..train import RunLog, batches, console, make_optimizer, progress_bar, response_logps, setup_torch, total_steps
 
 REFERENCE_FREE = ("simpo", "orpo")
 
 
 def pair_logps(model, items: list[tuple], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(chosen sum logps, rejected sum logps, chosen token counts, rejected token counts): one forward for both."""
-    prompts = [p for p, _, _ in items] * 2
-    responses = [c for _, c, _ in items] + [r for _, _, r in items]
-    batch = {k: v.to(next(model.parameters()).device) for k, v in pad_sequences(prompts, responses, pad_id).items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    # Shift: logits at t predict token t+1; only response tokens count.
-    logps, counts = sequence_logps(logits[:, :-1], batch["input_ids"][:, 1:], batch["response_mask"][:, 1:])
+    logps, counts = response_logps(model, [p for p, _, _ in items] * 2, [c for _, c, _ in items] + [r for _, _, r in items], pad_id)
     n = len(items)
     return logps[:n], logps[n:], counts[:n], counts[n:]
 

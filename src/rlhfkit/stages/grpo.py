@@ -34,7 +34,7 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
         raise ConfigError(f"mini_batch_size {config.mini_batch_size} must split evenly among the {runtime.world} processes")
     reward_fn, gold, policy, prompts = online.setup(config)
     params = online.trainable(policy.model)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5, fused=all(p.device.type in ("cpu", "cuda") for p in params))
     scheduler = online.constant_schedule(optimizer, config.warmup_steps)
     # every process draws the same prompts in the same order, and samples its own responses to its share
     generator = torch.Generator().manual_seed(config.seed + runtime.rank)
@@ -75,10 +75,10 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
                     loss = loss + config.kl_coef * kl_term
                     pg_stats["kl_loss"] = kl_term.item()
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
-                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
+                optimizer.zero_grad(set_to_none=True)  # free the gradients now: they would sit through the next rollout
                 n_updates += 1
                 for key, v in {"policy_loss": pg_loss.item(), "entropy": masked_mean(entropy, mask[idx]).item(), **pg_stats}.items():
                     stats[key] = stats.get(key, 0.0) + v

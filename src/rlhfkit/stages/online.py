@@ -18,9 +18,8 @@ from ..data.records import load_records
 from ..data.tokenize import Encoder, pad_left
 from ..errors import ConfigError, TrainingError
 from ..evaluate.diversity import distinct_n
-from ..losses import entropy_from_logits
 from ..models.loading import apply_lora, load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path
-from ..rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, warn_if_truncated
+from ..rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, token_logps, warn_if_truncated
 from ..scoring import call_scorer, load_scorer
 from ..train import console
 
@@ -135,16 +134,6 @@ class PromptStream:
             out.append(order[offset])
             self.position += 1
         return out
-
-
-def token_logps(model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0, with_entropy: bool = False):
-    """Per-token log-probs [B, R] of the response part under logits / temperature (and entropies); positions skip left padding."""
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    # Logits at t predict token t+1: the response starts at prompt_len.
-    logits = logits[:, prompt_len - 1 : -1].float() / temperature
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
-    return logps, (entropy_from_logits(logits) if with_entropy else None)
 
 
 @dataclass

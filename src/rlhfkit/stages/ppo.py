@@ -91,7 +91,7 @@ def run(config: PPOConfig) -> dict:
     reward_fn, gold, policy, prompts = online.setup(config)
     value = ValueModel(config, policy)
     params = online.trainable(policy.model) + [p for p in value.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5, fused=all(p.device.type in ("cpu", "cuda") for p in params))
     scheduler = online.constant_schedule(optimizer, config.warmup_steps)
     kl_ctl = AdaptiveKL(config.kl_coef, config.target_kl, config.kl_horizon)
     modules = {"policy": policy.model, "value": value}
@@ -137,10 +137,10 @@ def run(config: PPOConfig) -> dict:
                 ent = masked_mean(entropy, mask[idx])
                 loss = pg_loss + config.vf_coef * vf_loss - config.entropy_coef * ent
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
-                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
+                optimizer.zero_grad(set_to_none=True)  # free the gradients now: they would sit through the next rollout
                 n_updates += 1
                 for k, v in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": ent.item(), **pg_stats, **vf_stats}.items():
                     stats[k] = stats.get(k, 0.0) + v

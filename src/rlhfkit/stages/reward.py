@@ -21,7 +21,7 @@ from ..evaluate import reward_metrics as rm
 from ..losses import bradley_terry_loss, reward_centering_loss
 from ..models.loading import apply_lora, load_reward_model, load_tokenizer, resolve_model_path, save_model
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
-from ..train import RunLog, console, make_optimizer, progress_bar, setup_torch, total_steps, write_json
+from ..train import RunLog, console, decoder_parts, make_optimizer, packed_hidden, progress_bar, setup_torch, total_steps, write_json
 
 
 class RewardEncoder:
@@ -54,7 +54,16 @@ class RewardEncoder:
 
 
 def score_sequences(model, sequences: list[list[int]], pad_id: int, head: int = 0) -> torch.Tensor:
-    """Rewards of one head for right-padded sequences, shape [n]."""
+    """Rewards of one head for token sequences, shape [n]: padding-free where decoder_parts allows (the score head
+    reads each sequence's last hidden state), else one right-padded batch through the whole model."""
+    parts = decoder_parts(model, head="score")
+    if parts is not None:
+        backbone, score = parts
+        hidden, starts = packed_hidden(backbone, sequences, pad_id)
+        # the last token that is not padding, as the HF heads pick it (a tokenizer whose pad is its EOS scores before the EOS)
+        ends = [next((j for j in range(len(s) - 1, -1, -1) if s[j] != pad_id), 0) for s in sequences]
+        last = torch.tensor([start + end for start, end in zip(starts, ends)], device=hidden.device)
+        return score(hidden[last])[:, head].float()
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)

@@ -9,12 +9,11 @@ import torch
 
 from ..config import SFTConfig, save_config
 from ..data.records import SFTExample, load_records
-from ..data.tokenize import Encoder, pad_sequences
+from ..data.tokenize import Encoder
 from ..errors import DataError
-from ..losses import sequence_logps
 from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, quantization, resolve_model_path, save_model
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
-from ..train import RunLog, console, make_optimizer, progress_bar, setup_torch, total_steps
+from ..train import RunLog, console, make_optimizer, progress_bar, response_logps, setup_torch, total_steps
 
 
 def resolve_sft_data(data: str) -> Path:
@@ -34,12 +33,15 @@ def encode_examples(examples: list[SFTExample], encoder: Encoder) -> list[tuple[
     return encoded
 
 
-def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed negative log-likelihood of the batch's response tokens, and the token count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    # Shift: logits at t predict token t+1.
-    logps, counts = sequence_logps(logits[:, :-1], batch["input_ids"][:, 1:], batch["response_mask"][:, 1:])
+def response_nll(model, items: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood of the response tokens of (prompt ids, response ids) items, and the token count."""
+    logps, counts = response_logps(model, [p for p, _ in items], [r for _, r in items], pad_id)
     return -logps.sum(), counts.sum()
+
+
+def predicted_tokens(items: list[tuple[list[int], list[int]]]) -> int:
+    """Response tokens that get a prediction (all but a sequence's first token): the weight of a micro-batch."""
+    return sum(len(r) - (1 if not p else 0) for p, r in items)
 
 
 def run(config: SFTConfig) -> dict:
@@ -71,11 +73,7 @@ def run(config: SFTConfig) -> dict:
     stream = BatchStream(train, config.batch_size, config.seed)
     first_step, state = resume(runtime, config, out, model, optimizer, scheduler, stream)
     log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main)
-    device = runtime.device
-
-    def collate(items):
-        batch = pad_sequences([p for p, _ in items], [r for _, r in items], tokenizer.pad_token_id)
-        return {k: v.to(device) for k, v in batch.items()}
+    pad = tokenizer.pad_token_id
 
     def validate() -> float | None:
         if not val:
@@ -85,7 +83,7 @@ def run(config: SFTConfig) -> dict:
         total, tokens = 0.0, 0.0
         with torch.no_grad(), runtime.accelerator.autocast():
             for i in range(0, len(val), config.batch_size):
-                loss, count = response_nll(plain, collate(val[i : i + config.batch_size]))
+                loss, count = response_nll(plain, val[i : i + config.batch_size], pad)
                 total += loss.item()
                 tokens += count.item()
         plain.train()
@@ -96,10 +94,9 @@ def run(config: SFTConfig) -> dict:
     with progress_bar("sft", steps) as advance:
         advance(first_step)
         for step in range(first_step + 1, steps + 1):
-            micro = [collate(runtime.shard(next(stream))) for _ in range(config.grad_accum)]
+            micro = [runtime.shard(next(stream)) for _ in range(config.grad_accum)]
             # the step's loss is the mean over every response token of every process and micro-batch
-            stats = accumulate(runtime, model, micro, lambda b: b["response_mask"][:, 1:].sum().item(),
-                               lambda b: (response_nll(model, b)[0], {}), step)
+            stats = accumulate(runtime, model, micro, predicted_tokens, lambda b: (response_nll(model, b, pad)[0], {}), step)
             grad_norm = optimizer_step(runtime, model, optimizer, scheduler, config.max_grad_norm)
             row = {}
             if step % config.eval_every == 0 or step == steps:

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from ...config import Strict
 from ...data.records import PreferencePair, _common, _prompt, _response, _type_name, _Where, parse_record
 from ...errors import DataError
-from ..agreement import CHOICES, _choice, _identifier, agreement_report, cohen_kappa, percent_agreement
+from ..agreement import _choice, _identifier, agreement_report, cohen_kappa, percent_agreement
 from .db import AnnotateError
 from .models import Admin, Annotator, Assignment, CalibrationOverride, Judgment, Pair, Project, utcnow
 

@@ -1,0 +1,290 @@
+"""rlhfkit against TRL: the same models, data and hyper-parameters through both, side by side (`make bench`).
+
+    python bench/run.py [--only rlhfkit|trl] [--tasks sft,reward,dpo,grpo,rloo] [--models default,llama20m]
+                        [--repeats 3] [--steps N] [--rl-steps N] [--threads 1] [--output BENCHMARKS.md]
+
+1. installs TRL (pinned, see spec.TRL_REQUIREMENTS) into bench/.venv-trl, once;
+2. builds the models and data (bench/prepare.py) into bench/.cache;
+3. measures this machine's fp32 matmul peak at the same thread count (bench/peak.py), before every round;
+4. runs every (task, model, tool) in its own process, `--repeats` rounds, interleaved (each round runs every
+   task once with each tool, alternating which tool goes first), and reads each child's peak RSS with wait4();
+5. writes bench/.cache/results.json and the "Training throughput vs TRL" section of BENCHMARKS.md (other
+   sections are left as they are), followed by bench/analysis.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import spec  # noqa: E402
+from bench.spec import Job, Plan, Result  # noqa: E402
+
+TRL_VENV = HERE / ".venv-trl"
+CACHE = HERE / ".cache"
+LOSS_TOLERANCE = 1e-3  # relative: same init, data, order and arithmetic agree to ~1e-5; 1e-3 leaves room for kernels
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ TRL's environment
+
+
+def ensure_trl_venv() -> Path:
+    """Create bench/.venv-trl with the pinned requirements; a stamp with the pins makes it idempotent."""
+    python = TRL_VENV / "bin" / "python"
+    stamp = TRL_VENV / ".installed"
+    wanted = "\n".join(spec.TRL_REQUIREMENTS) + "\n"
+    if python.exists() and stamp.is_file() and stamp.read_text() == wanted:
+        return python
+    log(f"installing TRL into {TRL_VENV} ({', '.join(spec.TRL_REQUIREMENTS)}); once")
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    torch_pin = next(r for r in spec.TRL_REQUIREMENTS if r.startswith("torch=="))
+    subprocess.run(pip + [torch_pin], check=True)  # alone first: the pinned CPU wheel, never a CUDA build
+    subprocess.run(pip + spec.TRL_REQUIREMENTS, check=True)
+    stamp.write_text(wanted)
+    return python
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def child_env(threads: int) -> dict:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "RLHFKIT_NO_PROGRESS": "1", "TQDM_DISABLE": "1", "HF_DATASETS_CACHE": str(CACHE / "hf-datasets"),
+                "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def run_child(argv: list[str], log_path: Path, env: dict) -> tuple[int, float]:
+    """Run a process to the end; (exit status, its peak RSS in MB from wait4)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def measure_peak(threads: int, env: dict) -> float | None:
+    done = subprocess.run([sys.executable, str(HERE / "peak.py"), str(threads)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        log(f"matmul peak measurement failed: {done.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(done.stdout)["gflops"] * 1e9
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1])
+    except (OSError, StopIteration, ValueError):
+        mem_kb = 0
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "python": platform.python_version(),
+            "os": f"{platform.system()} {platform.release()}"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=spec.TOOLS, help="run one tool only (rlhfkit alone needs no TRL install)")
+    p.add_argument("--tasks", default=",".join(spec.TASKS), help="comma-separated subset of " + ",".join(spec.TASKS))
+    p.add_argument("--models", default=",".join(spec.MODELS), help="comma-separated subset of " + ",".join(spec.MODELS))
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; rates are the median over them")
+    p.add_argument("--steps", type=int, help="optimizer steps of SFT, reward and DPO runs (default: per model, see spec.py)")
+    p.add_argument("--rl-steps", type=int, help="iterations of GRPO and RLOO runs")
+    p.add_argument("--warmup", type=int, help="steps left out of the timing at the start of each run")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in every run and in the matmul peak (default 1: on a shared machine more threads than "
+                        "free cores make each OpenMP barrier wait for a descheduled thread)")
+    p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="markdown file whose 'Training throughput vs TRL' section is rewritten")
+    p.add_argument("--no-write", action="store_true", help="print the table; leave the markdown file alone")
+    p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (no share-of-peak column)")
+    p.add_argument("--work", default=str(CACHE), help="folder for run logs and results.json (models and data stay in bench/.cache)")
+    return p.parse_args(argv)
+
+
+def hypers_for(args) -> dict:
+    hypers = spec.default_hypers()
+    for (task, model), h in list(hypers.items()):
+        if args.steps and task in spec.TRAIN_TASKS:
+            h = replace(h, steps=args.steps)
+        if args.rl_steps and task in spec.ONLINE_TASKS:
+            h = replace(h, steps=args.rl_steps)
+        if args.warmup is not None:
+            h = replace(h, warmup=args.warmup)
+        hypers[(task, model)] = h
+    return hypers
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    models = [m for m in args.models.split(",") if m]
+    bad = [t for t in tasks if t not in spec.TASKS] + [m for m in models if m not in spec.MODELS]
+    if bad:
+        raise SystemExit(f"bench: unknown task or model {bad}; tasks: {', '.join(spec.TASKS)}; models: {', '.join(spec.MODELS)}")
+    tools = [args.only] if args.only else list(spec.TOOLS)
+    started = time.time()
+    command = "make bench" if os.environ.get("MAKELEVEL") else "python bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    load_before = os.getloadavg()
+
+    pythons = {"rlhfkit": sys.executable}
+    if "trl" in tools:
+        pythons["trl"] = str(ensure_trl_venv())
+    workers = {"rlhfkit": str(HERE / "worker_rlhfkit.py"), "trl": str(HERE / "worker_trl.py")}
+
+    hypers = hypers_for(args)
+    log(f"preparing models and data for {', '.join(tasks)} on {', '.join(models)}")
+    from bench.prepare import prepare
+
+    entries = prepare(hypers, models, tasks)
+    env = child_env(args.threads)
+    combos = [(t, m) for m in models for t in tasks]
+    runs: dict[tuple[str, str, str], list[dict]] = {}
+    raw: list[dict] = []
+    failures: list[str] = []
+    peaks: list[float] = []
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    work_root = Path(args.work)
+    work = work_root / "runs" / stamp
+    total = args.repeats * len(combos) * len(tools)
+    done = 0
+    for r in range(args.repeats):
+        peak = None if args.no_peak else measure_peak(args.threads, env)
+        if peak:
+            peaks.append(peak)
+            log(f"round {r + 1}/{args.repeats}: matmul peak {peak / 1e9:.1f} GFLOP/s at {args.threads} thread(s)")
+        for c, (task, model) in enumerate(combos):
+            order = tools if (r + c) % 2 == 0 else tools[::-1]
+            entry = entries[f"{task}/{model}"]
+            hyper = hypers[(task, model)]
+            plan = Plan(**entry["plan"])
+            for tool in order:
+                done += 1
+                name = f"{task}-{model}-{tool}-r{r}"
+                job = Job(tool=tool, task=task, model=model, hyper=hyper, model_dir=entry["model_dir"], data=entry["data"],
+                          trl_data=entry["trl_data"], out_dir=str(work / name), result=str(work / f"{name}.json"),
+                          threads=args.threads, repeat=r)
+                job_path = work / f"{name}.job.json"
+                job_path.parent.mkdir(parents=True, exist_ok=True)
+                job_path.write_text(job.to_json())
+                status, rss = run_child([pythons[tool], workers[tool], str(job_path)], work / f"{name}.log", env)
+                if status != 0 or not Path(job.result).is_file():
+                    failures.append(f"{task}/{model} {tool} round {r + 1}: exit {status}; log {work / (name + '.log')}")
+                    log(f"[{done}/{total}] {task}/{model} {tool}: FAILED (exit {status}); see {work / (name + '.log')}")
+                    continue
+                result = Result.load(job.result)
+                result.peak_rss_mb = rss
+                if task in spec.TRAIN_TASKS and result.first_batch_tokens not in (None, plan.tokens_per_step[0]):
+                    result.notes.append(f"first batch has {result.first_batch_tokens} tokens, the plan {plan.tokens_per_step[0]}")
+                summary = spec.summarise_run(result, hyper, plan)
+                runs.setdefault((task, model, tool), []).append(summary)
+                raw.append({**summary, "task": task, "model": model, "versions": result.versions, "notes": result.notes})
+                log(f"[{done}/{total}] {task}/{model} {tool}: {spec.fmt(summary.get('step_s'), '.3f')} s/step, "
+                    f"{spec.fmt(summary.get('samples_per_s'), '.1f')} samples/s, peak RSS {rss:.0f} MB, "
+                    f"final loss {spec.fmt(summary.get('final_loss'), '.5f')}")
+
+    peak_flops = max(peaks) if peaks else None
+    rows = []
+    for task, model in combos:
+        row = {"task": task, "model": model, "hyper": hypers[(task, model)].__dict__}
+        for tool in spec.TOOLS:
+            row[tool] = spec.combine(runs.get((task, model, tool), [])) if (task, model, tool) in runs else {}
+        k, t = row["rlhfkit"], row["trl"]
+        if task in spec.TRAIN_TASKS and k.get("losses") and t.get("losses"):
+            diffs = [abs(a - b) / max(abs(a), abs(b), 1e-12) for a, b in zip(k["losses"], t["losses"])]
+            row["max_loss_rel_diff"] = max(diffs)
+            row["loss_match"] = f"{'yes' if max(diffs) <= LOSS_TOLERANCE else 'NO'} (max rel diff {max(diffs):.0e} over {len(diffs)} steps)"
+        elif task in spec.ONLINE_TASKS and k and t:
+            row["loss_match"] = "loose: sampling differs"
+        rows.append(row)
+
+    versions = {}
+    for item in raw:
+        versions.update({f"{item['tool']}:{k}": v for k, v in item["versions"].items()})
+    meta = {"command": command, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+            "threads": args.threads, "repeats": args.repeats, "peak_flops": peak_flops, "peaks": peaks,
+            "load_before": load_before, "load_after": os.getloadavg(), "minutes": round((time.time() - started) / 60, 1),
+            "versions": versions, "failures": failures}
+    work_root.mkdir(parents=True, exist_ok=True)
+    (work_root / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": raw}, indent=1, default=str))
+    section = render_section(meta, rows)
+    print(section)
+    if not args.no_write:
+        out = Path(args.output)
+        out.write_text(spec.replace_section(out.read_text() if out.is_file() else "", section))
+        log(f"wrote the '{spec.SECTION_TITLE[3:]}' section of {out}; raw numbers in {work_root / 'results.json'}")
+    log(f"done in {meta['minutes']} min")
+    return 1 if failures else 0
+
+
+def render_section(meta: dict, rows: list[dict]) -> str:
+    m = meta["machine"]
+    peak = meta["peak_flops"]
+    v = meta["versions"]
+    hyper_lines = []
+    for r in rows:
+        h = r["hyper"]
+        extra = (f", {h['group']} responses per prompt, {h['max_new_tokens']} new tokens, temperature {h['temperature']}, "
+                 f"KL weight {h['beta']}" if r["task"] in spec.ONLINE_TASKS else (f", beta {h['beta']}" if r["task"] == "dpo" else ""))
+        unit = "prompts" if r["task"] in spec.ONLINE_TASKS else ("pairs" if r["task"] in ("reward", "dpo") else "examples")
+        hyper_lines.append(f"- {r['task']} / {r['model']}: {h['batch']} {unit} per step, {h['steps']} steps ({h['warmup']} warm-up "
+                           f"and the last not timed), lr {h['lr']}, max length {h['max_length']}{extra}")
+    lines = [
+        spec.SECTION_TITLE,
+        "",
+        f"Command: `{meta['command']}` — {meta['date']}, {meta['minutes']} min. "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}; "
+        f"load average {meta['load_before'][0]:.1f} before, {meta['load_after'][0]:.1f} after (other jobs share the cores). "
+        f"Versions: rlhfkit {v.get('rlhfkit:rlhfkit', '-')}, TRL {v.get('trl:trl', '-')}, transformers "
+        f"{v.get('rlhfkit:transformers', v.get('trl:transformers', '-'))}, torch {v.get('rlhfkit:torch', v.get('trl:torch', '-'))}. "
+        f"{meta['threads']} torch thread(s) per run; {meta['repeats']} interleaved rounds, medians shown. "
+        f"fp32 matmul peak at {meta['threads']} thread(s): {peak / 1e9:.1f} GFLOP/s (best of {len(meta['peaks'])} measurements)."
+        if peak else f"Command: `{meta['command']}` — {meta['date']}; matmul peak not measured.",
+        "",
+        spec.render_table(rows, peak),
+        "",
+        "Goals (issue #7), as measured side by side:",
+        "",
+        *spec.goals([r for r in rows if r["rlhfkit"] and r["trl"]]),
+        "",
+        "Hyper-parameters (the same in both tools):",
+        "",
+        *hyper_lines,
+    ]
+    if meta["failures"]:
+        lines += ["", "Failed runs:", "", *[f"- {f}" for f in meta["failures"]]]
+    analysis = HERE / "analysis.md"
+    if analysis.is_file():
+        lines += ["", analysis.read_text().rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

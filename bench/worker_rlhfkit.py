@@ -1,0 +1,108 @@
+"""One benchmark run of rlhfkit, in its own process: `python bench/worker_rlhfkit.py JOB.json`.
+
+The stage runs through rlhfkit's Python API (`build_config` + the stage's `run`/`train`), exactly as the CLI
+would; the only additions are passive probes: a wrapper around the run log (metrics.jsonl rows) that notes the
+wall clock at the end of every step, and around the online sampler to count prompt and response tokens.
+"""
+
+from __future__ import annotations
+
+import time
+
+START = time.perf_counter()
+
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.spec import Job, Result  # noqa: E402
+
+BIG = 10**9  # "never" for eval_every / save_every: no validation or checkpoint inside the timed steps
+
+
+def stage_values(job: Job) -> tuple[str, dict]:
+    h = job.hyper
+    common = {"output_dir": job.out_dir, "seed": job.seed, "threads": job.threads}
+    if job.task in ("sft", "reward", "dpo"):
+        # Constant-free schedule both tools share: no warm-up, rlhfkit's linear decay to 10% (TRL gets the same
+        # LambdaLR); AdamW without weight decay; clipping at 1.0.
+        train = {**common, "max_steps": h.steps, "batch_size": h.batch, "grad_accum": 1, "lr": h.lr, "weight_decay": 0.0,
+                 "warmup_ratio": 0.0, "max_grad_norm": 1.0, "max_length": h.max_length, "max_prompt_length": h.max_prompt_length,
+                 "eval_every": BIG, "log_every": 1}
+        if job.task == "sft":
+            return "sft", {**train, "model": job.model_dir, "data": job.data, "val_fraction": 0.0}
+        if job.task == "reward":
+            return "reward-train", {**train, "model": job.model_dir, "data": job.data, "val_fraction": 0.2, "patience": 0,
+                                    "early_stop_metric": "loss"}
+        return "dpo", {**train, "model": job.model_dir, "data": job.data, "beta": h.beta, "loss_type": "sigmoid", "val_fraction": 0.0}
+    online = {**common, "model": job.model_dir, "prompts": job.data, "rewards": [{"function": "rlhfkit.demo.gold:score"}],
+              "gold": None, "steps": h.steps, "batch_size": h.batch, "mini_batch_size": h.batch * h.group, "epochs_per_batch": 1,
+              "lr": h.lr, "warmup_steps": 0, "max_grad_norm": 1.0, "max_new_tokens": h.max_new_tokens,
+              "max_prompt_length": h.max_prompt_length, "temperature": h.temperature, "top_k": 0, "top_p": 1.0,
+              "kl_coef": h.beta, "save_every": BIG, "clip_range": 0.2}
+    if job.task == "grpo":
+        return "grpo", {**online, "group_size": h.group, "normalize": True, "kl_estimator": "k3"}
+    return "rloo", {**online, "k": h.group, "kl_estimator": "k1"}
+
+
+def main(job_path: str) -> None:
+    job = Job.from_json(Path(job_path).read_text())
+    os.environ["RLHFKIT_NO_PROGRESS"] = "1"
+
+    import torch
+    import transformers
+
+    import rlhfkit
+    from rlhfkit import train as train_mod
+    from rlhfkit.config import STAGE_CONFIGS, build_config
+    from rlhfkit.stages import dpo, grpo, online, reward, sft
+
+    result = Result(tool="rlhfkit", task=job.task, model=job.model, repeat=job.repeat,
+                    versions={"rlhfkit": rlhfkit.__version__, "torch": torch.__version__, "transformers": transformers.__version__})
+
+    # Probe 1: the end of each step is when the stage logs its row (log_every=1; the online monitor logs every iteration).
+    original_log = train_mod.RunLog.log
+
+    def timed_log(self, step, **metrics):
+        result.step_ends.append(time.perf_counter())
+        result.step_cpu.append(time.process_time())
+        result.losses.append(metrics.get("loss"))
+        return original_log(self, step, **metrics)
+
+    train_mod.RunLog.log = timed_log
+    original_monitor = online.Monitor.log
+
+    def timed_monitor(self, step, row):
+        result.step_ends.append(time.perf_counter())
+        result.step_cpu.append(time.process_time())
+        result.losses.append(row.get("policy_loss"))
+        result.rewards.append(row.get("reward"))
+        result.kls.append(row.get("kl"))
+        return original_monitor(self, step, row)
+
+    online.Monitor.log = timed_monitor
+    # Probe 2: tokens of each online iteration, from the rollout itself.
+    original_sample = online.sample_batch
+
+    def counted_sample(*args, **kwargs):
+        batch = original_sample(*args, **kwargs)
+        prompt = int(batch.rollout.prompt_mask.sum())
+        response = int(batch.rollout.response_mask.sum())
+        result.tokens.append(prompt + response)
+        result.generated.append(response)
+        return batch
+
+    online.sample_batch = counted_sample
+
+    name, values = stage_values(job)
+    config = build_config(STAGE_CONFIGS[name], values, source=f"bench {job.task}")
+    {"sft": sft.run, "reward-train": reward.train, "dpo": dpo.run, "grpo": grpo.run, "rloo": grpo.run}[name](config)
+    result.setup_s = result.step_ends[0] - START if result.step_ends else 0.0
+    result.wall_s = time.perf_counter() - START
+    result.save(job.result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,93 @@
+"""The benchmark harness (bench/) without TRL: how it counts FLOPs and step time, how it renders and merges the
+BENCHMARKS.md section, that it replays rlhfkit's data order, and a short rlhfkit-only run end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import spec  # noqa: E402
+from bench.spec import Hyper, Plan, Result  # noqa: E402
+
+
+def test_flop_counting():
+    assert spec.train_flops(1_000, 10) == 60_000  # 6 * N * tokens
+    assert spec.online_flops(1_000, tokens=10, generated=4) == 2 * 1_000 * 4 + 8 * 1_000 * 10
+    assert spec.matmul_flops(2) == 16
+
+
+def test_only_steady_steps_are_timed():
+    # step 0's time is setup (no previous end to measure from); the last carries a final validation
+    ends = [10.0, 11.0, 13.0, 16.0, 26.0]
+    assert spec.steady_seconds(ends, warmup=0) == [1.0, 2.0, 3.0]  # step 0 can never be timed
+    assert spec.steady_seconds(ends, warmup=1) == [1.0, 2.0, 3.0]  # steps 1..3: the first `warmup` and the last left out
+    assert spec.steady_seconds(ends, warmup=2) == [2.0, 3.0]
+    assert spec.steady_seconds(ends[:2], warmup=1) == []
+
+
+def run(tool: str, step_s: float, rss: float, losses: list[float]) -> dict:
+    result = Result(tool=tool, task="sft", model="default", repeat=0, step_ends=[i * step_s for i in range(6)],
+                    step_cpu=[i * step_s / 2 for i in range(6)], losses=losses, peak_rss_mb=rss)
+    plan = Plan(matmul_params=1_000_000, tokens_per_step=[500] * 6, padded_tokens_per_step=[800] * 6, samples_per_step=16)
+    return spec.summarise_run(result, Hyper(batch=16, steps=6, lr=1e-4, warmup=1), plan)
+
+
+def test_rates_ratios_and_goals_in_the_table():
+    fast = spec.combine([run("rlhfkit", 0.5, 600, [2.0, 1.5]), run("rlhfkit", 0.6, 610, [2.0, 1.5]), run("rlhfkit", 0.4, 590, [2.0, 1.5])])
+    slow = spec.combine([run("trl", 1.0, 700, [2.0, 1.5])])
+    assert fast["step_s"] == pytest.approx(0.5) and fast["samples_per_s"] == pytest.approx(32.0)  # median of repeats
+    assert fast["cpu_step_s"] == pytest.approx(0.25)
+    assert fast["tokens_per_s"] == pytest.approx(1000.0)
+    assert fast["flop_per_s"] == pytest.approx(6 * 1e6 * 1000)
+    assert fast["peak_rss_mb"] == 610  # the largest over repeats
+    row = {"task": "sft", "model": "default", "rlhfkit": fast, "trl": slow, "loss_match": "yes"}
+    table = spec.render_table([row], peak_flops=60e9)
+    assert "**2.00x**" in table and "10.0% / 5.0%" in table and "| sft | default |" in table
+    goals = "\n".join(spec.goals([row]))
+    assert "2.00x TRL's (goal >= 1.5x): met" in goals and "(goal <= 1.0): met" in goals
+
+
+def test_section_is_replaced_and_other_sections_kept():
+    other = "## Annotation service\n\nrequests/s: 120\n"
+    doc = "# Benchmarks\n\n" + other + "\n## Training throughput vs TRL\n\nold table\n\n## Later\n\nkept\n"
+    new = spec.replace_section(doc, "## Training throughput vs TRL\n\nnew table\n")
+    assert other in new and "## Later\n\nkept\n" in new and "new table" in new and "old table" not in new
+    appended = spec.replace_section("# Benchmarks\n\n" + other, "## Training throughput vs TRL\n\nfirst\n")
+    assert appended.startswith("# Benchmarks\n\n" + other) and appended.endswith("## Training throughput vs TRL\n\nfirst\n")
+    assert spec.replace_section("", "## Training throughput vs TRL\n\nx\n").startswith("# Benchmarks\n\n## Training")
+
+
+def test_consumption_order_replays_rlhfkit_shuffles():
+    from bench.prepare import consumption_order
+    from rlhfkit.train import forever
+
+    records = [f"r{i}" for i in range(24)]
+    shuffled = list(records)
+    random.Random(0).shuffle(shuffled)  # what the SFT stage does to its encoded examples before batching
+    stream = forever(shuffled, 4, 0)
+    expected = [next(stream) for _ in range(5)]
+    assert [[records[i] for i in batch] for batch in consumption_order(24, 4, 5, seed=0, pre_shuffle=True)] == expected
+
+
+def test_rlhfkit_only_run_end_to_end(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n## Annotation service\n\nuntouched\n")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--only", "rlhfkit", "--tasks", "sft", "--models", "default",
+                           "--steps", "3", "--warmup", "1", "--repeats", "1", "--no-peak", "--output", str(out), "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = out.read_text()
+    assert "## Annotation service\n\nuntouched\n" in text and "## Training throughput vs TRL" in text
+    assert "| sft | default |" in text
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    (run_summary,) = results["runs"]
+    assert run_summary["tool"] == "rlhfkit" and run_summary["steps_done"] == 3 and run_summary["timed_steps"] == 1
+    assert run_summary["peak_rss_mb"] > 50 and run_summary["final_loss"] > 0
