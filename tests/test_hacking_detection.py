@@ -7,7 +7,6 @@ run with the shipped KL penalty (PPOConfig's kl_coef=0.05) must not.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
