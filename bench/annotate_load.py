@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,14 +25,9 @@ import httpx
 from sqlalchemy import func, select
 
 from rlhfkit.feedback.annotate import service
+from rlhfkit.feedback.annotate.app import serve_in_background
 from rlhfkit.feedback.annotate.db import open_database
 from rlhfkit.feedback.annotate.models import Annotator, Judgment
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def prepare(db: str, annotators: int, pairs: int, overlap: int) -> list[str]:
@@ -52,22 +45,6 @@ def prepare(db: str, annotators: int, pairs: int, overlap: int) -> list[str]:
         s.commit()
     database.close()
     return tokens
-
-
-def start_server(db: str, port: int) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", db, "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited: {process.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the server did not come up within 60 s")
 
 
 async def annotator(base: str, token: str, until: float, think: float, stats: dict, seed: int) -> None:
@@ -178,11 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     db = args.db or str(Path(folder) / "bench.sqlite")
     args.db_kind = "PostgreSQL" if db.startswith("postgres") else "SQLite (WAL, synchronous=FULL)"
     tokens = prepare(db, args.annotators, args.pairs, args.overlap)
-    port = free_port()
-    server = start_server(db, port)
+    server, base = serve_in_background(db)
     args.load_before = os.getloadavg()[0]
     try:
-        stats = asyncio.run(drive(f"http://127.0.0.1:{port}", tokens, args.duration, args.think_ms / 1000))
+        stats = asyncio.run(drive(base, tokens, args.duration, args.think_ms / 1000))
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from rlhfkit.feedback.annotate.app import serve_in_background
 from rlhfkit.feedback.annotate.db import open_database
 from rlhfkit.feedback.annotate.service import create_admin
 
@@ -46,12 +45,6 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     db = str(tmp_path / "annotate.sqlite")
@@ -60,19 +53,7 @@ def server(tmp_path):
         token = create_admin(s, "ada")
         s.commit()
     database.close()
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", db, "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            assert time.time() < deadline, "the server did not come up"
-            time.sleep(0.1)
+    process, base = serve_in_background(db)
     yield {"base": base, "admin": token, "db": db}
     process.terminate()
     process.wait(timeout=10)

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -17,29 +14,8 @@ from sqlalchemy import select
 
 from rlhfkit.feedback.annotate import service
 from rlhfkit.feedback.annotate.db import open_database
+from rlhfkit.feedback.annotate.app import serve_in_background
 from rlhfkit.feedback.annotate.models import Judgment
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(db: str, port: int) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", db, "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited: {process.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("the server did not come up within 60 s")
 
 
 def annotate_until_gone(base: str, token: str, acks: list[dict], stop: threading.Event) -> None:
@@ -72,11 +48,10 @@ def test_sigkill_mid_labelling_loses_no_acknowledged_judgment(tmp_path):
         s.commit()
     database.close()
 
-    port = free_port()
-    server = start_server(db, port)
+    server, base = serve_in_background(db)
     acks: list[list[dict]] = [[] for _ in tokens]
     stop = threading.Event()
-    threads = [threading.Thread(target=annotate_until_gone, args=(f"http://127.0.0.1:{port}", token, acks[i], stop))
+    threads = [threading.Thread(target=annotate_until_gone, args=(base, token, acks[i], stop))
                for i, token in enumerate(tokens)]
     try:
         for thread in threads:
@@ -95,7 +70,7 @@ def test_sigkill_mid_labelling_loses_no_acknowledged_judgment(tmp_path):
     acknowledged = [ack for per_thread in acks for ack in per_thread]
     assert len(acknowledged) >= 40
 
-    restarted = start_server(db, port)  # the store opens cleanly after the crash
+    restarted, _ = serve_in_background(db, port=int(base.rsplit(":", 1)[1]))  # the store opens cleanly after the crash
     try:
         database = open_database(db)
         with database.session() as s:
@@ -110,8 +85,8 @@ def test_sigkill_mid_labelling_loses_no_acknowledged_judgment(tmp_path):
         assert len(assignment_ids) == len(set(assignment_ids))  # no duplicates
         # labelling goes on after the restart
         headers = {"Authorization": f"Bearer {tokens[0]}"}
-        item = httpx.post(f"http://127.0.0.1:{port}/api/projects/kill/next", headers=headers, timeout=10).json()["assignment"]
-        response = httpx.post(f"http://127.0.0.1:{port}/api/projects/kill/assignments/{item['id']}/judgment", headers=headers,
+        item = httpx.post(f"{base}/api/projects/kill/next", headers=headers, timeout=10).json()["assignment"]
+        response = httpx.post(f"{base}/api/projects/kill/assignments/{item['id']}/judgment", headers=headers,
                               json={"choice": "tie"}, timeout=10)
         assert response.status_code == 200
     finally:

@@ -125,7 +125,10 @@ def prepare(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Opt
         if not getattr(base, "supports_gradient_checkpointing", False):
             raise ConfigError(f"gradient_checkpointing: {type(base).__name__} does not support it; set gradient_checkpointing=false")
         # non-reentrant checkpointing also works when the inputs need no grad (LoRA on a frozen embedding)
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.config.use_cache = False
     return runtime.accelerator.prepare(model, optimizer)
 

@@ -11,6 +11,10 @@ without the right: 403. Every write is committed before its response is sent.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -353,3 +357,29 @@ def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_im
             return service.own_judgments(s, annotator)
 
     return app
+
+
+def serve_in_background(db: str, port: int | None = None, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+    """Start `rlhfkit annotate serve --db DB` as a child process on 127.0.0.1 (a free port unless given) and wait until
+    /healthz answers; returns (the process, its base URL). For scripts and tests; stop it with terminate() or kill()."""
+    import httpx
+
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", db, "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AnnotateError(f"the annotation server exited with status {process.returncode}: "
+                                f"{process.stderr.read().decode(errors='replace')[-2000:]}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AnnotateError(f"the annotation server did not answer on {base} within {timeout:.0f} s")
