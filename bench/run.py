@@ -261,7 +261,7 @@ def render_section(meta: dict, rows: list[dict]) -> str:
         "",
         f"Command: `{meta['command']}` — {meta['date']}, {meta['minutes']} min. "
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}; "
-        f"load average {meta['load_before'][0]:.1f} before, {meta['load_after'][0]:.1f} after (other jobs share the cores). "
+        f"load average {meta['load_before'][0]:.1f} before, {meta['load_after'][0]:.1f} after (1-minute; the benchmark's own run counts about 1, more means other jobs shared the cores). "
         f"Versions: rlhfkit {v.get('rlhfkit:rlhfkit', '-')}, TRL {v.get('trl:trl', '-')}, transformers "
         f"{v.get('rlhfkit:transformers', v.get('trl:transformers', '-'))}, torch {v.get('rlhfkit:torch', v.get('trl:torch', '-'))}. "
         f"{meta['threads']} torch thread(s) per run; {meta['repeats']} interleaved rounds, medians shown. "
