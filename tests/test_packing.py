@@ -98,3 +98,16 @@ def test_other_architectures_take_the_padded_path(models, arch):
     prompts, responses = batch(3)
     sums, _ = response_logps(model, prompts, responses, PAD)
     torch.testing.assert_close(sums, padded_logps(model, prompts, responses)[0])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "phi"])
+def test_fused_gelu_gives_the_same_outputs(models, arch):
+    from rlhfkit.models.loading import load_causal_lm
+
+    plain = AutoModelForCausalLM.from_pretrained(models[arch])
+    fused = load_causal_lm(models[arch])
+    act = getattr(fused.config, "activation_function", None) or fused.config.hidden_act
+    assert act == "gelu_pytorch_tanh"
+    ids = torch.tensor([[5, 17, 42, 99, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(fused(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-5, atol=1e-5)

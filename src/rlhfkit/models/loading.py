@@ -82,14 +82,28 @@ def quantization(lora, device: str):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
 
 
+# The tanh-approximated GELU of GPT-2 and Phi ("gelu_new") is five elementwise kernels in transformers; PyTorch's
+# gelu(approximate="tanh") is the same formula in one (7-10% of a training step of the default model on CPU).
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
+def fuse_activations(config):
+    """Swap activations for their fused equivalents in a model config (same function, fewer kernels)."""
+    for key in ("activation_function", "hidden_act"):
+        if getattr(config, key, None) in FUSED_ACTIVATIONS:
+            setattr(config, key, FUSED_ACTIVATIONS[getattr(config, key)])
+    return config
+
+
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, quantization_config=None):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     extra = {}
     if quantization_config is not None:
         extra = {"quantization_config": quantization_config, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **extra)
+        config = fuse_activations(AutoConfig.from_pretrained(str(path)))
+        model = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype, **extra)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"model directory '{path}': cannot load a causal LM ({str(exc).splitlines()[0]})") from None
     return model
@@ -108,6 +122,7 @@ def load_reward_model(path: str | Path, tokenizer, num_labels: int = 1):
         config.num_labels = config.num_labels if is_reward_model else num_labels
         config.pad_token_id = tokenizer.pad_token_id
         config.problem_type = "regression"
+        fuse_activations(config)
         model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"model directory '{path}': cannot load as a reward model ({str(exc).splitlines()[0]})") from None
