@@ -14,6 +14,7 @@ import torch
 
 from .data.records import PromptValue
 from .data.tokenize import Encoder, pad_left
+from .decode import LeanDecoder
 from .losses import entropy_from_logits
 from .train import console, progress_bar, response_logits
 
@@ -101,7 +102,11 @@ def generate(
     elif group > 1:  # a cache that cannot be copied row-wise: every row forward after all
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **keep)
         past, logits = out.past_key_values, out.logits[:, -1].float()
-    can_drop = hasattr(past, "batch_select_indices")
+    # Decoding through the model's layers with a preallocated cache where the architecture allows (rlhfkit.decode).
+    lean = LeanDecoder.attach(model, past, attention_mask, max_new_tokens - 1) if max_new_tokens > 1 else None
+    if lean is not None:
+        out = past = None  # the prefill's cache now lives in the lean decoder's buffers
+    can_drop = lean is not None or hasattr(past, "batch_select_indices")
     next_pos = position_ids[:, -1:] + 1
     mask = attention_mask
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
@@ -133,12 +138,15 @@ def generate(
         if can_drop and int((~live).sum()) * 8 >= len(live):
             # Drop ended rows once they are an eighth of the cache: fewer rows for every later step.
             index = live.nonzero().squeeze(1)
-            past.batch_select_indices(index)
+            lean.select(index) if lean is not None else past.batch_select_indices(index)
             rows, live, token, mask, next_pos = rows[index], live[index], token[index], mask[index], next_pos[index]
         token = torch.where(live, token, torch.full_like(token, pad_id))
-        mask = torch.cat([mask, live[:, None].to(mask.dtype)], 1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1].float()
+        if lean is not None:
+            logits = lean.step(token, next_pos, live)
+        else:
+            mask = torch.cat([mask, live[:, None].to(mask.dtype)], 1)
+            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[:, -1].float()
         next_pos = next_pos + 1
     response_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
     return Rollout(
