@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from rlhfkit.data.tokenize import pack_rows, pad_sequences
+from rlhfkit.data.tokenize import pack_rows, pack_width, pad_sequences
 from rlhfkit.losses import sequence_logps
 from rlhfkit.models.tiny import ARCHS, build_tiny
 from rlhfkit.stages.reward import score_sequences
@@ -35,12 +35,15 @@ def padded_logps(model, prompts, responses):
     return sequence_logps(logits[:, :-1], b["input_ids"][:, 1:], b["response_mask"][:, 1:])
 
 
-def test_pack_rows_places_every_sequence_once_with_restarting_positions():
-    seqs = [[7] * n for n in (9, 2, 5, 3, 1, 4, 8)]
-    packed = pack_rows(seqs, PAD)
+@pytest.mark.parametrize("attention_cost", [None, 1e-3])
+def test_pack_rows_places_every_sequence_once_with_restarting_positions(attention_cost):
+    seqs = [[7 + i] * n for i, n in enumerate((9, 2, 5, 3, 1, 4, 8, 7, 6, 6))]
+    packed = pack_rows(seqs, PAD, attention_cost)
     ids, pos = packed["input_ids"], packed["position_ids"]
     width = max(map(len, seqs))
-    assert ids.shape[1] == width and ids.shape[0] < len(seqs)  # short sequences share rows
+    assert ids.shape[1] >= width and ids.shape[0] < len(seqs)  # short sequences share rows
+    if attention_cost is None:
+        assert ids.shape[1] == width
     used = torch.zeros_like(ids, dtype=torch.bool)
     for i, s in enumerate(seqs):
         r, start = packed["row"][i], packed["start"][i]
@@ -51,17 +54,47 @@ def test_pack_rows_places_every_sequence_once_with_restarting_positions():
     assert used.sum().item() == sum(map(len, seqs))
 
 
+def test_rows_are_widened_only_while_it_saves_more_padding_than_the_wider_attention_costs():
+    lengths = [117, 70, 60, 50, 45, 95, 30, 105]  # rows as wide as the longest: 6 rows, 81% real tokens
+    seqs = [[9] * n for n in lengths]
+    narrow = pack_rows(seqs, PAD)["input_ids"]
+    cheap = pack_rows(seqs, PAD, attention_cost=3e-4)["input_ids"]  # a 20M-parameter model's attention share
+    assert (cheap != PAD).sum() == (narrow != PAD).sum() == sum(lengths)
+    assert sum(lengths) / cheap.numel() > 0.9 > sum(lengths) / narrow.numel()  # real-token share through the matmuls
+    assert cheap.shape[1] <= 4 * max(lengths)
+    # when attention is dear, the rows stay as wide as the longest sequence
+    assert pack_rows(seqs, PAD, attention_cost=1.0)["input_ids"].shape == narrow.shape
+    assert pack_width(lengths, attention_cost=1.0) == max(lengths)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("packing")
     return {arch: build_tiny(arch, root / arch) for arch in ARCHS}
 
 
+@pytest.fixture(params=["longest", "widened"])
+def rows(request, monkeypatch):
+    """Rows as wide as the longest sequence (a model whose attention is dear), or widened to several sequences per
+    row (a model whose attention is cheap): the packed forward must be exact either way."""
+    import rlhfkit.train
+
+    cost = 1.0 if request.param == "longest" else 1e-6
+    monkeypatch.setattr(rlhfkit.train, "attention_cost", lambda backbone: cost)
+    return cost
+
+
+def check_width(seqs, cost):
+    width = pack_rows(seqs, PAD, cost)["input_ids"].shape[1]
+    assert width == max(map(len, seqs)) if cost == 1.0 else width > max(map(len, seqs))
+
+
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a in PACKABLE])
-def test_packed_log_probs_and_gradients_equal_the_padded_batch(models, arch):
+def test_packed_log_probs_and_gradients_equal_the_padded_batch(models, arch, rows):
     model = AutoModelForCausalLM.from_pretrained(models[arch])
     assert response_logits(model, [[5]], [[6]], PAD) is not None  # the packed path is the one under test
     prompts, responses = batch(1)
+    check_width([p + r for p, r in zip(prompts, responses)], rows)
     packed_sums, packed_counts = response_logps(model, prompts, responses, PAD)
     packed_sums.sum().backward()
     packed_grads = [p.grad.clone() for p in model.parameters()]
@@ -75,11 +108,12 @@ def test_packed_log_probs_and_gradients_equal_the_padded_batch(models, arch):
 
 
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a in PACKABLE])
-def test_packed_reward_scores_equal_the_models_own_forward(models, arch):
+def test_packed_reward_scores_equal_the_models_own_forward(models, arch, rows):
     model = AutoModelForSequenceClassification.from_pretrained(models[arch], num_labels=1).eval()
     assert decoder_parts(model, head="score") is not None
     prompts, responses = batch(2)
     seqs = [p + r for p, r in zip(prompts, responses)]
+    check_width(seqs, rows)
     got = score_sequences(model, seqs, PAD)
     ids = torch.full((len(seqs), max(map(len, seqs))), PAD)
     mask = torch.zeros_like(ids)

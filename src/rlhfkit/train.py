@@ -166,9 +166,26 @@ def decoder_parts(model: torch.nn.Module, head: str = "lm_head") -> tuple[torch.
     return (backbone, output) if backbone is not None and output is not None else None
 
 
+def attention_cost(backbone: torch.nn.Module) -> float:
+    """Attention work per token per key, relative to the linear layers' work per token (what `pack_rows` weighs
+    wider rows by): 4 * hidden FLOPs per layer (scores, weighted sum) against 2 per weight of every linear layer.
+    Computed once per module."""
+    cached = getattr(backbone, "_rlhfkit_attention_cost", None)
+    if cached is None:
+        from transformers.pytorch_utils import Conv1D
+
+        config = backbone.config
+        hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
+        layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+        weights = sum(m.weight.numel() for m in backbone.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
+        cached = 4 * hidden * layers / max(2 * weights, 1)
+        backbone._rlhfkit_attention_cost = cached
+    return cached
+
+
 def packed_hidden(backbone: torch.nn.Module, sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, list[int]]:
     """Last hidden states of packed `sequences`, flattened to [rows * width, hidden], and where each sequence starts."""
-    packed = pack_rows(sequences, pad_id)
+    packed = pack_rows(sequences, pad_id, attention_cost=attention_cost(backbone))
     device = next(backbone.parameters()).device
     hidden = backbone(input_ids=packed["input_ids"].to(device), position_ids=packed["position_ids"].to(device),
                       use_cache=False).last_hidden_state

@@ -121,22 +121,55 @@ def pad_left(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]
     return {"input_ids": input_ids, "attention_mask": attention}
 
 
-def pack_rows(sequences: list[list[int]], pad_id: int) -> dict:
-    """Sequences laid end to end in rows as wide as the longest one (first-fit decreasing), so that the matmuls see
-    almost no padding. Position ids restart at every sequence; with no attention mask, transformers reads the restarts
-    as sequence boundaries and attends only within each sequence. `row` and `start` say where sequence i lies; the
-    padding at a row's end gets positions 0, 1, ... of its own and is never read."""
-    width = max(len(s) for s in sequences)
-    free: list[int] = []  # room left in each row
-    row, start = [0] * len(sequences), [0] * len(sequences)
-    for i in sorted(range(len(sequences)), key=lambda i: -len(sequences[i])):
-        n = len(sequences[i])
+def _first_fit(lengths: list[int], width: int) -> tuple[list[int], list[int], list[int]]:
+    """First-fit decreasing into rows of `width`: (row of each sequence, its start, room left in each row)."""
+    free: list[int] = []
+    row, start = [0] * len(lengths), [0] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
         r = next((r for r, room in enumerate(free) if room >= n), None)
         if r is None:
             r = len(free)
             free.append(width)
         row[i], start[i] = r, width - free[r]
         free[r] -= n
+    return row, start, free
+
+
+def pack_width(lengths: list[int], attention_cost: float) -> int:
+    """The row width that makes packing cheapest. Rows as wide as the longest sequence leave the last rows part
+    empty; wider rows waste less, but every token of a row attends over the whole row (the block-diagonal mask
+    hides, but does not skip, the other sequences' keys). Cost of a packing: rows * width * (1 + attention_cost *
+    width), with attention_cost the attention work per token per key relative to the matmul work per token
+    (`train.attention_cost`). Candidates: the longest length, and for each row count the narrowest width that could
+    hold it (plus an eighth and a quarter of the longest, room for first-fit), up to 4x the longest."""
+    longest, total = max(lengths), sum(lengths)
+    candidates = {longest}
+    for rows in range(1, len(lengths) + 1):
+        width = -(-total // rows)  # the narrowest `rows` rows could be
+        if longest <= width <= 4 * longest:
+            candidates.update((width, width + longest // 8, width + longest // 4))
+    cost = lambda rows, width: rows * width * (1 + attention_cost * width)  # noqa: E731
+    best, best_cost = longest, cost(len(_first_fit(lengths, longest)[2]), longest)
+    # cheapest lower bound first (full rows); first-fit runs only where the bound can still win
+    for width in sorted(candidates, key=lambda w: cost(-(-total // w), w)):
+        if cost(-(-total // width), width) >= best_cost * 0.999:
+            break
+        c = cost(len(_first_fit(lengths, width)[2]), width)
+        if c < best_cost * 0.999 or (c <= best_cost * 1.001 and width < best):
+            best, best_cost = width, min(c, best_cost)
+    return best
+
+
+def pack_rows(sequences: list[list[int]], pad_id: int, attention_cost: float | None = None) -> dict:
+    """Sequences laid end to end in rows (first-fit decreasing), so that the matmuls see almost no padding. Rows are
+    as wide as the longest sequence, or, given `attention_cost`, as wide as `pack_width` finds cheapest. Position ids
+    restart at every sequence; with no attention mask, transformers reads the restarts as sequence boundaries and
+    attends only within each sequence. `row` and `start` say where sequence i lies; the padding at a row's end gets
+    positions 0, 1, ... of its own and is never read."""
+    lengths = [len(s) for s in sequences]
+    width = max(lengths) if attention_cost is None else pack_width(lengths, attention_cost)
+    row, start, free = _first_fit(lengths, width)
     input_ids = torch.full((len(free), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(free), width), dtype=torch.long)
     for i, seq in enumerate(sequences):
