@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for task, model in combos:
         row = {"task": task, "model": model, "hyper": hypers[(task, model)].__dict__}
+        plan = Plan(**entries[f"{task}/{model}"]["plan"])
+        if task in spec.TRAIN_TASKS and plan.padded_tokens_per_step:
+            row["padding_bound"] = sum(plan.padded_tokens_per_step) / sum(plan.tokens_per_step)
         for tool in spec.TOOLS:
             row[tool] = spec.combine(runs.get((task, model, tool), [])) if (task, model, tool) in runs else {}
         k, t = row["rlhfkit"], row["trl"]

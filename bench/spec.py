@@ -321,6 +321,9 @@ def goals(rows: list[dict]) -> list[str]:
             x = ratio(k.get("samples_per_s"), t.get("samples_per_s"))
             ok = x is not None and x >= 1.5
             out.append(f"- {r['task']} / {r['model']}: step throughput {fmt(x, '.2f')}x TRL's (goal >= 1.5x): {'met' if ok else 'NOT met'}")
+            if r.get("padding_bound"):
+                out.append(f"  padding bound {r['padding_bound']:.2f}x: TRL's padded batches are {100 / r['padding_bound']:.0f}% real "
+                           "tokens, so removing all padding, at the same time per token, is worth this much")
         else:
             x = ratio(k.get("step_s"), t.get("step_s"))
             ok = x is not None and x <= 0.5

@@ -53,6 +53,8 @@ def test_rates_ratios_and_goals_in_the_table():
     assert "**2.00x**" in table and "10.0% / 5.0%" in table and "| sft | default |" in table
     goals = "\n".join(spec.goals([row]))
     assert "2.00x TRL's (goal >= 1.5x): met" in goals and "(goal <= 1.0): met" in goals
+    # TRL's batches 500 real tokens in 800: removing all padding is worth at most 1.6x at the same time per token
+    assert "padding bound 1.60x: TRL's padded batches are 62% real tokens" in "\n".join(spec.goals([{**row, "padding_bound": 1.6}]))
 
 
 def test_section_is_replaced_and_other_sections_kept():
