@@ -230,13 +230,19 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
 
         opener = gzip.open  # type: ignore[assignment]
     with opener(path, "rt", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        yield from jsonl_lines(handle, str(path))
+
+
+def jsonl_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) for each non-blank line of JSONL text; broken JSON is a DataError naming
+    `source` and the line."""
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{source}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
 
 
 def load_records(path: str | Path, kind: str) -> list[Record]:

@@ -40,7 +40,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from ...config import Strict
-from ...data.records import PreferencePair, _common, _prompt, _response, _type_name, _Where, parse_record
+from ...data.records import PreferencePair, _common, _prompt, _response, _type_name, _Where, jsonl_lines, parse_record
 from ...errors import DataError
 from ..agreement import _choice, _identifier, agreement_report, cohen_kappa, percent_agreement
 from .db import AnnotateError
@@ -197,13 +197,7 @@ def override_calibration(s: Session, project: Project, name: str, admin: str, re
 
 def jsonl_text_rows(text: str, source: str) -> Iterator[tuple[int, Any]]:
     """(line number, value) for each non-blank line of uploaded JSONL text; broken JSON is a DataError, as in read_jsonl."""
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{source}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    return jsonl_lines(text.splitlines(), source)
 
 
 @dataclass
