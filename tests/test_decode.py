@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 from rlhfkit import rollout
 from rlhfkit.decode import LeanDecoder
+from rlhfkit.rollout import cache_kwarg, cache_of
 from rlhfkit.models.tiny import build_tiny
 
 PAD, EOS = 1, 0
@@ -44,9 +45,9 @@ def test_lean_steps_give_the_logits_of_the_models_forward(arch, tmp_path):
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
-        lean = LeanDecoder.attach(model, out.past_key_values, mask, 6)
+        lean = LeanDecoder.attach(model, cache_of(out), mask, 6)
         assert lean is not None
-        past, hf_mask, next_pos = out.past_key_values, mask, position[:, -1:] + 1
+        past, hf_mask, next_pos = cache_of(out), mask, position[:, -1:] + 1
         g = torch.Generator().manual_seed(1)
         live = torch.ones(4, dtype=torch.bool)
         for step in range(6):
@@ -55,8 +56,8 @@ def test_lean_steps_give_the_logits_of_the_models_forward(arch, tmp_path):
                 live[1] = False  # row 1 ended: from now on its tokens are padding and masked out
             tokens = torch.where(live, tokens, torch.full_like(tokens, PAD))
             hf_mask = torch.cat([hf_mask, live[:, None].long()], 1)
-            out = model(input_ids=tokens[:, None], attention_mask=hf_mask, position_ids=next_pos, past_key_values=past, use_cache=True)
-            past, expected = out.past_key_values, out.logits[:, -1].float()
+            out = model(input_ids=tokens[:, None], attention_mask=hf_mask, position_ids=next_pos, use_cache=True, **{cache_kwarg(model): past})
+            past, expected = cache_of(out), out.logits[:, -1].float()
             got = lean.step(tokens, next_pos, live)
             torch.testing.assert_close(got[live], expected[live], atol=2e-5, rtol=1e-4)
             next_pos = next_pos + 1
@@ -115,7 +116,7 @@ def test_variants_it_does_not_reproduce_decode_through_the_model(tmp_path, monke
     for model in (gpt2, mistral, phi):
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, use_cache=True)
-        assert LeanDecoder.attach(model, out.past_key_values, mask, 10) is None
+        assert LeanDecoder.attach(model, cache_of(out), mask, 10) is None
     # and sampling still works for them, through the model's forward
     result = sampled(phi, ids, mask, True, monkeypatch, max_new_tokens=6)
     assert result.response_ids.shape == (2, result.response_mask.shape[1])

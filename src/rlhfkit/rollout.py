@@ -68,6 +68,19 @@ def _takes_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
+def cache_kwarg(model) -> str:
+    """The forward's name for the KV cache: `cache` in transformers >= 5.24 (`past_key_values` is deprecated there
+    and goes in 5.40), `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def cache_of(out):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _group_size(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
     """The largest k such that the rows come in runs of k identical prompts (1 when they do not)."""
     n = input_ids.shape[0]
@@ -95,18 +108,19 @@ def generate(
     # A prompt repeated in `group` consecutive rows (GRPO/RLOO groups) is run forward once; its cache is then copied.
     out = model(input_ids=input_ids[::group], attention_mask=attention_mask[::group], position_ids=position_ids[::group],
                 use_cache=True, **keep)
-    past, logits = out.past_key_values, out.logits[:, -1].float()
+    past, logits = cache_of(out), out.logits[:, -1].float()
     if group > 1 and hasattr(past, "batch_repeat_interleave"):
         past.batch_repeat_interleave(group)
         logits = logits.repeat_interleave(group, dim=0)
     elif group > 1:  # a cache that cannot be copied row-wise: every row forward after all
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **keep)
-        past, logits = out.past_key_values, out.logits[:, -1].float()
+        past, logits = cache_of(out), out.logits[:, -1].float()
     # Decoding through the model's layers with a preallocated cache where the architecture allows (rlhfkit.decode).
     lean = LeanDecoder.attach(model, past, attention_mask, max_new_tokens - 1) if max_new_tokens > 1 else None
     if lean is not None:
         out = past = None  # the prefill's cache now lives in the lean decoder's buffers
     can_drop = lean is not None or hasattr(past, "batch_select_indices")
+    cache_name = cache_kwarg(model)
     next_pos = position_ids[:, -1:] + 1
     mask = attention_mask
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
@@ -145,8 +159,8 @@ def generate(
             logits = lean.step(token, next_pos, live)
         else:
             mask = torch.cat([mask, live[:, None].to(mask.dtype)], 1)
-            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[:, -1].float()
+            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_name: past})
+            past, logits = cache_of(out), out.logits[:, -1].float()
         next_pos = next_pos + 1
     response_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
     return Rollout(
