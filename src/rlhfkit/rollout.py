@@ -152,7 +152,10 @@ def generate(
         if can_drop and int((~live).sum()) * 8 >= len(live):
             # Drop ended rows once they are an eighth of the cache: fewer rows for every later step.
             index = live.nonzero().squeeze(1)
-            lean.select(index) if lean is not None else past.batch_select_indices(index)
+            if lean is not None:
+                lean.select(index)
+            else:
+                past.batch_select_indices(index)
             rows, live, token, mask, next_pos = rows[index], live[index], token[index], mask[index], next_pos[index]
         token = torch.where(live, token, torch.full_like(token, pad_id))
         if lean is not None:
