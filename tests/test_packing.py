@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from rlhfkit.data.tokenize import pack_rows, pack_width, pad_sequences
+from rlhfkit.data.tokenize import MAX_PACK_WIDTH, pack_rows, pack_width, pad_sequences
 from rlhfkit.losses import sequence_logps
 from rlhfkit.models.tiny import ARCHS, build_tiny
 from rlhfkit.stages.reward import score_sequences
@@ -65,6 +65,9 @@ def test_rows_are_widened_only_while_it_saves_more_padding_than_the_wider_attent
     # when attention is dear, the rows stay as wide as the longest sequence
     assert pack_rows(seqs, PAD, attention_cost=1.0)["input_ids"].shape == narrow.shape
     assert pack_width(lengths, attention_cost=1.0) == max(lengths)
+    # long sequences: rows are never widened past MAX_PACK_WIDTH (the mask grows with the square of the width)
+    assert pack_width([1500, 1400, 300, 200, 100, 1900], attention_cost=1e-6) <= MAX_PACK_WIDTH
+    assert pack_width([3000, 100, 200], attention_cost=1e-6) == 3000
 
 
 @pytest.fixture(scope="module")

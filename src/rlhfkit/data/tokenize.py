@@ -136,19 +136,24 @@ def _first_fit(lengths: list[int], width: int) -> tuple[list[int], list[int], li
     return row, start, free
 
 
+MAX_PACK_WIDTH = 2048  # rows are widened up to this (or the longest sequence, if longer)
+
+
 def pack_width(lengths: list[int], attention_cost: float) -> int:
     """The row width that makes packing cheapest. Rows as wide as the longest sequence leave the last rows part
     empty; wider rows waste less, but every token of a row attends over the whole row (the block-diagonal mask
     hides, but does not skip, the other sequences' keys). Cost of a packing: rows * width * (1 + attention_cost *
     width), with attention_cost the attention work per token per key relative to the matmul work per token
     (`train.attention_cost`). Candidates: the longest length, and for each row count the narrowest width that could
-    hold it (plus an eighth and a quarter of the longest, room for first-fit), up to 4x the longest."""
+    hold it (plus an eighth and a quarter of the longest, room for first-fit), up to 4x the longest and at most
+    MAX_PACK_WIDTH (the attention mask grows with the square of the width)."""
     longest, total = max(lengths), sum(lengths)
     candidates = {longest}
+    widest = min(4 * longest, max(longest, MAX_PACK_WIDTH))
     for rows in range(1, len(lengths) + 1):
         width = -(-total // rows)  # the narrowest `rows` rows could be
-        if longest <= width <= 4 * longest:
-            candidates.update((width, width + longest // 8, width + longest // 4))
+        if longest <= width <= widest:
+            candidates.update(w for w in (width, width + longest // 8, width + longest // 4) if w <= widest)
     cost = lambda rows, width: rows * width * (1 + attention_cost * width)  # noqa: E731
     best, best_cost = longest, cost(len(_first_fit(lengths, longest)[2]), longest)
     # cheapest lower bound first (full rows); first-fit runs only where the bound can still win
