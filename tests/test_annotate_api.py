@@ -641,3 +641,106 @@ def test_pages_are_served_without_secrets(app_harness):
         response = h.client.get(path)
         assert response.status_code == 200, path
     assert "Response A" in h.client.get("/annotate/p1").text
+
+
+# The queue's original one-query form: every main pair counted on every request. The incremental form in
+# service._main_queue must pick the same pair and count the same number of open pairs in every state.
+REFERENCE_QUEUE = """
+WITH per_choice AS (
+    SELECT j.pair_id, COUNT(*) AS n FROM judgments j JOIN annotators a ON a.id = j.annotator_id
+    WHERE j.project_id = :project AND a.kind = 'human' GROUP BY j.pair_id, j.choice),
+tally AS (SELECT pair_id, SUM(n) AS votes, MAX(n) AS top FROM per_choice GROUP BY pair_id),
+pending AS (
+    SELECT pair_id, COUNT(*) AS open FROM assignments
+    WHERE project_id = :project AND done = :no AND phase = 'main' GROUP BY pair_id),
+counted AS (
+    SELECT p.id, p.margin, COALESCE(t.votes, 0) AS votes, COALESCE(t.top, 0) AS top,
+           COALESCE(t.votes, 0) + COALESCE(o.open, 0) AS taken,
+           CASE WHEN p.margin IS NOT NULL AND ABS(p.margin) < CAST(:margin_below AS DOUBLE PRECISION)
+                THEN :overlap + 1 ELSE :overlap END AS base
+    FROM pairs p LEFT JOIN tally t ON t.pair_id = p.id LEFT JOIN pending o ON o.pair_id = p.id
+    WHERE p.project_id = :project AND p.role = 'main'
+      AND p.id NOT IN (SELECT pair_id FROM assignments WHERE annotator_id = :annotator)),
+wanted AS (
+    SELECT id, margin, votes, top, taken,
+           CASE WHEN votes > 0 AND votes >= base AND top < CAST(:dispute_below AS DOUBLE PRECISION) * votes THEN votes + 1 ELSE base END AS wants
+    FROM counted)
+SELECT id, COUNT(*) OVER () AS candidates FROM wanted
+WHERE taken < CASE WHEN wants > :max_judgments THEN :max_judgments ELSE wants END
+ORDER BY CASE WHEN taken < :overlap THEN 0 ELSE 1 END,
+         CASE WHEN taken < :overlap THEN -taken WHEN votes > 0 THEN CAST(top AS REAL) / votes ELSE 1.0 END,
+         COALESCE(ABS(margin), 1e30), id
+LIMIT 1
+"""
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_queue_counts_only_touched_pairs_and_picks_what_counting_every_pair_picks(seed, tmp_path):
+    import random
+
+    from sqlalchemy import select, text
+
+    from rlhfkit.feedback.annotate import service
+    from rlhfkit.feedback.annotate.models import Annotator, Assignment, Judgment, Pair
+
+    rng = random.Random(seed)
+    database = open_database(str(tmp_path / "q.sqlite"), create=True)
+    with database.session() as s:
+        overlap = rng.randint(1, 3)
+        settings = service.ProjectSettings(name="q", overlap=overlap, max_judgments=overlap + rng.randint(0, 2),
+                                           margin_below=rng.choice([None, 0.3]), dispute_below=rng.choice([0.6, 0.9]))
+        project = service.create_project(s, settings)
+        n = rng.randint(5, 40)
+        rows = [(i, {"id": f"p{i}", "prompt": f"P{i}", "response_a": "A", "response_b": "B",
+                     **({"reward_margin": round(rng.uniform(-1, 1), 3)} if rng.random() < 0.4 else {})}) for i in range(n)]
+        service.import_pairs(s, project, rows, "pairs.jsonl")
+        humans = [service.invite(s, project, f"h{i}")[0] for i in range(6)]
+        machine = Annotator(project_id=project.id, name="judge", kind="ai")
+        s.add(machine)
+        s.flush()
+        pairs = list(s.scalars(select(Pair.id).where(Pair.project_id == project.id, Pair.role == "main")))
+        for pair_id in rng.sample(pairs, k=rng.randint(0, len(pairs))):  # some pairs get judgments and open assignments
+            for annotator in rng.sample(humans, k=rng.randint(1, 4)):
+                done = rng.random() < 0.75
+                assignment = Assignment(project_id=project.id, pair_id=pair_id, annotator_id=annotator.id, phase="main",
+                                        shown_first="a", done=done)
+                s.add(assignment)
+                s.flush()
+                if done:
+                    s.add(Judgment(project_id=project.id, pair_id=pair_id, annotator_id=annotator.id, assignment_id=assignment.id,
+                                   choice=rng.choice(["a", "b", "tie"]), shown_first="a"))
+            if rng.random() < 0.3:  # machine judgments do not count towards the overlap
+                s.add(Judgment(project_id=project.id, pair_id=pair_id, annotator_id=machine.id, choice=rng.choice(["a", "b"])))
+        s.flush()
+        params = {"project": project.id, "no": False, "overlap": project.overlap, "max_judgments": project.max_judgments,
+                  "dispute_below": project.dispute_below, "margin_below": project.margin_below}
+        for annotator in humans:
+            expected = s.execute(text(REFERENCE_QUEUE), {**params, "annotator": annotator.id}).first()
+            assert service._main_queue(s, project, annotator) == ((expected[0], expected[1]) if expected else (None, 0))
+    database.close()
+
+
+def test_fresh_pairs_come_before_extra_judgments_of_dynamic_sampling(tmp_path):
+    """overlap 1, and a low-margin pair wants a second judgment: a second annotator gets the untouched pairs first,
+    and the low-margin pair's extra judgment only once nothing untouched is left."""
+    from rlhfkit.feedback.annotate import service
+
+    database = open_database(str(tmp_path / "d.sqlite"), create=True)
+    with database.session() as s:
+        project = service.create_project(s, service.ProjectSettings(name="d", overlap=1, margin_below=0.5, anchor_rate=0.0))
+        rows = [(1, {"id": "low", "prompt": "P0", "response_a": "A", "response_b": "B", "reward_margin": 0.1}),
+                (2, {"id": "x", "prompt": "P1", "response_a": "A", "response_b": "B"}),
+                (3, {"id": "y", "prompt": "P2", "response_a": "A", "response_b": "B"})]
+        service.import_pairs(s, project, rows, "pairs.jsonl")
+        first, second = service.invite(s, project, "first")[0], service.invite(s, project, "second")[0]
+
+        def label(annotator) -> str:
+            view = service.next_assignment(s, project, annotator)["assignment"]
+            service.submit_judgment(s, project, annotator, view["id"], "left")
+            return view["prompt"]
+
+        assert label(first) == "P0"  # the low-margin pair leads the untouched ones (|margin| first)
+        assert [label(second), label(second)] == ["P1", "P2"]  # untouched pairs before P0's extra judgment
+        assert label(second) == "P0"  # then the extra judgment the low margin asks for
+        assert service.next_assignment(s, project, second)["state"] == "done"
+    database.close()

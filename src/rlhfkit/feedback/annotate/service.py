@@ -458,13 +458,19 @@ def assignment_view(assignment: Assignment, pair: Pair, project: Project) -> dic
             "done": assignment.done}
 
 
-# Main pairs an annotator may get next, best first, in one query (the counting happens in the database).
-# A pair wants `overlap` human judgments, or overlap + 1 when its reward margin |r(a) - r(b)| is under
-# `margin_below`; once it has that many, it wants one more while its most common choice has less than
-# `dispute_below` of the votes; never more than `max_judgments`. Open assignments count as judgments to come.
-# Order: pairs short of `overlap` first (those closest to it first, so pairs get finished), then the extra
-# judgments of dynamic sampling (most disputed first, then least confident margin), then import order.
-CANDIDATES = """
+# Main pairs an annotator may get next, best first. A pair wants `overlap` human judgments, or overlap + 1 when its
+# reward margin |r(a) - r(b)| is under `margin_below`; once it has that many, it wants one more while its most
+# common choice has less than `dispute_below` of the votes; never more than `max_judgments`. Open assignments
+# count as judgments to come. Order: pairs short of `overlap` first (those closest to it first, so pairs get
+# finished), then the extra judgments of dynamic sampling (most disputed first, then least confident margin), then
+# import order.
+#
+# The counting is done in the database, and only over "touched" pairs: those with a human judgment or an open main
+# assignment. An untouched pair always wants more (overlap >= 1), ranks after every touched pair short of `overlap`
+# and before every touched pair past it, and among untouched pairs the order is (|margin|, import order). So the
+# best untouched pair is one indexed lookup, and the work per request grows with the judgments made, not with the
+# size of the project.
+_TOUCHED = """
 WITH per_choice AS (
     SELECT j.pair_id, COUNT(*) AS n FROM judgments j JOIN annotators a ON a.id = j.annotator_id
     WHERE j.project_id = :project AND a.kind = 'human' GROUP BY j.pair_id, j.choice),
@@ -472,19 +478,23 @@ tally AS (SELECT pair_id, SUM(n) AS votes, MAX(n) AS top FROM per_choice GROUP B
 pending AS (
     SELECT pair_id, COUNT(*) AS open FROM assignments
     WHERE project_id = :project AND done = :no AND phase = 'main' GROUP BY pair_id),
+touched AS (SELECT pair_id FROM tally UNION SELECT pair_id FROM pending)
+"""
+
+CANDIDATES = _TOUCHED + """,
 counted AS (
     SELECT p.id, p.margin, COALESCE(t.votes, 0) AS votes, COALESCE(t.top, 0) AS top,
            COALESCE(t.votes, 0) + COALESCE(o.open, 0) AS taken,
            CASE WHEN p.margin IS NOT NULL AND ABS(p.margin) < CAST(:margin_below AS DOUBLE PRECISION)
                 THEN :overlap + 1 ELSE :overlap END AS base
-    FROM pairs p LEFT JOIN tally t ON t.pair_id = p.id LEFT JOIN pending o ON o.pair_id = p.id
+    FROM touched x JOIN pairs p ON p.id = x.pair_id LEFT JOIN tally t ON t.pair_id = p.id LEFT JOIN pending o ON o.pair_id = p.id
     WHERE p.project_id = :project AND p.role = 'main'
       AND p.id NOT IN (SELECT pair_id FROM assignments WHERE annotator_id = :annotator)),
 wanted AS (
     SELECT id, margin, votes, top, taken,
            CASE WHEN votes > 0 AND votes >= base AND top < CAST(:dispute_below AS DOUBLE PRECISION) * votes THEN votes + 1 ELSE base END AS wants
     FROM counted)
-SELECT id, COUNT(*) OVER () AS candidates FROM wanted
+SELECT id, taken, COUNT(*) OVER () AS candidates FROM wanted
 WHERE taken < CASE WHEN wants > :max_judgments THEN :max_judgments ELSE wants END
 ORDER BY CASE WHEN taken < :overlap THEN 0 ELSE 1 END,
          CASE WHEN taken < :overlap THEN -taken WHEN votes > 0 THEN CAST(top AS REAL) / votes ELSE 1.0 END,
@@ -492,13 +502,42 @@ ORDER BY CASE WHEN taken < :overlap THEN 0 ELSE 1 END,
 LIMIT 1
 """
 
+# Main pairs this annotator cannot get as untouched ones: touched, or already theirs.
+EXCLUDED = _TOUCHED + """
+SELECT COUNT(*) FROM (SELECT pair_id FROM touched UNION SELECT pair_id FROM assignments WHERE annotator_id = :annotator) x
+JOIN pairs p ON p.id = x.pair_id WHERE p.project_id = :project AND p.role = 'main'
+"""
+
+# The first untouched main pair in `order`, restricted by `which` (pairs with a margin, by |margin|; then the rest,
+# in import order, which walks the primary key and stops at the first hit).
+UNTOUCHED = """
+SELECT p.id FROM pairs p
+WHERE p.project_id = :project AND p.role = 'main' AND {which}
+  AND NOT EXISTS (SELECT 1 FROM judgments j JOIN annotators a ON a.id = j.annotator_id
+                  WHERE j.project_id = :project AND j.pair_id = p.id AND a.kind = 'human')
+  AND NOT EXISTS (SELECT 1 FROM assignments x WHERE x.pair_id = p.id
+                  AND ((x.done = :no AND x.phase = 'main') OR x.annotator_id = :annotator))
+ORDER BY {order}
+LIMIT 1
+"""
+
 
 def _main_queue(s: Session, project: Project, annotator: Annotator) -> tuple[int | None, int]:
     """(the best main pair for this annotator or None, how many main pairs are open to them)."""
-    row = s.execute(text(CANDIDATES), {"project": project.id, "annotator": annotator.id, "no": False, "overlap": project.overlap,
-                                       "max_judgments": project.max_judgments, "dispute_below": project.dispute_below,
-                                       "margin_below": project.margin_below}).first()
-    return (None, 0) if row is None else (row[0], row[1])
+    params = {"project": project.id, "annotator": annotator.id, "no": False, "overlap": project.overlap,
+              "max_judgments": project.max_judgments, "dispute_below": project.dispute_below, "margin_below": project.margin_below}
+    touched = s.execute(text(CANDIDATES), params).first()
+    total = s.scalar(select(func.count()).select_from(Pair).where(Pair.project_id == project.id, Pair.role == "main"))
+    untouched = total - s.scalar(text(EXCLUDED), params)
+    count = untouched + (touched[2] if touched else 0)
+    if touched is not None and touched[1] < project.overlap:
+        return touched[0], count  # a pair already under way and short of its overlap comes first
+    if untouched:
+        for which, order in (("p.margin IS NOT NULL", "ABS(p.margin), p.id"), ("p.margin IS NULL", "p.id")):
+            best = s.scalar(text(UNTOUCHED.format(which=which, order=order)), params)
+            if best is not None:
+                return best, count
+    return (touched[0] if touched else None), count
 
 
 def _anchor_slot(project: Project, annotator: Annotator, position: int) -> bool:
