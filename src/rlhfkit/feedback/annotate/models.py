@@ -54,7 +54,9 @@ class Project(Base):
 
 class Pair(Base):
     __tablename__ = "pairs"
-    __table_args__ = (UniqueConstraint("project_id", "external_id", name="uq_pairs_project_external_id"),)
+    # (project, role, margin): the queue counts a project's main pairs and finds those with a margin by this index
+    __table_args__ = (UniqueConstraint("project_id", "external_id", name="uq_pairs_project_external_id"),
+                      Index("ix_pairs_project_role_margin", "project_id", "role", "margin"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     external_id: Mapped[str] = mapped_column(String(200))
