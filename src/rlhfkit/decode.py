@@ -20,11 +20,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from .models.loading import base_model
+
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
-
-
-def _base(model):
-    return model.get_base_model() if hasattr(model, "peft_config") else model
 
 
 def _supported(base, total_len: int) -> bool:
@@ -58,7 +56,7 @@ class LeanDecoder:
     def attach(cls, model, cache, attention_mask: torch.Tensor, new_tokens: int) -> "LeanDecoder | None":
         """Take over decoding after a prefill: copy the prefill's cache (rows aligned with `attention_mask`) into
         buffers with room for `new_tokens` more positions. None when this model or cache cannot take the lean path."""
-        base = _base(model)
+        base = base_model(model)
         prompt_len = attention_mask.shape[1]
         layers = getattr(cache, "layers", None)
         if not _supported(base, prompt_len + new_tokens) or not layers:

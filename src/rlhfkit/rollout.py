@@ -15,6 +15,7 @@ import torch
 from .data.records import PromptValue
 from .data.tokenize import Encoder, pad_left
 from .decode import LeanDecoder
+from .models.loading import base_model
 from .losses import entropy_from_logits
 from .train import console, progress_bar, response_logits
 
@@ -64,14 +65,14 @@ def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None = None)
 
 
 def _takes_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def cache_kwarg(model) -> str:
     """The forward's name for the KV cache: `cache` in transformers >= 5.24 (`past_key_values` is deprecated there
     and goes in 5.40), `past_key_values` before."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 

@@ -18,6 +18,7 @@ import torch
 
 from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import ConfigError
+from .models.loading import base_model
 from .train import check_finite, console, forever
 
 
@@ -121,7 +122,7 @@ def prepare(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Opt
     """Gradient checkpointing if asked, then hand model and optimiser to accelerate together (DDP, or FSDP / DeepSpeed
     from the launcher's config, all need both at once). The scheduler stays ours: it steps once per optimizer step."""
     if config.gradient_checkpointing:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         if not getattr(base, "supports_gradient_checkpointing", False):
             raise ConfigError(f"gradient_checkpointing: {type(base).__name__} does not support it; set gradient_checkpointing=false")
         # non-reentrant checkpointing also works when the inputs need no grad (LoRA on a frozen embedding)

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .data.tokenize import pack_rows, pad_sequences
 from .errors import TrainingError
+from .models.loading import base_model
 from .losses import sequence_logps
 
 console = Console(stderr=True)
@@ -156,7 +157,7 @@ def decoder_parts(model: torch.nn.Module, head: str = "lm_head") -> tuple[torch.
     """(backbone, output layer) of a plain or LoRA-wrapped decoder in PACKABLE, else None (wrapped for DDP/FSDP, an
     encoder, or an architecture that post-processes its logits): the caller then runs the whole model on a padded batch.
     `head` is "lm_head" for a causal LM, "score" for a reward model."""
-    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    base = base_model(model)
     from transformers import PreTrainedModel
 
     if not isinstance(base, PreTrainedModel) or getattr(base.config, "model_type", None) not in PACKABLE:

@@ -183,6 +183,11 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
+def base_model(model):
+    """The transformers model inside a LoRA (peft) wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True) -> Path:
     """Save a plain HF directory atomically: write into a temporary folder, then rename it into place."""
     out_dir = Path(out_dir)
