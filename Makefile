@@ -21,6 +21,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/test-setup.sh
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 # rlhfkit against TRL (pinned, in its own bench/.venv-trl): tables into BENCHMARKS.md. Not part of `make test`.

@@ -34,12 +34,35 @@ def prepare(db: str, annotators: int, pairs: int, overlap: int) -> list[str]:
     """A project 'bench' with `pairs` main pairs, 5 anchors and one token per annotator (no calibration round)."""
     database = open_database(db, create=True)
     with database.session() as s:
-        project = service.create_project(s, service.ProjectSettings(name="bench", overlap=overlap, anchor_rate=0.1, batch_size=10))
-        rows = [(i, {"id": f"p{i}", "prompt": f"We stayed at hotel {i} last week.", "response_a": f"Lovely stay {i}, kind staff.",
-                     "response_b": f"Awful stay {i}, dirty room."}) for i in range(1, pairs + 1)]
+        project = service.create_project(
+            s, service.ProjectSettings(name="bench", overlap=overlap, anchor_rate=0.1, batch_size=10)
+        )
+        rows = [
+            (
+                i,
+                {
+                    "id": f"p{i}",
+                    "prompt": f"We stayed at hotel {i} last week.",
+                    "response_a": f"Lovely stay {i}, kind staff.",
+                    "response_b": f"Awful stay {i}, dirty room.",
+                },
+            )
+            for i in range(1, pairs + 1)
+        ]
         service.import_pairs(s, project, rows, "bench-pairs.jsonl")
-        anchors = [(i, {"id": f"anchor{i}", "prompt": f"Anchor {i}.", "response_a": "Clear and kind.", "response_b": "Rude.", "answer": "a"})
-                   for i in range(1, 6)]
+        anchors = [
+            (
+                i,
+                {
+                    "id": f"anchor{i}",
+                    "prompt": f"Anchor {i}.",
+                    "response_a": "Clear and kind.",
+                    "response_b": "Rude.",
+                    "answer": "a",
+                },
+            )
+            for i in range(1, 6)
+        ]
         service.import_pairs(s, project, anchors, "bench-anchors.jsonl", role="anchor")
         tokens = [service.invite(s, project, f"sim-{i:02d}")[1] for i in range(annotators)]
         s.commit()
@@ -101,30 +124,44 @@ def check_store(db: str, acks: dict) -> dict:
     """Acknowledged judgments missing from the store, and rows that should not be there."""
     database = open_database(db)
     with database.session() as s:
-        rows = s.execute(select(Judgment.id, Judgment.assignment_id).join(Annotator, Annotator.id == Judgment.annotator_id)
-                         .where(Annotator.kind == "human")).all()
-        per_assignment = dict(s.execute(select(Judgment.assignment_id, func.count()).group_by(Judgment.assignment_id)
-                                        .having(func.count() > 1)).all())
+        rows = s.execute(
+            select(Judgment.id, Judgment.assignment_id)
+            .join(Annotator, Annotator.id == Judgment.annotator_id)
+            .where(Annotator.kind == "human")
+        ).all()
+        per_assignment = dict(
+            s.execute(
+                select(Judgment.assignment_id, func.count()).group_by(Judgment.assignment_id).having(func.count() > 1)
+            ).all()
+        )
     database.close()
     stored = {assignment_id: judgment_id for judgment_id, assignment_id in rows}
     lost = [a for a, ack in acks.items() if stored.get(a) != ack["judgment_id"]]
-    return {"rows": len(rows), "lost": len(lost), "duplicated": len(per_assignment) + max(0, len(rows) - len(stored)),
-            "unacknowledged_rows": len(set(stored) - set(acks))}
+    return {
+        "rows": len(rows),
+        "lost": len(lost),
+        "duplicated": len(per_assignment) + max(0, len(rows) - len(stored)),
+        "unacknowledged_rows": len(set(stored) - set(acks)),
+    }
 
 
 def report(args, stats: dict, store: dict) -> str:
     ms = 1000.0
     lines = [
-        f"{args.annotators} simulated annotators, {stats['seconds']:.1f} s, {args.db_kind}, think time {args.think_ms} ms; "
-        f"{os.cpu_count()} CPUs, load average {args.load_before:.2f} just before the run (server and clients share them)",
+        f"{args.annotators} simulated annotators, {stats['seconds']:.1f} s, {args.db_kind}, think time "
+        f"{args.think_ms} ms; "
+        f"{os.cpu_count()} CPUs, load average {args.load_before:.2f} just before the run (server and clients share "
+        "them)",
         "",
         "| operation | requests | p50 ms | p95 ms | p99 ms | per second |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, label in (("next", "fetch next"), ("submit", "submit judgment")):
         values = stats[name]
-        lines.append(f"| {label} | {len(values)} | {percentile(values, 0.5) * ms:.1f} | {percentile(values, 0.95) * ms:.1f} | "
-                     f"{percentile(values, 0.99) * ms:.1f} | {len(values) / stats['seconds']:.1f} |")
+        lines.append(
+            f"| {label} | {len(values)} | {percentile(values, 0.5) * ms:.1f} | {percentile(values, 0.95) * ms:.1f} | "
+            f"{percentile(values, 0.99) * ms:.1f} | {len(values) / stats['seconds']:.1f} |"
+        )
     lines += [
         "",
         "| check | count |",
@@ -143,13 +180,19 @@ def report(args, stats: dict, store: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--annotators", type=int, default=50, help="concurrent simulated annotators (default 50)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     parser.add_argument("--pairs", type=int, default=3000, help="main pairs in the project (default 3000)")
     parser.add_argument("--overlap", type=int, default=3, help="judgments wanted per pair (default 3)")
-    parser.add_argument("--think-ms", type=float, default=0.0, help="mean think time between fetch and submit (default 0)")
-    parser.add_argument("--db", default=None, help="database URL or SQLite path (default: a new SQLite file in a temporary folder)")
+    parser.add_argument(
+        "--think-ms", type=float, default=0.0, help="mean think time between fetch and submit (default 0)"
+    )
+    parser.add_argument(
+        "--db", default=None, help="database URL or SQLite path (default: a new SQLite file in a temporary folder)"
+    )
     args = parser.parse_args(argv)
     folder = tempfile.mkdtemp(prefix="rlhfkit-bench-")
     db = args.db or str(Path(folder) / "bench.sqlite")

@@ -25,7 +25,11 @@ def measure(threads: int, sizes=(1024, 2048), repeats: int = 5) -> dict:
             torch.matmul(a, b)
             times.append(time.perf_counter() - start)
         best[n] = 2.0 * n**3 / min(times)
-    return {"threads": threads, "gflops": max(best.values()) / 1e9, "by_size": {str(n): v / 1e9 for n, v in best.items()}}
+    return {
+        "threads": threads,
+        "gflops": max(best.values()) / 1e9,
+        "by_size": {str(n): v / 1e9 for n, v in best.items()},
+    }
 
 
 if __name__ == "__main__":

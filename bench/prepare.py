@@ -47,8 +47,14 @@ def build_llama20m(out_dir: Path, tokenizer_dir: Path) -> Path:
     if (out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file():
         return out_dir
     tokenizer = load_tokenizer(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, attention_dropout=0.0, **LLAMA20M)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attention_dropout=0.0,
+        **LLAMA20M,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -162,16 +168,18 @@ def prepare(hypers: dict, models: list[str], tasks: list[str], seed: int = 0) ->
     """Build everything; returns {(task, model) key: {model_dir, data, trl_data, plan, extra}} (also saved as JSON)."""
     import torch
 
+    from rlhfkit.data.records import load_records
     from rlhfkit.demo.build import ensure_default
     from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer
     from rlhfkit.stages.reward import split_pairs
-    from rlhfkit.data.records import load_records
 
     default = ensure_default()
     model_dirs = {"default": default.model_dir}
     if "llama20m" in models:
         model_dirs["llama20m"] = build_llama20m(CACHE / "models" / "llama20m", default.model_dir)
-    reward_dirs = {m: build_reward_init(model_dirs[m], CACHE / "models" / f"{m}-reward-init") for m in models if "reward" in tasks}
+    reward_dirs = {
+        m: build_reward_init(model_dirs[m], CACHE / "models" / f"{m}-reward-init") for m in models if "reward" in tasks
+    }
     params = {}
     for m in models:
         params[(m, "lm")] = matmul_params(load_causal_lm(model_dirs[m]))
@@ -192,7 +200,10 @@ def prepare(hypers: dict, models: list[str], tasks: list[str], seed: int = 0) ->
                 rows, lengths = make_sft(default.root, tokens, n)
                 order = consumption_order(n, hyper.batch, hyper.steps, seed, pre_shuffle=True)
                 entry["data"] = write_jsonl(folder / "data.jsonl", rows)
-                entry["trl_data"] = write_jsonl(folder / "trl.jsonl", [{"prompt": rows[i]["prompt"], "completion": rows[i]["response"]} for b in order for i in b])
+                entry["trl_data"] = write_jsonl(
+                    folder / "trl.jsonl",
+                    [{"prompt": rows[i]["prompt"], "completion": rows[i]["response"]} for b in order for i in b],
+                )
                 per_step = [sum(lengths[i] for i in b) for b in order]
                 padded = [hyper.batch * max(lengths[i] for i in b) for b in order]
                 plan = Plan(params[(m, "lm")], per_step, padded, hyper.batch)
@@ -216,7 +227,10 @@ def prepare(hypers: dict, models: list[str], tasks: list[str], seed: int = 0) ->
                 train_idx = [index[id(p)] for p in train]
                 if len(train_idx) < n:
                     raise SystemExit(f"prepare: reward split left {len(train_idx)} training pairs; need {n}")
-                order = [[train_idx[j] for j in b] for b in consumption_order(len(train_idx), hyper.batch, hyper.steps, seed, pre_shuffle=False)]
+                order = [
+                    [train_idx[j] for j in b]
+                    for b in consumption_order(len(train_idx), hyper.batch, hyper.steps, seed, pre_shuffle=False)
+                ]
                 entry["model_dir"] = str(reward_dirs[m])
                 entry["trl_data"] = write_jsonl(folder / "trl.jsonl", [rows[i] for b in order for i in b])
                 per_step = [sum(sum(lengths[i]) for i in b) for b in order]
@@ -224,7 +238,9 @@ def prepare(hypers: dict, models: list[str], tasks: list[str], seed: int = 0) ->
                 plan = Plan(params[(m, "rm")], per_step, padded, hyper.batch)
             else:  # grpo, rloo: prompts in the order rlhfkit's PromptStream hands them out
                 prompts = [json.loads(line)["prompt"] for line in default.prompts.read_text().splitlines()[:256]]
-                entry["data"] = write_jsonl(folder / "data.jsonl", [{"prompt": p, "id": i} for i, p in enumerate(prompts)])
+                entry["data"] = write_jsonl(
+                    folder / "data.jsonl", [{"prompt": p, "id": i} for i, p in enumerate(prompts)]
+                )
                 taken = []
                 for position in range(hyper.batch * hyper.steps):
                     epoch, offset = divmod(position, len(prompts))

@@ -68,10 +68,20 @@ def ensure_trl_venv() -> Path:
 
 def child_env(threads: int) -> dict:
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                "RLHFKIT_NO_PROGRESS": "1", "TQDM_DISABLE": "1", "HF_DATASETS_CACHE": str(CACHE / "hf-datasets"),
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "RLHFKIT_NO_PROGRESS": "1",
+            "TQDM_DISABLE": "1",
+            "HF_DATASETS_CACHE": str(CACHE / "hf-datasets"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -86,7 +96,9 @@ def run_child(argv: list[str], log_path: Path, env: dict) -> tuple[int, float]:
 
 
 def measure_peak(threads: int, env: dict) -> float | None:
-    done = subprocess.run([sys.executable, str(HERE / "peak.py"), str(threads)], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, str(HERE / "peak.py"), str(threads)], capture_output=True, text=True, env=env
+    )
     if done.returncode != 0:
         log(f"matmul peak measurement failed: {done.stderr.strip().splitlines()[-1:]}")
         return None
@@ -103,11 +115,20 @@ def machine() -> dict:
     except OSError:
         pass
     try:
-        mem_kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1])
+        mem_kb = int(
+            next(
+                line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+            ).split()[1]
+        )
     except (OSError, StopIteration, ValueError):
         mem_kb = 0
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "python": platform.python_version(),
-            "os": f"{platform.system()} {platform.release()}"}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,16 +137,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default=",".join(spec.TASKS), help="comma-separated subset of " + ",".join(spec.TASKS))
     p.add_argument("--models", default=",".join(spec.MODELS), help="comma-separated subset of " + ",".join(spec.MODELS))
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; rates are the median over them")
-    p.add_argument("--steps", type=int, help="optimizer steps of SFT, reward and DPO runs (default: per model, see spec.py)")
+    p.add_argument(
+        "--steps", type=int, help="optimizer steps of SFT, reward and DPO runs (default: per model, see spec.py)"
+    )
     p.add_argument("--rl-steps", type=int, help="iterations of GRPO and RLOO runs")
     p.add_argument("--warmup", type=int, help="steps left out of the timing at the start of each run")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads in every run and in the matmul peak (default 1: on a shared machine more threads than "
-                        "free cores make each OpenMP barrier wait for a descheduled thread)")
-    p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="markdown file whose 'Training throughput vs TRL' section is rewritten")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in every run and in the matmul peak (default 1: on a shared machine more threads than "
+        "free cores make each OpenMP barrier wait for a descheduled thread)",
+    )
+    p.add_argument(
+        "--output",
+        default=str(ROOT / "BENCHMARKS.md"),
+        help="markdown file whose 'Training throughput vs TRL' section is rewritten",
+    )
     p.add_argument("--no-write", action="store_true", help="print the table; leave the markdown file alone")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (no share-of-peak column)")
-    p.add_argument("--work", default=str(CACHE), help="folder for run logs and results.json (models and data stay in bench/.cache)")
+    p.add_argument(
+        "--work", default=str(CACHE), help="folder for run logs and results.json (models and data stay in bench/.cache)"
+    )
     return p.parse_args(argv)
 
 
@@ -148,10 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     bad = [t for t in tasks if t not in spec.TASKS] + [m for m in models if m not in spec.MODELS]
     if bad:
-        raise SystemExit(f"bench: unknown task or model {bad}; tasks: {', '.join(spec.TASKS)}; models: {', '.join(spec.MODELS)}")
+        raise SystemExit(
+            f"bench: unknown task or model {bad}; tasks: {', '.join(spec.TASKS)}; models: {', '.join(spec.MODELS)}"
+        )
     tools = [args.only] if args.only else list(spec.TOOLS)
     started = time.time()
-    command = "make bench" if os.environ.get("MAKELEVEL") else "python bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = (
+        "make bench"
+        if os.environ.get("MAKELEVEL")
+        else "python bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    )
     load_before = os.getloadavg()
 
     pythons = {"rlhfkit": sys.executable}
@@ -188,9 +227,19 @@ def main(argv: list[str] | None = None) -> int:
             for tool in order:
                 done += 1
                 name = f"{task}-{model}-{tool}-r{r}"
-                job = Job(tool=tool, task=task, model=model, hyper=hyper, model_dir=entry["model_dir"], data=entry["data"],
-                          trl_data=entry["trl_data"], out_dir=str(work / name), result=str(work / f"{name}.json"),
-                          threads=args.threads, repeat=r)
+                job = Job(
+                    tool=tool,
+                    task=task,
+                    model=model,
+                    hyper=hyper,
+                    model_dir=entry["model_dir"],
+                    data=entry["data"],
+                    trl_data=entry["trl_data"],
+                    out_dir=str(work / name),
+                    result=str(work / f"{name}.json"),
+                    threads=args.threads,
+                    repeat=r,
+                )
                 job_path = work / f"{name}.job.json"
                 job_path.parent.mkdir(parents=True, exist_ok=True)
                 job_path.write_text(job.to_json())
@@ -202,13 +251,19 @@ def main(argv: list[str] | None = None) -> int:
                 result = Result.load(job.result)
                 result.peak_rss_mb = rss
                 if task in spec.TRAIN_TASKS and result.first_batch_tokens not in (None, plan.tokens_per_step[0]):
-                    result.notes.append(f"first batch has {result.first_batch_tokens} tokens, the plan {plan.tokens_per_step[0]}")
+                    result.notes.append(
+                        f"first batch has {result.first_batch_tokens} tokens, the plan {plan.tokens_per_step[0]}"
+                    )
                 summary = spec.summarise_run(result, hyper, plan)
                 runs.setdefault((task, model, tool), []).append(summary)
-                raw.append({**summary, "task": task, "model": model, "versions": result.versions, "notes": result.notes})
-                log(f"[{done}/{total}] {task}/{model} {tool}: {spec.fmt(summary.get('step_s'), '.3f')} s/step, "
+                raw.append(
+                    {**summary, "task": task, "model": model, "versions": result.versions, "notes": result.notes}
+                )
+                log(
+                    f"[{done}/{total}] {task}/{model} {tool}: {spec.fmt(summary.get('step_s'), '.3f')} s/step, "
                     f"{spec.fmt(summary.get('samples_per_s'), '.1f')} samples/s, peak RSS {rss:.0f} MB, "
-                    f"final loss {spec.fmt(summary.get('final_loss'), '.5f')}")
+                    f"final loss {spec.fmt(summary.get('final_loss'), '.5f')}"
+                )
 
     peak_flops = max(peaks) if peaks else None
     rows = []
@@ -223,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         if task in spec.TRAIN_TASKS and k.get("losses") and t.get("losses"):
             diffs = [abs(a - b) / max(abs(a), abs(b), 1e-12) for a, b in zip(k["losses"], t["losses"])]
             row["max_loss_rel_diff"] = max(diffs)
-            row["loss_match"] = f"{'yes' if max(diffs) <= LOSS_TOLERANCE else 'NO'} (max rel diff {max(diffs):.0e} over {len(diffs)} steps)"
+            row["loss_match"] = (
+                f"{'yes' if max(diffs) <= LOSS_TOLERANCE else 'NO'} (max rel diff {max(diffs):.0e} over "
+                f"{len(diffs)} steps)"
+            )
         elif task in spec.ONLINE_TASKS and k and t:
             row["loss_match"] = "loose: sampling differs"
         rows.append(row)
@@ -231,12 +289,24 @@ def main(argv: list[str] | None = None) -> int:
     versions = {}
     for item in raw:
         versions.update({f"{item['tool']}:{k}": v for k, v in item["versions"].items()})
-    meta = {"command": command, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-            "threads": args.threads, "repeats": args.repeats, "peak_flops": peak_flops, "peaks": peaks,
-            "load_before": load_before, "load_after": os.getloadavg(), "minutes": round((time.time() - started) / 60, 1),
-            "versions": versions, "failures": failures}
+    meta = {
+        "command": command,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "peak_flops": peak_flops,
+        "peaks": peaks,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "minutes": round((time.time() - started) / 60, 1),
+        "versions": versions,
+        "failures": failures,
+    }
     work_root.mkdir(parents=True, exist_ok=True)
-    (work_root / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": raw}, indent=1, default=str))
+    (work_root / "results.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "runs": raw}, indent=1, default=str)
+    )
     section = render_section(meta, rows)
     print(section)
     if not args.no_write:
@@ -254,22 +324,34 @@ def render_section(meta: dict, rows: list[dict]) -> str:
     hyper_lines = []
     for r in rows:
         h = r["hyper"]
-        extra = (f", {h['group']} responses per prompt, {h['max_new_tokens']} new tokens, temperature {h['temperature']}, "
-                 f"KL weight {h['beta']}" if r["task"] in spec.ONLINE_TASKS else (f", beta {h['beta']}" if r["task"] == "dpo" else ""))
-        unit = "prompts" if r["task"] in spec.ONLINE_TASKS else ("pairs" if r["task"] in ("reward", "dpo") else "examples")
-        hyper_lines.append(f"- {r['task']} / {r['model']}: {h['batch']} {unit} per step, {h['steps']} steps ({h['warmup']} warm-up "
-                           f"and the last not timed), lr {h['lr']}, max length {h['max_length']}{extra}")
+        extra = (
+            f", {h['group']} responses per prompt, {h['max_new_tokens']} new tokens, temperature {h['temperature']}, "
+            f"KL weight {h['beta']}"
+            if r["task"] in spec.ONLINE_TASKS
+            else (f", beta {h['beta']}" if r["task"] == "dpo" else "")
+        )
+        unit = (
+            "prompts" if r["task"] in spec.ONLINE_TASKS else ("pairs" if r["task"] in ("reward", "dpo") else "examples")
+        )
+        hyper_lines.append(
+            f"- {r['task']} / {r['model']}: {h['batch']} {unit} per step, {h['steps']} steps ({h['warmup']} warm-up "
+            f"and the last not timed), lr {h['lr']}, max length {h['max_length']}{extra}"
+        )
     lines = [
         spec.SECTION_TITLE,
         "",
         f"Command: `{meta['command']}` — {meta['date']}, {meta['minutes']} min. "
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}; "
-        f"load average {meta['load_before'][0]:.1f} before, {meta['load_after'][0]:.1f} after (1-minute; the benchmark's own run counts about 1, more means other jobs shared the cores). "
+        f"load average {meta['load_before'][0]:.1f} before, {meta['load_after'][0]:.1f} after (1-minute; the "
+        "benchmark's own run counts about 1, more means other jobs shared the cores). "
         f"Versions: rlhfkit {v.get('rlhfkit:rlhfkit', '-')}, TRL {v.get('trl:trl', '-')}, transformers "
-        f"{v.get('rlhfkit:transformers', v.get('trl:transformers', '-'))}, torch {v.get('rlhfkit:torch', v.get('trl:torch', '-'))}. "
+        f"{v.get('rlhfkit:transformers', v.get('trl:transformers', '-'))}, torch "
+        f"{v.get('rlhfkit:torch', v.get('trl:torch', '-'))}. "
         f"{meta['threads']} torch thread(s) per run; {meta['repeats']} interleaved rounds, medians shown. "
-        f"fp32 matmul peak at {meta['threads']} thread(s): {peak / 1e9:.1f} GFLOP/s (best of {len(meta['peaks'])} measurements)."
-        if peak else f"Command: `{meta['command']}` — {meta['date']}; matmul peak not measured.",
+        f"fp32 matmul peak at {meta['threads']} thread(s): {peak / 1e9:.1f} GFLOP/s (best of {len(meta['peaks'])} "
+        "measurements)."
+        if peak
+        else f"Command: `{meta['command']}` — {meta['date']}; matmul peak not measured.",
         "",
         spec.render_table(rows, peak),
         "",

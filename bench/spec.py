@@ -41,8 +41,15 @@ TRL_REQUIREMENTS = [
 
 # The ~20M-parameter Llama-config model (random init, the default's tokenizer): 6 layers, hidden 512, 8 heads with
 # 4 key/value heads (grouped-query attention), SwiGLU MLP 1536 wide, untied embeddings.
-LLAMA20M = {"hidden_size": 512, "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 4,
-            "intermediate_size": 1536, "max_position_embeddings": 512, "tie_word_embeddings": False}
+LLAMA20M = {
+    "hidden_size": 512,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "intermediate_size": 1536,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": False,
+}
 
 
 @dataclass
@@ -98,7 +105,7 @@ class Job:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "Job":
+    def from_json(cls, text: str) -> Job:
         raw = json.loads(text)
         raw["hyper"] = Hyper(**raw["hyper"])
         return cls(**raw)
@@ -130,7 +137,7 @@ class Result:
         Path(path).write_text(json.dumps(asdict(self)))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Result":
+    def load(cls, path: str | Path) -> Result:
         return cls(**json.loads(Path(path).read_text()))
 
 
@@ -194,8 +201,15 @@ def summarise_run(result: Result, hyper: Hyper, plan: Plan) -> dict:
     """Throughput and final metrics of one run."""
     secs = steady_seconds(result.step_ends, hyper.warmup)
     idx = steady_steps(result.step_ends, hyper.warmup)
-    out = {"tool": result.tool, "repeat": result.repeat, "peak_rss_mb": result.peak_rss_mb, "setup_s": result.setup_s,
-           "wall_s": result.wall_s, "steps_done": len(result.step_ends), "timed_steps": len(secs)}
+    out = {
+        "tool": result.tool,
+        "repeat": result.repeat,
+        "peak_rss_mb": result.peak_rss_mb,
+        "setup_s": result.setup_s,
+        "wall_s": result.wall_s,
+        "steps_done": len(result.step_ends),
+        "timed_steps": len(secs),
+    }
     if not secs:
         return out
     total = sum(secs)
@@ -220,14 +234,25 @@ def summarise_run(result: Result, hyper: Hyper, plan: Plan) -> dict:
         out["rewards"] = result.rewards
         out["kls"] = result.kls
         out["mean_reward"] = sum(result.rewards) / len(result.rewards) if result.rewards else None
-        out["mean_generated"] = sum(result.generated) / len(result.generated) / (hyper.batch * hyper.group) if result.generated else None
+        out["mean_generated"] = (
+            sum(result.generated) / len(result.generated) / (hyper.batch * hyper.group) if result.generated else None
+        )
     return out
 
 
 def combine(runs: list[dict]) -> dict:
     """Median over repeats of every rate; the spread of the step time; the largest peak RSS."""
     out = {"repeats": len(runs)}
-    for key in ("step_s", "cpu_step_s", "samples_per_s", "tokens_per_s", "flop_per_s", "setup_s", "mean_reward", "mean_generated"):
+    for key in (
+        "step_s",
+        "cpu_step_s",
+        "samples_per_s",
+        "tokens_per_s",
+        "flop_per_s",
+        "setup_s",
+        "mean_reward",
+        "mean_generated",
+    ):
         out[key] = median([r.get(key) for r in runs])
     out["step_spread"] = spread([r.get("step_s") for r in runs])
     out["peak_rss_mb"] = max((r["peak_rss_mb"] for r in runs), default=None)
@@ -279,18 +304,25 @@ def render_table(rows: list[dict], peak_flops: float | None) -> str:
         for r in train:
             k, t = r["rlhfkit"], r["trl"]
             lines.append(
-                f"| {r['task']} | {r['model']} | {fmt(k.get('samples_per_s'), '.1f')} | {fmt(t.get('samples_per_s'), '.1f')} | "
-                f"**{fmt(ratio(k.get('samples_per_s'), t.get('samples_per_s')), '.2f')}x** | {fmt(k.get('tokens_per_s'), '.0f')} | "
-                f"{fmt(t.get('tokens_per_s'), '.0f')} | {fmt(k.get('peak_rss_mb'), '.0f')} | {fmt(t.get('peak_rss_mb'), '.0f')} | "
-                f"**{fmt(ratio(k.get('peak_rss_mb'), t.get('peak_rss_mb')), '.2f')}** | {fmt(k.get('final_loss'), '.4f')} / "
+                f"| {r['task']} | {r['model']} | {fmt(k.get('samples_per_s'), '.1f')} | "
+                f"{fmt(t.get('samples_per_s'), '.1f')} | "
+                f"**{fmt(ratio(k.get('samples_per_s'), t.get('samples_per_s')), '.2f')}x** | "
+                f"{fmt(k.get('tokens_per_s'), '.0f')} | "
+                f"{fmt(t.get('tokens_per_s'), '.0f')} | {fmt(k.get('peak_rss_mb'), '.0f')} | "
+                f"{fmt(t.get('peak_rss_mb'), '.0f')} | "
+                f"**{fmt(ratio(k.get('peak_rss_mb'), t.get('peak_rss_mb')), '.2f')}** | "
+                f"{fmt(k.get('final_loss'), '.4f')} / "
                 f"{fmt(t.get('final_loss'), '.4f')} | {r.get('loss_match', 'n/a')} | "
-                f"{share(k.get('flop_per_s'), peak_flops)} / {share(t.get('flop_per_s'), peak_flops)} |")
+                f"{share(k.get('flop_per_s'), peak_flops)} / {share(t.get('flop_per_s'), peak_flops)} |"
+            )
     if online:
         if lines:
             lines.append("")
         lines += [
-            "| task | model | rlhfkit s/iteration | TRL s/iteration | **time ratio rlhfkit/TRL** | rlhfkit tokens/s | TRL tokens/s | "
-            "rlhfkit peak RSS MB | TRL peak RSS MB | **RSS ratio** | mean reward rlhfkit / TRL | mean response tokens rlhfkit / TRL | "
+            "| task | model | rlhfkit s/iteration | TRL s/iteration | **time ratio rlhfkit/TRL** | rlhfkit "
+            "tokens/s | TRL tokens/s | "
+            "rlhfkit peak RSS MB | TRL peak RSS MB | **RSS ratio** | mean reward rlhfkit / TRL | mean response "
+            "tokens rlhfkit / TRL | "
             "useful share of matmul peak rlhfkit / TRL |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -299,10 +331,14 @@ def render_table(rows: list[dict], peak_flops: float | None) -> str:
             lines.append(
                 f"| {r['task']} | {r['model']} | {fmt(k.get('step_s'), '.2f')} | {fmt(t.get('step_s'), '.2f')} | "
                 f"**{fmt(ratio(k.get('step_s'), t.get('step_s')), '.2f')}** | {fmt(k.get('tokens_per_s'), '.0f')} | "
-                f"{fmt(t.get('tokens_per_s'), '.0f')} | {fmt(k.get('peak_rss_mb'), '.0f')} | {fmt(t.get('peak_rss_mb'), '.0f')} | "
-                f"**{fmt(ratio(k.get('peak_rss_mb'), t.get('peak_rss_mb')), '.2f')}** | {fmt(k.get('mean_reward'), '.3f')} / "
-                f"{fmt(t.get('mean_reward'), '.3f')} | {fmt(k.get('mean_generated'), '.1f')} / {fmt(t.get('mean_generated'), '.1f')} | "
-                f"{share(k.get('flop_per_s'), peak_flops)} / {share(t.get('flop_per_s'), peak_flops)} |")
+                f"{fmt(t.get('tokens_per_s'), '.0f')} | {fmt(k.get('peak_rss_mb'), '.0f')} | "
+                f"{fmt(t.get('peak_rss_mb'), '.0f')} | "
+                f"**{fmt(ratio(k.get('peak_rss_mb'), t.get('peak_rss_mb')), '.2f')}** | "
+                f"{fmt(k.get('mean_reward'), '.3f')} / "
+                f"{fmt(t.get('mean_reward'), '.3f')} | {fmt(k.get('mean_generated'), '.1f')} / "
+                f"{fmt(t.get('mean_generated'), '.1f')} | "
+                f"{share(k.get('flop_per_s'), peak_flops)} / {share(t.get('flop_per_s'), peak_flops)} |"
+            )
     return "\n".join(lines)
 
 
@@ -320,16 +356,27 @@ def goals(rows: list[dict]) -> list[str]:
         if r["task"] in TRAIN_TASKS:
             x = ratio(k.get("samples_per_s"), t.get("samples_per_s"))
             ok = x is not None and x >= 1.5
-            out.append(f"- {r['task']} / {r['model']}: step throughput {fmt(x, '.2f')}x TRL's (goal >= 1.5x): {'met' if ok else 'NOT met'}")
+            out.append(
+                f"- {r['task']} / {r['model']}: step throughput {fmt(x, '.2f')}x TRL's (goal >= 1.5x): "
+                f"{'met' if ok else 'NOT met'}"
+            )
             if r.get("padding_bound"):
-                out.append(f"  padding bound {r['padding_bound']:.2f}x: TRL's padded batches are {100 / r['padding_bound']:.0f}% real "
-                           "tokens, so removing all padding, at the same time per token, is worth this much")
+                out.append(
+                    f"  padding bound {r['padding_bound']:.2f}x: TRL's padded batches are "
+                    f"{100 / r['padding_bound']:.0f}% real "
+                    "tokens, so removing all padding, at the same time per token, is worth this much"
+                )
         else:
             x = ratio(k.get("step_s"), t.get("step_s"))
             ok = x is not None and x <= 0.5
-            out.append(f"- {r['task']} / {r['model']}: iteration time {fmt(x, '.2f')} of TRL's (goal <= 0.5): {'met' if ok else 'NOT met'}")
+            out.append(
+                f"- {r['task']} / {r['model']}: iteration time {fmt(x, '.2f')} of TRL's (goal <= 0.5): "
+                f"{'met' if ok else 'NOT met'}"
+            )
         m = ratio(k.get("peak_rss_mb"), t.get("peak_rss_mb"))
-        out.append(f"  peak RSS {fmt(m, '.2f')} of TRL's (goal <= 1.0): {'met' if m is not None and m <= 1.0 else 'NOT met'}")
+        out.append(
+            f"  peak RSS {fmt(m, '.2f')} of TRL's (goal <= 1.0): {'met' if m is not None and m <= 1.0 else 'NOT met'}"
+        )
     return out
 
 

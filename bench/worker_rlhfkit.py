@@ -28,20 +28,61 @@ def stage_values(job: Job) -> tuple[str, dict]:
     if job.task in ("sft", "reward", "dpo"):
         # Constant-free schedule both tools share: no warm-up, rlhfkit's linear decay to 10% (TRL gets the same
         # LambdaLR); AdamW without weight decay; clipping at 1.0.
-        train = {**common, "max_steps": h.steps, "batch_size": h.batch, "grad_accum": 1, "lr": h.lr, "weight_decay": 0.0,
-                 "warmup_ratio": 0.0, "max_grad_norm": 1.0, "max_length": h.max_length, "max_prompt_length": h.max_prompt_length,
-                 "eval_every": BIG, "log_every": 1}
+        train = {
+            **common,
+            "max_steps": h.steps,
+            "batch_size": h.batch,
+            "grad_accum": 1,
+            "lr": h.lr,
+            "weight_decay": 0.0,
+            "warmup_ratio": 0.0,
+            "max_grad_norm": 1.0,
+            "max_length": h.max_length,
+            "max_prompt_length": h.max_prompt_length,
+            "eval_every": BIG,
+            "log_every": 1,
+        }
         if job.task == "sft":
             return "sft", {**train, "model": job.model_dir, "data": job.data, "val_fraction": 0.0}
         if job.task == "reward":
-            return "reward-train", {**train, "model": job.model_dir, "data": job.data, "val_fraction": 0.2, "patience": 0,
-                                    "early_stop_metric": "loss"}
-        return "dpo", {**train, "model": job.model_dir, "data": job.data, "beta": h.beta, "loss_type": "sigmoid", "val_fraction": 0.0}
-    online = {**common, "model": job.model_dir, "prompts": job.data, "rewards": [{"function": "rlhfkit.demo.gold:score"}],
-              "gold": None, "steps": h.steps, "batch_size": h.batch, "mini_batch_size": h.batch * h.group, "epochs_per_batch": 1,
-              "lr": h.lr, "warmup_steps": 0, "max_grad_norm": 1.0, "max_new_tokens": h.max_new_tokens,
-              "max_prompt_length": h.max_prompt_length, "temperature": h.temperature, "top_k": 0, "top_p": 1.0,
-              "kl_coef": h.beta, "save_every": BIG, "clip_range": 0.2}
+            return "reward-train", {
+                **train,
+                "model": job.model_dir,
+                "data": job.data,
+                "val_fraction": 0.2,
+                "patience": 0,
+                "early_stop_metric": "loss",
+            }
+        return "dpo", {
+            **train,
+            "model": job.model_dir,
+            "data": job.data,
+            "beta": h.beta,
+            "loss_type": "sigmoid",
+            "val_fraction": 0.0,
+        }
+    online = {
+        **common,
+        "model": job.model_dir,
+        "prompts": job.data,
+        "rewards": [{"function": "rlhfkit.demo.gold:score"}],
+        "gold": None,
+        "steps": h.steps,
+        "batch_size": h.batch,
+        "mini_batch_size": h.batch * h.group,
+        "epochs_per_batch": 1,
+        "lr": h.lr,
+        "warmup_steps": 0,
+        "max_grad_norm": 1.0,
+        "max_new_tokens": h.max_new_tokens,
+        "max_prompt_length": h.max_prompt_length,
+        "temperature": h.temperature,
+        "top_k": 0,
+        "top_p": 1.0,
+        "kl_coef": h.beta,
+        "save_every": BIG,
+        "clip_range": 0.2,
+    }
     if job.task == "grpo":
         return "grpo", {**online, "group_size": h.group, "normalize": True, "kl_estimator": "k3"}
     return "rloo", {**online, "k": h.group, "kl_estimator": "k1"}
@@ -59,10 +100,16 @@ def main(job_path: str) -> None:
     from rlhfkit.config import STAGE_CONFIGS, build_config
     from rlhfkit.stages import dpo, grpo, online, reward, sft
 
-    result = Result(tool="rlhfkit", task=job.task, model=job.model, repeat=job.repeat,
-                    versions={"rlhfkit": rlhfkit.__version__, "torch": torch.__version__, "transformers": transformers.__version__})
+    result = Result(
+        tool="rlhfkit",
+        task=job.task,
+        model=job.model,
+        repeat=job.repeat,
+        versions={"rlhfkit": rlhfkit.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
+    )
 
-    # Probe 1: the end of each step is when the stage logs its row (log_every=1; the online monitor logs every iteration).
+    # Probe 1: the end of each step is when the stage logs its row (log_every=1; the online monitor logs every
+    # iteration).
     original_log = train_mod.RunLog.log
 
     def timed_log(self, step, **metrics):

@@ -1,4 +1,5 @@
-"""One benchmark run of TRL, in its own process and virtual environment: `bench/.venv-trl/bin/python bench/worker_trl.py JOB.json`.
+"""One benchmark run of TRL, in its own process and virtual environment: `bench/.venv-trl/bin/python
+bench/worker_trl.py JOB.json`.
 
 TRL gets the configuration that does the same work as rlhfkit, and its fastest equal-work settings:
 - fp32, no gradient checkpointing (TRL's defaults are bf16 autocast and gradient checkpointing: other arithmetic,
@@ -53,8 +54,13 @@ def main(job_path: str) -> None:
     hf_logging.set_verbosity_error()
     torch.set_num_threads(job.threads)
     transformers.set_seed(job.seed)
-    result = Result(tool="trl", task=job.task, model=job.model, repeat=job.repeat,
-                    versions={"trl": trl.__version__, "torch": torch.__version__, "transformers": transformers.__version__})
+    result = Result(
+        tool="trl",
+        task=job.task,
+        model=job.model,
+        repeat=job.repeat,
+        versions={"trl": trl.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(job.model_dir)
     if tokenizer.pad_token is None:
@@ -76,16 +82,34 @@ def main(job_path: str) -> None:
             if "kl" in logs:
                 result.kls.append(logs["kl"])
 
-    common = dict(output_dir=job.out_dir, per_device_train_batch_size=h.batch, max_steps=h.steps, logging_steps=1,
-                  save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, bf16=False, fp16=False,
-                  gradient_checkpointing=False, use_cpu=True, seed=job.seed, data_seed=job.seed, dataloader_num_workers=0,
-                  max_grad_norm=1.0, learning_rate=h.lr, weight_decay=0.0)
+    common = dict(
+        output_dir=job.out_dir,
+        per_device_train_batch_size=h.batch,
+        max_steps=h.steps,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        seed=job.seed,
+        data_seed=job.seed,
+        dataloader_num_workers=0,
+        max_grad_norm=1.0,
+        learning_rate=h.lr,
+        weight_decay=0.0,
+    )
 
     def decaying(model):
         # rlhfkit's schedule with warmup_ratio=0: linear from the peak down to 10% of it over the run.
         optimizer = torch.optim.AdamW(model.parameters(), lr=h.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
         steps = h.steps
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.1, 1.0 - 0.9 * s / max(1, steps)))
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: max(0.1, 1.0 - 0.9 * s / max(1, steps))
+        )
 
     def constant(model):
         optimizer = torch.optim.AdamW(model.parameters(), lr=h.lr, eps=1e-5)
@@ -95,37 +119,89 @@ def main(job_path: str) -> None:
         from trl import SFTConfig, SFTTrainer
 
         model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
-        args = SFTConfig(**common, train_sampling_strategy="sequential", max_length=h.max_length, packing=False,
-                         padding_free=False, pad_to_multiple_of=None, completion_only_loss=True, shuffle_dataset=False)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             optimizers=decaying(model), callbacks=[Probe()])
+        args = SFTConfig(
+            **common,
+            train_sampling_strategy="sequential",
+            max_length=h.max_length,
+            packing=False,
+            padding_free=False,
+            pad_to_multiple_of=None,
+            completion_only_loss=True,
+            shuffle_dataset=False,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            optimizers=decaying(model),
+            callbacks=[Probe()],
+        )
     elif job.task == "reward":
         from trl import RewardConfig, RewardTrainer
 
         model = AutoModelForSequenceClassification.from_pretrained(job.model_dir, dtype=torch.float32)
-        args = RewardConfig(**common, train_sampling_strategy="sequential", max_length=h.max_length, pad_to_multiple_of=None,
-                            center_rewards_coefficient=None)
-        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                optimizers=decaying(model), callbacks=[Probe()])
+        args = RewardConfig(
+            **common,
+            train_sampling_strategy="sequential",
+            max_length=h.max_length,
+            pad_to_multiple_of=None,
+            center_rewards_coefficient=None,
+        )
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            optimizers=decaying(model),
+            callbacks=[Probe()],
+        )
     elif job.task == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
-        args = DPOConfig(**common, train_sampling_strategy="sequential", max_length=h.max_length, pad_to_multiple_of=None,
-                         beta=h.beta, loss_type=["sigmoid"], precompute_ref_log_probs=True, precompute_ref_batch_size=2 * h.batch)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             optimizers=decaying(model), callbacks=[Probe()])
+        args = DPOConfig(
+            **common,
+            train_sampling_strategy="sequential",
+            max_length=h.max_length,
+            pad_to_multiple_of=None,
+            beta=h.beta,
+            loss_type=["sigmoid"],
+            precompute_ref_log_probs=True,
+            precompute_ref_batch_size=2 * h.batch,
+        )
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            optimizers=decaying(model),
+            callbacks=[Probe()],
+        )
     else:
         model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
-        online = dict(common, per_device_train_batch_size=h.batch * h.group, num_generations=h.group,
-                      max_completion_length=h.max_new_tokens, temperature=h.temperature, top_k=0, top_p=1.0, beta=h.beta,
-                      epsilon=0.2, num_iterations=1, shuffle_dataset=False, pad_to_multiple_of=None)
+        online = dict(
+            common,
+            per_device_train_batch_size=h.batch * h.group,
+            num_generations=h.group,
+            max_completion_length=h.max_new_tokens,
+            temperature=h.temperature,
+            top_k=0,
+            top_p=1.0,
+            beta=h.beta,
+            epsilon=0.2,
+            num_iterations=1,
+            shuffle_dataset=False,
+            pad_to_multiple_of=None,
+        )
         if job.task == "grpo":
-            from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+            from trl import GRPOConfig as Config
+            from trl import GRPOTrainer as Trainer
 
             args = Config(**online, loss_type="dapo", scale_rewards="group", use_bias_correction_kl=False)
         else:
-            from trl import RLOOConfig as Config, RLOOTrainer as Trainer
+            from trl import RLOOConfig as Config
+            from trl import RLOOTrainer as Trainer
 
             args = Config(**online, normalize_advantages=False)
 
@@ -137,8 +213,15 @@ def main(job_path: str) -> None:
                 result.generated.append(completion)
                 return out
 
-        trainer = Counted(model=model, reward_funcs=[gold_reward], args=args, train_dataset=dataset, processing_class=tokenizer,
-                          optimizers=constant(model), callbacks=[Probe()])
+        trainer = Counted(
+            model=model,
+            reward_funcs=[gold_reward],
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            optimizers=constant(model),
+            callbacks=[Probe()],
+        )
 
     trainer.remove_callback(PrinterCallback)
     if job.task in ("sft", "reward", "dpo"):

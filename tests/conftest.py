@@ -3,6 +3,7 @@ torch thread (the models are tiny; on a shared 2-core machine more threads only 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ["RLHFKIT_NO_PROGRESS"] = "1"
@@ -12,7 +13,5 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads on import)
 
-try:
+with contextlib.suppress(ValueError):
     torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
-except ValueError:
-    pass

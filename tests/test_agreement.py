@@ -30,12 +30,21 @@ KRIPPENDORFF_2011 = [
 
 # Fleiss (1971) as tabulated in Wikipedia's "Fleiss' kappa": 10 items, 14 raters, 5 categories
 FLEISS_1971 = [
-    [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-    [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
+    [0, 0, 0, 0, 14],
+    [0, 2, 6, 4, 2],
+    [0, 0, 3, 5, 6],
+    [0, 3, 9, 2, 0],
+    [2, 2, 8, 1, 1],
+    [7, 7, 0, 0, 0],
+    [3, 2, 6, 3, 0],
+    [2, 5, 3, 2, 2],
+    [6, 5, 2, 1, 0],
+    [0, 2, 2, 3, 7],
 ]
 
 
 # ----------------------------------------------------------------------------------------------- percent agreement
+
 
 def test_percent_agreement_simple_cases():
     assert percent_agreement(["a", "b", "a", "b"], ["a", "b", "a", "b"]) == 1.0
@@ -57,6 +66,7 @@ def test_percent_agreement_errors():
 
 
 # ----------------------------------------------------------------------------------------------- Cohen's kappa
+
 
 def test_cohen_kappa_wikipedia_example():
     # 50 items: 20 yes/yes, 5 yes/no, 10 no/yes, 15 no/no -> p_o = 0.7, p_e = 0.5, kappa = 0.4
@@ -92,6 +102,7 @@ def test_cohen_kappa_skips_missing_and_matches_sklearn():
 
 # ----------------------------------------------------------------------------------------------- Fleiss' kappa
 
+
 def test_fleiss_kappa_fleiss_1971_example():
     assert fleiss_kappa(FLEISS_1971) == pytest.approx(0.210, abs=5e-4)
     assert fleiss_kappa(np.array(FLEISS_1971)) == pytest.approx(0.20993, abs=1e-5)
@@ -118,7 +129,10 @@ def test_fleiss_kappa_equals_cohen_style_two_rater_case():
 
 # ----------------------------------------------------------------------------------------------- Krippendorff's alpha
 
-@pytest.mark.parametrize("level, expected", [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849), ("ratio", 0.797)])
+
+@pytest.mark.parametrize(
+    "level, expected", [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849), ("ratio", 0.797)]
+)
 def test_krippendorff_alpha_2011_example(level, expected):
     assert krippendorff_alpha(KRIPPENDORFF_2011, level) == pytest.approx(expected, abs=5e-4)
 
@@ -170,14 +184,26 @@ def write_rows(path, rows) -> str:
 
 
 def judgments_file(tmp_path) -> str:
-    rows = [{"pair_id": pid, "annotator": name, "choice": choice, "shown_first": "a"}
-            for pid, votes in VOTES.items() for name, choice in votes.items()]
+    rows = [
+        {"pair_id": pid, "annotator": name, "choice": choice, "shown_first": "a"}
+        for pid, votes in VOTES.items()
+        for name, choice in votes.items()
+    ]
     return write_rows(tmp_path / "judgments.jsonl", rows)
 
 
 def preference_file(tmp_path) -> str:
-    rows = [{"prompt": "p", "chosen": "c", "rejected": "r", "id": pid, "annotator": "panel",
-             "metadata": {"agreement": 1.0, "votes": votes}} for pid, votes in VOTES.items()]
+    rows = [
+        {
+            "prompt": "p",
+            "chosen": "c",
+            "rejected": "r",
+            "id": pid,
+            "annotator": "panel",
+            "metadata": {"agreement": 1.0, "votes": votes},
+        }
+        for pid, votes in VOTES.items()
+    ]
     return write_rows(tmp_path / "pairs.jsonl", rows)
 
 
@@ -216,20 +242,25 @@ def test_agreement_report_on_preference_file_with_votes(tmp_path):
 
 
 def test_load_judgments_accepts_tie_both_bad_and_label_rows(tmp_path):
-    path = write_rows(tmp_path / "j.jsonl", [
-        {"pair_id": 1, "annotator": "x", "choice": "tie"},
-        {"pair_id": 1, "annotator": "y", "choice": "both_bad"},
-        {"pair_id": 2, "annotator": "x", "label": "helpful"},
-        {"pair_id": 2, "annotator": "y", "label": 3},
-    ])
+    path = write_rows(
+        tmp_path / "j.jsonl",
+        [
+            {"pair_id": 1, "annotator": "x", "choice": "tie"},
+            {"pair_id": 1, "annotator": "y", "choice": "both_bad"},
+            {"pair_id": 2, "annotator": "x", "label": "helpful"},
+            {"pair_id": 2, "annotator": "y", "label": 3},
+        ],
+    )
     assert [j.choice for j in load_judgments(path)] == ["tie", "both_bad", "helpful", 3]
     report = agreement_report(path)
     assert report["raw_agreement"] == 0.0 and report["cohen_kappa"] == {"x|y": 0.0}
 
 
 def test_report_when_no_pair_is_shared(tmp_path):
-    path = write_rows(tmp_path / "j.jsonl", [{"pair_id": "p1", "annotator": "x", "choice": "a"},
-                                             {"pair_id": "p2", "annotator": "y", "choice": "b"}])
+    path = write_rows(
+        tmp_path / "j.jsonl",
+        [{"pair_id": "p1", "annotator": "x", "choice": "a"}, {"pair_id": "p2", "annotator": "y", "choice": "b"}],
+    )
     report = agreement_report(path)
     assert report["raw_agreement"] is None and report["fleiss_kappa"] is None and report["krippendorff_alpha"] is None
     assert "n/a" in format_report(report)
@@ -238,16 +269,19 @@ def test_report_when_no_pair_is_shared(tmp_path):
 GOOD = {"pair_id": "p1", "annotator": "x", "choice": "a"}
 
 
-@pytest.mark.parametrize("bad_row, field", [
-    ({"annotator": "x", "choice": "a", "pair_id": None}, "pair_id"),
-    ({"pair_id": "p2", "choice": "a"}, "annotator"),
-    ({"pair_id": "p2", "annotator": 7, "choice": "a"}, "annotator"),
-    ({"pair_id": "p2", "annotator": "x"}, "choice"),
-    ({"pair_id": "p2", "annotator": "x", "choice": "A"}, "choice"),
-    ({"pair_id": "p2", "annotator": "x", "choice": 1}, "choice"),
-    ({"pair_id": "p2", "annotator": "x", "label": [1]}, "label"),
-    ({"pair_id": "p1", "annotator": "x", "choice": "b"}, "annotator"),  # second judgment on p1 by x
-])
+@pytest.mark.parametrize(
+    "bad_row, field",
+    [
+        ({"annotator": "x", "choice": "a", "pair_id": None}, "pair_id"),
+        ({"pair_id": "p2", "choice": "a"}, "annotator"),
+        ({"pair_id": "p2", "annotator": 7, "choice": "a"}, "annotator"),
+        ({"pair_id": "p2", "annotator": "x"}, "choice"),
+        ({"pair_id": "p2", "annotator": "x", "choice": "A"}, "choice"),
+        ({"pair_id": "p2", "annotator": "x", "choice": 1}, "choice"),
+        ({"pair_id": "p2", "annotator": "x", "label": [1]}, "label"),
+        ({"pair_id": "p1", "annotator": "x", "choice": "b"}, "annotator"),  # second judgment on p1 by x
+    ],
+)
 def test_bad_judgment_rows_name_file_line_and_field(tmp_path, bad_row, field):
     path = write_rows(tmp_path / "j.jsonl", [GOOD, bad_row])
     with pytest.raises(DataError, match=rf"j\.jsonl:2: field '{field}'"):
@@ -265,12 +299,15 @@ def test_broken_json_and_empty_and_unknown_files(tmp_path):
         load_judgments(tmp_path / "missing.jsonl")
 
 
-@pytest.mark.parametrize("metadata, field", [
-    (None, "metadata"),
-    ({"agreement": 1.0}, "metadata.votes"),
-    ({"votes": ["a", "b"]}, "metadata.votes"),
-    ({"votes": {"x": "a", "y": "maybe"}}, "metadata.votes.y"),
-])
+@pytest.mark.parametrize(
+    "metadata, field",
+    [
+        (None, "metadata"),
+        ({"agreement": 1.0}, "metadata.votes"),
+        ({"votes": ["a", "b"]}, "metadata.votes"),
+        ({"votes": {"x": "a", "y": "maybe"}}, "metadata.votes.y"),
+    ],
+)
 def test_bad_preference_rows_name_file_line_and_field(tmp_path, metadata, field):
     good = {"prompt": "p", "chosen": "c", "rejected": "r", "id": "p1", "metadata": {"votes": {"x": "a"}}}
     bad = {"prompt": "p", "chosen": "c", "rejected": "r", "id": "p2"}
@@ -286,15 +323,28 @@ def test_agreement_command_prints_and_writes_json(tmp_path):
     import sys
 
     path = tmp_path / "judgments.jsonl"
-    rows = [("p1", "ann1", "a"), ("p1", "ann2", "a"), ("p2", "ann1", "b"), ("p2", "ann2", "a"), ("p3", "ann1", "b"), ("p3", "ann2", "b")]
+    rows = [
+        ("p1", "ann1", "a"),
+        ("p1", "ann2", "a"),
+        ("p2", "ann1", "b"),
+        ("p2", "ann2", "a"),
+        ("p3", "ann1", "b"),
+        ("p3", "ann2", "b"),
+    ]
     path.write_text("".join(json.dumps({"pair_id": p, "annotator": a, "choice": c}) + "\n" for p, a, c in rows))
     out = tmp_path / "report.json"
-    result = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "agreement", str(path), "--json", str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", "agreement", str(path), "--json", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "Cohen's kappa" in result.stdout and "Fleiss' kappa" in result.stdout and "Krippendorff" in result.stdout
     report = json.loads(out.read_text())
     assert abs(report["raw_agreement"] - 2 / 3) < 1e-9
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"pair_id": "p1", "annotator": "x"}) + "\n")
-    result = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "agreement", str(bad)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", "agreement", str(bad)], capture_output=True, text=True
+    )
     assert result.returncode != 0 and "bad.jsonl:1" in result.stderr and "Traceback" not in result.stderr

@@ -57,22 +57,33 @@ def postgres_server():
     root = Path(tempfile.mkdtemp(prefix="rlhfkit-pg-"))
     prefix: list[str] = []
     if os.geteuid() == 0:
-        user = next((u for u in ("postgres", "nobody") if subprocess.run(["id", "-u", u], capture_output=True).returncode == 0), None)
+        user = next(
+            (u for u in ("postgres", "nobody") if subprocess.run(["id", "-u", u], capture_output=True).returncode == 0),
+            None,
+        )
         runuser = shutil.which("runuser")
         if user is None or runuser is None:
             shutil.rmtree(root, ignore_errors=True)
-            pytest.skip("running as root with no 'postgres' or 'nobody' user (or no runuser) to run the PostgreSQL server as")
+            pytest.skip(
+                "running as root with no 'postgres' or 'nobody' user (or no runuser) to run the PostgreSQL server as"
+            )
         shutil.chown(root, user)
         prefix = [runuser, "-u", user, "--"]
     data, log, port = root / "data", root / "server.log", _free_port()
-    init = subprocess.run(prefix + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
-                          capture_output=True, text=True)
+    init = subprocess.run(
+        prefix + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+        capture_output=True,
+        text=True,
+    )
     if init.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"initdb failed, PostgreSQL cannot run here: {init.stderr.strip()[-300:]}")
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    start = subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"],
-                           capture_output=True, text=True)
+    start = subprocess.run(
+        prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"],
+        capture_output=True,
+        text=True,
+    )
     if start.returncode != 0:
         detail = log.read_text()[-300:] if log.is_file() else start.stderr
         shutil.rmtree(root, ignore_errors=True)
@@ -80,7 +91,9 @@ def postgres_server():
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
-        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-W", "stop"], capture_output=True)
+        subprocess.run(
+            prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-W", "stop"], capture_output=True
+        )
         for _ in range(200):  # pg_ctl's own wait polls once a second; this is quicker
             if not (data / "postmaster.pid").exists():
                 break
@@ -127,12 +140,17 @@ def db_url(request, tmp_path):
 
 # -------------------------------------------------------------------------------------------- harness
 
+
 def pair_rows(n: int, prefix: str = "p", answer: str | None = None) -> list[dict]:
     """Pairs whose response a is the good one ("Good ..."), so a careful annotator's choice is predictable."""
     rows = []
     for i in range(n):
-        row = {"id": f"{prefix}{i}", "prompt": f"We stayed at hotel number {prefix}{i} last week.",
-               "response_a": f"Good: the room {i} was clean and the staff were lovely.", "response_b": f"Bad: the room {i} was dirty."}
+        row = {
+            "id": f"{prefix}{i}",
+            "prompt": f"We stayed at hotel number {prefix}{i} last week.",
+            "response_a": f"Good: the room {i} was clean and the staff were lovely.",
+            "response_b": f"Bad: the room {i} was dirty.",
+        }
         if answer:
             row["answer"] = answer
         rows.append(row)
@@ -153,14 +171,20 @@ class Harness:
         self.client, self.admin, self.db = client, {"Authorization": f"Bearer {admin_token}"}, db
 
     def project(self, name="p1", **settings) -> str:
-        response = self.client.post("/api/projects", json={"name": name, "rubric": "# Pick the better review\nPrefer **helpful** ones.", **settings},
-                                    headers=self.admin)
+        response = self.client.post(
+            "/api/projects",
+            json={"name": name, "rubric": "# Pick the better review\nPrefer **helpful** ones.", **settings},
+            headers=self.admin,
+        )
         assert response.status_code == 201, response.text
         return name
 
     def pairs(self, project: str, rows: list[dict], role: str = "main"):
-        response = self.client.post(f"/api/projects/{project}/pairs", json={"jsonl": jsonl(rows), "filename": f"{role}.jsonl", "role": role},
-                                    headers=self.admin)
+        response = self.client.post(
+            f"/api/projects/{project}/pairs",
+            json={"jsonl": jsonl(rows), "filename": f"{role}.jsonl", "role": role},
+            headers=self.admin,
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -175,10 +199,13 @@ class Harness:
         return response.json()
 
     def submit(self, project: str, who: dict, item: dict, choice: str, **extra):
-        return self.client.post(f"/api/projects/{project}/assignments/{item['id']}/judgment", json={"choice": choice, **extra}, headers=who)
+        return self.client.post(
+            f"/api/projects/{project}/assignments/{item['id']}/judgment", json={"choice": choice, **extra}, headers=who
+        )
 
     def label_all(self, project: str, who: dict, decide, limit: int | None = None) -> list[dict]:
-        """Fetch and submit until the queue gives nothing (or `limit` items); `decide(item) -> side`. Returns the items."""
+        """Fetch and submit until the queue gives nothing (or `limit` items); `decide(item) -> side`. Returns the
+        items."""
         seen = []
         while limit is None or len(seen) < limit:
             result = self.next(project, who)
@@ -223,6 +250,7 @@ def bad(item):
 
 
 # ---------------------------------------------------------------------------------------------- tests
+
 
 def test_migrated_schema_matches_the_models(db_url):
     """The store the migrations made (the template every test copies) has exactly the models' tables and columns."""
@@ -269,14 +297,26 @@ def test_calibration_gates_the_main_queue_and_an_override_is_recorded(app_harnes
     assert closed["state"] == "calibration_failed" and closed["assignment"] is None
     assert closed["calibration"]["agreement"] == pytest.approx(1 / 3)
 
-    response = h.client.post(f"/api/projects/{project}/annotators/careless/override", json={"reason": "retrained in person"}, headers=h.admin)
+    response = h.client.post(
+        f"/api/projects/{project}/annotators/careless/override", json={"reason": "retrained in person"}, headers=h.admin
+    )
     assert response.status_code == 200 and response.json()["state"] == "overridden"
     assert h.next(project, careless)["state"] == "assignment"
     board = h.dashboard(project)
-    assert board["overrides"] == [{"annotator": "careless", "admin": "ada", "reason": "retrained in person",
-                                   "agreement": pytest.approx(1 / 3), "at": board["overrides"][0]["at"]}]
+    assert board["overrides"] == [
+        {
+            "annotator": "careless",
+            "admin": "ada",
+            "reason": "retrained in person",
+            "agreement": pytest.approx(1 / 3),
+            "at": board["overrides"][0]["at"],
+        }
+    ]
     people = {p["name"]: p for p in board["annotators"]}
-    assert people["careful"]["calibration"]["state"] == "passed" and people["careless"]["calibration"]["state"] == "overridden"
+    assert (
+        people["careful"]["calibration"]["state"] == "passed"
+        and people["careless"]["calibration"]["state"] == "overridden"
+    )
 
 
 def test_calibration_without_known_answers_uses_the_other_annotators_majority(app_harness):
@@ -361,13 +401,15 @@ def test_anchors_are_mixed_into_every_batch_and_tracked_per_annotator(app_harnes
     assert len(items) == 16 + len(anchors_seen)
     # one anchor in each batch of 5 main-queue items, and never shown as anything but a normal item
     for start in range(0, len(items) - len(items) % 5, 5):
-        assert sum("anc" in i["prompt"] for i in items[start:start + 5]) == 1
+        assert sum("anc" in i["prompt"] for i in items[start : start + 5]) == 1
     assert all(i["phase"] == "labelling" for i in items)
     # 16 main pairs need 4 batches of 4 + 1 anchor (the last anchor only if it comes before the last main pair);
     # with 3 anchor pairs, one comes round again
     assert len(anchors_seen) in (3, 4) and len({i["prompt"] for i in anchors_seen}) == 3
     person = h.dashboard(project)["annotators"][0]
-    assert person["anchor_judgments"] == len(anchors_seen) and person["anchor_accuracy"] == pytest.approx(2 / len(anchors_seen))
+    assert person["anchor_judgments"] == len(anchors_seen) and person["anchor_accuracy"] == pytest.approx(
+        2 / len(anchors_seen)
+    )
     assert [t["accuracy"] for t in person["anchor_trend"]] == [1.0, 0.0] and person["drift"] == -1.0
     # anchors are quality control, not data: not in the judgments export
     assert all(not r["pair_id"].startswith("anc") for r in h.judgments(project))
@@ -382,7 +424,9 @@ def test_disputed_and_low_confidence_pairs_get_more_judgments_up_to_the_cap(app_
     people = [h.invite(project, f"ann{i}") for i in range(6)]
     # alternate annotators disagree on p0 and p1; everyone agrees on p2
     for i, who in enumerate(people):
-        h.label_all(project, who, lambda item, i=i: good(item) if (i % 2 == 0 or "p2 " in item["prompt"]) else bad(item))
+        h.label_all(
+            project, who, lambda item, i=i: good(item) if (i % 2 == 0 or "p2 " in item["prompt"]) else bad(item)
+        )
     counts = Counter(r["pair_id"] for r in h.judgments(project))
     # p0, p1: 1-1 after two votes (disputed) -> 3 -> 2-1 is a 67% majority, settled; p2: margin 0.1 < 0.5 -> overlap + 1
     assert counts == {"p0": 3, "p1": 3, "p2": 3}
@@ -407,8 +451,14 @@ def test_dashboard_numbers_are_rlhfkits_agreement_metrics_and_the_export_is_acce
         def decide(item, plan=plan):
             i = int(item["prompt"].split("number p")[1].split()[0])
             choice = plan(i)
-            return ("left" if item["left"].startswith("Good") else "right") if choice == "a" else \
-                   ("right" if item["left"].startswith("Good") else "left") if choice == "b" else choice
+            return (
+                ("left" if item["left"].startswith("Good") else "right")
+                if choice == "a"
+                else ("right" if item["left"].startswith("Good") else "left")
+                if choice == "b"
+                else choice
+            )
+
         h.label_all(project, who, decide)
     board = h.dashboard(project)
     raw = tmp_path / "judgments.jsonl"
@@ -425,7 +475,9 @@ def test_dashboard_numbers_are_rlhfkits_agreement_metrics_and_the_export_is_acce
     pairs = load_records(out, "preference")
     # p0 got a, b and tie: no majority, left out; every other pair has at least 2 of 3 votes for a
     assert [p.id for p in pairs] == [f"p{i}" for i in range(1, 12)] and all(p.chosen.startswith("Good") for p in pairs)
-    assert pairs[2].metadata["votes"] == {"ann": "a", "bob": "a", "cy": "tie"} and pairs[2].metadata["agreement"] == pytest.approx(2 / 3, abs=1e-4)
+    assert pairs[2].metadata["votes"] == {"ann": "a", "bob": "a", "cy": "tie"} and pairs[2].metadata[
+        "agreement"
+    ] == pytest.approx(2 / 3, abs=1e-4)
     assert json.loads(response.headers["X-Export-Counts"])["no_majority"] == 1
     exported = agreement_report(out)  # `rlhfkit agreement` reads the export's metadata.votes
     assert exported["items"] == 11 and exported["annotator_names"] == ["ann", "bob", "cy"]
@@ -444,9 +496,12 @@ def test_export_leaves_out_ties_both_bad_and_split_pairs_and_counts_them(app_har
         def decide(item, k=k):
             choice = plan[item["prompt"].split("number ")[1].split()[0]][k]
             return {"a": good(item), "b": bad(item)}.get(choice, choice)
+
         for _ in range(5):
             item = h.next(project, who)["assignment"]
-            response = h.submit(project, who, item, decide(item), criteria={"helpfulness": decide(item), "harmlessness": "tie"})
+            response = h.submit(
+                project, who, item, decide(item), criteria={"helpfulness": decide(item), "harmlessness": "tie"}
+            )
             assert response.status_code == 200, response.text
     with h.db.session() as s:
         pairs, counts = export_preferences(s, get_project(s, project))
@@ -461,13 +516,23 @@ def test_machine_judgments_are_stored_apart_and_compared_with_the_human_majority
     h = app_harness
     project = h.project(overlap=2, anchor_rate=0)
     h.pairs(project, pair_rows(6))
-    machine = [{"pair_id": f"p{i}", "annotator": "judge-1", "choice": "a", "shown_first": "b", "annotator_kind": "ai"} for i in range(6)]
+    machine = [
+        {"pair_id": f"p{i}", "annotator": "judge-1", "choice": "a", "shown_first": "b", "annotator_kind": "ai"}
+        for i in range(6)
+    ]
     machine += [{"pair_id": f"p{i}", "annotator": "sim-0", "choice": "a" if i % 2 else "b"} for i in range(6)]
-    response = h.client.post(f"/api/projects/{project}/machine-judgments", json={"jsonl": jsonl(machine), "filename": "judge.jsonl", "kind": "panel"},
-                             headers=h.admin)
+    response = h.client.post(
+        f"/api/projects/{project}/machine-judgments",
+        json={"jsonl": jsonl(machine), "filename": "judge.jsonl", "kind": "panel"},
+        headers=h.admin,
+    )
     assert response.status_code == 200, response.text
     assert response.json() == {"imported": 12, "already_stored": 0, "annotators": ["judge-1", "sim-0"]}
-    again = h.client.post(f"/api/projects/{project}/machine-judgments", json={"jsonl": jsonl(machine), "filename": "judge.jsonl"}, headers=h.admin)
+    again = h.client.post(
+        f"/api/projects/{project}/machine-judgments",
+        json={"jsonl": jsonl(machine), "filename": "judge.jsonl"},
+        headers=h.admin,
+    )
     assert again.json()["imported"] == 0 and again.json()["already_stored"] == 12
     # machine judgments do not fill the human overlap: each person still gets all 6 pairs
     for name in ("ann", "bob"):
@@ -500,31 +565,53 @@ def test_forbidden_accesses(app_harness):
     # no token, a wrong token
     assert c.get("/api/projects", headers={}).status_code == 401
     assert c.post(f"/api/projects/{project}/next").status_code == 401
-    assert c.get(f"/api/projects/{project}/dashboard", headers={"Authorization": "Bearer not-a-token"}).status_code == 401
+    assert (
+        c.get(f"/api/projects/{project}/dashboard", headers={"Authorization": "Bearer not-a-token"}).status_code == 401
+    )
     # an annotator on every admin endpoint
-    admin_calls = [("get", "/api/projects", None), ("post", "/api/projects", {"name": "mine"}),
-                   ("post", f"/api/projects/{project}/pairs", {"jsonl": jsonl(pair_rows(1, "x"))}),
-                   ("post", f"/api/projects/{project}/margins", {"jsonl": ""}),
-                   ("post", f"/api/projects/{project}/machine-judgments", {"jsonl": ""}),
-                   ("get", f"/api/projects/{project}/annotators", None), ("post", f"/api/projects/{project}/annotators", {"name": "eve"}),
-                   ("post", f"/api/projects/{project}/annotators/ann/override", {"reason": "me"}),
-                   ("get", f"/api/projects/{project}/dashboard", None), ("get", f"/api/projects/{project}/judgments", None),
-                   ("get", f"/api/projects/{project}/export.jsonl", None)]
+    admin_calls = [
+        ("get", "/api/projects", None),
+        ("post", "/api/projects", {"name": "mine"}),
+        ("post", f"/api/projects/{project}/pairs", {"jsonl": jsonl(pair_rows(1, "x"))}),
+        ("post", f"/api/projects/{project}/margins", {"jsonl": ""}),
+        ("post", f"/api/projects/{project}/machine-judgments", {"jsonl": ""}),
+        ("get", f"/api/projects/{project}/annotators", None),
+        ("post", f"/api/projects/{project}/annotators", {"name": "eve"}),
+        ("post", f"/api/projects/{project}/annotators/ann/override", {"reason": "me"}),
+        ("get", f"/api/projects/{project}/dashboard", None),
+        ("get", f"/api/projects/{project}/judgments", None),
+        ("get", f"/api/projects/{project}/export.jsonl", None),
+    ]
     for method, path, body in admin_calls:
         response = c.request(method.upper(), path, json=body, headers=ann)
         assert response.status_code == 403, (method, path, response.status_code)
     # annotator B cannot see or answer A's assignment, nor read A's labels
     assert c.get(f"/api/projects/{project}/assignments/{item['id']}", headers=bob).status_code == 404
-    assert c.post(f"/api/projects/{project}/assignments/{item['id']}/judgment", json={"choice": "left"}, headers=bob).status_code == 404
+    assert (
+        c.post(
+            f"/api/projects/{project}/assignments/{item['id']}/judgment", json={"choice": "left"}, headers=bob
+        ).status_code
+        == 404
+    )
     assert h.submit(project, ann, item, "left").status_code == 200
     assert c.get(f"/api/projects/{project}/my-judgments", headers=bob).json() == []
     assert len(c.get(f"/api/projects/{project}/my-judgments", headers=ann).json()) == 1
     assert h.judgments(project)[0]["annotator"] == "ann"  # ...and the admin can
     # a token of another project
-    for method, path in [("get", f"/api/projects/{project}"), ("get", f"/api/projects/{project}/me"), ("post", f"/api/projects/{project}/next"),
-                         ("get", f"/api/projects/{project}/assignments/{item['id']}"), ("get", f"/api/projects/{project}/my-judgments")]:
+    for method, path in [
+        ("get", f"/api/projects/{project}"),
+        ("get", f"/api/projects/{project}/me"),
+        ("post", f"/api/projects/{project}/next"),
+        ("get", f"/api/projects/{project}/assignments/{item['id']}"),
+        ("get", f"/api/projects/{project}/my-judgments"),
+    ]:
         assert c.request(method.upper(), path, headers=stranger).status_code == 403, path
-    assert c.post(f"/api/projects/{project}/assignments/{item['id']}/judgment", json={"choice": "left"}, headers=stranger).status_code == 403
+    assert (
+        c.post(
+            f"/api/projects/{project}/assignments/{item['id']}/judgment", json={"choice": "left"}, headers=stranger
+        ).status_code
+        == 403
+    )
     assert c.post("/api/projects/nonexistent/next", headers=stranger).status_code == 403  # no hint about what exists
     # the admin is not an annotator
     assert c.post(f"/api/projects/{project}/next", headers=h.admin).status_code == 403
@@ -537,13 +624,20 @@ ROUTE_BODIES = {
     ("POST", "/api/projects"): {"name": "mine"},
     ("POST", "/api/projects/{name}/pairs"): {"jsonl": jsonl(pair_rows(1, "x"))},
     ("POST", "/api/projects/{name}/margins"): {"jsonl": json.dumps({"pair_id": "p0", "margin": 0.5})},
-    ("POST", "/api/projects/{name}/machine-judgments"): {"jsonl": json.dumps({"pair_id": "p0", "annotator": "j", "choice": "a"})},
+    ("POST", "/api/projects/{name}/machine-judgments"): {
+        "jsonl": json.dumps({"pair_id": "p0", "annotator": "j", "choice": "a"})
+    },
     ("POST", "/api/projects/{name}/annotators"): {"name": "eve"},
     ("POST", "/api/projects/{name}/annotators/{annotator}/override"): {"reason": "me"},
     ("POST", "/api/projects/{name}/assignments/{assignment_id}/judgment"): {"choice": "left"},
 }
-ANNOTATOR_ROUTES = {"/api/projects/{name}/me", "/api/projects/{name}/next", "/api/projects/{name}/assignments/{assignment_id}",
-                    "/api/projects/{name}/assignments/{assignment_id}/judgment", "/api/projects/{name}/my-judgments"}
+ANNOTATOR_ROUTES = {
+    "/api/projects/{name}/me",
+    "/api/projects/{name}/next",
+    "/api/projects/{name}/assignments/{assignment_id}",
+    "/api/projects/{name}/assignments/{assignment_id}/judgment",
+    "/api/projects/{name}/my-judgments",
+}
 EITHER_ROUTES = {"/api/whoami", "/api/projects/{name}"}
 
 
@@ -558,8 +652,12 @@ def test_every_api_route_checks_rights(app_harness):
     ann = h.invite(project, "ann")
     item = h.next(project, ann)["assignment"]
     values = {"name": project, "annotator": "ann", "assignment_id": str(item["id"])}
-    routes = [(method, route.path, route.body_field is not None) for route in h.client.app.routes
-              if isinstance(route, APIRoute) and route.path.startswith("/api/") for method in sorted(route.methods)]
+    routes = [
+        (method, route.path, route.body_field is not None)
+        for route in h.client.app.routes
+        if isinstance(route, APIRoute) and route.path.startswith("/api/")
+        for method in sorted(route.methods)
+    ]
     assert len(routes) >= 18
     nobody, unknown = {}, {"Authorization": "Bearer not-a-token"}
     for method, path, takes_body in routes:
@@ -602,7 +700,9 @@ def test_request_limits_and_bad_input_get_clear_errors(app_harness):
     too_big = h.submit(project, who, item, "left", rationale="x" * 20_000)  # 16 KiB request limit in this app
     assert too_big.status_code == 413 and "limit" in too_big.json()["detail"]
     long = h.submit(project, who, item, "left", rationale="x" * 300)  # 200-character rationale limit
-    assert long.status_code == 422 and long.json()["detail"] == "rationale is 300 characters long; at most 200 are allowed"
+    assert (
+        long.status_code == 422 and long.json()["detail"] == "rationale is 300 characters long; at most 200 are allowed"
+    )
     assert h.submit(project, who, item, "sideways").status_code == 422
     assert h.submit(project, who, item, "left", criteria={"honesty": "left"}).status_code == 422
     assert h.judgments(project) == []  # none of those stored anything
@@ -615,18 +715,41 @@ def test_request_limits_and_bad_input_get_clear_errors(app_harness):
 
     bad = pair_rows(3, "q")
     bad[1]["response_b"] = 7
-    response = h.client.post(f"/api/projects/{project}/pairs", json={"jsonl": jsonl(bad), "filename": "batch.jsonl"}, headers=h.admin)
+    response = h.client.post(
+        f"/api/projects/{project}/pairs", json={"jsonl": jsonl(bad), "filename": "batch.jsonl"}, headers=h.admin
+    )
     assert response.status_code == 422
-    assert response.json()["detail"] == "batch.jsonl:2: field 'response_b': expected a string or a list of messages, got integer"
-    duplicate = h.client.post(f"/api/projects/{project}/pairs", json={"jsonl": jsonl(pair_rows(1)), "filename": "again.jsonl"}, headers=h.admin)
-    assert duplicate.status_code == 422 and duplicate.json()["detail"] == "again.jsonl:1: field 'id': pair 'p0' is already in project 'p1'"
-    anchors = h.client.post(f"/api/projects/{project}/pairs", json={"jsonl": jsonl(pair_rows(1, "z")), "role": "anchor"}, headers=h.admin)
+    assert (
+        response.json()["detail"]
+        == "batch.jsonl:2: field 'response_b': expected a string or a list of messages, got integer"
+    )
+    duplicate = h.client.post(
+        f"/api/projects/{project}/pairs",
+        json={"jsonl": jsonl(pair_rows(1)), "filename": "again.jsonl"},
+        headers=h.admin,
+    )
+    assert (
+        duplicate.status_code == 422
+        and duplicate.json()["detail"] == "again.jsonl:1: field 'id': pair 'p0' is already in project 'p1'"
+    )
+    anchors = h.client.post(
+        f"/api/projects/{project}/pairs", json={"jsonl": jsonl(pair_rows(1, "z")), "role": "anchor"}, headers=h.admin
+    )
     assert anchors.status_code == 422 and "field 'answer'" in anchors.json()["detail"]
-    judged = h.client.post(f"/api/projects/{project}/machine-judgments",
-                           json={"jsonl": jsonl([{"pair_id": "nope", "annotator": "j", "choice": "a"}]), "filename": "j.jsonl"}, headers=h.admin)
-    assert judged.status_code == 422 and judged.json()["detail"] == "j.jsonl:1: field 'pair_id': no pair 'nope' in project 'p1'"
-    human = h.client.post(f"/api/projects/{project}/machine-judgments",
-                          json={"jsonl": jsonl([{"pair_id": "p0", "annotator": "ann", "choice": "a"}])}, headers=h.admin)
+    judged = h.client.post(
+        f"/api/projects/{project}/machine-judgments",
+        json={"jsonl": jsonl([{"pair_id": "nope", "annotator": "j", "choice": "a"}]), "filename": "j.jsonl"},
+        headers=h.admin,
+    )
+    assert (
+        judged.status_code == 422
+        and judged.json()["detail"] == "j.jsonl:1: field 'pair_id': no pair 'nope' in project 'p1'"
+    )
+    human = h.client.post(
+        f"/api/projects/{project}/machine-judgments",
+        json={"jsonl": jsonl([{"pair_id": "p0", "annotator": "ann", "choice": "a"}])},
+        headers=h.admin,
+    )
     assert human.status_code == 422 and "'ann' is a human annotator" in human.json()["detail"]
     missing = h.client.get("/api/projects/nope/dashboard", headers=h.admin)
     assert missing.status_code == 404 and missing.json()["detail"].startswith("unknown project 'nope' (projects here: ")
@@ -663,7 +786,8 @@ counted AS (
       AND p.id NOT IN (SELECT pair_id FROM assignments WHERE annotator_id = :annotator)),
 wanted AS (
     SELECT id, margin, votes, top, taken,
-           CASE WHEN votes > 0 AND votes >= base AND top < CAST(:dispute_below AS DOUBLE PRECISION) * votes THEN votes + 1 ELSE base END AS wants
+           CASE WHEN votes > 0 AND votes >= base AND top < CAST(:dispute_below AS DOUBLE PRECISION) * votes THEN
+           votes + 1 ELSE base END AS wants
     FROM counted)
 SELECT id, COUNT(*) OVER () AS candidates FROM wanted
 WHERE taken < CASE WHEN wants > :max_judgments THEN :max_judgments ELSE wants END
@@ -687,12 +811,28 @@ def test_the_queue_counts_only_touched_pairs_and_picks_what_counting_every_pair_
     database = open_database(str(tmp_path / "q.sqlite"), create=True)
     with database.session() as s:
         overlap = rng.randint(1, 3)
-        settings = service.ProjectSettings(name="q", overlap=overlap, max_judgments=overlap + rng.randint(0, 2),
-                                           margin_below=rng.choice([None, 0.3]), dispute_below=rng.choice([0.6, 0.9]))
+        settings = service.ProjectSettings(
+            name="q",
+            overlap=overlap,
+            max_judgments=overlap + rng.randint(0, 2),
+            margin_below=rng.choice([None, 0.3]),
+            dispute_below=rng.choice([0.6, 0.9]),
+        )
         project = service.create_project(s, settings)
         n = rng.randint(5, 40)
-        rows = [(i, {"id": f"p{i}", "prompt": f"P{i}", "response_a": "A", "response_b": "B",
-                     **({"reward_margin": round(rng.uniform(-1, 1), 3)} if rng.random() < 0.4 else {})}) for i in range(n)]
+        rows = [
+            (
+                i,
+                {
+                    "id": f"p{i}",
+                    "prompt": f"P{i}",
+                    "response_a": "A",
+                    "response_b": "B",
+                    **({"reward_margin": round(rng.uniform(-1, 1), 3)} if rng.random() < 0.4 else {}),
+                },
+            )
+            for i in range(n)
+        ]
         service.import_pairs(s, project, rows, "pairs.jsonl")
         humans = [service.invite(s, project, f"h{i}")[0] for i in range(6)]
         machine = Annotator(project_id=project.id, name="judge", kind="ai")
@@ -702,18 +842,42 @@ def test_the_queue_counts_only_touched_pairs_and_picks_what_counting_every_pair_
         for pair_id in rng.sample(pairs, k=rng.randint(0, len(pairs))):  # some pairs get judgments and open assignments
             for annotator in rng.sample(humans, k=rng.randint(1, 4)):
                 done = rng.random() < 0.75
-                assignment = Assignment(project_id=project.id, pair_id=pair_id, annotator_id=annotator.id, phase="main",
-                                        shown_first="a", done=done)
+                assignment = Assignment(
+                    project_id=project.id,
+                    pair_id=pair_id,
+                    annotator_id=annotator.id,
+                    phase="main",
+                    shown_first="a",
+                    done=done,
+                )
                 s.add(assignment)
                 s.flush()
                 if done:
-                    s.add(Judgment(project_id=project.id, pair_id=pair_id, annotator_id=annotator.id, assignment_id=assignment.id,
-                                   choice=rng.choice(["a", "b", "tie"]), shown_first="a"))
+                    s.add(
+                        Judgment(
+                            project_id=project.id,
+                            pair_id=pair_id,
+                            annotator_id=annotator.id,
+                            assignment_id=assignment.id,
+                            choice=rng.choice(["a", "b", "tie"]),
+                            shown_first="a",
+                        )
+                    )
             if rng.random() < 0.3:  # machine judgments do not count towards the overlap
-                s.add(Judgment(project_id=project.id, pair_id=pair_id, annotator_id=machine.id, choice=rng.choice(["a", "b"])))
+                s.add(
+                    Judgment(
+                        project_id=project.id, pair_id=pair_id, annotator_id=machine.id, choice=rng.choice(["a", "b"])
+                    )
+                )
         s.flush()
-        params = {"project": project.id, "no": False, "overlap": project.overlap, "max_judgments": project.max_judgments,
-                  "dispute_below": project.dispute_below, "margin_below": project.margin_below}
+        params = {
+            "project": project.id,
+            "no": False,
+            "overlap": project.overlap,
+            "max_judgments": project.max_judgments,
+            "dispute_below": project.dispute_below,
+            "margin_below": project.margin_below,
+        }
         for annotator in humans:
             expected = s.execute(text(REFERENCE_QUEUE), {**params, "annotator": annotator.id}).first()
             assert service._main_queue(s, project, annotator) == ((expected[0], expected[1]) if expected else (None, 0))
@@ -727,10 +891,14 @@ def test_fresh_pairs_come_before_extra_judgments_of_dynamic_sampling(tmp_path):
 
     database = open_database(str(tmp_path / "d.sqlite"), create=True)
     with database.session() as s:
-        project = service.create_project(s, service.ProjectSettings(name="d", overlap=1, margin_below=0.5, anchor_rate=0.0))
-        rows = [(1, {"id": "low", "prompt": "P0", "response_a": "A", "response_b": "B", "reward_margin": 0.1}),
-                (2, {"id": "x", "prompt": "P1", "response_a": "A", "response_b": "B"}),
-                (3, {"id": "y", "prompt": "P2", "response_a": "A", "response_b": "B"})]
+        project = service.create_project(
+            s, service.ProjectSettings(name="d", overlap=1, margin_below=0.5, anchor_rate=0.0)
+        )
+        rows = [
+            (1, {"id": "low", "prompt": "P0", "response_a": "A", "response_b": "B", "reward_margin": 0.1}),
+            (2, {"id": "x", "prompt": "P1", "response_a": "A", "response_b": "B"}),
+            (3, {"id": "y", "prompt": "P2", "response_a": "A", "response_b": "B"}),
+        ]
         service.import_pairs(s, project, rows, "pairs.jsonl")
         first, second = service.invite(s, project, "first")[0], service.invite(s, project, "second")[0]
 

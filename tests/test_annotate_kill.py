@@ -13,8 +13,8 @@ import httpx
 from sqlalchemy import select
 
 from rlhfkit.feedback.annotate import service
-from rlhfkit.feedback.annotate.db import open_database
 from rlhfkit.feedback.annotate.app import serve_in_background
+from rlhfkit.feedback.annotate.db import open_database
 from rlhfkit.feedback.annotate.models import Judgment
 
 
@@ -30,7 +30,9 @@ def annotate_until_gone(base: str, token: str, acks: list[dict], stop: threading
                     return
                 choice = ("left", "right", "tie", "both_bad")[turn % 4]
                 turn += 1
-                response = client.post(f"/api/projects/kill/assignments/{result['assignment']['id']}/judgment", json={"choice": choice})
+                response = client.post(
+                    f"/api/projects/kill/assignments/{result['assignment']['id']}/judgment", json={"choice": choice}
+                )
             except (httpx.TransportError, ValueError):
                 return
             if response.status_code == 200:
@@ -42,7 +44,10 @@ def test_sigkill_mid_labelling_loses_no_acknowledged_judgment(tmp_path):
     database = open_database(db, create=True)
     with database.session() as s:
         project = service.create_project(s, service.ProjectSettings(name="kill", overlap=1, anchor_rate=0))
-        rows = [(i, {"id": f"p{i}", "prompt": f"Prompt {i}", "response_a": f"first {i}", "response_b": f"second {i}"}) for i in range(1, 401)]
+        rows = [
+            (i, {"id": f"p{i}", "prompt": f"Prompt {i}", "response_a": f"first {i}", "response_b": f"second {i}"})
+            for i in range(1, 401)
+        ]
         service.import_pairs(s, project, rows, "pairs.jsonl")
         tokens = [service.invite(s, project, f"ann{i}")[1] for i in range(4)]
         s.commit()
@@ -51,8 +56,10 @@ def test_sigkill_mid_labelling_loses_no_acknowledged_judgment(tmp_path):
     server, base = serve_in_background(db)
     acks: list[list[dict]] = [[] for _ in tokens]
     stop = threading.Event()
-    threads = [threading.Thread(target=annotate_until_gone, args=(base, token, acks[i], stop))
-               for i, token in enumerate(tokens)]
+    threads = [
+        threading.Thread(target=annotate_until_gone, args=(base, token, acks[i], stop))
+        for i, token in enumerate(tokens)
+    ]
     try:
         for thread in threads:
             thread.start()
@@ -86,8 +93,12 @@ def test_sigkill_mid_labelling_loses_no_acknowledged_judgment(tmp_path):
         # labelling goes on after the restart
         headers = {"Authorization": f"Bearer {tokens[0]}"}
         item = httpx.post(f"{base}/api/projects/kill/next", headers=headers, timeout=10).json()["assignment"]
-        response = httpx.post(f"{base}/api/projects/kill/assignments/{item['id']}/judgment", headers=headers,
-                              json={"choice": "tie"}, timeout=10)
+        response = httpx.post(
+            f"{base}/api/projects/kill/assignments/{item['id']}/judgment",
+            headers=headers,
+            json={"choice": "tie"},
+            timeout=10,
+        )
         assert response.status_code == 200
     finally:
         restarted.terminate()

@@ -39,21 +39,42 @@ def reward_model_dir(tmp_path_factory):
     return save_model(model, tokenizer, tmp_path_factory.mktemp("rm") / "model")
 
 
-ROWS = [{"id": f"p{i}", "prompt": f"We stayed at hotel {i} last week.", "response_a": a, "response_b": b}
-        for i, (a, b) in enumerate([(" The room was clean and the staff were kind.", " The room was dirty."),
-                                    (" Lovely food, I would go back.", " Cold food and a rude waiter."),
-                                    (" Great view.", " It was fine, nothing special to report here."),
-                                    (" The room was dirty.", " The room was clean and the staff were kind."),  # p0 swapped
-                                    (" Terrible noise all night long.", " Quiet and comfortable.")])]
+ROWS = [
+    {"id": f"p{i}", "prompt": f"We stayed at hotel {i} last week.", "response_a": a, "response_b": b}
+    for i, (a, b) in enumerate(
+        [
+            (" The room was clean and the staff were kind.", " The room was dirty."),
+            (" Lovely food, I would go back.", " Cold food and a rude waiter."),
+            (" Great view.", " It was fine, nothing special to report here."),
+            (" The room was dirty.", " The room was clean and the staff were kind."),  # p0 swapped
+            (" Terrible noise all night long.", " Quiet and comfortable."),
+        ]
+    )
+]
 
 
 def test_margins_from_a_reward_model_steer_dynamic_sampling(reward_model_dir, tmp_path, monkeypatch, capsys):
     db = str(tmp_path / "store.sqlite")
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    (tmp_path / "project.yaml").write_text("name: hotels\noverlap: 1\nmax_judgments: 2\nanchor_rate: 0\nmargin_below: 1.0e-9\npairs: pairs.jsonl\n")
+    (tmp_path / "project.yaml").write_text(
+        "name: hotels\noverlap: 1\nmax_judgments: 2\nanchor_rate: 0\nmargin_below: 1.0e-9\npairs: pairs.jsonl\n"
+    )
     assert run_cli(monkeypatch, capsys, "annotate", "init", "--db", db)[0] == 0
-    assert run_cli(monkeypatch, capsys, "annotate", "create-project", str(tmp_path / "project.yaml"), "--db", db)[0] == 0
-    code, out, err = run_cli(monkeypatch, capsys, "annotate", "import-margins", "--project", "hotels", "--reward-model", str(reward_model_dir), "--db", db)
+    assert (
+        run_cli(monkeypatch, capsys, "annotate", "create-project", str(tmp_path / "project.yaml"), "--db", db)[0] == 0
+    )
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "annotate",
+        "import-margins",
+        "--project",
+        "hotels",
+        "--reward-model",
+        str(reward_model_dir),
+        "--db",
+        db,
+    )
     assert code == 0, err
     assert out.strip() == "stored 5 reward margins in 'hotels'"
 
@@ -61,12 +82,17 @@ def test_margins_from_a_reward_model_steer_dynamic_sampling(reward_model_dir, tm
     with database.session() as s:
         margins = {p.external_id: p.margin for p in s.scalars(select(Pair))}
     # r(a) - r(b), not the other way round: the judge's scores of the same responses, first minus second
-    verdicts = RewardModelJudge(str(reward_model_dir)).judge([Question(r["prompt"], r["response_a"], r["response_b"]) for r in ROWS])
+    verdicts = RewardModelJudge(str(reward_model_dir)).judge(
+        [Question(r["prompt"], r["response_a"], r["response_b"]) for r in ROWS]
+    )
     for row, verdict in zip(ROWS, verdicts):
-        assert margins[row["id"]] == pytest.approx(verdict.detail["reward_first"] - verdict.detail["reward_second"], abs=1e-4)
+        assert margins[row["id"]] == pytest.approx(
+            verdict.detail["reward_first"] - verdict.detail["reward_second"], abs=1e-4
+        )
     assert len({round(m, 4) for m in margins.values()}) == 5 and all(m != 0 for m in margins.values())
 
-    # dynamic sampling: with margin_below (a project setting, changed in the store here) between the smallest |margin| and the rest, only that pair gets a 2nd judgment
+    # dynamic sampling: with margin_below (a project setting, changed in the store here) between the smallest
+    # |margin| and the rest, only that pair gets a 2nd judgment
     least = min(margins, key=lambda k: abs(margins[k]))
     cut = (abs(margins[least]) + min(abs(m) for k, m in margins.items() if k != least)) / 2
     with database.session() as s:
@@ -83,7 +109,14 @@ def test_margins_from_a_reward_model_steer_dynamic_sampling(reward_model_dir, tm
             headers = {"Authorization": f"Bearer {token}"}
             while (result := client.post("/api/projects/hotels/next", headers=headers).json())["state"] == "assignment":
                 item = result["assignment"]
-                assert client.post(f"/api/projects/hotels/assignments/{item['id']}/judgment", headers=headers, json={"choice": "left"}).status_code == 200
+                assert (
+                    client.post(
+                        f"/api/projects/hotels/assignments/{item['id']}/judgment",
+                        headers=headers,
+                        json={"choice": "left"},
+                    ).status_code
+                    == 200
+                )
                 labelled.setdefault(item["prompt"], 0)
                 labelled[item["prompt"]] += 1
     by_id = {r["prompt"]: r["id"] for r in ROWS}
@@ -96,5 +129,16 @@ def test_a_model_without_a_reward_head_is_refused(tmp_path, monkeypatch, capsys)
     (tmp_path / "project.yaml").write_text("name: hotels\npairs: pairs.jsonl\n")
     run_cli(monkeypatch, capsys, "annotate", "init", "--db", db)
     run_cli(monkeypatch, capsys, "annotate", "create-project", str(tmp_path / "project.yaml"), "--db", db)
-    code, _, err = run_cli(monkeypatch, capsys, "annotate", "import-margins", "--project", "hotels", "--reward-model", "default", "--db", db)
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "annotate",
+        "import-margins",
+        "--project",
+        "hotels",
+        "--reward-model",
+        "default",
+        "--db",
+        db,
+    )
     assert code == 2 and err.startswith("error: model 'default' is not a reward model")

@@ -1,4 +1,5 @@
-"""The architecture matrix: every training stage on tiny random Llama, Qwen2, Mistral, GPT-2, GPT-NeoX, OPT, Phi and Gemma
+"""The architecture matrix: every training stage on tiny random Llama, Qwen2, Mistral, GPT-2, GPT-NeoX, OPT, Phi and
+Gemma
 models, with full fine-tuning and with LoRA, a couple of steps each.
 
 The models come from the real transformers config classes (`rlhfkit.models.tiny`), are saved to directories and loaded
@@ -26,8 +27,24 @@ from rlhfkit.stages import dpo, grpo, ppo, reward, sft
 STAGES = ("sft", "reward", "dpo", "ppo", "grpo")
 MODES = ("full", "lora")
 
-TOPICS = ["the pasta", "the hotel room", "the bike shop", "the new phone", "the museum", "the bakery", "the dentist", "the film",
-          "the train ride", "the coffee", "the bookshop", "the gym", "the concert", "the garden centre", "the pizza", "the hostel"]
+TOPICS = [
+    "the pasta",
+    "the hotel room",
+    "the bike shop",
+    "the new phone",
+    "the museum",
+    "the bakery",
+    "the dentist",
+    "the film",
+    "the train ride",
+    "the coffee",
+    "the bookshop",
+    "the gym",
+    "the concert",
+    "the garden centre",
+    "the pizza",
+    "the hostel",
+]
 
 
 def prompt_of(i: int):
@@ -50,12 +67,26 @@ def matrix(tmp_path_factory):
     models = {arch: build_tiny(arch, root / "models" / arch) for arch in ARCHS}
     n = len(TOPICS)
     data = {
-        "sft": write_jsonl(root / "sft.jsonl", [
-            {"messages": prompt_of(i) + [{"role": "assistant", "content": f"I liked {TOPICS[i]} a lot."}]} if i % 8 == 0 else
-            {"prompt": prompt_of(i), "response": f" I liked {TOPICS[i]} a lot."} for i in range(n)]),
-        "pairs": write_jsonl(root / "pairs.jsonl", [
-            {"prompt": prompt_of(i), "chosen": f" {TOPICS[i].capitalize()} was lovely.", "rejected": f" {TOPICS[i].capitalize()} was awful."}
-            for i in range(n)]),
+        "sft": write_jsonl(
+            root / "sft.jsonl",
+            [
+                {"messages": prompt_of(i) + [{"role": "assistant", "content": f"I liked {TOPICS[i]} a lot."}]}
+                if i % 8 == 0
+                else {"prompt": prompt_of(i), "response": f" I liked {TOPICS[i]} a lot."}
+                for i in range(n)
+            ],
+        ),
+        "pairs": write_jsonl(
+            root / "pairs.jsonl",
+            [
+                {
+                    "prompt": prompt_of(i),
+                    "chosen": f" {TOPICS[i].capitalize()} was lovely.",
+                    "rejected": f" {TOPICS[i].capitalize()} was awful.",
+                }
+                for i in range(n)
+            ],
+        ),
         "prompts": write_jsonl(root / "prompts.jsonl", [{"prompt": prompt_of(i)} for i in range(n)]),
     }
     return models, data
@@ -65,8 +96,14 @@ def run_stage(stage: str, model_dir: Path, data: dict, out: Path, lora: LoraSett
     """A couple of steps of `stage` from `model_dir` (`extra`: more config keys); returns the saved model directory."""
     common = {"model": str(model_dir), "output_dir": str(out), "lora": lora, "seed": 0, **extra}
     trained = {"max_steps": 2, "batch_size": 4, "max_length": 48, "max_prompt_length": 32, "log_every": 1}
-    online = {"prompts": str(data["prompts"]), "rewards": [RewardSpec(function="default")], "gold": None, "max_new_tokens": 8,
-              "max_prompt_length": 32, "steps": 1}
+    online = {
+        "prompts": str(data["prompts"]),
+        "rewards": [RewardSpec(function="default")],
+        "gold": None,
+        "max_new_tokens": 8,
+        "max_prompt_length": 32,
+        "steps": 1,
+    }
     if stage == "sft":
         sft.run(SFTConfig(data=str(data["sft"]), val_fraction=0.25, **trained, **common))
     elif stage == "reward":
@@ -119,12 +156,18 @@ def test_tiny_builds_are_seeded_and_use_the_default_tokenizer(matrix, tmp_path):
     first = AutoModelForCausalLM.from_pretrained(str(models["llama"])).state_dict()
     assert all(torch.equal(first[name], again[name]) for name in first)
     other_seed = AutoModelForCausalLM.from_pretrained(str(build_tiny("llama", tmp_path / "seed1", seed=1))).state_dict()
-    assert not torch.equal(first["model.layers.0.self_attn.q_proj.weight"], other_seed["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        first["model.layers.0.self_attn.q_proj.weight"], other_seed["model.layers.0.self_attn.q_proj.weight"]
+    )
     for arch in ARCHS:
         config = AutoModelForCausalLM.from_pretrained(str(models[arch])).config
         tokenizer = AutoTokenizer.from_pretrained(str(models[arch]))
         assert config.vocab_size == len(tokenizer)
-        assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
+            tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+        )
     with pytest.raises(ModelError, match="unknown architecture; choose one of llama, qwen2"):
         build_tiny("bloom", tmp_path / "bloom")
 
@@ -143,7 +186,9 @@ def test_ppo_separate_critic_on_an_architecture_without_token_classification(mat
     # OPT has no *ForTokenClassification class; the separate critic is the bare backbone plus a value head.
     models, data = matrix
     run_stage("ppo", models[arch], data, tmp_path / "run", None, value_model="separate")
-    assert (tmp_path / "run" / "value_model" / "config.json").is_file() and (tmp_path / "run" / "value_head.pt").is_file()
+    assert (tmp_path / "run" / "value_model" / "config.json").is_file() and (
+        tmp_path / "run" / "value_head.pt"
+    ).is_file()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -158,7 +203,10 @@ def test_conversation_prompts_use_the_chat_template_where_there_is_one(matrix, a
 
 LLAMA_LIKE = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 EXPECTED_TARGETS = {
-    "llama": LLAMA_LIKE, "qwen2": LLAMA_LIKE, "mistral": LLAMA_LIKE, "gemma": LLAMA_LIKE,
+    "llama": LLAMA_LIKE,
+    "qwen2": LLAMA_LIKE,
+    "mistral": LLAMA_LIKE,
+    "gemma": LLAMA_LIKE,
     "gpt2": ["c_attn", "c_fc", "c_proj"],
     "gpt_neox": ["dense", "dense_4h_to_h", "dense_h_to_4h", "query_key_value"],
     "opt": ["fc1", "fc2", "k_proj", "out_proj", "q_proj", "v_proj"],
@@ -170,7 +218,10 @@ EXPECTED_TARGETS = {
 def test_lora_targets_are_the_attention_and_mlp_projections(matrix, arch):
     models, _ = matrix
     assert find_lora_targets(AutoModelForCausalLM.from_pretrained(str(models[arch]))) == EXPECTED_TARGETS[arch]
-    assert find_lora_targets(AutoModelForSequenceClassification.from_pretrained(str(models[arch]), num_labels=1)) == EXPECTED_TARGETS[arch]
+    assert (
+        find_lora_targets(AutoModelForSequenceClassification.from_pretrained(str(models[arch]), num_labels=1))
+        == EXPECTED_TARGETS[arch]
+    )
 
 
 def test_explicit_lora_targets_adapt_only_those_modules(matrix, tmp_path):

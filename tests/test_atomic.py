@@ -23,10 +23,9 @@ def test_a_crash_while_writing_keeps_the_old_directory(tmp_path):
     target = tmp_path / "model"
     target.mkdir()
     (target / "weights.bin").write_text("v1")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
-            (tmp / "weights.bin").write_text("half")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "weights.bin").write_text("half")
+        raise RuntimeError("killed mid-write")
     assert (target / "weights.bin").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 

@@ -28,20 +28,40 @@ def test_only_steady_steps_are_timed():
     # step 0's time is setup (no previous end to measure from); the last carries a final validation
     ends = [10.0, 11.0, 13.0, 16.0, 26.0]
     assert spec.steady_seconds(ends, warmup=0) == [1.0, 2.0, 3.0]  # step 0 can never be timed
-    assert spec.steady_seconds(ends, warmup=1) == [1.0, 2.0, 3.0]  # steps 1..3: the first `warmup` and the last left out
+    assert spec.steady_seconds(ends, warmup=1) == [
+        1.0,
+        2.0,
+        3.0,
+    ]  # steps 1..3: the first `warmup` and the last left out
     assert spec.steady_seconds(ends, warmup=2) == [2.0, 3.0]
     assert spec.steady_seconds(ends[:2], warmup=1) == []
 
 
 def run(tool: str, step_s: float, rss: float, losses: list[float]) -> dict:
-    result = Result(tool=tool, task="sft", model="default", repeat=0, step_ends=[i * step_s for i in range(6)],
-                    step_cpu=[i * step_s / 2 for i in range(6)], losses=losses, peak_rss_mb=rss)
-    plan = Plan(matmul_params=1_000_000, tokens_per_step=[500] * 6, padded_tokens_per_step=[800] * 6, samples_per_step=16)
+    result = Result(
+        tool=tool,
+        task="sft",
+        model="default",
+        repeat=0,
+        step_ends=[i * step_s for i in range(6)],
+        step_cpu=[i * step_s / 2 for i in range(6)],
+        losses=losses,
+        peak_rss_mb=rss,
+    )
+    plan = Plan(
+        matmul_params=1_000_000, tokens_per_step=[500] * 6, padded_tokens_per_step=[800] * 6, samples_per_step=16
+    )
     return spec.summarise_run(result, Hyper(batch=16, steps=6, lr=1e-4, warmup=1), plan)
 
 
 def test_rates_ratios_and_goals_in_the_table():
-    fast = spec.combine([run("rlhfkit", 0.5, 600, [2.0, 1.5]), run("rlhfkit", 0.6, 610, [2.0, 1.5]), run("rlhfkit", 0.4, 590, [2.0, 1.5])])
+    fast = spec.combine(
+        [
+            run("rlhfkit", 0.5, 600, [2.0, 1.5]),
+            run("rlhfkit", 0.6, 610, [2.0, 1.5]),
+            run("rlhfkit", 0.4, 590, [2.0, 1.5]),
+        ]
+    )
     slow = spec.combine([run("trl", 1.0, 700, [2.0, 1.5])])
     assert fast["step_s"] == pytest.approx(0.5) and fast["samples_per_s"] == pytest.approx(32.0)  # median of repeats
     assert fast["cpu_step_s"] == pytest.approx(0.25)
@@ -54,7 +74,9 @@ def test_rates_ratios_and_goals_in_the_table():
     goals = "\n".join(spec.goals([row]))
     assert "2.00x TRL's (goal >= 1.5x): met" in goals and "(goal <= 1.0): met" in goals
     # TRL's batches 500 real tokens in 800: removing all padding is worth at most 1.6x at the same time per token
-    assert "padding bound 1.60x: TRL's padded batches are 62% real tokens" in "\n".join(spec.goals([{**row, "padding_bound": 1.6}]))
+    assert "padding bound 1.60x: TRL's padded batches are 62% real tokens" in "\n".join(
+        spec.goals([{**row, "padding_bound": 1.6}])
+    )
 
 
 def test_section_is_replaced_and_other_sections_kept():
@@ -63,7 +85,9 @@ def test_section_is_replaced_and_other_sections_kept():
     new = spec.replace_section(doc, "## Training throughput vs TRL\n\nnew table\n")
     assert other in new and "## Later\n\nkept\n" in new and "new table" in new and "old table" not in new
     appended = spec.replace_section("# Benchmarks\n\n" + other, "## Training throughput vs TRL\n\nfirst\n")
-    assert appended.startswith("# Benchmarks\n\n" + other) and appended.endswith("## Training throughput vs TRL\n\nfirst\n")
+    assert appended.startswith("# Benchmarks\n\n" + other) and appended.endswith(
+        "## Training throughput vs TRL\n\nfirst\n"
+    )
     assert spec.replace_section("", "## Training throughput vs TRL\n\nx\n").startswith("# Benchmarks\n\n## Training")
 
 
@@ -82,9 +106,33 @@ def test_consumption_order_replays_rlhfkit_shuffles():
 def test_rlhfkit_only_run_end_to_end(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\n## Annotation service\n\nuntouched\n")
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--only", "rlhfkit", "--tasks", "sft", "--models", "default",
-                           "--steps", "3", "--warmup", "1", "--repeats", "1", "--no-peak", "--output", str(out), "--work", str(tmp_path / "work")],
-                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--only",
+            "rlhfkit",
+            "--tasks",
+            "sft",
+            "--models",
+            "default",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--no-peak",
+            "--output",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     text = out.read_text()
     assert "## Annotation service\n\nuntouched\n" in text and "## Training throughput vs TRL" in text

@@ -15,7 +15,15 @@ from rlhfkit.config import RewardSpec, build_config
 from rlhfkit.errors import ConfigError
 from rlhfkit.report.plots import png_base64
 from rlhfkit.stages import bon_sweep
-from rlhfkit.stages.bon_sweep import BonSweepConfig, best_of_n_weights, describe_fit, expected_best_of_n, fit_gain, kl_bon, sweep_ns
+from rlhfkit.stages.bon_sweep import (
+    BonSweepConfig,
+    best_of_n_weights,
+    describe_fit,
+    expected_best_of_n,
+    fit_gain,
+    kl_bon,
+    sweep_ns,
+)
 
 
 def brute_force_best_of_n(proxy: list[float], values: list[float], n: int) -> float:
@@ -28,7 +36,9 @@ def brute_force_best_of_n(proxy: list[float], values: list[float], n: int) -> fl
     return sum(totals) / len(totals)
 
 
-@pytest.mark.parametrize("proxy", [[0.3, -1.2, 2.5, 0.7, 1.1, -0.4], [0.5, 0.5, 1.0, -1.0, 1.0, 0.5]], ids=["distinct", "ties"])
+@pytest.mark.parametrize(
+    "proxy", [[0.3, -1.2, 2.5, 0.7, 1.1, -0.4], [0.5, 0.5, 1.0, -1.0, 1.0, 0.5]], ids=["distinct", "ties"]
+)
 def test_estimator_matches_brute_force_over_all_subsets(proxy):
     values = [1.0, -0.5, 0.25, 2.0, -1.5, 0.75]
     for n in range(1, 7):
@@ -47,7 +57,8 @@ def test_estimator_of_the_proxy_itself_rises_with_n():
 
 
 def discrete_kl_bon(n: int, outcomes: int) -> float:
-    """Exact KL(best-of-n || uniform) over `outcomes` equally likely, distinct-reward outcomes (tends to log n - (n-1)/n)."""
+    """Exact KL(best-of-n || uniform) over `outcomes` equally likely, distinct-reward outcomes (tends to log n -
+    (n-1)/n)."""
     ranks = np.arange(1, outcomes + 1, dtype=float) / outcomes
     p_best = ranks**n - (ranks - 1 / outcomes) ** n
     return float((p_best * np.log(np.maximum(p_best, 1e-300) * outcomes)).sum())
@@ -85,8 +96,15 @@ def test_config_checks_ns_and_bootstrap():
 
 
 def test_sweep_end_to_end_with_proxy_equal_to_gold(tmp_path):
-    config = BonSweepConfig(rewards=[RewardSpec(function="default")], num_prompts=4, max_n=8, max_new_tokens=16, bootstrap=50,
-                            output_dir=str(tmp_path), threads=1)
+    config = BonSweepConfig(
+        rewards=[RewardSpec(function="default")],
+        num_prompts=4,
+        max_n=8,
+        max_new_tokens=16,
+        bootstrap=50,
+        output_dir=str(tmp_path),
+        threads=1,
+    )
     result = bon_sweep.run(config)
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["samples"] == 32 and [r["n"] for r in saved["rows"]] == [1, 2, 4, 8]
@@ -95,9 +113,15 @@ def test_sweep_end_to_end_with_proxy_equal_to_gold(tmp_path):
         assert row["kl"] == pytest.approx(kl_bon(row["n"]))
     golds = [r["gold"] for r in saved["rows"]]
     assert all(b >= a for a, b in zip(golds, golds[1:])) and golds[-1] > golds[0] and saved["proxy_monotone"]
-    assert saved["fits"]["proxy"]["alpha"] == pytest.approx(saved["fits"]["gold"]["alpha"]) and saved["fits"]["gold"]["alpha"] > 0
+    assert (
+        saved["fits"]["proxy"]["alpha"] == pytest.approx(saved["fits"]["gold"]["alpha"])
+        and saved["fits"]["gold"]["alpha"] > 0
+    )
     table = (tmp_path / "sweep.md").read_text()
     assert "| 8 |" in table and "alpha =" in table and "beta =" in table
     png = (tmp_path / "sweep.png").read_bytes()
     assert png.startswith(b"\x89PNG") and base64.b64decode(png_base64(tmp_path / "sweep.png").split(",", 1)[1]) == png
-    assert result["plot"] == str(tmp_path / "sweep.png") and len((tmp_path / "samples.jsonl").read_text().splitlines()) == 32
+    assert (
+        result["plot"] == str(tmp_path / "sweep.png")
+        and len((tmp_path / "samples.jsonl").read_text().splitlines()) == 32
+    )

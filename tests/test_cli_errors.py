@@ -44,7 +44,10 @@ GOOD = json.dumps({"prompt": "How are you?", "chosen": "Fine, thanks.", "rejecte
         (json.dumps({"prompt": "hi", "chosen": "a"}), ["bad.jsonl:2", "'rejected'", "missing"]),
         (json.dumps({"prompt": "hi", "chosen": 3, "rejected": "b"}), ["bad.jsonl:2", "'chosen'", "expected a string"]),
         (json.dumps({"prompt": "hi", "chosen": "  ", "rejected": "b"}), ["bad.jsonl:2", "'chosen'", "empty"]),
-        (json.dumps({"prompt": "hi", "chosen": "same", "rejected": "same"}), ["bad.jsonl:2", "'rejected'", "identical"]),
+        (
+            json.dumps({"prompt": "hi", "chosen": "same", "rejected": "same"}),
+            ["bad.jsonl:2", "'rejected'", "identical"],
+        ),
     ],
     ids=["broken-json", "missing-field", "wrong-type", "empty-response", "identical"],
 )
@@ -79,8 +82,10 @@ def test_import_keeps_existing_output_on_error(tmp_path):
 
 def test_unknown_import_format(tmp_path):
     path = write_lines(tmp_path / "ok.jsonl", [GOOD])
-    assert_one_line_error(run_cli("data", "import", str(path), "--format", "csvish", "--out", str(tmp_path / "o.jsonl")),
-                          "unknown import format 'csvish'")
+    assert_one_line_error(
+        run_cli("data", "import", str(path), "--format", "csvish", "--out", str(tmp_path / "o.jsonl")),
+        "unknown import format 'csvish'",
+    )
 
 
 def test_validate_and_import_good_file(tmp_path):
@@ -95,7 +100,9 @@ def test_validate_and_import_good_file(tmp_path):
 
 def test_missing_model_directory(tmp_path):
     data = write_lines(tmp_path / "ok.jsonl", [GOOD])
-    result = run_cli("reward", "train", f"model={tmp_path / 'nowhere'}", f"data={data}", f"output_dir={tmp_path / 'run'}")
+    result = run_cli(
+        "reward", "train", f"model={tmp_path / 'nowhere'}", f"data={data}", f"output_dir={tmp_path / 'run'}"
+    )
     assert_one_line_error(result, "model directory", "nowhere", "not found")
 
 

@@ -62,7 +62,11 @@ def test_broken_json_names_file_and_line(tmp_path):
         ({"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Hi!"}, "rejected", "identical"),
         ({"prompt": "", "chosen": "Hi!", "rejected": "Go away."}, "prompt", "empty"),
         ({"chosen": "Hi!", "rejected": "Go away."}, "prompt", "missing"),
-        ({"prompt": [{"role": "robot", "content": "hi"}], "chosen": "Hi!", "rejected": "No."}, "prompt[0].role", "robot"),
+        (
+            {"prompt": [{"role": "robot", "content": "hi"}], "chosen": "Hi!", "rejected": "No."},
+            "prompt[0].role",
+            "robot",
+        ),
         ({"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No.", "margin": "big"}, "margin", "number"),
     ],
 )
@@ -119,7 +123,13 @@ ROUND_TRIP_ROWS = {
         {"prompt": [SYSTEM, USER], "id": "p2", "category": "math", "metadata": {"k": 1.5}},
     ],
     "preference": [
-        {"prompt": "Say hi.", "chosen": "Hi! \u00e9\u4f60\u597d", "rejected": "Go away.", "margin": 2, "annotator": "ann-1"},
+        {
+            "prompt": "Say hi.",
+            "chosen": "Hi! \u00e9\u4f60\u597d",
+            "rejected": "Go away.",
+            "margin": 2,
+            "annotator": "ann-1",
+        },
         {
             "prompt": [SYSTEM, USER],
             "chosen": [{"role": "assistant", "content": "4"}],
@@ -201,7 +211,10 @@ H, A = "\n\nHuman: ", "\n\nAssistant: "
 def test_hh_small_file(tmp_path):
     rows = [
         {"chosen": H + "Hi" + A + "Hello there.", "rejected": H + "Hi" + A + "Go away."},
-        {"chosen": H + "Q1" + A + "R1" + H + "Q2" + A + "Good.", "rejected": H + "Q1" + A + "R1" + H + "Q2" + A + "Bad."},
+        {
+            "chosen": H + "Q1" + A + "R1" + H + "Q2" + A + "Good.",
+            "rejected": H + "Q1" + A + "R1" + H + "Q2" + A + "Bad.",
+        },
         {"chosen": H + "Hi" + A, "rejected": H + "Hi" + A + "Hello."},  # empty chosen reply
         {"chosen": H + "Hi" + A + "Same", "rejected": H + "Hi" + A + "Same"},  # identical
     ]
@@ -297,8 +310,14 @@ def uf_row(prompt, chosen, rejected, score_chosen, score_rejected, **extra):
     def conv(reply):
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
 
-    return {"prompt": prompt, "chosen": conv(chosen), "rejected": conv(rejected),
-            "score_chosen": score_chosen, "score_rejected": score_rejected, **extra}
+    return {
+        "prompt": prompt,
+        "chosen": conv(chosen),
+        "rejected": conv(rejected),
+        "score_chosen": score_chosen,
+        "score_rejected": score_rejected,
+        **extra,
+    }
 
 
 def test_ultrafeedback_margin_swap_and_ties(tmp_path):
@@ -312,7 +331,13 @@ def test_ultrafeedback_margin_swap_and_ties(tmp_path):
     pairs, report = import_preferences(path, "ultrafeedback")
     assert len(pairs) == 3 and report.read == 4 and report.imported == 3
     first, swapped, text = pairs
-    assert (first.prompt, first.chosen, first.rejected, first.id, first.margin) == ("Capital of France?", "Paris.", "Lyon.", "abc", 5.5)
+    assert (first.prompt, first.chosen, first.rejected, first.id, first.margin) == (
+        "Capital of France?",
+        "Paris.",
+        "Lyon.",
+        "abc",
+        5.5,
+    )
     assert first.metadata["score_chosen"] == 9.0 and first.metadata["score_rejected"] == 3.5
     assert (swapped.chosen, swapped.rejected, swapped.margin, swapped.id) == ("4", "5", 6.0, "def")
     assert swapped.metadata["score_chosen"] == 8 and swapped.metadata["score_rejected"] == 2

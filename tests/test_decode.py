@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 from rlhfkit import rollout
 from rlhfkit.decode import LeanDecoder
-from rlhfkit.rollout import cache_kwarg, cache_of
 from rlhfkit.models.tiny import build_tiny
+from rlhfkit.rollout import cache_kwarg, cache_of
 
 PAD, EOS = 1, 0
 LEAN_ARCHS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
@@ -18,8 +18,17 @@ LEAN_ARCHS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 
 def tiny_model(arch: str, root):
     if arch == "qwen3":  # not in the tiny matrix; built here for its per-head q/k norms
-        config = Qwen3Config(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             head_dim=8, intermediate_size=64, max_position_embeddings=256, pad_token_id=PAD)
+        config = Qwen3Config(
+            vocab_size=300,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            pad_token_id=PAD,
+        )
         torch.manual_seed(0)
         return AutoModelForCausalLM.from_config(config).eval()
     return AutoModelForCausalLM.from_pretrained(str(build_tiny(arch, root / arch))).eval()
@@ -31,8 +40,8 @@ def left_padded(lengths, seed=0, vocab=250):
     ids = torch.full((len(lengths), width), PAD)
     mask = torch.zeros(len(lengths), width, dtype=torch.long)
     for i, n in enumerate(lengths):
-        ids[i, width - n:] = torch.randint(5, vocab, (n,), generator=g)
-        mask[i, width - n:] = 1
+        ids[i, width - n :] = torch.randint(5, vocab, (n,), generator=g)
+        mask[i, width - n :] = 1
     return ids, mask
 
 
@@ -56,7 +65,13 @@ def test_lean_steps_give_the_logits_of_the_models_forward(arch, tmp_path):
                 live[1] = False  # row 1 ended: from now on its tokens are padding and masked out
             tokens = torch.where(live, tokens, torch.full_like(tokens, PAD))
             hf_mask = torch.cat([hf_mask, live[:, None].long()], 1)
-            out = model(input_ids=tokens[:, None], attention_mask=hf_mask, position_ids=next_pos, use_cache=True, **{cache_kwarg(model): past})
+            out = model(
+                input_ids=tokens[:, None],
+                attention_mask=hf_mask,
+                position_ids=next_pos,
+                use_cache=True,
+                **{cache_kwarg(model): past},
+            )
             past, expected = cache_of(out), out.logits[:, -1].float()
             got = lean.step(tokens, next_pos, live)
             torch.testing.assert_close(got[live], expected[live], atol=2e-5, rtol=1e-4)
@@ -67,7 +82,9 @@ def sampled(model, ids, mask, lean: bool, monkeypatch, eos=EOS, **kw):
     with monkeypatch.context() as m:
         if not lean:
             m.setattr(rollout.LeanDecoder, "attach", classmethod(lambda cls, *a: None))
-        return rollout.generate(model, ids, mask, eos_id=eos, pad_id=PAD, generator=torch.Generator().manual_seed(3), **kw)
+        return rollout.generate(
+            model, ids, mask, eos_id=eos, pad_id=PAD, generator=torch.Generator().manual_seed(3), **kw
+        )
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -93,7 +110,9 @@ def test_generate_samples_the_same_tokens_with_and_without_the_lean_path(arch, t
 def test_lora_wrapped_model_decodes_through_its_adapters(tmp_path, monkeypatch):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(tiny_model("llama", tmp_path), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "o_proj"]))
+    model = get_peft_model(
+        tiny_model("llama", tmp_path), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "o_proj"])
+    )
     for name, p in model.named_parameters():
         if "lora_B" in name:  # non-zero adapters: a path that skipped them would sample differently
             torch.nn.init.normal_(p, std=0.5)

@@ -55,7 +55,10 @@ def accelerate_launch(n: int) -> list[str]:
 def preference_file(tmp_path_factory) -> Path:
     """96 pairs from the default task: a prompt's own review (chosen) against another prompt's (rejected)."""
     examples = load_records(ensure_default().sft_data, "sft")[:97]
-    pairs = [PreferencePair(prompt=a.prompt, chosen=a.response, rejected=b.response, id=i) for i, (a, b) in enumerate(zip(examples, examples[1:]))]
+    pairs = [
+        PreferencePair(prompt=a.prompt, chosen=a.response, rejected=b.response, id=i)
+        for i, (a, b) in enumerate(zip(examples, examples[1:]))
+    ]
     path = tmp_path_factory.mktemp("prefs") / "pairs.jsonl"
     write_jsonl(path, pairs[:96])
     return path
@@ -65,13 +68,23 @@ def losses(run_dir: Path, key: str = "loss") -> list[float]:
     return [row[key] for row in rows(run_dir / "metrics.jsonl") if key in row]
 
 
-# ----------------------------------------------------------------------------------------------- N processes == 1 process
+# -------------------------------------------------------------------------------------- N processes == 1 process
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_two_processes_follow_the_one_process_loss_curve_sft(tmp_path):
-    args = ["sft", "max_steps=6", "batch_size=8", "grad_accum=2", "lr=1e-3", "log_every=1", "eval_every=3", "val_fraction=0.01",
-            "max_length=96", "threads=1"]
+    args = [
+        "sft",
+        "max_steps=6",
+        "batch_size=8",
+        "grad_accum=2",
+        "lr=1e-3",
+        "log_every=1",
+        "eval_every=3",
+        "val_fraction=0.01",
+        "max_length=96",
+        "threads=1",
+    ]
     launch(single(), *args, f"output_dir={tmp_path / 'one'}")
     two = launch(torchrun(2), *args, f"output_dir={tmp_path / 'two'}")
     assert "distributed: 2 processes" in two.stderr
@@ -89,18 +102,41 @@ def test_two_processes_follow_the_one_process_loss_curve_sft(tmp_path):
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_two_processes_follow_the_one_process_loss_curve_dpo(tmp_path, preference_file):
-    args = ["dpo", f"data={preference_file}", "max_steps=5", "batch_size=8", "lr=5e-4", "log_every=1", "eval_every=5", "val_fraction=0.1",
-            "max_length=96", "threads=1"]
+    args = [
+        "dpo",
+        f"data={preference_file}",
+        "max_steps=5",
+        "batch_size=8",
+        "lr=5e-4",
+        "log_every=1",
+        "eval_every=5",
+        "val_fraction=0.1",
+        "max_length=96",
+        "threads=1",
+    ]
     launch(single(), *args, f"output_dir={tmp_path / 'one'}")
     launch(torchrun(2), *args, f"output_dir={tmp_path / 'two'}")
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=2e-3, abs=2e-3)
-    assert losses(tmp_path / "two", "reward_margin") == pytest.approx(losses(tmp_path / "one", "reward_margin"), rel=1e-2, abs=1e-3)
+    assert losses(tmp_path / "two", "reward_margin") == pytest.approx(
+        losses(tmp_path / "one", "reward_margin"), rel=1e-2, abs=1e-3
+    )
 
 
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate's launcher is not installed beside this Python")
 def test_reward_training_under_accelerate_launch_matches_one_process(tmp_path, preference_file):
-    args = ["reward", "train", f"data={preference_file}", "max_steps=6", "batch_size=8", "lr=5e-4", "log_every=1", "eval_every=3",
-            "patience=0", "max_length=96", "threads=1"]
+    args = [
+        "reward",
+        "train",
+        f"data={preference_file}",
+        "max_steps=6",
+        "batch_size=8",
+        "lr=5e-4",
+        "log_every=1",
+        "eval_every=3",
+        "patience=0",
+        "max_length=96",
+        "threads=1",
+    ]
     launch(single(), *args, f"output_dir={tmp_path / 'one'}")
     two = launch(accelerate_launch(2), *args, f"output_dir={tmp_path / 'two'}")
     assert "distributed: 2 processes" in two.stderr
@@ -110,8 +146,17 @@ def test_reward_training_under_accelerate_launch_matches_one_process(tmp_path, p
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_grpo_splits_its_rollouts_among_processes_and_resumes(tmp_path):
-    args = ["grpo", "rewards=[{function: default}]", "batch_size=4", "group_size=4", "mini_batch_size=8", "max_new_tokens=24",
-            "save_every=2", "threads=1", f"output_dir={tmp_path}"]
+    args = [
+        "grpo",
+        "rewards=[{function: default}]",
+        "batch_size=4",
+        "group_size=4",
+        "mini_batch_size=8",
+        "max_new_tokens=24",
+        "save_every=2",
+        "threads=1",
+        f"output_dir={tmp_path}",
+    ]
     first = launch(torchrun(2), *args, "steps=2")
     assert "distributed: 2 processes" in first.stderr and "2 of each batch's 4 per process" in first.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -126,19 +171,46 @@ def test_grpo_splits_its_rollouts_among_processes_and_resumes(tmp_path):
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_ppo_trains_policy_and_value_model_in_two_processes(tmp_path):
-    launch(torchrun(2), "ppo", "rewards=[{function: default}]", "steps=2", "batch_size=8", "mini_batch_size=4", "max_new_tokens=24",
-           "threads=1", f"output_dir={tmp_path}")
+    launch(
+        torchrun(2),
+        "ppo",
+        "rewards=[{function: default}]",
+        "steps=2",
+        "batch_size=8",
+        "mini_batch_size=4",
+        "max_new_tokens=24",
+        "threads=1",
+        f"output_dir={tmp_path}",
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["processes"] == 2 and [r["step"] for r in rows(tmp_path / "metrics.jsonl")] == [1, 2]
     assert (tmp_path / "value_model").is_dir() and (tmp_path / "model").is_dir()
-    bad = subprocess.run([*torchrun(2), "ppo", "rewards=[{function: default}]", "steps=1", "batch_size=8", "mini_batch_size=3",
-                          f"output_dir={tmp_path / 'bad'}"], capture_output=True, text=True, env=env(), timeout=300)
+    bad = subprocess.run(
+        [
+            *torchrun(2),
+            "ppo",
+            "rewards=[{function: default}]",
+            "steps=1",
+            "batch_size=8",
+            "mini_batch_size=3",
+            f"output_dir={tmp_path / 'bad'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert bad.returncode != 0 and "mini_batch_size 3 must split evenly among the 2 processes" in bad.stderr
 
 
 def test_global_batch_must_split_evenly(tmp_path):
-    result = subprocess.run([*torchrun(2), "sft", "max_steps=1", "batch_size=7", f"output_dir={tmp_path}"], capture_output=True, text=True,
-                            env=env(), timeout=300)
+    result = subprocess.run(
+        [*torchrun(2), "sft", "max_steps=1", "batch_size=7", f"output_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "batch_size 7 is the global batch and must divide evenly among the 2 processes" in result.stderr
 
@@ -163,21 +235,45 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 240) -> None:
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_kill_9_then_resume_reaches_the_uninterrupted_result(tmp_path, stage, preference_file):
     data = [] if stage == "sft" else [f"data={preference_file}"]
-    args = [stage, *data, "max_steps=12", "batch_size=4", "lr=1e-3", "log_every=1", "eval_every=6", "checkpoint_every=4",
-            "val_fraction=0.05", "max_length=96", "threads=1", "seed=3"]
+    args = [
+        stage,
+        *data,
+        "max_steps=12",
+        "batch_size=4",
+        "lr=1e-3",
+        "log_every=1",
+        "eval_every=6",
+        "checkpoint_every=4",
+        "val_fraction=0.05",
+        "max_length=96",
+        "threads=1",
+        "seed=3",
+    ]
     launch(single(), *args, f"output_dir={tmp_path / 'straight'}")
 
     out = tmp_path / "killed"
-    process = subprocess.Popen([*single(), *args, f"output_dir={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
+    process = subprocess.Popen(
+        [*single(), *args, f"output_dir={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env()
+    )
     # killed after the step-8 checkpoint, mid-way to step 12
-    kill_when(process, lambda: (out / "checkpoints" / "step-000008").is_dir() and any(r["step"] >= 9 for r in rows(out / "metrics.jsonl")))
+    kill_when(
+        process,
+        lambda: (
+            (out / "checkpoints" / "step-000008").is_dir() and any(r["step"] >= 9 for r in rows(out / "metrics.jsonl"))
+        ),
+    )
     assert not (out / "model").exists()
-    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")) == ["step-000004", "step-000008"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")) == [
+        "step-000004",
+        "step-000008",
+    ]
 
     resumed = launch(single(), *args, f"output_dir={out}", "resume=true")
     assert "resuming from" in resumed.stderr and "step-000008" in resumed.stderr
     straight, again = rows(tmp_path / "straight" / "metrics.jsonl"), rows(out / "metrics.jsonl")
-    assert [r["step"] for r in again] == list(range(1, 13))  # the killed run's rows after step 8 were dropped, none twice
+    assert [r["step"] for r in again] == list(
+        range(1, 13)
+    )  # the killed run's rows after step 8 were dropped, none twice
     drop_time = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
     assert drop_time(again) == drop_time(straight)  # deterministic settings: the same numbers, bit for bit
     from safetensors.torch import load_file
@@ -188,7 +284,9 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_result(tmp_path, stage, pr
 
 
 def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):
-    result = launch(single(), "sft", "max_steps=2", "batch_size=4", "val_fraction=0.01", "resume=true", f"output_dir={tmp_path}")
+    result = launch(
+        single(), "sft", "max_steps=2", "batch_size=4", "val_fraction=0.01", "resume=true", f"output_dir={tmp_path}"
+    )
     assert "no checkpoint" in result.stderr and (tmp_path / "model").is_dir()
 
 
@@ -201,9 +299,23 @@ def test_bf16_autocast_and_gradient_checkpointing_train_on_cpu(tmp_path):
 
     data = tmp_path / "sft.jsonl"
     write_jsonl(data, load_records(ensure_default().sft_data, "sft")[:80])
-    base = dict(data=str(data), max_steps=8, batch_size=8, lr=1e-3, log_every=1, eval_every=8, val_fraction=0.1, max_length=96, threads=1)
-    for name, extra in (("fp32", {}), ("ckpt", {"gradient_checkpointing": True}), ("bf16", {"mixed_precision": "bf16"}),
-                        ("lora-ckpt", {"gradient_checkpointing": True, "lora": {"r": 4}, "lr": 5e-3})):
+    base = dict(
+        data=str(data),
+        max_steps=8,
+        batch_size=8,
+        lr=1e-3,
+        log_every=1,
+        eval_every=8,
+        val_fraction=0.1,
+        max_length=96,
+        threads=1,
+    )
+    for name, extra in (
+        ("fp32", {}),
+        ("ckpt", {"gradient_checkpointing": True}),
+        ("bf16", {"mixed_precision": "bf16"}),
+        ("lora-ckpt", {"gradient_checkpointing": True, "lora": {"r": 4}, "lr": 5e-3}),
+    ):
         sft.run(SFTConfig(**{**base, **extra, "output_dir": str(tmp_path / name)}))
     fp32 = losses(tmp_path / "fp32")
     # recomputing activations changes nothing but memory and time
@@ -215,13 +327,22 @@ def test_bf16_autocast_and_gradient_checkpointing_train_on_cpu(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusals on a machine without CUDA")
-@pytest.mark.parametrize("override, message", [
-    ("lora.load_in_4bit=true", "lora.load_in_4bit (QLoRA) needs a CUDA GPU"),
-    ("mixed_precision=fp16", "mixed_precision 'fp16' needs a CUDA GPU"),
-    ("device=cuda", "device 'cuda': no CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lora.load_in_4bit=true", "lora.load_in_4bit (QLoRA) needs a CUDA GPU"),
+        ("mixed_precision=fp16", "mixed_precision 'fp16' needs a CUDA GPU"),
+        ("device=cuda", "device 'cuda': no CUDA GPU"),
+    ],
+)
 def test_cuda_only_options_are_refused_on_cpu_before_any_work(tmp_path, override, message):
-    result = subprocess.run([*single(), "sft", override, f"output_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env(), timeout=120)
+    result = subprocess.run(
+        [*single(), "sft", override, f"output_dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and message in result.stderr
     assert not (tmp_path / "run" / "model").exists()

@@ -49,14 +49,20 @@ def test_ead_is_less_length_biased_than_distinct():
 
 
 def test_self_bleu_matches_sacrebleu():
-    texts = ["the food was great and the staff were kind", "the food was awful and the staff were rude",
-             "we loved the view from the room"]
-    expected = sum(sacrebleu.sentence_bleu(texts[i], [t for j, t in enumerate(texts) if j != i]).score for i in range(3)) / 3
+    texts = [
+        "the food was great and the staff were kind",
+        "the food was awful and the staff were rude",
+        "we loved the view from the room",
+    ]
+    expected = (
+        sum(sacrebleu.sentence_bleu(texts[i], [t for j, t in enumerate(texts) if j != i]).score for i in range(3)) / 3
+    )
     assert self_bleu(texts) == pytest.approx(expected)
     assert 0 < self_bleu(texts) < 100
     assert self_bleu(["same words here"] * 3) == pytest.approx(100.0)
     assert self_bleu(texts, max_texts=2) == pytest.approx(
-        (sacrebleu.sentence_bleu(texts[0], [texts[1]]).score + sacrebleu.sentence_bleu(texts[1], [texts[0]]).score) / 2)
+        (sacrebleu.sentence_bleu(texts[0], [texts[1]]).score + sacrebleu.sentence_bleu(texts[1], [texts[0]]).score) / 2
+    )
     assert self_bleu(texts[:1]) == 0.0
 
 
@@ -89,7 +95,8 @@ def test_default_detector_on_crafted_texts():
         "You are an idiot and I hate you.": True,  # lexicon (VADER -0.79 alone would not flag it)
         "Shut up, moron.": True,  # lexicon, mild VADER
         "I will kill him.": True,
-        "Horrible, awful, terrible, miserable, hateful people. I despise them and their cruel, evil lies.": True,  # VADER only
+        # VADER only
+        "Horrible, awful, terrible, miserable, hateful people. I despise them and their cruel, evil lies.": True,
         "The waiter was pathetic and the soup was cold.": False,  # an ordinary bad review
         "The dessert was to die for, the staff showed real skill.": False,  # no 'kill' inside 'skill'
         "The room was fine.": False,
@@ -131,13 +138,33 @@ def test_sampling_matches_sample_responses():
 
 
 def test_eval_against_itself(tmp_path):
-    results = policy.run(EvalConfig(models={"base": "default", "same": "default"}, judge="gold", output_dir=str(tmp_path),
-                                    num_prompts=8, samples_per_prompt=1, max_new_tokens=24))
+    results = policy.run(
+        EvalConfig(
+            models={"base": "default", "same": "default"},
+            judge="gold",
+            output_dir=str(tmp_path),
+            num_prompts=8,
+            samples_per_prompt=1,
+            max_new_tokens=24,
+        )
+    )
     on_disk = json.loads((tmp_path / "eval.json").read_text())
     assert on_disk["baseline"] == "base" and on_disk["judge"] == "gold"
     for name in ("base", "same"):
         row = on_disk["results"][name]
-        for key in ("win_rate", "wins", "ties", "losses", "kl", "kl_ci", "ead_2", "self_bleu", "unsafe_rate", "distinct_2", "mean_gold"):
+        for key in (
+            "win_rate",
+            "wins",
+            "ties",
+            "losses",
+            "kl",
+            "kl_ci",
+            "ead_2",
+            "self_bleu",
+            "unsafe_rate",
+            "distinct_2",
+            "mean_gold",
+        ):
             assert key in row, (name, key)
         # same seed, same model: identical samples, so every comparison is a tie
         assert row["win_rate"] == 0.5 and row["ties"] == 8
@@ -157,8 +184,17 @@ def test_eval_reports_every_reward_head(tmp_path):
     tokenizer = load_tokenizer(path)
     load_reward_model(path, tokenizer, num_labels=2).save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
-    results = policy.run(EvalConfig(models={"a": "default"}, reward_model=str(tmp_path / "rm"), gold=None, safety_prompts=None,
-                                    output_dir=str(tmp_path / "eval"), num_prompts=4, max_new_tokens=16))
+    results = policy.run(
+        EvalConfig(
+            models={"a": "default"},
+            reward_model=str(tmp_path / "rm"),
+            gold=None,
+            safety_prompts=None,
+            output_dir=str(tmp_path / "eval"),
+            num_prompts=4,
+            max_new_tokens=16,
+        )
+    )
     row = results["a"]
     assert row["mean_reward"] == pytest.approx(row["reward_head_0"]) and "reward_head_1" in row
     assert row["win_rate"] == 0.5  # judged by the reward model (the default without gold), against itself

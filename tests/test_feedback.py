@@ -30,6 +30,7 @@ def gold_pairs(n: int, seed: int, min_diff: float) -> list[tuple[float, float]]:
 
 # ----------------------------------------------------------------------------------------------- panel
 
+
 def test_noiseless_panel_majority_follows_gold():
     panel = SimulatedPanel(PanelSettings(annotators=5, noise=0.0, temperature=0.02, seed=1))
     pairs = gold_pairs(300, seed=0, min_diff=0.4)
@@ -119,11 +120,12 @@ def test_majority_and_tie_rule():
 
 # ----------------------------------------------------------------------------------------------- gold judge
 
+
 def test_gold_sentiment_sign():
     positive = " The food was wonderful and the staff were lovely. I would definitely recommend it."
     negative = " The food was awful and the staff were rude. Never again."
     assert gold.gold_score(positive) > 0 > gold.gold_score(negative)
-    assert -1.0 <= gold.gold_score(negative) and gold.gold_score(positive) <= 1.0
+    assert gold.gold_score(negative) >= -1.0 and gold.gold_score(positive) <= 1.0
 
 
 def test_gold_penalises_repetition():
@@ -134,7 +136,9 @@ def test_gold_penalises_repetition():
     assert gold.gold_score(looped) < gold.gold_score(sentence)
     # the penalty is REPEAT_WEIGHT * repeat_share below the clipped sentiment
     compound = gold._analyzer().polarity_scores(looped)["compound"]
-    assert gold.gold_score(looped) == pytest.approx(max(-1.0, compound - gold.REPEAT_WEIGHT * gold.repeat_share(looped)))
+    assert gold.gold_score(looped) == pytest.approx(
+        max(-1.0, compound - gold.REPEAT_WEIGHT * gold.repeat_share(looped))
+    )
     assert gold.repeat_share("one two three") == 0.0  # fewer than two trigrams
 
 
@@ -147,7 +151,8 @@ def test_gold_empty_and_score_shape():
     assert scores[1] == -1.0
 
 
-# ----------------------------------------------------------------------------------------------- metrics on hand examples
+# -------------------------------------------------------------------------------------- metrics on hand examples
+
 
 def test_reward_metrics_hand_examples():
     # confidences: m=0 -> 0.5 (wrong: not > 0), ln4 -> 0.8 (right), -ln4 -> 0.8 (wrong), ln9 -> 0.9 (right)

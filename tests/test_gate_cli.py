@@ -15,7 +15,9 @@ ENV = {**os.environ, "RLHFKIT_NO_PROGRESS": "1"}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True, env=ENV, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True, env=ENV, timeout=600
+    )
 
 
 def make_checkpoints(root: Path, names: list[str]) -> dict[str, Path]:
@@ -30,13 +32,21 @@ def make_checkpoints(root: Path, names: list[str]) -> dict[str, Path]:
 def test_gate_exit_codes_registry_and_rollback(tmp_path):
     paths = make_checkpoints(tmp_path, ["good", "bad", "better"])
     eval_json = tmp_path / "eval.json"
-    eval_json.write_text(json.dumps({"results": {
-        "good": {"model": str(paths["good"]), "mean_gold": 0.6, "distinct_2": 0.12},
-        "bad": {"model": str(paths["bad"]), "mean_gold": 0.1, "distinct_2": 0.12},
-        "better": {"model": str(paths["better"]), "mean_gold": 0.7, "distinct_2": 0.13},
-    }}))
+    eval_json.write_text(
+        json.dumps(
+            {
+                "results": {
+                    "good": {"model": str(paths["good"]), "mean_gold": 0.6, "distinct_2": 0.12},
+                    "bad": {"model": str(paths["bad"]), "mean_gold": 0.1, "distinct_2": 0.12},
+                    "better": {"model": str(paths["better"]), "mean_gold": 0.7, "distinct_2": 0.13},
+                }
+            }
+        )
+    )
     gate_yaml = tmp_path / "gate.yaml"
-    gate_yaml.write_text(f"thresholds:\n  mean_gold: '>= 0.5'\n  distinct_2: '>= 0.1'\nmetrics: {eval_json}\nregistry: {tmp_path}\n")
+    gate_yaml.write_text(
+        f"thresholds:\n  mean_gold: '>= 0.5'\n  distinct_2: '>= 0.1'\nmetrics: {eval_json}\nregistry: {tmp_path}\n"
+    )
 
     good = cli("gate", str(paths["good"]), "--config", str(gate_yaml))
     assert good.returncode == 0, good.stderr
@@ -65,8 +75,14 @@ def test_gate_exit_codes_registry_and_rollback(tmp_path):
 
 def test_gate_evaluates_the_checkpoint_when_no_metrics_are_given(tmp_path):
     paths = make_checkpoints(tmp_path, ["policy"])
-    result = cli("gate", str(paths["policy"]), "thresholds={mean_gold: '>= -1.0', mean_length: '>= 1'}", "eval.num_prompts=4",
-                 "eval.max_new_tokens=16", f"registry={tmp_path}")
+    result = cli(
+        "gate",
+        str(paths["policy"]),
+        "thresholds={mean_gold: '>= -1.0', mean_length: '>= 1'}",
+        "eval.num_prompts=4",
+        "eval.max_new_tokens=16",
+        f"registry={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr
     gate_json = json.loads((tmp_path / "policy" / "gate" / "gate.json").read_text())
     assert gate_json["passed"] and -1.0 <= gate_json["metrics"]["mean_gold"] <= 1.0
@@ -85,10 +101,34 @@ def test_detect_fires_on_a_blowing_up_run_and_not_on_a_healthy_one(tmp_path):
         (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return path
 
-    healthy = write(tmp_path / "healthy", [{"step": s, "reward": 0.05 * s, "gold": 0.03 * s, "kl": min(3.0, 0.1 * s),
-                                            "response_length": 25 + 0.05 * s, "distinct_2": 0.55} for s in range(1, 41)])
-    hacked = write(tmp_path / "hacked", [{"step": s, "reward": 0.05 * s, "gold": 0.5, "kl": 0.05 * s * s,
-                                          "response_length": 25 + s, "distinct_2": 0.55} for s in range(1, 41)])
+    healthy = write(
+        tmp_path / "healthy",
+        [
+            {
+                "step": s,
+                "reward": 0.05 * s,
+                "gold": 0.03 * s,
+                "kl": min(3.0, 0.1 * s),
+                "response_length": 25 + 0.05 * s,
+                "distinct_2": 0.55,
+            }
+            for s in range(1, 41)
+        ],
+    )
+    hacked = write(
+        tmp_path / "hacked",
+        [
+            {
+                "step": s,
+                "reward": 0.05 * s,
+                "gold": 0.5,
+                "kl": 0.05 * s * s,
+                "response_length": 25 + s,
+                "distinct_2": 0.55,
+            }
+            for s in range(1, 41)
+        ],
+    )
     ok = cli("detect", str(healthy), "--strict")
     assert ok.returncode == 0 and "FIRED" not in ok.stdout
     fired = cli("detect", str(hacked), "--strict")

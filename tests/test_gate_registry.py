@@ -13,25 +13,38 @@ from rlhfkit.evaluate.gate import GateResult, GateSettings, Threshold, evaluate_
 from rlhfkit.evaluate.registry import FILENAME, Registry, RegistryError, format_registry
 
 # one `results` entry of an eval.json
-PPO_EVAL = {"model": "runs/ppo-t1/model", "samples": 576, "mean_length": 26.32, "distinct_2": 0.0985,
-            "truncated_share": 0.0, "mean_gold": 0.918, "gold_stderr": 0.0037, "mean_reward": 2.64}
+PPO_EVAL = {
+    "model": "runs/ppo-t1/model",
+    "samples": 576,
+    "mean_length": 26.32,
+    "distinct_2": 0.0985,
+    "truncated_share": 0.0,
+    "mean_gold": 0.918,
+    "gold_stderr": 0.0037,
+    "mean_reward": 2.64,
+}
 
 
 # ----------------------------------------------------------------------------------------------- gate
 
 
 def test_gate_rows_pass_and_fail_with_measured_values():
-    settings = GateSettings(thresholds=[
-        Threshold(metric="mean_gold", op=">=", value=0.4),
-        Threshold(metric="distinct_2", op=">=", value=0.12),
-        Threshold(metric="mean_length", op="<", value=40),
-        Threshold(metric="truncated_share", op="<=", value=0.0),
-        Threshold(metric="mean_reward", op=">", value=2.64),
-    ])
+    settings = GateSettings(
+        thresholds=[
+            Threshold(metric="mean_gold", op=">=", value=0.4),
+            Threshold(metric="distinct_2", op=">=", value=0.12),
+            Threshold(metric="mean_length", op="<", value=40),
+            Threshold(metric="truncated_share", op="<=", value=0.0),
+            Threshold(metric="mean_reward", op=">", value=2.64),
+        ]
+    )
     result = evaluate_gate(PPO_EVAL, settings)
     assert [(r.metric, r.measured, r.passed) for r in result.rows] == [
-        ("mean_gold", 0.918, True), ("distinct_2", 0.0985, False), ("mean_length", 26.32, True),
-        ("truncated_share", 0.0, True), ("mean_reward", 2.64, False),  # strict > at the bound fails
+        ("mean_gold", 0.918, True),
+        ("distinct_2", 0.0985, False),
+        ("mean_length", 26.32, True),
+        ("truncated_share", 0.0, True),
+        ("mean_reward", 2.64, False),  # strict > at the bound fails
     ]
     assert all(r.reason is None for r in result.rows)
     assert not result.passed
@@ -50,23 +63,31 @@ def test_a_missing_or_non_numeric_metric_fails_its_row():
 
 
 def test_dict_form():
-    settings = GateSettings(thresholds={"mean_gold": ">= 0.4", "distinct_2": ">=0.08", "mean_length": "< 1e2",
-                                        "kl": "<= -1"})
-    assert [str(t) for t in settings.thresholds] == ["mean_gold >= 0.4", "distinct_2 >= 0.08", "mean_length < 100",
-                                                     "kl <= -1"]
+    settings = GateSettings(
+        thresholds={"mean_gold": ">= 0.4", "distinct_2": ">=0.08", "mean_length": "< 1e2", "kl": "<= -1"}
+    )
+    assert [str(t) for t in settings.thresholds] == [
+        "mean_gold >= 0.4",
+        "distinct_2 >= 0.08",
+        "mean_length < 100",
+        "kl <= -1",
+    ]
     loaded = build_config(GateSettings, {"thresholds": {"mean_gold": ">= 0.4"}}, source="gate.yaml")
     assert loaded.thresholds == [Threshold(metric="mean_gold", op=">=", value=0.4)]
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"mean_gold": 0.4}, "'mean_gold: 0.4': expected a condition like '>= 0.4'"),
-    ({"mean_gold": "=> 0.4"}, "'mean_gold: => 0.4': expected a condition"),
-    ({"mean_gold": ">= "}, "'mean_gold: >= ': expected a condition"),
-    ({"mean_gold": ">= high"}, "'mean_gold: >= high': 'high' is not a number"),
-    ({"mean_gold": ">= inf"}, "must be a finite number"),
-    (["mean_gold >="], "'mean_gold >=': expected 'METRIC OP VALUE'"),
-    (["mean_gold == 0.4"], "expected 'METRIC OP VALUE'"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"mean_gold": 0.4}, "'mean_gold: 0.4': expected a condition like '>= 0.4'"),
+        ({"mean_gold": "=> 0.4"}, "'mean_gold: => 0.4': expected a condition"),
+        ({"mean_gold": ">= "}, "'mean_gold: >= ': expected a condition"),
+        ({"mean_gold": ">= high"}, "'mean_gold: >= high': 'high' is not a number"),
+        ({"mean_gold": ">= inf"}, "must be a finite number"),
+        (["mean_gold >="], "'mean_gold >=': expected 'METRIC OP VALUE'"),
+        (["mean_gold == 0.4"], "expected 'METRIC OP VALUE'"),
+    ],
+)
 def test_bad_entries_are_config_errors_naming_the_entry(entry, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         GateSettings(thresholds=entry)
@@ -113,16 +134,23 @@ def checkpoint(tmp_path, name: str) -> str:
     return str(path)
 
 
-LINEAGE = {"sft_model": "runs/demo1/sft/model", "reward_model": "runs/demo1/reward/model",
-           "data": ["prompts.jsonl"], "config": "configs/ppo.yaml", "steps": 60}
+LINEAGE = {
+    "sft_model": "runs/demo1/sft/model",
+    "reward_model": "runs/demo1/reward/model",
+    "data": ["prompts.jsonl"],
+    "config": "configs/ppo.yaml",
+    "steps": 60,
+}
 
 
 @pytest.fixture
 def three(tmp_path):
     """Two passing checkpoints then a failing one, which is current."""
     registry = Registry(tmp_path / "root")
-    ids = [registry.register(checkpoint(tmp_path, name), {"mean_gold": g}, gate(p), {**LINEAGE, "name": name})
-           for name, g, p in [("a", 0.8, True), ("b", 0.9, True), ("c", 0.3, False)]]
+    ids = [
+        registry.register(checkpoint(tmp_path, name), {"mean_gold": g}, gate(p), {**LINEAGE, "name": name})
+        for name, g, p in [("a", 0.8, True), ("b", 0.9, True), ("c", 0.3, False)]
+    ]
     return registry, ids
 
 

@@ -7,7 +7,6 @@ run with the shipped KL penalty (PPOConfig's kl_coef=0.05) must not.
 
 from __future__ import annotations
 
-
 import pytest
 
 from rlhfkit.config import PairsConfig, PanelSettings, PPOConfig, RewardEvalConfig, RewardSpec, RewardTrainConfig
@@ -18,7 +17,8 @@ SEED = 2
 STEPS = 30
 LR = 2e-4  # high enough that 30 KL-free iterations lengthen responses ~2.5x
 # 30 iterations of 16 rollouts: the default 10-row windows would compare steps 1-10 with 21-30, which mixes the
-# length still growing into the first window; 5-row windows compare the start with the end as the full run's 10 of 60 do.
+# length still growing into the first window; 5-row windows compare the start with the end as the full run's 10 of 60
+# do.
 SETTINGS = DetectorSettings(window=5)
 # reward_hacking is left out on purpose: at batch 16 one step's gold swings by ~0.4, and the KL-penalised run's gold
 # window means fell >0.1 from their peak in 3 of 6 development runs (seeds 1-2), so it fires there too.
@@ -28,17 +28,50 @@ HACKING = ("length_drift", "kl_blowup")
 @pytest.fixture(scope="module")
 def hacked(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("hack")
-    pairs.run(PairsConfig(output_dir=str(root / "pairs"), num_prompts=400, max_new_tokens=40, seed=SEED,
-                          panel=PanelSettings(length_bias=3.0, temperature=0.5)))
-    reward.train(RewardTrainConfig(data=str(root / "pairs" / "pairs.jsonl"), output_dir=str(root / "reward"), max_steps=60,
-                                   batch_size=32, lr=3e-4, eval_every=20, patience=0, seed=SEED))
-    rm_eval = reward.evaluate(RewardEvalConfig(model=str(root / "reward" / "model"), output_dir=str(root / "reward_eval"),
-                                               data=str(root / "reward" / "val_pairs.jsonl")))
+    pairs.run(
+        PairsConfig(
+            output_dir=str(root / "pairs"),
+            num_prompts=400,
+            max_new_tokens=40,
+            seed=SEED,
+            panel=PanelSettings(length_bias=3.0, temperature=0.5),
+        )
+    )
+    reward.train(
+        RewardTrainConfig(
+            data=str(root / "pairs" / "pairs.jsonl"),
+            output_dir=str(root / "reward"),
+            max_steps=60,
+            batch_size=32,
+            lr=3e-4,
+            eval_every=20,
+            patience=0,
+            seed=SEED,
+        )
+    )
+    rm_eval = reward.evaluate(
+        RewardEvalConfig(
+            model=str(root / "reward" / "model"),
+            output_dir=str(root / "reward_eval"),
+            data=str(root / "reward" / "val_pairs.jsonl"),
+        )
+    )
     runs = {}
     for name, kl_coef in (("kl0", 0.0), ("penalised", PPOConfig.model_fields["kl_coef"].default)):
         out = root / name
-        ppo.run(PPOConfig(rewards=[RewardSpec(model=str(root / "reward" / "model"))], output_dir=str(out), kl_coef=kl_coef,
-                          max_new_tokens=96, steps=STEPS, batch_size=16, lr=LR, seed=SEED, save_every=STEPS))
+        ppo.run(
+            PPOConfig(
+                rewards=[RewardSpec(model=str(root / "reward" / "model"))],
+                output_dir=str(out),
+                kl_coef=kl_coef,
+                max_new_tokens=96,
+                steps=STEPS,
+                batch_size=16,
+                lr=LR,
+                seed=SEED,
+                save_every=STEPS,
+            )
+        )
         verdicts = run_detectors(load_metrics(out / "metrics.jsonl"), SETTINGS)
         runs[name] = {v.name: v for v in verdicts}
         print(f"{name} (kl_coef={kl_coef}):\n{format_verdicts(verdicts)}")

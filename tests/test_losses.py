@@ -136,9 +136,7 @@ def test_dpo_hinge():
 
 def test_dpo_robust_label_smoothing():
     beta, ls = 0.5, 0.2
-    expected = [
-        (-logsigmoid(beta * z) * (1 - ls) + logsigmoid(-beta * z) * ls) / (1 - 2 * ls) for z in LOGITS
-    ]
+    expected = [(-logsigmoid(beta * z) * (1 - ls) + logsigmoid(-beta * z) * ls) / (1 - 2 * ls) for z in LOGITS]
     losses, _, _ = dpo_loss(*dpo_inputs(), beta=beta, loss_type="robust", label_smoothing=ls)
     close(losses, expected)
 
@@ -307,9 +305,7 @@ def make_sequence_batch(dtype=torch.float32, seed=0):
     B, T, V = 3, 6, 11
     logits = (torch.randn(B, T, V, generator=g) * 3).to(dtype)
     labels = torch.randint(0, V, (B, T), generator=g)
-    mask = torch.tensor(
-        [[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.long
-    )
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.long)
     labels = labels.masked_fill(mask == 0, -100)  # unmasked labels are the usual ignore index
     return logits, labels, mask
 

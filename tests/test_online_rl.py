@@ -8,10 +8,10 @@ metrics.jsonl rows, saved models that reload in plain transformers, checkpoints,
 from __future__ import annotations
 
 import json
-import shutil
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,10 +34,19 @@ GOLD = [RewardSpec(function="default")]
 TINY = dict(rewards=GOLD, max_new_tokens=16, seed=0)
 
 HEADLINE = ("reward", "gold", "kl", "entropy", "response_length", "distinct_2")
-COMMON_KEYS = {*HEADLINE, "truncated_share", "clip_fraction", "approx_kl", "policy_loss", "lr", *(f"{k}_avg" for k in HEADLINE)}
+COMMON_KEYS = {
+    *HEADLINE,
+    "truncated_share",
+    "clip_fraction",
+    "approx_kl",
+    "policy_loss",
+    "lr",
+    *(f"{k}_avg" for k in HEADLINE),
+}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
 
 def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -84,6 +93,7 @@ def check_metrics(out: Path, steps: int, extra: set[str]) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------- PPO
 
+
 def test_ppo_runs_logs_and_saves(tmp_path):
     out = tmp_path / "ppo"
     ppo.run(PPOConfig(output_dir=str(out), steps=3, batch_size=4, mini_batch_size=2, epochs_per_batch=2, **TINY))
@@ -107,7 +117,17 @@ def test_ppo_runs_logs_and_saves(tmp_path):
 
 def test_ppo_shared_value_head_runs(tmp_path):
     out = tmp_path / "ppo"
-    ppo.run(PPOConfig(output_dir=str(out), steps=2, batch_size=4, mini_batch_size=2, epochs_per_batch=2, value_model="shared", **TINY))
+    ppo.run(
+        PPOConfig(
+            output_dir=str(out),
+            steps=2,
+            batch_size=4,
+            mini_batch_size=2,
+            epochs_per_batch=2,
+            value_model="shared",
+            **TINY,
+        )
+    )
     check_metrics(out, 2, {"value_loss"})
     head = torch.load(out / "value_head.pt")
     assert head["weight"].shape == (1, load_causal_lm(DEFAULT).config.n_embd)
@@ -119,7 +139,18 @@ def test_ppo_shared_value_head_runs(tmp_path):
 def test_ppo_learns_an_easy_reward(tmp_path):
     # The gold judge rewards positive sentiment: a few PPO iterations with a high learning rate must raise it clearly.
     out = tmp_path / "ppo"
-    ppo.run(PPOConfig(output_dir=str(out), steps=20, batch_size=8, mini_batch_size=8, epochs_per_batch=2, lr=2e-4, gold=None, **TINY))
+    ppo.run(
+        PPOConfig(
+            output_dir=str(out),
+            steps=20,
+            batch_size=8,
+            mini_batch_size=8,
+            epochs_per_batch=2,
+            lr=2e-4,
+            gold=None,
+            **TINY,
+        )
+    )
     rewards = [r["reward"] for r in rows(out / "metrics.jsonl")]
     first, last = statistics.mean(rewards[:3]), statistics.mean(rewards[-3:])
     assert last > first + 0.2, rewards
@@ -128,11 +159,14 @@ def test_ppo_learns_an_easy_reward(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- GRPO, RLOO
 
+
 @pytest.mark.parametrize("stage", ["grpo", "rloo"])
 def test_grpo_and_rloo_run_log_and_save(stage, tmp_path):
     out = tmp_path / stage
     if stage == "grpo":
-        config = GRPOConfig(output_dir=str(out), steps=3, batch_size=2, group_size=4, mini_batch_size=4, lr=1e-4, **TINY)
+        config = GRPOConfig(
+            output_dir=str(out), steps=3, batch_size=2, group_size=4, mini_batch_size=4, lr=1e-4, **TINY
+        )
         extra = {"group_reward_std", "kl_loss"}
     else:
         config = RLOOConfig(output_dir=str(out), steps=3, batch_size=2, k=4, mini_batch_size=4, lr=1e-4, **TINY)
@@ -147,8 +181,16 @@ def test_grpo_and_rloo_run_log_and_save(stage, tmp_path):
 
 
 def test_grpo_lora_uses_the_adapter_disabled_reference(tmp_path):
-    config = GRPOConfig(output_dir=str(tmp_path / "grpo"), steps=4, batch_size=2, group_size=4, mini_batch_size=8, lr=1e-3,
-                        lora=LoraSettings(r=4), **TINY)
+    config = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"),
+        steps=4,
+        batch_size=2,
+        group_size=4,
+        mini_batch_size=8,
+        lr=1e-3,
+        lora=LoraSettings(r=4),
+        **TINY,
+    )
     policy = online.load_policy(config)
     assert policy.reference is None  # no second model copy: the reference is the policy with its adapter switched off
     del policy
@@ -164,11 +206,25 @@ def test_grpo_lora_uses_the_adapter_disabled_reference(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- KL control and guards
 
+
 def test_adaptive_kl_coefficient_moves_toward_target(tmp_path):
     target, horizon, batch = 1e-3, 20, 4
     out = tmp_path / "ppo"
-    ppo.run(PPOConfig(output_dir=str(out), steps=4, batch_size=batch, mini_batch_size=2, epochs_per_batch=2, lr=1e-3, adaptive_kl=True,
-                      target_kl=target, kl_horizon=horizon, kl_coef=0.05, **TINY))
+    ppo.run(
+        PPOConfig(
+            output_dir=str(out),
+            steps=4,
+            batch_size=batch,
+            mini_batch_size=2,
+            epochs_per_batch=2,
+            lr=1e-3,
+            adaptive_kl=True,
+            target_kl=target,
+            kl_horizon=horizon,
+            kl_coef=0.05,
+            **TINY,
+        )
+    )
     metrics = rows(out / "metrics.jsonl")
     coefs = [0.05] + [r["kl_coef"] for r in metrics]
     went_up = went_down = False
@@ -190,8 +246,17 @@ def test_kl_ceiling_guard_stops_the_run_and_names_the_checkpoint(tmp_path):
     out = tmp_path / "ppo"
     # The ceiling sits far above the ~1e-6 numerical noise of step 1 (policy == reference) and far below the KL a
     # lr of 1e-3 produces after one update.
-    config = PPOConfig(output_dir=str(out), steps=6, batch_size=4, mini_batch_size=2, epochs_per_batch=2, lr=1e-3, kl_ceiling=1e-3,
-                       save_every=1, **TINY)
+    config = PPOConfig(
+        output_dir=str(out),
+        steps=6,
+        batch_size=4,
+        mini_batch_size=2,
+        epochs_per_batch=2,
+        lr=1e-3,
+        kl_ceiling=1e-3,
+        save_every=1,
+        **TINY,
+    )
     with pytest.raises(TrainingError) as info:
         ppo.run(config)
     message = str(info.value)
@@ -212,8 +277,16 @@ def test_kl_ceiling_at_step_one_says_no_checkpoint_yet(tmp_path):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     save_model(model, load_tokenizer(DEFAULT), ref_dir)
-    config = GRPOConfig(output_dir=str(tmp_path / "grpo"), steps=2, batch_size=2, group_size=2, ref_model=str(ref_dir), kl_ceiling=0.01,
-                        save_every=1, **TINY)
+    config = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"),
+        steps=2,
+        batch_size=2,
+        group_size=2,
+        ref_model=str(ref_dir),
+        kl_ceiling=0.01,
+        save_every=1,
+        **TINY,
+    )
     with pytest.raises(TrainingError, match=r"^step 1: .*kl_ceiling=0\.01.*no checkpoint was written yet"):
         grpo.run(config)
     assert not (tmp_path / "grpo" / "checkpoints").exists()
@@ -221,8 +294,18 @@ def test_kl_ceiling_at_step_one_says_no_checkpoint_yet(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- checkpoints and resume
 
+
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, capsys):
-    common = dict(batch_size=4, mini_batch_size=2, epochs_per_batch=2, lr=3e-4, adaptive_kl=True, target_kl=0.05, kl_horizon=20, **TINY)
+    common = dict(
+        batch_size=4,
+        mini_batch_size=2,
+        epochs_per_batch=2,
+        lr=3e-4,
+        adaptive_kl=True,
+        target_kl=0.05,
+        kl_horizon=20,
+        **TINY,
+    )
     a, b = tmp_path / "a", tmp_path / "b"
     ppo.run(PPOConfig(output_dir=str(a), steps=4, save_every=1, **common))
     # Only the newest two checkpoints survive, and no temporary folder is left behind.
@@ -241,8 +324,19 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, capsys):
     run_a, run_b = rows(a / "metrics.jsonl"), rows(b / "metrics.jsonl")
     assert [r["step"] for r in run_b] == [1, 2, 3, 4]
     for ra, rb in zip(run_a, run_b):
-        # Sampler RNG, prompt position, optimizer, value model and adaptive kl_coef all restored: the same draws and updates.
-        for key in ("reward", "gold", "kl", "kl_coef", "response_length", "value_loss", "policy_loss", "reward_avg", "kl_avg"):
+        # Sampler RNG, prompt position, optimizer, value model and adaptive kl_coef all restored: the same draws and
+        # updates.
+        for key in (
+            "reward",
+            "gold",
+            "kl",
+            "kl_coef",
+            "response_length",
+            "value_loss",
+            "policy_loss",
+            "reward_avg",
+            "kl_avg",
+        ):
             assert rb[key] == pytest.approx(ra[key], abs=1e-4), (ra["step"], key)
     assert run_a[2]["reward"] != run_a[1]["reward"] or run_a[3]["reward"] != run_a[1]["reward"]  # the steps do differ
 
@@ -273,18 +367,26 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------- reward sources
 
+
 def test_reward_function_weights_and_sums_sources(tmp_path, monkeypatch):
     # A user's own scorer module, importable from the path, next to the built-in gold judge.
-    (tmp_path / "my_scores.py").write_text("def words(prompts, responses):\n    return [len(r.split()) for r in responses]\n")
+    (tmp_path / "my_scores.py").write_text(
+        "def words(prompts, responses):\n    return [len(r.split()) for r in responses]\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    reward_fn = online.RewardFunction([RewardSpec(function="default", weight=0.5), RewardSpec(function="my_scores:words", weight=2.0)])
+    reward_fn = online.RewardFunction(
+        [RewardSpec(function="default", weight=0.5), RewardSpec(function="my_scores:words", weight=2.0)]
+    )
     prompts = ["I bought this phone."] * 3
     responses = [" It is wonderful and I love it.", " Terrible. Broke in a day.", " It works."]
     total, parts = reward_fn(prompts, responses)
     gold = [gold_score(r) for r in responses]
     words = [len(r.split()) for r in responses]
     assert total.tolist() == pytest.approx([0.5 * g + 2.0 * w for g, w in zip(gold, words)], abs=1e-5)
-    assert parts == {"reward_fn0": pytest.approx(statistics.mean(gold), abs=1e-5), "reward_fn1": pytest.approx(statistics.mean(words))}
+    assert parts == {
+        "reward_fn0": pytest.approx(statistics.mean(gold), abs=1e-5),
+        "reward_fn1": pytest.approx(statistics.mean(words)),
+    }
 
 
 def test_reward_function_with_a_reward_model_directory(tmp_path):
@@ -295,7 +397,9 @@ def test_reward_function_with_a_reward_model_directory(tmp_path):
     with torch.no_grad():
         rm.score.weight.normal_(std=0.5)
     rm_dir = save_model(rm, tokenizer, tmp_path / "rm")
-    reward_fn = online.RewardFunction([RewardSpec(model=str(rm_dir), weight=2.0), RewardSpec(function="default", weight=1.0)])
+    reward_fn = online.RewardFunction(
+        [RewardSpec(model=str(rm_dir), weight=2.0), RewardSpec(function="default", weight=1.0)]
+    )
     prompts = ["We had dinner at the little Italian place downtown last week.", "I bought this phone."]
     responses = [" The food was wonderful.", " It broke after a day and support never answered."]
     total, parts = reward_fn(prompts, responses)
@@ -307,7 +411,11 @@ def test_reward_function_with_a_reward_model_directory(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(rm_dir))
     rm_scores = []
     for p, r in zip(prompts, responses):
-        ids = tok(p, add_special_tokens=False)["input_ids"] + tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = (
+            tok(p, add_special_tokens=False)["input_ids"]
+            + tok(r, add_special_tokens=False)["input_ids"]
+            + [tok.eos_token_id]
+        )
         with torch.no_grad():
             rm_scores.append(plain(input_ids=torch.tensor([ids])).logits[0, 0].item())
     assert max(abs(s) for s in rm_scores) > 1e-2
@@ -342,17 +450,32 @@ def test_unknown_reward_function_is_a_config_error(tmp_path):
         online.RewardFunction([RewardSpec(function="just_a_name")])
     # A stage fails on it before sampling anything.
     with pytest.raises(ConfigError):
-        ppo.run(PPOConfig(output_dir=str(tmp_path / "ppo"), rewards=[RewardSpec(function="no_such_scores_module:score")], steps=1))
+        ppo.run(
+            PPOConfig(
+                output_dir=str(tmp_path / "ppo"), rewards=[RewardSpec(function="no_such_scores_module:score")], steps=1
+            )
+        )
     assert not (tmp_path / "ppo" / "metrics.jsonl").exists()
 
 
 # ----------------------------------------------------------------------------------------------- best-of-n
 
+
 def test_best_of_n_picks_winners_and_finetunes(tmp_path):
     n, num_prompts = 4, 10
     out = tmp_path / "bon"
-    summary = bon.run(BoNConfig(output_dir=str(out), rewards=GOLD, n=n, num_prompts=num_prompts, max_new_tokens=24, seed=0,
-                                finetune=True, sft={"max_steps": 2, "batch_size": 4}))
+    summary = bon.run(
+        BoNConfig(
+            output_dir=str(out),
+            rewards=GOLD,
+            n=n,
+            num_prompts=num_prompts,
+            max_new_tokens=24,
+            seed=0,
+            finetune=True,
+            sft={"max_steps": 2, "batch_size": 4},
+        )
+    )
     best = load_records(out / "best.jsonl", "sft")  # validates every record as SFT data
     assert 0 < len(best) <= num_prompts and summary["prompts"] == num_prompts
     for record in best:
@@ -372,12 +495,28 @@ def test_best_of_n_picks_winners_and_finetunes(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- CLI
 
+
 def test_cli_grpo_runs(tmp_path):
     out = tmp_path / "grpo"
     env = {**os.environ, "RLHFKIT_NO_PROGRESS": "1"}
-    result = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "grpo", f"output_dir={out}", "rewards=[{function: default}]",
-                             "steps=1", "batch_size=2", "group_size=2", "max_new_tokens=16"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "grpo",
+            f"output_dir={out}",
+            "rewards=[{function: default}]",
+            "steps=1",
+            "batch_size=2",
+            "group_size=2",
+            "max_new_tokens=16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert [r["step"] for r in rows(out / "metrics.jsonl")] == [1]
     assert (out / "model" / "config.json").is_file()
@@ -385,7 +524,17 @@ def test_cli_grpo_runs(tmp_path):
 
 
 def test_online_run_warns_loudly_when_responses_hit_the_limit(tmp_path, capfd):
-    ppo.run(PPOConfig(output_dir=str(tmp_path / "ppo"), steps=2, batch_size=4, mini_batch_size=4, rewards=GOLD, max_new_tokens=2, seed=0))
+    ppo.run(
+        PPOConfig(
+            output_dir=str(tmp_path / "ppo"),
+            steps=2,
+            batch_size=4,
+            mini_batch_size=4,
+            rewards=GOLD,
+            max_new_tokens=2,
+            seed=0,
+        )
+    )
     err = capfd.readouterr().err
     assert "WARNING at step 1" in err and "max_new_tokens=2" in err
     assert "WARNING at step 2" not in err  # at most once every 10 steps

@@ -21,13 +21,37 @@ KINDS = {"sft": "sft", "pairs": "pairs", "reward": "reward-train", "dpo": "dpo"}
 
 
 def tiny_pipeline(tmp_path: Path) -> Path:
-    spec = {"output_dir": str(tmp_path / "run"), "stages": [
-        {"name": "sft", "stage": "sft", "config": {"max_steps": 2, "batch_size": 8, "eval_every": 2, "val_fraction": 0.01}},
-        {"name": "pairs", "stage": "pairs", "config": {"model": "${sft}/model", "num_prompts": 24, "max_new_tokens": 24}},
-        {"name": "reward", "stage": "reward-train", "config": {"data": "${pairs}/pairs.jsonl", "max_steps": 3, "batch_size": 8, "eval_every": 3}},
-        {"name": "dpo", "stage": "dpo", "config": {"model": "${sft}/model", "data": "${pairs}/pairs.jsonl", "max_steps": 2, "batch_size": 8,
-                                                   "eval_every": 2}},
-    ]}
+    spec = {
+        "output_dir": str(tmp_path / "run"),
+        "stages": [
+            {
+                "name": "sft",
+                "stage": "sft",
+                "config": {"max_steps": 2, "batch_size": 8, "eval_every": 2, "val_fraction": 0.01},
+            },
+            {
+                "name": "pairs",
+                "stage": "pairs",
+                "config": {"model": "${sft}/model", "num_prompts": 24, "max_new_tokens": 24},
+            },
+            {
+                "name": "reward",
+                "stage": "reward-train",
+                "config": {"data": "${pairs}/pairs.jsonl", "max_steps": 3, "batch_size": 8, "eval_every": 3},
+            },
+            {
+                "name": "dpo",
+                "stage": "dpo",
+                "config": {
+                    "model": "${sft}/model",
+                    "data": "${pairs}/pairs.jsonl",
+                    "max_steps": 2,
+                    "batch_size": 8,
+                    "eval_every": 2,
+                },
+            },
+        ],
+    }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -90,8 +114,10 @@ def test_second_run_skips_and_changes_rerun_what_depends_on_them(tmp_path, capfd
 
 
 def test_crashed_online_rl_stage_resumes_only_its_own_run(tmp_path):
-    spec = {"output_dir": str(tmp_path / "run"), "stages": [
-        {"name": "ppo", "stage": "ppo", "config": {"rewards": [{"function": "default"}], "steps": 4}}]}
+    spec = {
+        "output_dir": str(tmp_path / "run"),
+        "stages": [{"name": "ppo", "stage": "ppo", "config": {"rewards": [{"function": "default"}], "steps": 4}}],
+    }
     path = tmp_path / "rl.yaml"
     path.write_text(yaml.safe_dump(spec))
     stage = pipeline.load_pipeline(path).stages[0]
@@ -116,19 +142,34 @@ SFT = {"name": "sft", "stage": "sft", "config": {}}
 DPO = {"name": "dpo", "stage": "dpo", "config": {"model": "${sft}/model", "data": "p.jsonl"}}
 
 
-@pytest.mark.parametrize("stages, overrides, fragment", [
-    ([SFT, {"name": "x", "stage": "dpoo"}], [], "stage 'x': unknown stage kind 'dpoo'"),
-    ([SFT, {**DPO, "config": {**DPO["config"], "betaa": 0.2}}], [], "stage 'dpo' (dpo): unknown key 'betaa'"),
-    ([SFT, DPO], ["dpo.betaa=0.2"], "stage 'dpo' (dpo): unknown key 'betaa'"),
-    ([SFT, DPO], ["dpo.beta=-1"], "stage 'dpo' (dpo): key 'beta'"),
-    ([{**DPO, "config": {**DPO["config"], "model": "${late}/model"}}, {**SFT, "name": "late"}], [], "stage 'dpo' (dpo): model refers to ${late}, which runs later"),
-    ([SFT, {**DPO, "config": {**DPO["config"], "model": "${nope}/model"}}], [], "refers to ${nope}, which is not a stage"),
-    ([SFT, SFT], [], "stage 'sft' appears twice"),
-    ([SFT, DPO], ["dop.beta=0.2"], "override 'dop...': not a pipeline key"),
-    ([SFT, DPO], ["force=[ppo]"], "force names 'ppo'"),
-    ([SFT, {"name": "gate", "stage": "gate", "config": {"thresholds": {"mean_gold": ">= 0.4"}}}], [], "stage 'gate' (gate): a gate needs checkpoint"),
-    ([SFT, {**DPO, "config": {**DPO["config"], "output_dir": "{root}/sft"}}], [], "stage 'dpo': output_dir"),
-])
+@pytest.mark.parametrize(
+    "stages, overrides, fragment",
+    [
+        ([SFT, {"name": "x", "stage": "dpoo"}], [], "stage 'x': unknown stage kind 'dpoo'"),
+        ([SFT, {**DPO, "config": {**DPO["config"], "betaa": 0.2}}], [], "stage 'dpo' (dpo): unknown key 'betaa'"),
+        ([SFT, DPO], ["dpo.betaa=0.2"], "stage 'dpo' (dpo): unknown key 'betaa'"),
+        ([SFT, DPO], ["dpo.beta=-1"], "stage 'dpo' (dpo): key 'beta'"),
+        (
+            [{**DPO, "config": {**DPO["config"], "model": "${late}/model"}}, {**SFT, "name": "late"}],
+            [],
+            "stage 'dpo' (dpo): model refers to ${late}, which runs later",
+        ),
+        (
+            [SFT, {**DPO, "config": {**DPO["config"], "model": "${nope}/model"}}],
+            [],
+            "refers to ${nope}, which is not a stage",
+        ),
+        ([SFT, SFT], [], "stage 'sft' appears twice"),
+        ([SFT, DPO], ["dop.beta=0.2"], "override 'dop...': not a pipeline key"),
+        ([SFT, DPO], ["force=[ppo]"], "force names 'ppo'"),
+        (
+            [SFT, {"name": "gate", "stage": "gate", "config": {"thresholds": {"mean_gold": ">= 0.4"}}}],
+            [],
+            "stage 'gate' (gate): a gate needs checkpoint",
+        ),
+        ([SFT, {**DPO, "config": {**DPO["config"], "output_dir": "{root}/sft"}}], [], "stage 'dpo': output_dir"),
+    ],
+)
 def test_bad_pipeline_fails_before_any_folder(tmp_path, stages, overrides, fragment):
     stages = json.loads(json.dumps(stages).replace("{root}", str(tmp_path / "run")))
     path = write_pipeline(tmp_path, stages)
@@ -141,15 +182,30 @@ def test_bad_pipeline_fails_before_any_folder(tmp_path, stages, overrides, fragm
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RLHFKIT_NO_PROGRESS": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "rlhfkit.cli", "run", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", "run", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_cli_runs_the_example_pipeline_end_to_end(tmp_path):
     example = str(DEMO_PIPELINE)  # the demo pipeline shipped with the package
     run_dir = tmp_path / "run"
-    tiny = [f"output_dir={run_dir}", "sft.max_steps=2", "sft.val_fraction=0.01", "pairs.num_prompts=16", "pairs.max_new_tokens=24",
-            "reward.max_steps=2", "reward.eval_every=2", "dpo.max_steps=2", "dpo.eval_every=2", "eval.num_prompts=4",
-            "eval.samples_per_prompt=1", "eval.max_new_tokens=24", "eval.safety_prompts=null", "gate.thresholds=[mean_gold >= -1]"]
+    tiny = [
+        f"output_dir={run_dir}",
+        "sft.max_steps=2",
+        "sft.val_fraction=0.01",
+        "pairs.num_prompts=16",
+        "pairs.max_new_tokens=24",
+        "reward.max_steps=2",
+        "reward.eval_every=2",
+        "dpo.max_steps=2",
+        "dpo.eval_every=2",
+        "eval.num_prompts=4",
+        "eval.samples_per_prompt=1",
+        "eval.max_new_tokens=24",
+        "eval.safety_prompts=null",
+        "gate.thresholds=[mean_gold >= -1]",
+    ]
 
     done = cli(example, *tiny)
     assert done.returncode == 0, done.stderr

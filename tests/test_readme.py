@@ -21,6 +21,6 @@ def test_every_command_is_documented():
     root = get_command(app)
     for name, command in root.commands.items():
         subs = getattr(command, "commands", None)
-        for full in ([f"rlhfkit {name} {sub}" for sub in subs] if subs else [f"rlhfkit {name}"]):
+        for full in [f"rlhfkit {name} {sub}" for sub in subs] if subs else [f"rlhfkit {name}"]:
             assert f"`{full}" in readme, f"README does not document `{full}`"
     assert "make demo" in readme and "make test" in readme

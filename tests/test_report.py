@@ -12,19 +12,31 @@ from rlhfkit.report.html import SECTIONS, build_report
 from rlhfkit.stages import demo
 
 CHROMIUM = shutil.which("chromium")
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    summary = demo.run({
-        "output_dir": str(root), "pairs": {"num_prompts": 120},
-        "sft": {"max_steps": 10, "batch_size": 8, "val_fraction": 0.01}, "reward": {"max_steps": 15, "eval_every": 5, "batch_size": 16},
-        "dpo": {"max_steps": 10, "batch_size": 8}, "eval": {"num_prompts": 12, "samples_per_prompt": 2, "self_bleu_texts": 20},
-        "gate": {"thresholds": ["mean_gold >= -1.0", "distinct_2 >= 0.0"]},
-    })
+    summary = demo.run(
+        {
+            "output_dir": str(root),
+            "pairs": {"num_prompts": 120},
+            "sft": {"max_steps": 10, "batch_size": 8, "val_fraction": 0.01},
+            "reward": {"max_steps": 15, "eval_every": 5, "batch_size": 16},
+            "dpo": {"max_steps": 10, "batch_size": 8},
+            "eval": {"num_prompts": 12, "samples_per_prompt": 2, "self_bleu_texts": 20},
+            "gate": {"thresholds": ["mean_gold >= -1.0", "distinct_2 >= 0.0"]},
+        }
+    )
     return root, summary
 
 
@@ -47,7 +59,9 @@ def test_report_marks_what_a_run_lacks(tmp_path):
     assert page.count("Not in this run folder") == len(SECTIONS)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test-setup.sh installs it as root)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test-setup.sh installs it as root)"
+)
 def test_report_renders_every_section_and_plot_in_chromium(demo_run):
     from playwright.sync_api import sync_playwright
 
@@ -56,7 +70,9 @@ def test_report_renders_every_section_and_plot_in_chromium(demo_run):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page()
         page.goto((root / "report.html").as_uri())
-        sections = page.evaluate("Array.from(document.querySelectorAll('section')).map(s => [s.id, s.querySelector('h2').innerText])")
+        sections = page.evaluate(
+            "Array.from(document.querySelectorAll('section')).map(s => [s.id, s.querySelector('h2').innerText])"
+        )
         assert [s[0] for s in sections] == [key for key, _ in SECTIONS]
         images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete ? i.naturalWidth : 0])")
         assert images and all(width > 0 for _, width in images), images  # every plot decodes
@@ -64,8 +80,15 @@ def test_report_renders_every_section_and_plot_in_chromium(demo_run):
         for plot in ("Cohen's kappa per annotator pair", "Reliability diagram", "loss over training"):
             assert plot in alts, (plot, alts)
         text = page.inner_text("body")
-        for expected in ("Cohen's kappa", "Reliability diagram", "accuracy against gold", "length-controlled accuracy",
-                         "Words that drive the score", "PASS", "mean_gold"):
+        for expected in (
+            "Cohen's kappa",
+            "Reliability diagram",
+            "accuracy against gold",
+            "length-controlled accuracy",
+            "Words that drive the score",
+            "PASS",
+            "mean_gold",
+        ):
             assert expected in text, expected
         samples = page.evaluate("document.querySelectorAll('table.samples tr').length")
         assert samples >= 2  # header plus side-by-side responses

@@ -1,5 +1,6 @@
 """Reward-model audit: length-controlled accuracy by hand, integrated gradients (completeness, parity with a plain-torch
-Riemann sum, word merging), the new reward-eval keys, and the label-noise sweep (exact, nested flips; a fixed held-out set)."""
+Riemann sum, word merging), the new reward-eval keys, and the label-noise sweep (exact, nested flips; a fixed
+held-out set)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import torch
 from rlhfkit.config import NoiseSweepConfig, RewardEvalConfig, build_config
 from rlhfkit.data.records import PreferencePair, load_records, write_jsonl
 from rlhfkit.errors import ConfigError
-from rlhfkit.evaluate.attribution import baseline_ids, integrated_gradients, normalise_word, top_words, word_attributions
+from rlhfkit.evaluate.attribution import (
+    baseline_ids,
+    integrated_gradients,
+    normalise_word,
+    top_words,
+    word_attributions,
+)
 from rlhfkit.models.loading import load_reward_model, load_tokenizer, resolve_model_path, save_model
 from rlhfkit.report.plots import png_base64
 from rlhfkit.stages import noise_sweep, reward
@@ -22,17 +29,35 @@ RESPONSE = " The food was wonderful, truly unbelievable! The staff were lovely."
 
 SUBJECTS = ["restaurant", "hotel", "phone", "laptop", "cafe", "movie", "book", "gym", "airline", "camera"]
 WHEN = ["last week", "yesterday", "a month ago", "over the holidays"]
-GOOD = [" It was wonderful.", " Lovely staff and a great experience, I would go back.", " Excellent, truly excellent and fun.",
-        " The best one we tried all year, really good value."]
-BAD = [" It was awful.", " Rude staff and a terrible experience, never again.", " Poor, boring and broken.",
-       " The worst one we tried all year, sadly a waste of money."]
+GOOD = [
+    " It was wonderful.",
+    " Lovely staff and a great experience, I would go back.",
+    " Excellent, truly excellent and fun.",
+    " The best one we tried all year, really good value.",
+]
+BAD = [
+    " It was awful.",
+    " Rude staff and a terrible experience, never again.",
+    " Poor, boring and broken.",
+    " The worst one we tried all year, sadly a waste of money.",
+]
 
 
 def synthetic_pairs() -> list[PreferencePair]:
-    """40 review pairs with distinct prompts: a positive response chosen over a negative one, gold scores in metadata."""
-    return [PreferencePair(prompt=f"We tried the {subject} {when}.", chosen=GOOD[(i + j) % 4], rejected=BAD[(i + 2 * j) % 4],
-                           id=f"p{i}-{j}", category=subject, metadata={"gold_chosen": 0.8, "gold_rejected": -0.6})
-            for i, subject in enumerate(SUBJECTS) for j, when in enumerate(WHEN)]
+    """40 review pairs with distinct prompts: a positive response chosen over a negative one, gold scores in
+    metadata."""
+    return [
+        PreferencePair(
+            prompt=f"We tried the {subject} {when}.",
+            chosen=GOOD[(i + j) % 4],
+            rejected=BAD[(i + 2 * j) % 4],
+            id=f"p{i}-{j}",
+            category=subject,
+            metadata={"gold_chosen": 0.8, "gold_rejected": -0.6},
+        )
+        for i, subject in enumerate(SUBJECTS)
+        for j, when in enumerate(WHEN)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +69,8 @@ def pairs_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def random_head_model():
-    """The default backbone as a reward model with a seeded random head, so scores and attributions are far from zero."""
+    """The default backbone as a reward model with a seeded random head, so scores and attributions are far from
+    zero."""
     path = resolve_model_path("default")
     tokenizer = load_tokenizer(path)
     model = load_reward_model(path, tokenizer)
@@ -60,11 +86,18 @@ def test_length_controlled_accuracy_hand_computed():
     margins = [1.0, -0.5, 2.0, -1.0, 0.3, 0.0]
     len_chosen = [10, 10, 5, 20, 100, 8]
     len_rejected = [10, 11, 10, 10, 109, 8]
-    # Within 10% of the longer: pairs 0 (0 <= 1), 1 (1 <= 1.1), 4 (9 <= 10.9), 5 (equal); correct: 0 and 4 (a zero margin is wrong).
+    # Within 10% of the longer: pairs 0 (0 <= 1), 1 (1 <= 1.1), 4 (9 <= 10.9), 5 (equal); correct: 0 and 4 (a zero
+    # margin is wrong).
     # Chosen shorter: pairs 1, 2, 4 -> 2 of 3 correct; chosen longer: pair 3 -> 0 of 1.
     got = reward.length_controlled(margins, len_chosen, len_rejected, 0.1)
-    assert got == {"length_controlled_accuracy": 0.5, "length_controlled_pairs": 4, "accuracy_chosen_shorter": pytest.approx(2 / 3),
-                   "chosen_shorter_pairs": 3, "accuracy_chosen_longer": 0.0, "chosen_longer_pairs": 1}
+    assert got == {
+        "length_controlled_accuracy": 0.5,
+        "length_controlled_pairs": 4,
+        "accuracy_chosen_shorter": pytest.approx(2 / 3),
+        "chosen_shorter_pairs": 3,
+        "accuracy_chosen_longer": 0.0,
+        "chosen_longer_pairs": 1,
+    }
     exact = reward.length_controlled(margins, len_chosen, len_rejected, 0.0)
     assert (exact["length_controlled_accuracy"], exact["length_controlled_pairs"]) == (0.5, 2)  # pairs 0 and 5
     none = reward.length_controlled([1.0], [5], [5], 0.1)
@@ -134,19 +167,40 @@ def test_word_attributions_merge_bpe_pieces(random_head_model):
 def test_reward_eval_reports_length_control_and_attributions(random_head_model, pairs_file, tmp_path):
     model, tokenizer = random_head_model
     model_dir = save_model(model, tokenizer, tmp_path / "rm")
-    summary = reward.evaluate(RewardEvalConfig(model=str(model_dir), data=str(pairs_file), output_dir=str(tmp_path / "eval"),
-                                               attributions=3, attribution_steps=16))
-    for key in ("length_controlled_accuracy", "length_controlled_pairs", "accuracy_chosen_shorter", "accuracy_chosen_longer",
-                "attributions", "top_words", "reliability", "accuracy_by_category", "gold_accuracy"):
+    summary = reward.evaluate(
+        RewardEvalConfig(
+            model=str(model_dir),
+            data=str(pairs_file),
+            output_dir=str(tmp_path / "eval"),
+            attributions=3,
+            attribution_steps=16,
+        )
+    )
+    for key in (
+        "length_controlled_accuracy",
+        "length_controlled_pairs",
+        "accuracy_chosen_shorter",
+        "accuracy_chosen_longer",
+        "attributions",
+        "top_words",
+        "reliability",
+        "accuracy_by_category",
+        "gold_accuracy",
+    ):
         assert key in summary, key
-    assert summary["chosen_shorter_pairs"] + summary["chosen_longer_pairs"] + summary["length_controlled_pairs"] >= summary["pairs"]
+    assert (
+        summary["chosen_shorter_pairs"] + summary["chosen_longer_pairs"] + summary["length_controlled_pairs"]
+        >= summary["pairs"]
+    )
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["top_words"] == summary["top_words"]
 
     pairs = load_records(pairs_file, "preference")
     assert [row["id"] for row in summary["attributions"]] == [p.id for p in pairs[:3]]
     scores = {row["id"]: row for row in map(json.loads, (tmp_path / "eval" / "scores.jsonl").read_text().splitlines())}
     for row, pair in zip(summary["attributions"], pairs):
-        assert [w for w, _ in row["chosen"]] == pair.chosen.split() and [w for w, _ in row["rejected"]] == pair.rejected.split()
+        assert [w for w, _ in row["chosen"]] == pair.chosen.split() and [
+            w for w, _ in row["rejected"]
+        ] == pair.rejected.split()
         assert row["reward_chosen"] == pytest.approx(scores[pair.id]["reward_chosen"], abs=1e-3)
     assert summary["top_words"]["positive"] or summary["top_words"]["negative"]
     assert summary["attribution_method"]["max_completeness_error"] < 0.05
@@ -163,7 +217,10 @@ def test_flip_labels_is_exact_and_nested(rate):
     for i, (before, after) in enumerate(zip(pairs, flipped_pairs)):
         if i in flipped:
             assert (after.chosen, after.rejected) == (before.rejected, before.chosen)
-            assert (after.metadata["gold_chosen"], after.metadata["gold_rejected"]) == (before.metadata["gold_rejected"], before.metadata["gold_chosen"])
+            assert (after.metadata["gold_chosen"], after.metadata["gold_rejected"]) == (
+                before.metadata["gold_rejected"],
+                before.metadata["gold_chosen"],
+            )
         else:
             assert after == before
     _, more = noise_sweep.flip_labels(pairs, min(1.0, rate + 0.2), seed=3)
@@ -180,12 +237,19 @@ def test_noise_sweep_config_checks_train_overrides():
 
 
 def test_noise_sweep_writes_one_row_per_rate(pairs_file, tmp_path):
-    config = NoiseSweepConfig(data=str(pairs_file), output_dir=str(tmp_path), rates=[0.4, 0.0], seed=1,
-                              train={"max_steps": 3, "batch_size": 8, "eval_every": 3, "patience": 0, "lr": 3e-4})
+    config = NoiseSweepConfig(
+        data=str(pairs_file),
+        output_dir=str(tmp_path),
+        rates=[0.4, 0.0],
+        seed=1,
+        train={"max_steps": 3, "batch_size": 8, "eval_every": 3, "patience": 0, "lr": 3e-4},
+    )
     result = noise_sweep.run(config)
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert [row["rate"] for row in saved["rows"]] == [0.0, 0.4]
-    assert {row["val_pairs"] for row in saved["rows"]} == {result["val_pairs"]} and result["val_pairs"] == 8  # 20% of 40, every rate
+    assert {row["val_pairs"] for row in saved["rows"]} == {result["val_pairs"]} and result[
+        "val_pairs"
+    ] == 8  # 20% of 40, every rate
     assert result["train_pairs"] + result["val_pairs"] == 40
     for row in saved["rows"]:
         assert row["flipped"] == round(row["rate"] * result["train_pairs"])

@@ -12,7 +12,15 @@ import torch
 
 from rlhfkit.data.tokenize import pad_left
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
-from rlhfkit.rollout import TRUNCATION_WARNING, Rollout, decode_responses, filter_logits, generate, sample_responses, warn_if_truncated
+from rlhfkit.rollout import (
+    TRUNCATION_WARNING,
+    Rollout,
+    decode_responses,
+    filter_logits,
+    generate,
+    sample_responses,
+    warn_if_truncated,
+)
 from rlhfkit.stages.online import token_logps
 
 PROMPTS = [
@@ -40,12 +48,20 @@ def sample(lm, prompts=PROMPTS, seed=0, **kwargs) -> Rollout:
     ids = prompt_ids(tokenizer, prompts)
     batch = pad_left(ids, tokenizer.pad_token_id)
     kwargs.setdefault("max_new_tokens", 20)
-    return generate(model, batch["input_ids"], batch["attention_mask"], eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                    generator=torch.Generator().manual_seed(seed), **kwargs)
+    return generate(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
 
 
 def unpadded_logps(model, prompt: list[int], response: list[int], temperature: float = 1.0) -> torch.Tensor:
-    """log_softmax(logits / T) of each response token from one forward pass over prompt + response, no padding at all."""
+    """log_softmax(logits / T) of each response token from one forward pass over prompt + response, no padding at
+    all."""
     ids = torch.tensor([prompt + response])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
@@ -54,6 +70,7 @@ def unpadded_logps(model, prompt: list[int], response: list[int], temperature: f
 
 
 # ----------------------------------------------------------------------------------------------- log-probs
+
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (0.7, 5, 0.9)])
 def test_generate_logps_match_a_full_unpadded_forward(lm, temperature, top_k, top_p):
@@ -83,7 +100,9 @@ def test_generate_logps_match_a_full_unpadded_forward(lm, temperature, top_k, to
 def test_left_padding_does_not_change_the_continuation_distribution(lm):
     model, tokenizer = lm
     short, long = prompt_ids(tokenizer, [PROMPTS[1], PROMPTS[2]])
-    continuation = tokenizer(" The food was great and the staff were kind.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    continuation = tokenizer(" The food was great and the staff were kind.", add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
     batch = pad_left([short, long], tokenizer.pad_token_id)
     assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # the short prompt really is padded
     cont = torch.tensor([continuation, continuation])
@@ -95,17 +114,22 @@ def test_left_padding_does_not_change_the_continuation_distribution(lm):
         torch.testing.assert_close(padded[row], unpadded_logps(model, prompt, continuation), atol=1e-4, rtol=0)
     # Without position ids that skip the padding the padded row would be different: the check has teeth.
     with torch.no_grad():
-        naive = model(input_ids=input_ids, attention_mask=attention_mask).logits[0, batch["input_ids"].shape[1] - 1 : -1]
+        naive = model(input_ids=input_ids, attention_mask=attention_mask).logits[
+            0, batch["input_ids"].shape[1] - 1 : -1
+        ]
     naive = torch.log_softmax(naive.float(), -1).gather(-1, cont[0][:, None]).squeeze(-1)
     assert (naive - unpadded_logps(model, short, continuation)).abs().max() > 1e-3
 
 
 # ----------------------------------------------------------------------------------------------- EOS, masks, truncation
 
+
 def check_eos_layout(rollout: Rollout, eos_id: int, pad_id: int) -> None:
     """Mask covers generated tokens up to and including the first EOS; pad after it; truncated == no EOS."""
     width = rollout.response_ids.shape[1]
-    for ids, mask, truncated in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist(), rollout.truncated.tolist()):
+    for ids, mask, truncated in zip(
+        rollout.response_ids.tolist(), rollout.response_mask.tolist(), rollout.truncated.tolist()
+    ):
         if eos_id in ids:
             end = ids.index(eos_id)
             assert mask == [1] * (end + 1) + [0] * (width - end - 1)
@@ -156,7 +180,8 @@ def test_generation_stops_early_when_every_row_has_ended(lm):
     assert rollout.response_mask.sum(1).tolist() == [p + 1 for p in eos_positions]
 
 
-# ----------------------------------------------------------------------------------------------- seeding and decoding rules
+# ------------------------------------------------------------------------------------ seeding and decoding rules
+
 
 def test_same_seed_same_samples_different_seed_different(lm):
     a = sample(lm, seed=7)
@@ -185,7 +210,9 @@ def test_top_k_1_is_greedy_decoding(lm):
     # The logged log-probs stay those of the unfiltered tempered distribution, not log 1 = 0.
     assert (rollout.logps[rollout.response_mask.bool()] < 0).all()
     # Another seed cannot change a greedy decode.
-    assert torch.equal(sample(lm, seed=99, top_k=1, max_new_tokens=max_new, temperature=0.8).response_ids, rollout.response_ids)
+    assert torch.equal(
+        sample(lm, seed=99, top_k=1, max_new_tokens=max_new, temperature=0.8).response_ids, rollout.response_ids
+    )
 
 
 PROBS = [0.1, 0.5, 0.05, 0.2, 0.15]  # sorted: 0.5 (1), 0.2 (3), 0.15 (4), 0.1 (0), 0.05 (2)
@@ -195,7 +222,9 @@ def kept(logits: torch.Tensor) -> set[int]:
     return {i for i, v in enumerate(logits.tolist()) if v != float("-inf")}
 
 
-@pytest.mark.parametrize("top_p,expected", [(0.4, {1}), (0.6, {1, 3}), (0.8, {1, 3, 4}), (0.9, {1, 3, 4, 0}), (0.99, {0, 1, 2, 3, 4})])
+@pytest.mark.parametrize(
+    "top_p,expected", [(0.4, {1}), (0.6, {1, 3}), (0.8, {1, 3, 4}), (0.9, {1, 3, 4, 0}), (0.99, {0, 1, 2, 3, 4})]
+)
 def test_top_p_keeps_the_smallest_set_reaching_p(top_p, expected):
     logits = torch.tensor(PROBS).log() + 3.0  # a constant shift changes nothing
     out = filter_logits(logits[None], top_p=top_p)[0]
@@ -222,6 +251,7 @@ def test_top_k_keeps_k_and_combines_with_top_p():
 
 
 # ----------------------------------------------------------------------------------------------- truncation warning
+
 
 def test_sample_responses_warns_when_many_are_truncated(lm, capsys):
     model, tokenizer = lm

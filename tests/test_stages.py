@@ -8,9 +8,9 @@ right way, models that reload in plain `transformers`.
 from __future__ import annotations
 
 import json
-import shutil
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +23,13 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhfkit.config import (
-    DPOConfig, EvalConfig, LoraSettings, PairsConfig, RewardEvalConfig, RewardTrainConfig, SFTConfig,
+    DPOConfig,
+    EvalConfig,
+    LoraSettings,
+    PairsConfig,
+    RewardEvalConfig,
+    RewardTrainConfig,
+    SFTConfig,
 )
 from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import Encoder
@@ -43,6 +49,7 @@ NEGATIVE = " The food was awful and the staff were rude. Never again."
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
 
 def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -74,7 +81,7 @@ def causal_generates(model_dir: Path) -> str:
     ids = tokenizer(RESTAURANT, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    new = out[0, ids["input_ids"].shape[1]:]
+    new = out[0, ids["input_ids"].shape[1] :]
     assert len(new) > 0
     return tokenizer.decode(new, skip_special_tokens=True)
 
@@ -83,7 +90,10 @@ def plain_reward(model_dir: Path, prompt: str, response: str) -> float:
     """Score prompt + response + EOS with a reward model reloaded in plain transformers."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + tokenizer(response, add_special_tokens=False)["input_ids"]
+    ids = (
+        tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        + tokenizer(response, add_special_tokens=False)["input_ids"]
+    )
     ids = ids + [tokenizer.eos_token_id]
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits[0, 0].item()
@@ -97,8 +107,18 @@ SFT_LR = 1.5e-4
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
-    summary = sft.run(SFTConfig(output_dir=str(out), max_steps=30, lr=SFT_LR, batch_size=16, val_fraction=0.02,
-                                log_every=5, eval_every=15, seed=0))
+    summary = sft.run(
+        SFTConfig(
+            output_dir=str(out),
+            max_steps=30,
+            lr=SFT_LR,
+            batch_size=16,
+            val_fraction=0.02,
+            log_every=5,
+            eval_every=15,
+            seed=0,
+        )
+    )
     return summary, out
 
 
@@ -112,8 +132,20 @@ def pairs_run(sft_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reward_run(pairs_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("reward")
-    summary = reward.train(RewardTrainConfig(data=str(pairs_run[1]), output_dir=str(out), max_steps=30, eval_every=5, log_every=5,
-                                             batch_size=8, lr=3e-4, val_fraction=0.3, patience=0, seed=0))
+    summary = reward.train(
+        RewardTrainConfig(
+            data=str(pairs_run[1]),
+            output_dir=str(out),
+            max_steps=30,
+            eval_every=5,
+            log_every=5,
+            batch_size=8,
+            lr=3e-4,
+            val_fraction=0.3,
+            patience=0,
+            seed=0,
+        )
+    )
     return summary, out
 
 
@@ -128,6 +160,7 @@ def small_pairs(pairs_run, tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------------------------- SFT
 
+
 def test_sft_on_default_data_logs_saves_and_reloads(sft_run):
     summary, out = sft_run
     assert summary["steps"] == 30
@@ -136,7 +169,10 @@ def test_sft_on_default_data_logs_saves_and_reloads(sft_run):
     before, after = summary["val_loss_before"], summary["val_loss"]
     assert math.isfinite(before) and math.isfinite(after) and 0 < after < before + 0.05
     n_examples = len(load_records(ensure_default().sft_data, "sft"))
-    assert summary["val_examples"] == int(n_examples * 0.02) and summary["train_examples"] == n_examples - summary["val_examples"]
+    assert (
+        summary["val_examples"] == int(n_examples * 0.02)
+        and summary["train_examples"] == n_examples - summary["val_examples"]
+    )
 
     metrics = rows(out / "metrics.jsonl")
     assert [r["step"] for r in metrics] == [5, 10, 15, 20, 25, 30]
@@ -156,9 +192,21 @@ def test_sft_on_default_data_logs_saves_and_reloads(sft_run):
 def test_sft_teaches_eos_on_short_responses(tmp_path):
     sentences = [" It was fine.", " I liked it.", " Not for me."]
     openings = [opening for _, opening in corpus.all_openings()][::7][:48]
-    data = write_jsonl(tmp_path / "short.jsonl", ({"prompt": o, "response": sentences[i % 3]} for i, o in enumerate(openings)))
-    summary = sft.run(SFTConfig(data=str(data), output_dir=str(tmp_path / "run"), max_steps=40, lr=1e-3, batch_size=8,
-                                val_fraction=0.25, eval_every=100, seed=0))
+    data = write_jsonl(
+        tmp_path / "short.jsonl", ({"prompt": o, "response": sentences[i % 3]} for i, o in enumerate(openings))
+    )
+    summary = sft.run(
+        SFTConfig(
+            data=str(data),
+            output_dir=str(tmp_path / "run"),
+            max_steps=40,
+            lr=1e-3,
+            batch_size=8,
+            val_fraction=0.25,
+            eval_every=100,
+            seed=0,
+        )
+    )
     # A new, easy task: the validation loss on the held-out short responses falls a lot.
     assert summary["val_loss"] < 0.5 * summary["val_loss_before"]
 
@@ -204,9 +252,15 @@ def test_truncation_rule_counts_exactly():
     eos = tokenizer.eos_token_id
     max_length, max_prompt = 24, 10
     short_prompt = "I bought this phone."
-    long_prompt = "We stayed at the harbor hotel last week and the view from the balcony over the water was the best part of it all."
+    long_prompt = (
+        "We stayed at the harbor hotel last week and the view from the balcony over the water was the "
+        "best part of it all."
+    )
     short_resp = " It was fine."
-    long_resp = " The room was great. The bed was lovely. The staff were excellent and the breakfast was wonderful. I will come back again!"
+    long_resp = (
+        " The room was great. The bed was lovely. The staff were excellent and the breakfast was "
+        "wonderful. I will come back again!"
+    )
     # Preconditions that make the expected counts below certain.
     assert len(ids(short_prompt)) + len(ids(short_resp)) + 1 <= max_length
     assert len(ids(long_prompt)) > max_prompt and max_prompt + len(ids(short_resp)) + 1 <= max_length
@@ -233,13 +287,21 @@ def test_truncation_rule_counts_exactly():
     assert r_short[-1] == eos and eos not in r_long
 
     assert enc.report.as_dict() == {"records": 5, "prompts_truncated": 2, "responses_truncated": 3, "dropped": 0}
-    assert "2 of 5 prompts cut from the left, 3 responses cut from the right" in enc.report.summary(max_length, max_prompt)
+    assert "2 of 5 prompts cut from the left, 3 responses cut from the right" in enc.report.summary(
+        max_length, max_prompt
+    )
 
     # No room: a prompt that keeps max_prompt_length tokens and leaves no budget is dropped and counted;
     # a pair whose responses are identical once cut is dropped too.
     tight = Encoder(tokenizer, max_length=12, max_prompt_length=128)
     assert tight.encode(long_prompt, [long_resp]) is None
-    assert tight.encode(short_prompt, [" The room was great and the staff were lovely.", " The room was great and the staff were rude."]) is None
+    assert (
+        tight.encode(
+            short_prompt,
+            [" The room was great and the staff were lovely.", " The room was great and the staff were rude."],
+        )
+        is None
+    )
     p, (r,) = tight.encode(short_prompt, [short_resp])
     assert p == ids(short_prompt) and len(p) + len(r) <= 12
     assert tight.report.dropped == 2 and tight.report.records == 3
@@ -247,6 +309,7 @@ def test_truncation_rule_counts_exactly():
 
 
 # ----------------------------------------------------------------------------------------------- pairs
+
 
 def test_pairs_records_judgments_and_determinism(tmp_path):
     config = dict(model="default", num_prompts=40, seed=3)
@@ -305,6 +368,7 @@ def test_pairs_records_judgments_and_determinism(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- reward model
 
+
 def test_reward_train_learns_and_reloads(pairs_run, reward_run):
     summary, out = reward_run
     assert summary["best_val_accuracy"] > 0.65
@@ -328,11 +392,14 @@ def test_reward_train_learns_and_reloads(pairs_run, reward_run):
 
 
 def test_reward_train_margin_and_centering(pairs_run, tmp_path):
-    # Every pair gets margin 1: with use_margin the first Bradley-Terry loss is softplus(1), not log 2 (rewards start ~0).
+    # Every pair gets margin 1: with use_margin the first Bradley-Terry loss is softplus(1), not log 2 (rewards start
+    # ~0).
     data = write_jsonl(tmp_path / "margin.jsonl", ({**r, "margin": 1.0} for r in rows(pairs_run[1])))
     common = dict(data=str(data), max_steps=6, eval_every=3, log_every=1, batch_size=8, lr=3e-4, patience=0, seed=0)
     plain = reward.train(RewardTrainConfig(output_dir=str(tmp_path / "plain"), **common))
-    margin = reward.train(RewardTrainConfig(output_dir=str(tmp_path / "margin"), use_margin=True, center_coef=0.5, **common))
+    margin = reward.train(
+        RewardTrainConfig(output_dir=str(tmp_path / "margin"), use_margin=True, center_coef=0.5, **common)
+    )
     first_plain = rows(tmp_path / "plain" / "metrics.jsonl")[0]
     first_margin = rows(tmp_path / "margin" / "metrics.jsonl")[0]
     assert first_plain["loss"] == pytest.approx(math.log(2), abs=0.02)
@@ -345,8 +412,19 @@ def test_reward_train_margin_and_centering(pairs_run, tmp_path):
 
 def test_reward_train_minilm_backbone(pairs_run, tmp_path):
     data = write_jsonl(tmp_path / "few.jsonl", rows(pairs_run[1])[:8])
-    summary = reward.train(RewardTrainConfig(model="minilm", data=str(data), output_dir=str(tmp_path / "rm"), max_steps=3,
-                                             eval_every=3, batch_size=4, max_length=64, val_fraction=0.25, seed=0))
+    summary = reward.train(
+        RewardTrainConfig(
+            model="minilm",
+            data=str(data),
+            output_dir=str(tmp_path / "rm"),
+            max_steps=3,
+            eval_every=3,
+            batch_size=4,
+            max_length=64,
+            val_fraction=0.25,
+            seed=0,
+        )
+    )
     assert summary["steps_run"] == 3 and summary["train_pairs"] + summary["val_pairs"] == 8
     model_dir = tmp_path / "rm" / "model"
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -366,14 +444,28 @@ def hand_ece(margins: list[float], bins: int) -> float:
         conf = max(p, 1 - p)
         b = min(bins - 1, math.floor((conf - 0.5) * 2 * bins))
         groups.setdefault(b, []).append((conf, 1.0 if m > 0 else 0.0))
-    return sum(len(g) / len(margins) * abs(statistics.mean(a for _, a in g) - statistics.mean(c for c, _ in g)) for g in groups.values())
+    return sum(
+        len(g) / len(margins) * abs(statistics.mean(a for _, a in g) - statistics.mean(c for c, _ in g))
+        for g in groups.values()
+    )
 
 
 def test_reward_eval_summary_and_ece(pairs_run, reward_run, tmp_path):
     bins = 5
-    summary = reward.evaluate(RewardEvalConfig(model=str(reward_run[1] / "model"), data=str(pairs_run[1]),
-                                               output_dir=str(tmp_path), bins=bins))
-    for key in ("accuracy", "ece", "mean_margin", "length_correlation", "longer_preferred_share", "reliability", "gold_accuracy"):
+    summary = reward.evaluate(
+        RewardEvalConfig(
+            model=str(reward_run[1] / "model"), data=str(pairs_run[1]), output_dir=str(tmp_path), bins=bins
+        )
+    )
+    for key in (
+        "accuracy",
+        "ece",
+        "mean_margin",
+        "length_correlation",
+        "longer_preferred_share",
+        "reliability",
+        "gold_accuracy",
+    ):
         assert key in summary, key
     assert summary_json(tmp_path)["accuracy"] == summary["accuracy"]
     assert len(summary["reliability"]) == bins
@@ -391,11 +483,25 @@ def test_reward_eval_summary_and_ece(pairs_run, reward_run, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- DPO
 
+
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"])
 def test_dpo_loss_types_run_and_save(loss_type, sft_run, small_pairs, tmp_path):
     base_dir = sft_run[1] / "model"
-    summary = dpo.run(DPOConfig(model=str(base_dir), data=str(small_pairs), output_dir=str(tmp_path), loss_type=loss_type,
-                                max_steps=3, batch_size=4, val_fraction=0.25, eval_every=3, log_every=1, lr=1e-4, seed=0))
+    summary = dpo.run(
+        DPOConfig(
+            model=str(base_dir),
+            data=str(small_pairs),
+            output_dir=str(tmp_path),
+            loss_type=loss_type,
+            max_steps=3,
+            batch_size=4,
+            val_fraction=0.25,
+            eval_every=3,
+            log_every=1,
+            lr=1e-4,
+            seed=0,
+        )
+    )
     assert summary["loss_type"] == loss_type and summary["steps"] == 3
     metrics = rows(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in metrics] == [1, 2, 3]
@@ -408,8 +514,19 @@ def test_dpo_loss_types_run_and_save(loss_type, sft_run, small_pairs, tmp_path):
 
 
 def test_dpo_sigmoid_improves_validation(sft_run, pairs_run, tmp_path):
-    summary = dpo.run(DPOConfig(model=str(sft_run[1] / "model"), data=str(pairs_run[1]), output_dir=str(tmp_path), max_steps=40,
-                                batch_size=8, val_fraction=0.25, eval_every=100, lr=1e-4, seed=0))
+    summary = dpo.run(
+        DPOConfig(
+            model=str(sft_run[1] / "model"),
+            data=str(pairs_run[1]),
+            output_dir=str(tmp_path),
+            max_steps=40,
+            batch_size=8,
+            val_fraction=0.25,
+            eval_every=100,
+            lr=1e-4,
+            seed=0,
+        )
+    )
     before, after = summary["before"], summary["after"]
     assert before["val_loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at the start
     assert after["val_loss"] < before["val_loss"]
@@ -419,8 +536,15 @@ def test_dpo_sigmoid_improves_validation(sft_run, pairs_run, tmp_path):
 
 
 def test_dpo_reuses_cached_reference_logps(sft_run, small_pairs, tmp_path, capsys):
-    config = dict(model=str(sft_run[1] / "model"), data=str(small_pairs), output_dir=str(tmp_path), max_steps=2, batch_size=4,
-                  val_fraction=0.25, seed=0)
+    config = dict(
+        model=str(sft_run[1] / "model"),
+        data=str(small_pairs),
+        output_dir=str(tmp_path),
+        max_steps=2,
+        batch_size=4,
+        val_fraction=0.25,
+        seed=0,
+    )
     first = dpo.run(DPOConfig(**config))
     cache = tmp_path / "ref_logps.pt"
     saved = torch.load(cache)
@@ -454,8 +578,19 @@ def test_dpo_reuses_cached_reference_logps(sft_run, small_pairs, tmp_path, capsy
 
 def test_dpo_lora_merged_reloads(sft_run, small_pairs, tmp_path):
     base_dir = sft_run[1] / "model"
-    summary = dpo.run(DPOConfig(model=str(base_dir), data=str(small_pairs), output_dir=str(tmp_path), lora=LoraSettings(r=4),
-                                max_steps=3, batch_size=4, val_fraction=0.25, lr=1e-3, seed=0))
+    summary = dpo.run(
+        DPOConfig(
+            model=str(base_dir),
+            data=str(small_pairs),
+            output_dir=str(tmp_path),
+            lora=LoraSettings(r=4),
+            max_steps=3,
+            batch_size=4,
+            val_fraction=0.25,
+            lr=1e-3,
+            seed=0,
+        )
+    )
     # The adapter-disabled policy is the reference: at the start the policy equals it exactly.
     assert summary["before"]["val_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert not (tmp_path / "model" / "adapter_config.json").exists()
@@ -466,17 +601,28 @@ def test_dpo_lora_merged_reloads(sft_run, small_pairs, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- evaluation, demo, CLI
 
+
 def test_policy_eval_writes_results(reward_run, tmp_path):
     from rlhfkit.evaluate.diversity import distinct_n
 
-    results = policy.run(EvalConfig(models={"a": "default"}, reward_model=str(reward_run[1] / "model"), output_dir=str(tmp_path),
-                                    num_prompts=6, samples_per_prompt=2, max_new_tokens=32))
+    results = policy.run(
+        EvalConfig(
+            models={"a": "default"},
+            reward_model=str(reward_run[1] / "model"),
+            output_dir=str(tmp_path),
+            num_prompts=6,
+            samples_per_prompt=2,
+            max_new_tokens=32,
+        )
+    )
     for name in ("eval.json", "eval.md", "samples.jsonl"):
         assert (tmp_path / name).is_file(), name
     row = results["a"]
     for key in ("mean_gold", "mean_reward", "distinct_2", "mean_length"):
         assert key in row and math.isfinite(row[key]), key
-    assert json.loads((tmp_path / "eval.json").read_text())["results"]["a"]["mean_gold"] == pytest.approx(row["mean_gold"])
+    assert json.loads((tmp_path / "eval.json").read_text())["results"]["a"]["mean_gold"] == pytest.approx(
+        row["mean_gold"]
+    )
     assert "| a |" in (tmp_path / "eval.md").read_text()
 
     samples = rows(tmp_path / "samples.jsonl")
@@ -492,9 +638,23 @@ def test_policy_eval_writes_results(reward_run, tmp_path):
 
 
 def test_small_demo_end_to_end(tmp_path):
-    summary = demo.run([f"output_dir={tmp_path}", "pairs.num_prompts=120", "sft.max_steps=10", "sft.batch_size=8", "sft.val_fraction=0.01",
-                        "reward.max_steps=15", "reward.eval_every=5", "reward.batch_size=16", "dpo.max_steps=10", "dpo.batch_size=8",
-                        "eval.num_prompts=12", "eval.samples_per_prompt=2", "gate.thresholds=[mean_gold >= -1]"])
+    summary = demo.run(
+        [
+            f"output_dir={tmp_path}",
+            "pairs.num_prompts=120",
+            "sft.max_steps=10",
+            "sft.batch_size=8",
+            "sft.val_fraction=0.01",
+            "reward.max_steps=15",
+            "reward.eval_every=5",
+            "reward.batch_size=16",
+            "dpo.max_steps=10",
+            "dpo.batch_size=8",
+            "eval.num_prompts=12",
+            "eval.samples_per_prompt=2",
+            "gate.thresholds=[mean_gold >= -1]",
+        ]
+    )
     on_disk = json.loads((tmp_path / "demo_summary.json").read_text())
     for key in ("gold_sft", "gold_dpo", "reward_gold_accuracy", "distinct2_ratio"):
         assert on_disk[key] is not None and math.isfinite(on_disk[key]), key
@@ -510,9 +670,23 @@ def test_small_demo_end_to_end(tmp_path):
     assert yaml.safe_load((tmp_path / "pipeline.yaml").read_text())["stages"][1]["config"]["num_prompts"] == 120
     assert summary["gate_passed"] is True and summary["report"] == str(tmp_path / "report.html")
 
-    again = demo.run([f"output_dir={tmp_path}", "pairs.num_prompts=120", "sft.max_steps=10", "sft.batch_size=8", "sft.val_fraction=0.01",
-                      "reward.max_steps=15", "reward.eval_every=5", "reward.batch_size=16", "dpo.max_steps=10", "dpo.batch_size=8",
-                      "eval.num_prompts=12", "eval.samples_per_prompt=2", "gate.thresholds=[mean_gold >= -1]"])
+    again = demo.run(
+        [
+            f"output_dir={tmp_path}",
+            "pairs.num_prompts=120",
+            "sft.max_steps=10",
+            "sft.batch_size=8",
+            "sft.val_fraction=0.01",
+            "reward.max_steps=15",
+            "reward.eval_every=5",
+            "reward.batch_size=16",
+            "dpo.max_steps=10",
+            "dpo.batch_size=8",
+            "eval.num_prompts=12",
+            "eval.samples_per_prompt=2",
+            "gate.thresholds=[mean_gold >= -1]",
+        ]
+    )
     assert set(again["stages"].values()) == {"skipped"}  # a second demo run reuses every stage
     assert again["gold_dpo"] == summary["gold_dpo"]
 
@@ -520,8 +694,24 @@ def test_small_demo_end_to_end(tmp_path):
 def test_cli_overrides_reach_the_saved_config(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "RLHFKIT_NO_PROGRESS": "1"}
-    result = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "sft", f"output_dir={out}", "max_steps=3", "--lr", "1e-4",
-                             "--batch_size=4", "val_fraction=0.01"], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "sft",
+            f"output_dir={out}",
+            "max_steps=3",
+            "--lr",
+            "1e-4",
+            "--batch_size=4",
+            "val_fraction=0.01",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     config = config_yaml(out)
     assert config["lr"] == 0.0001 and config["max_steps"] == 3 and config["batch_size"] == 4

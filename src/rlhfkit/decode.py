@@ -29,7 +29,11 @@ def _supported(base, total_len: int) -> bool:
     config = getattr(base, "config", None)
     kind = getattr(config, "model_type", None)
     if kind == "gpt2":
-        return not config.scale_attn_by_inverse_layer_idx and not config.reorder_and_upcast_attn and not config.add_cross_attention
+        return (
+            not config.scale_attn_by_inverse_layer_idx
+            and not config.reorder_and_upcast_attn
+            and not config.add_cross_attention
+        )
     if kind in LLAMA_FAMILY:
         window = getattr(config, "sliding_window", None)
         uses_window = getattr(config, "use_sliding_window", True) and window is not None
@@ -53,7 +57,7 @@ class LeanDecoder:
         self.head = base.get_output_embeddings()
 
     @classmethod
-    def attach(cls, model, cache, attention_mask: torch.Tensor, new_tokens: int) -> "LeanDecoder | None":
+    def attach(cls, model, cache, attention_mask: torch.Tensor, new_tokens: int) -> LeanDecoder | None:
         """Take over decoding after a prefill: copy the prefill's cache (rows aligned with `attention_mask`) into
         buffers with room for `new_tokens` more positions. None when this model or cache cannot take the lean path."""
         base = base_model(model)
@@ -80,7 +84,9 @@ class LeanDecoder:
         self.values = [v.index_select(0, index) for v in self.values]
         self.valid = self.valid.index_select(0, index)
 
-    def _attend(self, attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, dropout: float) -> torch.Tensor:
+    def _attend(
+        self, attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, dropout: float
+    ) -> torch.Tensor:
         slot = self.length
         self.keys[layer][:, :, slot] = k[:, :, 0]
         self.values[layer][:, :, slot] = v[:, :, 0]
@@ -104,10 +110,7 @@ class LeanDecoder:
         Returns the float logits [rows, vocab] for the next token."""
         self.valid[:, self.length] = live
         ids = tokens[:, None]
-        if self.kind == "gpt2":
-            hidden = self._gpt2(ids, positions)
-        else:
-            hidden = self._llama(ids, positions)
+        hidden = self._gpt2(ids, positions) if self.kind == "gpt2" else self._llama(ids, positions)
         self.length += 1
         return self.head(hidden[:, -1]).float()
 

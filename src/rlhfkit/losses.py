@@ -125,9 +125,7 @@ def orpo_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ORPO odds-ratio term -beta*logsigmoid(log_odds) per example (the caller adds the NLL term)."""
     # log odds(p) = log p - log(1 - p), with log(1 - p) from a stable log1mexp of the average logp.
-    log_odds = (chosen_logps_avg - rejected_logps_avg) - (
-        _log1mexp(chosen_logps_avg) - _log1mexp(rejected_logps_avg)
-    )
+    log_odds = (chosen_logps_avg - rejected_logps_avg) - (_log1mexp(chosen_logps_avg) - _log1mexp(rejected_logps_avg))
     losses = -beta * F.logsigmoid(log_odds)
     chosen_rewards = (beta * chosen_logps_avg).detach()
     rejected_rewards = (beta * rejected_logps_avg).detach()

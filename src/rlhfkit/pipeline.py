@@ -17,10 +17,11 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from pydantic import Field
@@ -56,7 +57,9 @@ STAGE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 class StageEntry(Strict):
     name: str = Field(..., description="unique name; the stage's folder (OUTPUT_DIR/NAME) and its ${NAME}")
     stage: str = Field(..., description="stage kind: " + ", ".join(DISPATCH))
-    config: dict[str, Any] = Field(default_factory=dict, description="the stage's keys, as in `rlhfkit config show STAGE`")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="the stage's keys, as in `rlhfkit config show STAGE`"
+    )
     checkpoint: str | None = Field(None, description="gate only: the model directory to check")
 
 
@@ -126,14 +129,28 @@ def load_pipeline(path: str | Path, overrides: list[str] | dict | None = None, f
     for i, entry in enumerate(entries):
         where = f"{source}: stage '{entry.name}' ({entry.stage})"
         if (entry.stage == "gate") != (entry.checkpoint is not None):
-            raise ConfigError(f"{where}: " + ("a gate needs checkpoint: MODEL_DIR (e.g. ${dpo}/model)" if entry.stage == "gate"
-                                              else "checkpoint is a gate key; put this stage's keys under config"))
+            raise ConfigError(
+                f"{where}: "
+                + (
+                    "a gate needs checkpoint: MODEL_DIR (e.g. ${dpo}/model)"
+                    if entry.stage == "gate"
+                    else "checkpoint is a gate key; put this stage's keys under config"
+                )
+            )
         values = dict(entry.config)
         if values.get("output_dir") is None:
             values["output_dir"] = str(root / entry.name)
         uses: list[str] = []
-        values = map_strings(values, lambda text, key: substitute(text, key, where, entry.name, i, order, outputs, uses))
-        checkpoint = substitute(entry.checkpoint, "checkpoint", where, entry.name, i, order, outputs, uses) if entry.checkpoint is not None else None
+        # map_strings calls the lambda before the loop moves on, so binding the loop variables late is safe
+        values = map_strings(
+            values,
+            lambda text, key: substitute(text, key, where, entry.name, i, order, outputs, uses),  # noqa: B023
+        )
+        checkpoint = (
+            substitute(entry.checkpoint, "checkpoint", where, entry.name, i, order, outputs, uses)
+            if entry.checkpoint is not None
+            else None
+        )
         config = build_config(STAGE_CONFIGS[entry.stage], values, source=where)
         outputs[entry.name] = str(config.output_dir)
         stages.append(Stage(entry.name, entry.stage, config, checkpoint, uses))
@@ -142,10 +159,23 @@ def load_pipeline(path: str | Path, overrides: list[str] | dict | None = None, f
     forced = list(dict.fromkeys([*top.force, *force]))
     unknown = [name for name in forced if name not in order]
     if unknown:
-        raise ConfigError(f"{source}: force names {', '.join(repr(n) for n in unknown)}, not a stage of this pipeline (stages: {', '.join(order)})")
-    resolved = {"output_dir": top.output_dir, "report": top.report, "stages": [
-        {"name": e.name, "stage": e.stage, "config": e.config, **({"checkpoint": e.checkpoint} if e.checkpoint is not None else {})}
-        for e in entries]}
+        raise ConfigError(
+            f"{source}: force names {', '.join(repr(n) for n in unknown)}, not a stage of this pipeline (stages: "
+            f"{', '.join(order)})"
+        )
+    resolved = {
+        "output_dir": top.output_dir,
+        "report": top.report,
+        "stages": [
+            {
+                "name": e.name,
+                "stage": e.stage,
+                "config": e.config,
+                **({"checkpoint": e.checkpoint} if e.checkpoint is not None else {}),
+            }
+            for e in entries
+        ],
+    }
     return Pipeline(source, root, stages, forced, resolved, top.report)
 
 
@@ -153,13 +183,22 @@ def check_entries(source: str, entries: list[StageEntry]) -> None:
     seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
         if not STAGE_NAME.fullmatch(entry.name) or entry.name in PipelineConfig.model_fields:
-            raise ConfigError(f"{source}: stages[{i}]: name '{entry.name}': use letters, digits, '_' or '-' (starting with a letter), "
-                              f"and not {', '.join(PipelineConfig.model_fields)}")
+            raise ConfigError(
+                f"{source}: stages[{i}]: name '{entry.name}': use letters, digits, '_' or '-' (starting with a "
+                "letter), "
+                f"and not {', '.join(PipelineConfig.model_fields)}"
+            )
         if entry.name in seen:
-            raise ConfigError(f"{source}: stage '{entry.name}' appears twice (stages[{seen[entry.name]}] and stages[{i}]); names must be unique")
+            raise ConfigError(
+                f"{source}: stage '{entry.name}' appears twice (stages[{seen[entry.name]}] and stages[{i}]); names "
+                "must be unique"
+            )
         seen[entry.name] = i
         if entry.stage not in DISPATCH:
-            raise ConfigError(f"{source}: stage '{entry.name}': unknown stage kind '{entry.stage}'; expected one of {', '.join(DISPATCH)}")
+            raise ConfigError(
+                f"{source}: stage '{entry.name}': unknown stage kind '{entry.stage}'; expected one of "
+                f"{', '.join(DISPATCH)}"
+            )
 
 
 def apply_stage_overrides(entries: list[StageEntry], overrides: dict[str, Any]) -> None:
@@ -169,8 +208,10 @@ def apply_stage_overrides(entries: list[StageEntry], overrides: dict[str, Any]) 
     for key, value in overrides.items():
         entry = by_key.get(key)
         if entry is None:
-            raise ConfigError(f"override '{key}...': not a pipeline key ({', '.join(PipelineConfig.model_fields)}) "
-                              f"nor a stage name ({', '.join(e.name for e in entries)}); write NAME.KEY=VALUE")
+            raise ConfigError(
+                f"override '{key}...': not a pipeline key ({', '.join(PipelineConfig.model_fields)}) "
+                f"nor a stage name ({', '.join(e.name for e in entries)}); write NAME.KEY=VALUE"
+            )
         if not isinstance(value, dict):
             raise ConfigError(f"override '{key}={value}': stage '{entry.name}' takes {key}.KEY=VALUE")
         value = dict(value)
@@ -179,18 +220,33 @@ def apply_stage_overrides(entries: list[StageEntry], overrides: dict[str, Any]) 
         entry.config = deep_merge(entry.config, value)
 
 
-def substitute(text: str, key: str, where: str, name: str, index: int, order: dict[str, int], outputs: dict[str, str], uses: list[str]) -> str:
-    """Replace each ${NAME} with that earlier stage's output_dir (recorded in `uses`); a self, unknown or later name is an error."""
+def substitute(
+    text: str,
+    key: str,
+    where: str,
+    name: str,
+    index: int,
+    order: dict[str, int],
+    outputs: dict[str, str],
+    uses: list[str],
+) -> str:
+    """Replace each ${NAME} with that earlier stage's output_dir (recorded in `uses`); a self, unknown or later
+    name is an error."""
 
     def one(match: re.Match) -> str:
         ref = match.group(1)
         if ref == name:
             raise ConfigError(f"{where}: {key} refers to ${{{ref}}}, the stage itself; use an earlier stage's name")
         if ref not in order:
-            raise ConfigError(f"{where}: {key} refers to ${{{ref}}}, which is not a stage of this pipeline (stages: {', '.join(order)})")
+            raise ConfigError(
+                f"{where}: {key} refers to ${{{ref}}}, which is not a stage of this pipeline (stages: "
+                f"{', '.join(order)})"
+            )
         if order[ref] > index:
-            raise ConfigError(f"{where}: {key} refers to ${{{ref}}}, which runs later (stage {order[ref] + 1} of {len(order)}); "
-                              "a stage can only use the outputs of earlier stages")
+            raise ConfigError(
+                f"{where}: {key} refers to ${{{ref}}}, which runs later (stage {order[ref] + 1} of {len(order)}); "
+                "a stage can only use the outputs of earlier stages"
+            )
         if ref not in uses:
             uses.append(ref)
         return outputs[ref]
@@ -213,13 +269,17 @@ def check_output_dirs(source: str, root: Path, stages: list[Stage]) -> None:
     for i, stage in enumerate(stages):
         out = stage.out.resolve()
         if out == resolved_root or out in resolved_root.parents:
-            raise ConfigError(f"{source}: stage '{stage.name}': output_dir '{stage.out}' holds the whole run root '{root}'; "
-                              "give the stage a folder of its own")
+            raise ConfigError(
+                f"{source}: stage '{stage.name}': output_dir '{stage.out}' holds the whole run root '{root}'; "
+                "give the stage a folder of its own"
+            )
         for other in stages[:i]:
             theirs = other.out.resolve()
             if out == theirs or out in theirs.parents or theirs in out.parents:
-                raise ConfigError(f"{source}: stage '{stage.name}': output_dir '{stage.out}' overlaps stage '{other.name}' "
-                                  f"('{other.out}'); each stage needs a folder of its own")
+                raise ConfigError(
+                    f"{source}: stage '{stage.name}': output_dir '{stage.out}' overlaps stage '{other.name}' "
+                    f"('{other.out}'); each stage needs a folder of its own"
+                )
 
 
 # ------------------------------------------------------------------------------------------ hashing
@@ -243,7 +303,8 @@ class ContentHasher:
         return self._files[key]
 
     def tree(self, path: Path) -> str:
-        """A file's bytes, or a folder's relative paths and bytes; checkpoints/ and hidden (temporary) entries left out."""
+        """A file's bytes, or a folder's relative paths and bytes; checkpoints/ and hidden (temporary) entries
+        left out."""
         if path.is_file():
             return self.file(path)
         digest = hashlib.sha256()
@@ -279,7 +340,9 @@ def input_paths(stage: Stage, root: Path) -> dict[str, Path]:
         except (OSError, ValueError):  # not a path (too long, NUL byte)
             return text
         # never hash the stage's own output (or a folder holding it, or the whole run): it changes when the stage runs
-        if exists and not (encloses(out, path.resolve()) or encloses(path.resolve(), out) or encloses(path.resolve(), run_root)):
+        if exists and not (
+            encloses(out, path.resolve()) or encloses(path.resolve(), out) or encloses(path.resolve(), run_root)
+        ):
             found[key] = path
         return text
 
@@ -290,7 +353,9 @@ def input_paths(stage: Stage, root: Path) -> dict[str, Path]:
 
 
 def config_digest(stage: Stage) -> str:
-    return sha256_json({"stage": stage.kind, "config": stage.config.model_dump(mode="json"), "checkpoint": stage.checkpoint})
+    return sha256_json(
+        {"stage": stage.kind, "config": stage.config.model_dump(mode="json"), "checkpoint": stage.checkpoint}
+    )
 
 
 def sha256_json(value: Any) -> str:
@@ -316,8 +381,14 @@ def stage_function(kind: str):
     return getattr(importlib.import_module(module, __package__), function)
 
 
-def why_run(stage: Stage, fingerprint: str, config_hash: str, inputs: dict[str, dict[str, str]], forced: bool,
-            hasher: ContentHasher) -> str | None:
+def why_run(
+    stage: Stage,
+    fingerprint: str,
+    config_hash: str,
+    inputs: dict[str, dict[str, str]],
+    forced: bool,
+    hasher: ContentHasher,
+) -> str | None:
     """None when the stage can be skipped; otherwise the reason it runs."""
     if forced:
         return "forced"
@@ -383,25 +454,39 @@ def run(pipeline: Pipeline, dry_run: bool = False) -> dict[str, Any]:
         paths = input_paths(stage, root)
         record.inputs = {key: {"path": str(path), "sha256": hasher.tree(path)} for key, path in paths.items()}
         config_hash = config_digest(stage)
-        record.fingerprint = sha256_json({"config": config_hash, "inputs": {k: v["sha256"] for k, v in record.inputs.items()}})
+        record.fingerprint = sha256_json(
+            {"config": config_hash, "inputs": {k: v["sha256"] for k, v in record.inputs.items()}}
+        )
         reason = why_run(stage, record.fingerprint, config_hash, record.inputs, stage.name in pipeline.force, hasher)
 
         if dry_run:
             upstream = [name for name in stage.uses if name in will_run]
             if reason is None and upstream:
-                record.status, record.reason = "maybe", f"runs if {' or '.join(upstream)} {'writes' if len(upstream) == 1 else 'write'} different files"
+                record.status, record.reason = (
+                    "maybe",
+                    f"runs if {' or '.join(upstream)} {'writes' if len(upstream) == 1 else 'write'} different files",
+                )
             else:
-                record.status, record.reason = ("skip", "inputs and config unchanged") if reason is None else ("run", reason)
+                record.status, record.reason = (
+                    ("skip", "inputs and config unchanged") if reason is None else ("run", reason)
+                )
             if record.status != "skip":
                 will_run.add(stage.name)
-            say(f"{index}/{total} {record.status:<5} {stage.label}: {record.reason}; fingerprint {record.fingerprint[:12]}")
+            say(
+                f"{index}/{total} {record.status:<5} {stage.label}: {record.reason}; fingerprint "
+                f"{record.fingerprint[:12]}"
+            )
             for key, value in record.inputs.items():
                 say(f"        input {key}: {value['path']} sha256 {value['sha256'][:12]}")
             continue
 
         if reason is None:
             marker = read_json(stage.out / MARKER) or {}
-            record.status, record.reason, record.summary = "skipped", "inputs and config unchanged", marker.get("summary")
+            record.status, record.reason, record.summary = (
+                "skipped",
+                "inputs and config unchanged",
+                marker.get("summary"),
+            )
             record.passed = marker.get("passed")
             record.seconds = time.time() - start
             say(f"skip {stage.label}: inputs and config unchanged")
@@ -420,24 +505,47 @@ def run(pipeline: Pipeline, dry_run: bool = False) -> dict[str, Any]:
             summary = next((stage.out / name for name in SUMMARY_FILES if (stage.out / name).is_file()), None)
             record.status, record.reason, record.summary = "ran", reason, str(summary) if summary else None
             record.seconds = time.time() - start
-            write_json(stage.out / MARKER, {
-                "name": stage.name, "stage": stage.kind, "fingerprint": record.fingerprint, "config": config_hash,
-                "inputs": record.inputs, "outputs": hasher.tree(stage.out), "finished_at": now(),
-                "seconds": round(record.seconds, 2), "summary": record.summary, **({"passed": record.passed} if stage.kind == "gate" else {}),
-            })
+            write_json(
+                stage.out / MARKER,
+                {
+                    "name": stage.name,
+                    "stage": stage.kind,
+                    "fingerprint": record.fingerprint,
+                    "config": config_hash,
+                    "inputs": record.inputs,
+                    "outputs": hasher.tree(stage.out),
+                    "finished_at": now(),
+                    "seconds": round(record.seconds, 2),
+                    "summary": record.summary,
+                    **({"passed": record.passed} if stage.kind == "gate" else {}),
+                },
+            )
             (stage.out / RUNNING).unlink(missing_ok=True)
         if record.passed is False:
             stopped = f"gate {stage.name} failed"
     if dry_run:
-        return {"pipeline": pipeline.source, "output_dir": str(root), "dry_run": True, "passed": True,
-                "stages": [stage_row(r) for r in records]}
+        return {
+            "pipeline": pipeline.source,
+            "output_dir": str(root),
+            "dry_run": True,
+            "passed": True,
+            "stages": [stage_row(r) for r in records],
+        }
     return finish(pipeline, records, passed=stopped is None)
 
 
 def stage_row(record: StageRecord) -> dict[str, Any]:
-    row = {"name": record.name, "stage": record.stage, "output_dir": record.output_dir, "status": record.status,
-           "reason": record.reason, "seconds": round(record.seconds, 2), "fingerprint": record.fingerprint,
-           "summary": record.summary, "inputs": record.inputs}
+    row = {
+        "name": record.name,
+        "stage": record.stage,
+        "output_dir": record.output_dir,
+        "status": record.status,
+        "reason": record.reason,
+        "seconds": round(record.seconds, 2),
+        "fingerprint": record.fingerprint,
+        "summary": record.summary,
+        "inputs": record.inputs,
+    }
     if record.passed is not None:
         row["passed"] = record.passed
     return row
@@ -445,8 +553,14 @@ def stage_row(record: StageRecord) -> dict[str, Any]:
 
 def finish(pipeline: Pipeline, records: list[StageRecord], passed: bool, report: bool = True) -> dict[str, Any]:
     """Print one line per stage, build the report when the pipeline asks for one, and write OUTPUT_DIR/pipeline.json."""
-    result = {"pipeline": pipeline.source, "output_dir": str(pipeline.output_dir), "finished_at": now(), "passed": passed,
-              "seconds": round(sum(r.seconds for r in records), 2), "stages": [stage_row(r) for r in records]}
+    result = {
+        "pipeline": pipeline.source,
+        "output_dir": str(pipeline.output_dir),
+        "finished_at": now(),
+        "passed": passed,
+        "seconds": round(sum(r.seconds for r in records), 2),
+        "stages": [stage_row(r) for r in records],
+    }
     if pipeline.report and report:
         from .report.html import build_report
 

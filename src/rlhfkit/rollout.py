@@ -15,8 +15,8 @@ import torch
 from .data.records import PromptValue
 from .data.tokenize import Encoder, pad_left
 from .decode import LeanDecoder
-from .models.loading import base_model
 from .losses import entropy_from_logits
+from .models.loading import base_model
 from .train import console, progress_bar, response_logits
 
 TRUNCATION_WARNING = 0.2
@@ -95,8 +95,17 @@ def _group_size(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
 
 @torch.no_grad()
 def generate(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_id: int, pad_id: int, max_new_tokens: int = 48,
-    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> Rollout:
     """Sample continuations of left-padded prompts with the KV cache; stops early once every row has hit EOS.
 
@@ -107,14 +116,21 @@ def generate(
     keep = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
     group = _group_size(input_ids, attention_mask)
     # A prompt repeated in `group` consecutive rows (GRPO/RLOO groups) is run forward once; its cache is then copied.
-    out = model(input_ids=input_ids[::group], attention_mask=attention_mask[::group], position_ids=position_ids[::group],
-                use_cache=True, **keep)
+    out = model(
+        input_ids=input_ids[::group],
+        attention_mask=attention_mask[::group],
+        position_ids=position_ids[::group],
+        use_cache=True,
+        **keep,
+    )
     past, logits = cache_of(out), out.logits[:, -1].float()
     if group > 1 and hasattr(past, "batch_repeat_interleave"):
         past.batch_repeat_interleave(group)
         logits = logits.repeat_interleave(group, dim=0)
     elif group > 1:  # a cache that cannot be copied row-wise: every row forward after all
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **keep)
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **keep
+        )
         past, logits = cache_of(out), out.logits[:, -1].float()
     # Decoding through the model's layers with a preallocated cache where the architecture allows (rlhfkit.decode).
     lean = LeanDecoder.attach(model, past, attention_mask, max_new_tokens - 1) if max_new_tokens > 1 else None
@@ -163,13 +179,23 @@ def generate(
             logits = lean.step(token, next_pos, live)
         else:
             mask = torch.cat([mask, live[:, None].to(mask.dtype)], 1)
-            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_name: past})
+            out = model(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=next_pos,
+                use_cache=True,
+                **{cache_name: past},
+            )
             past, logits = cache_of(out), out.logits[:, -1].float()
         next_pos = next_pos + 1
     response_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
     return Rollout(
-        prompt_ids=input_ids, prompt_mask=attention_mask, response_ids=tokens[:, :width], response_mask=response_mask,
-        logps=logps[:, :width], truncated=~finished,
+        prompt_ids=input_ids,
+        prompt_mask=attention_mask,
+        response_ids=tokens[:, :width],
+        response_mask=response_mask,
+        logps=logps[:, :width],
+        truncated=~finished,
     )
 
 
@@ -183,8 +209,11 @@ def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
 
 def warn_if_truncated(share: float, max_new_tokens: int, where: str = "") -> None:
     if share > TRUNCATION_WARNING:
-        console.print(f"[bold red]WARNING{where}: {share:.0%} of responses were cut at max_new_tokens={max_new_tokens} without EOS; "
-                      "their rewards judge unfinished text. Raise max_new_tokens.[/]")
+        console.print(
+            f"[bold red]WARNING{where}: {share:.0%} of responses were cut at max_new_tokens={max_new_tokens} "
+            "without EOS; "
+            "their rewards judge unfinished text. Raise max_new_tokens.[/]"
+        )
 
 
 @dataclass
@@ -199,11 +228,22 @@ class Samples:
 
 
 def sample_responses(
-    model, tokenizer, prompts: list[PromptValue], *, max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
-    top_k: int = 0, batch_size: int = 64, max_prompt_length: int = 128, seed: int = 0, description: str = "sampling",
+    model,
+    tokenizer,
+    prompts: list[PromptValue],
+    *,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    batch_size: int = 64,
+    max_prompt_length: int = 128,
+    seed: int = 0,
+    description: str = "sampling",
     on_batch=None,
 ) -> Samples:
-    """One sampled response per prompt (repeat prompts for several); `on_batch(rollout)` sees each batch's tokens and log-probs."""
+    """One sampled response per prompt (repeat prompts for several); `on_batch(rollout)` sees each batch's tokens
+    and log-probs."""
     encoder = Encoder(tokenizer, max_length=max_prompt_length + max_new_tokens, max_prompt_length=max_prompt_length)
     ids = [encoder.prompt_ids(prompt)[0] for prompt in prompts]
     rendered = [tokenizer.decode(p) for p in ids]
@@ -215,8 +255,18 @@ def sample_responses(
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
             batch = pad_left(chunk, tokenizer.pad_token_id)
-            rollout = generate(model, batch["input_ids"], batch["attention_mask"], eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                               max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            rollout = generate(
+                model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                eos_id=tokenizer.eos_token_id,
+                pad_id=tokenizer.pad_token_id,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+            )
             responses += decode_responses(tokenizer, rollout)
             truncated += rollout.truncated.tolist()
             if on_batch is not None:
@@ -228,7 +278,9 @@ def sample_responses(
     return samples
 
 
-def token_logps(model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0, with_entropy: bool = False):
+def token_logps(
+    model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0, with_entropy: bool = False
+):
     """Per-token log-probs [B, R] of the response part (columns from prompt_len) under logits / temperature, and
     their entropies; positions skip left padding. Padding-free where the model allows (prompt padding and the padding
     after each response never reach the matmuls; the output layer runs on response positions only); there the
@@ -252,5 +304,7 @@ def token_logps(model, input_ids, attention_mask, prompt_len: int, temperature: 
     logps = torch.zeros(shape, dtype=flat.dtype, device=flat.device).index_put((owner, slot), flat)
     if not with_entropy:
         return logps, None
-    entropy = torch.zeros(shape, dtype=flat.dtype, device=flat.device).index_put((owner, slot), entropy_from_logits(logits))
+    entropy = torch.zeros(shape, dtype=flat.dtype, device=flat.device).index_put(
+        (owner, slot), entropy_from_logits(logits)
+    )
     return logps, entropy

@@ -10,9 +10,10 @@ pairs for reward and DPO), so N processes and 1 process take the same gradient s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -83,7 +84,9 @@ def pick_device(requested: str) -> str:
 
 def check_precision(precision: str, device: str) -> None:
     if precision == "fp16" and device != "cuda":
-        raise ConfigError("mixed_precision 'fp16' needs a CUDA GPU (CPU autocast has no fp16 loss scaling); use bf16 or no")
+        raise ConfigError(
+            "mixed_precision 'fp16' needs a CUDA GPU (CPU autocast has no fp16 loss scaling); use bf16 or no"
+        )
     if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("mixed_precision 'bf16': this GPU does not support bfloat16; use fp16 or no")
 
@@ -108,11 +111,16 @@ def start(config) -> Runtime:
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision)
     runtime = Runtime(accelerator)
     if config.batch_size % runtime.world:
-        raise ConfigError(f"batch_size {config.batch_size} is the global batch and must divide evenly among the {runtime.world} "
-                          f"processes; use a multiple of {runtime.world}")
+        raise ConfigError(
+            f"batch_size {config.batch_size} is the global batch and must divide evenly among the {runtime.world} "
+            f"processes; use a multiple of {runtime.world}"
+        )
     if runtime.world > 1 and runtime.is_main:
-        console.print(f"distributed: {runtime.world} processes ({accelerator.distributed_type.value}, backend "
-                      f"{accelerator.state.backend}), {config.batch_size // runtime.world} of each batch's {config.batch_size} per process")
+        console.print(
+            f"distributed: {runtime.world} processes ({accelerator.distributed_type.value}, backend "
+            f"{accelerator.state.backend}), {config.batch_size // runtime.world} of each batch's "
+            f"{config.batch_size} per process"
+        )
     if not runtime.is_main:
         console.quiet = True  # one process speaks
     return runtime
@@ -124,7 +132,9 @@ def prepare(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Opt
     if config.gradient_checkpointing:
         base = base_model(model)
         if not getattr(base, "supports_gradient_checkpointing", False):
-            raise ConfigError(f"gradient_checkpointing: {type(base).__name__} does not support it; set gradient_checkpointing=false")
+            raise ConfigError(
+                f"gradient_checkpointing: {type(base).__name__} does not support it; set gradient_checkpointing=false"
+            )
         # non-reentrant checkpointing also works when the inputs need no grad (LoRA on a frozen embedding)
         if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -155,8 +165,14 @@ class BatchStream:
             next(self)
 
 
-def accumulate(runtime: Runtime, model: torch.nn.Module, micro_batches: list[list], weigh: Callable[[list], float],
-               loss_sum: Callable[[list], tuple[torch.Tensor, dict[str, float]]], step: int) -> dict[str, float]:
+def accumulate(
+    runtime: Runtime,
+    model: torch.nn.Module,
+    micro_batches: list[list],
+    weigh: Callable[[list], float],
+    loss_sum: Callable[[list], tuple[torch.Tensor, dict[str, float]]],
+    step: int,
+) -> dict[str, float]:
     """Forward and backward over this process's micro-batches of one optimizer step. `weigh(batch)` is the batch's
     share of the step (tokens or pairs); `loss_sum(batch)` returns the summed loss and summed statistics. Returns
     the step's loss and statistics as means over every process and micro-batch."""
@@ -192,17 +208,37 @@ def optimizer_step(runtime: Runtime, model: torch.nn.Module, optimizer, schedule
 # ---------------------------------------------------------------- checkpoints of the offline stages
 
 
-def save(runtime: Runtime, out, step: int, model: torch.nn.Module, optimizer, scheduler, stream: BatchStream, state: dict, keep: int) -> None:
+def save(
+    runtime: Runtime,
+    out,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    stream: BatchStream,
+    state: dict,
+    keep: int,
+) -> None:
     """Every process hands in its generators; the main process writes checkpoints/step-N atomically."""
     rngs = runtime.gather_objects(rng_state())
     if runtime.is_main:
-        path = save_checkpoint(out, step, {"model": runtime.unwrap(model)}, {"adamw": optimizer}, {**state, "batches_taken": stream.taken,
-                               "world": runtime.world}, keep=keep, schedulers={"schedule": scheduler}, rng={"ranks": rngs})
+        path = save_checkpoint(
+            out,
+            step,
+            {"model": runtime.unwrap(model)},
+            {"adamw": optimizer},
+            {**state, "batches_taken": stream.taken, "world": runtime.world},
+            keep=keep,
+            schedulers={"schedule": scheduler},
+            rng={"ranks": rngs},
+        )
         console.print(f"checkpoint {path}", highlight=False)
     runtime.barrier()
 
 
-def resume(runtime: Runtime, config, out, model: torch.nn.Module, optimizer, scheduler, stream: BatchStream) -> tuple[int, dict]:
+def resume(
+    runtime: Runtime, config, out, model: torch.nn.Module, optimizer, scheduler, stream: BatchStream
+) -> tuple[int, dict]:
     """With `resume`, restore the newest checkpoint: weights, optimiser, schedule, data position and every process's
     generators (a different process count keeps the data position and reseeds). Returns (step, the stage's state)."""
     if not config.resume:
@@ -211,13 +247,17 @@ def resume(runtime: Runtime, config, out, model: torch.nn.Module, optimizer, sch
     if checkpoint is None:
         console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
         return 0, {}
-    step, state = load_checkpoint(checkpoint, {"model": runtime.unwrap(model)}, {"adamw": optimizer}, {"schedule": scheduler}, restore_rng=False)
+    step, state = load_checkpoint(
+        checkpoint, {"model": runtime.unwrap(model)}, {"adamw": optimizer}, {"schedule": scheduler}, restore_rng=False
+    )
     ranks = state.pop("_rng").get("ranks", [])
     if len(ranks) == runtime.world:
         set_rng_state(ranks[runtime.rank])
     else:
-        console.print(f"resume: the checkpoint was written by {len(ranks)} processes, this run has {runtime.world}; "
-                      "data position kept, random generators reseeded")
+        console.print(
+            f"resume: the checkpoint was written by {len(ranks)} processes, this run has {runtime.world}; "
+            "data position kept, random generators reseeded"
+        )
     stream.skip_to(state.pop("batches_taken"))
     state.pop("world", None)
     console.print(f"resuming from {checkpoint} (step {step})")

@@ -8,9 +8,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .data.tokenize import pack_rows, pad_sequences
 from .errors import TrainingError
-from .models.loading import base_model
 from .losses import sequence_logps
+from .models.loading import base_model
 
 console = Console(stderr=True)
 
@@ -43,7 +44,7 @@ def total_steps(num_examples: int, batch_size: int, grad_accum: int, epochs: flo
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, warmup_ratio: float, steps: int):
     """AdamW with linear warm-up then linear decay to 10% of the peak (no decay on biases and norms)."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -84,7 +85,9 @@ def forever(items: list, batch_size: int, seed: int) -> Iterator[list]:
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
-        raise TrainingError(f"step {step}: the loss is {loss.item()}; lower lr or check the data (the last saved model is kept)")
+        raise TrainingError(
+            f"step {step}: the loss is {loss.item()}; lower lr or check the data (the last saved model is kept)"
+        )
 
 
 class RunLog:
@@ -135,8 +138,15 @@ def write_json(path: str | Path, value: Any) -> None:
 def progress_bar(description: str, total: int):
     """A rich progress bar on stderr; yields `advance(n=1, **fields)` where fields are shown after the bar."""
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"), console=console, transient=False, disable=os.environ.get("RLHFKIT_NO_PROGRESS") == "1",
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+        disable=os.environ.get("RLHFKIT_NO_PROGRESS") == "1",
     )
     with progress:
         task = progress.add_task(description, total=total, info="")
@@ -176,8 +186,8 @@ def attention_cost(backbone: torch.nn.Module) -> float:
         from transformers.pytorch_utils import Conv1D
 
         config = backbone.config
-        hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
-        layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+        hidden = getattr(config, "hidden_size", None) or config.n_embd
+        layers = getattr(config, "num_hidden_layers", None) or config.n_layer
         weights = sum(m.weight.numel() for m in backbone.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
         cached = 4 * hidden * layers / max(2 * weights, 1)
         backbone._rlhfkit_attention_cost = cached
@@ -188,8 +198,9 @@ def packed_hidden(backbone: torch.nn.Module, sequences: list[list[int]], pad_id:
     """Last hidden states of packed `sequences`, flattened to [rows * width, hidden], and where each sequence starts."""
     packed = pack_rows(sequences, pad_id, attention_cost=attention_cost(backbone))
     device = next(backbone.parameters()).device
-    hidden = backbone(input_ids=packed["input_ids"].to(device), position_ids=packed["position_ids"].to(device),
-                      use_cache=False).last_hidden_state
+    hidden = backbone(
+        input_ids=packed["input_ids"].to(device), position_ids=packed["position_ids"].to(device), use_cache=False
+    ).last_hidden_state
     width = packed["input_ids"].shape[1]
     return hidden.reshape(-1, hidden.shape[-1]), [r * width + s for r, s in zip(packed["row"], packed["start"])]
 
@@ -205,7 +216,9 @@ def response_logits(model: torch.nn.Module, prompts: list[list[int]], responses:
     hidden, starts = packed_hidden(backbone, [p + r for p, r in zip(prompts, responses)], pad_id)
     where, labels, owner, slot = [], [], [], []
     for i, (p, r, start) in enumerate(zip(prompts, responses, starts)):
-        first = max(len(p), 1)  # index in the sequence of the first predicted token (a sequence's first has no predictor)
+        first = max(
+            len(p), 1
+        )  # index in the sequence of the first predicted token (a sequence's first has no predictor)
         where.extend(range(start + first - 1, start + len(p) + len(r) - 1))
         labels.extend((p + r)[first:])
         owner.extend([i] * (len(p) + len(r) - first))
@@ -216,7 +229,9 @@ def response_logits(model: torch.nn.Module, prompts: list[list[int]], responses:
     return logits, as_tensor(labels), as_tensor(owner), as_tensor(slot)
 
 
-def response_logps(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logps(
+    model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sum of the response tokens' log-probs, and their count (a sequence's first token has no
     prediction): padding-free where response_logits can, else one right-padded batch through the whole model."""
     packed = response_logits(model, prompts, responses, pad_id)

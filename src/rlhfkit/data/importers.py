@@ -94,7 +94,8 @@ def split_hh(chosen: str, rejected: str, where: _Where) -> tuple[str, str, str]:
     cut = chosen.rfind(HH_ASSISTANT, 0, n)
     if cut < 0 or cut + len(HH_ASSISTANT) > n:
         raise where.fail(
-            "chosen", "the chosen and rejected transcripts share no '\\n\\nAssistant:' turn; not an HH-RLHF transcript pair"
+            "chosen",
+            "the chosen and rejected transcripts share no '\\n\\nAssistant:' turn; not an HH-RLHF transcript pair",
         )
     end = cut + len(HH_ASSISTANT)
     prompt = chosen[:end]
@@ -120,7 +121,9 @@ def _import_hh(obj: Any, where: _Where, report: ImportReport) -> PreferencePair 
     if problem:
         report.skipped.append((where.line, problem))  # type: ignore[arg-type]
         return None
-    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, category=None, metadata={"source": "hh-rlhf"})
+    return PreferencePair(
+        prompt=prompt, chosen=chosen, rejected=rejected, category=None, metadata={"source": "hh-rlhf"}
+    )
 
 
 def _score(obj: dict, key: str, where: _Where) -> float:

@@ -15,14 +15,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any
 
 from ..errors import DataError
 
 Message = dict[str, str]
-PromptValue = Union[str, list[Message]]
+PromptValue = str | list[Message]
 ROLES = ("system", "user", "assistant")
 KINDS = ("sft", "prompt", "preference")
 
@@ -56,7 +57,7 @@ class PreferencePair:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-Record = Union[SFTExample, PromptRecord, PreferencePair]
+Record = SFTExample | PromptRecord | PreferencePair
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
@@ -80,7 +81,15 @@ class _Where:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer", float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _text(obj: dict, key: str, where: _Where, required: bool = True) -> str | None:
@@ -162,7 +171,9 @@ def _common(obj: dict, where: _Where) -> dict[str, Any]:
     return out
 
 
-def _split_conversation(chosen: list[Message], rejected: list[Message], where: _Where) -> tuple[list[Message], str, str]:
+def _split_conversation(
+    chosen: list[Message], rejected: list[Message], where: _Where
+) -> tuple[list[Message], str, str]:
     """Implicit prompt: the turns both conversations share; each reply is its last assistant turn."""
     shared = 0
     while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:

@@ -35,12 +35,20 @@ class TruncationReport:
     dropped_ids: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"records": self.records, "prompts_truncated": self.prompts_cut, "responses_truncated": self.responses_cut, "dropped": self.dropped}
+        return {
+            "records": self.records,
+            "prompts_truncated": self.prompts_cut,
+            "responses_truncated": self.responses_cut,
+            "dropped": self.dropped,
+        }
 
     def summary(self, max_length: int, max_prompt_length: int) -> str:
-        return (f"truncation (max_length={max_length}, max_prompt_length={max_prompt_length}): "
-                f"{self.prompts_cut} of {self.records} prompts cut from the left, {self.responses_cut} responses cut from the right, "
-                f"{self.dropped} records dropped (no room for a response, or responses identical once cut)")
+        return (
+            f"truncation (max_length={max_length}, max_prompt_length={max_prompt_length}): "
+            f"{self.prompts_cut} of {self.records} prompts cut from the left, {self.responses_cut} responses cut "
+            "from the right, "
+            f"{self.dropped} records dropped (no room for a response, or responses identical once cut)"
+        )
 
 
 class Encoder:
@@ -93,7 +101,9 @@ class Encoder:
         return p_ids, outs
 
 
-def pad_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+def pad_sequences(
+    prompts: list[list[int]], responses: list[list[int]], pad_id: int, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
     """Batch of prompt+response: input_ids, attention_mask and response_mask (1 on response tokens)."""
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     width = max(lengths)

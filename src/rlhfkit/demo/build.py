@@ -104,12 +104,24 @@ def build(out: Path, recipe: Recipe) -> None:
     pretrain = corpus.generate_reviews(recipe.pretrain_reviews, train_openings, seed=recipe.seed + 1)
     sft = corpus.generate_reviews(recipe.sft_reviews, train_openings, seed=recipe.seed + 2)
 
-    write_jsonl(out / "sft.jsonl", (SFTExample(prompt=r.opening, response=" " + r.body, category=r.topic, metadata={"mood": r.mood}) for r in sft))
+    write_jsonl(
+        out / "sft.jsonl",
+        (SFTExample(prompt=r.opening, response=" " + r.body, category=r.topic, metadata={"mood": r.mood}) for r in sft),
+    )
     import random
 
     rng = random.Random(recipe.seed + 3)
-    write_jsonl(out / "prompts.jsonl", (PromptRecord(prompt=o, category=t, id=i) for i, (t, o) in enumerate(rng.choice(train_openings) for _ in range(recipe.train_prompts))))
-    write_jsonl(out / "heldout_prompts.jsonl", (PromptRecord(prompt=o, category=t, id=f"heldout-{i}") for i, (t, o) in enumerate(heldout_openings)))
+    write_jsonl(
+        out / "prompts.jsonl",
+        (
+            PromptRecord(prompt=o, category=t, id=i)
+            for i, (t, o) in enumerate(rng.choice(train_openings) for _ in range(recipe.train_prompts))
+        ),
+    )
+    write_jsonl(
+        out / "heldout_prompts.jsonl",
+        (PromptRecord(prompt=o, category=t, id=f"heldout-{i}") for i, (t, o) in enumerate(heldout_openings)),
+    )
     (out / "corpus.txt").write_text("\n".join(r.text for r in pretrain) + "\n")
 
     tokenizer = train_tokenizer([r.text for r in pretrain], recipe)
@@ -117,12 +129,22 @@ def build(out: Path, recipe: Recipe) -> None:
     model_dir = out / "model"
     model.save_pretrained(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
-    write_json(out / "build.json", {
-        "recipe": asdict(recipe), "key": recipe.key(), "seconds": round(time.time() - start, 1),
-        "parameters": sum(p.numel() for p in model.parameters()), "final_loss": losses[-1], "first_loss": losses[0],
-        "train_openings": len(train_openings), "heldout_openings": len(heldout_openings),
-    })
-    console.print(f"built the default in {time.time() - start:.0f}s: pre-training loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    write_json(
+        out / "build.json",
+        {
+            "recipe": asdict(recipe),
+            "key": recipe.key(),
+            "seconds": round(time.time() - start, 1),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "final_loss": losses[-1],
+            "first_loss": losses[0],
+            "train_openings": len(train_openings),
+            "heldout_openings": len(heldout_openings),
+        },
+    )
+    console.print(
+        f"built the default in {time.time() - start:.0f}s: pre-training loss {losses[0]:.2f} -> {losses[-1]:.2f}"
+    )
 
 
 def train_tokenizer(texts: list[str], recipe: Recipe):
@@ -130,10 +152,20 @@ def train_tokenizer(texts: list[str], recipe: Recipe):
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=recipe.vocab_size, min_frequency=2, special_tokens=["<|endoftext|>", "<pad>"], show_progress=False)
+    bpe.train_from_iterator(
+        texts,
+        vocab_size=recipe.vocab_size,
+        min_frequency=2,
+        special_tokens=["<|endoftext|>", "<pad>"],
+        show_progress=False,
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>",
-        pad_token="<pad>", model_max_length=recipe.n_positions,
+        tokenizer_object=bpe._tokenizer,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<pad>",
+        model_max_length=recipe.n_positions,
     )
 
 
@@ -142,9 +174,17 @@ def pretrain_model(texts: list[str], tokenizer, recipe: Recipe):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=recipe.n_positions, n_embd=recipe.n_embd, n_layer=recipe.n_layer, n_head=recipe.n_head,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=len(tokenizer),
+        n_positions=recipe.n_positions,
+        n_embd=recipe.n_embd,
+        n_layer=recipe.n_layer,
+        n_head=recipe.n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     model = GPT2LMHeadModel(config)
     ids: list[int] = []

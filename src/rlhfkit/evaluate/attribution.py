@@ -11,9 +11,9 @@ called with the real token ids, so position embeddings, the attention mask and w
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -31,7 +31,9 @@ class TokenAttributions:
         return abs(sum(self.values) - (self.score - self.baseline_score))
 
 
-def baseline_ids(tokenizer, input_ids: Sequence[int], baseline: str | int = "pad", positions: Sequence[int] | None = None) -> list[int]:
+def baseline_ids(
+    tokenizer, input_ids: Sequence[int], baseline: str | int = "pad", positions: Sequence[int] | None = None
+) -> list[int]:
     """The input with each token at `positions` (default: every non-special token) replaced by the baseline token.
 
     'pad' is the tokenizer's pad token; an int is any token id (e.g. an encoder's [MASK]). Special tokens
@@ -58,8 +60,15 @@ def _replaced_output(layer: torch.nn.Module, value: torch.Tensor):
         handle.remove()
 
 
-def integrated_gradients(model, tokenizer, input_ids: Sequence[int], steps: int = 32, baseline: str | int = "pad",
-                         positions: Sequence[int] | None = None, head: int = 0) -> TokenAttributions:
+def integrated_gradients(
+    model,
+    tokenizer,
+    input_ids: Sequence[int],
+    steps: int = 32,
+    baseline: str | int = "pad",
+    positions: Sequence[int] | None = None,
+    head: int = 0,
+) -> TokenAttributions:
     """Per-token IG attributions of one head of an HF sequence-classification model for one unpadded sequence.
 
     `positions`: the tokens the baseline replaces (default: every non-special token); the others keep their
@@ -83,12 +92,15 @@ def integrated_gradients(model, tokenizer, input_ids: Sequence[int], steps: int 
             attributions = lig.attribute(ids, baselines=base, n_steps=steps, internal_batch_size=steps)
         with torch.no_grad():
             input_score = score(ids).item()
-            # The path's start point: the input's ids (same positions, mask and read-out) with the baseline's embeddings.
+            # The path's start point: the input's ids (same positions, mask and read-out) with the baseline's
+            # embeddings.
             with _replaced_output(embeddings, embeddings(base)):
                 start_score = score(ids).item()
     finally:
         model.train(was_training)
-    return TokenAttributions(ids=list(input_ids), values=attributions.sum(-1)[0].tolist(), score=input_score, baseline_score=start_score)
+    return TokenAttributions(
+        ids=list(input_ids), values=attributions.sum(-1)[0].tolist(), score=input_score, baseline_score=start_score
+    )
 
 
 def _continues_word(token: str, wordpiece: bool) -> bool:
@@ -124,10 +136,14 @@ def normalise_word(word: str) -> str:
 
 
 def top_words(attributed: list[list[tuple[str, float]]], k: int = 10) -> dict[str, list[list]]:
-    """Words by mean attribution over every occurrence: the k most positive and the k most negative, as [word, mean, count]."""
+    """Words by mean attribution over every occurrence: the k most positive and the k most negative, as [word,
+    mean, count]."""
     totals: dict[str, list[float]] = {}
     for words in attributed:
         for word, value in words:
             totals.setdefault(normalise_word(word), []).append(value)
     means = sorted(([w, sum(v) / len(v), len(v)] for w, v in totals.items()), key=lambda row: row[1])
-    return {"positive": [row for row in reversed(means) if row[1] > 0][:k], "negative": [row for row in means if row[1] < 0][:k]}
+    return {
+        "positive": [row for row in reversed(means) if row[1] > 0][:k],
+        "negative": [row for row in means if row[1] < 0][:k],
+    }

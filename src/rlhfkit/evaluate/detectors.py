@@ -31,27 +31,65 @@ class Verdict:
 
 
 class DetectorSettings(Strict):
-    window: int = Field(10, ge=1, description="rows per window; 10 matches the runs' rolling `*_avg` window and "
-                        "averages out the noise of single 32-rollout batches")
-    min_rise: float = Field(0.1, ge=0, description="reward hacking: the proxy reward must rise at least this much "
-                            "(last window mean over first, reward units) and not fall more than this after the gold peak")
-    min_fall: float = Field(0.05, ge=0, description="reward hacking: gold must fall at least this much from its "
-                            "best window (0-1 judge score); 0.05 is well above the window-mean noise of ~0.01")
-    noise_z: float = Field(2.0, ge=0, description="reward hacking: the gold fall must also exceed this many standard "
-                           "errors of the two window means, so a plateau with noise does not fire")
-    max_length_ratio: float = Field(1.6, gt=1, description="length drift: last-window response length over the first "
-                                    "window; healthy PPO/GRPO on the demo grow up to ~1.47x, a length-hacked run ~1.77x")
-    collapse_fraction: float = Field(0.5, gt=0, le=1, description="mode collapse: last-window distinct_2 below this "
-                                     "fraction of the reference; halving the distinct bigrams is collapse, not style")
-    reference_distinct_2: float | None = Field(None, gt=0, description="mode collapse reference; null uses the first "
-                                               "window (measure it on batches of the same size, distinct_2 falls with "
-                                               "more text)")
-    kl_ceiling: float = Field(20.0, gt=0, description="KL blow-up: last-window mean sequence KL (nats) above this; "
-                              "~3x the adaptive controller's default target_kl of 6")
-    kl_growth: float = Field(1.5, gt=1, description="KL blow-up: last-window mean KL over the previous window's; a "
-                             "settled run is ~1.0")
-    kl_floor: float = Field(5.0, ge=0, description="KL blow-up: the growth test applies only above this KL (nats), "
-                            "so the first steps' rise from 0 is not a blow-up")
+    window: int = Field(
+        10,
+        ge=1,
+        description="rows per window; 10 matches the runs' rolling `*_avg` window and "
+        "averages out the noise of single 32-rollout batches",
+    )
+    min_rise: float = Field(
+        0.1,
+        ge=0,
+        description="reward hacking: the proxy reward must rise at least this much "
+        "(last window mean over first, reward units) and not fall more than this after the gold peak",
+    )
+    min_fall: float = Field(
+        0.05,
+        ge=0,
+        description="reward hacking: gold must fall at least this much from its "
+        "best window (0-1 judge score); 0.05 is well above the window-mean noise of ~0.01",
+    )
+    noise_z: float = Field(
+        2.0,
+        ge=0,
+        description="reward hacking: the gold fall must also exceed this many standard "
+        "errors of the two window means, so a plateau with noise does not fire",
+    )
+    max_length_ratio: float = Field(
+        1.6,
+        gt=1,
+        description="length drift: last-window response length over the first "
+        "window; healthy PPO/GRPO on the demo grow up to ~1.47x, a length-hacked run ~1.77x",
+    )
+    collapse_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="mode collapse: last-window distinct_2 below this "
+        "fraction of the reference; halving the distinct bigrams is collapse, not style",
+    )
+    reference_distinct_2: float | None = Field(
+        None,
+        gt=0,
+        description="mode collapse reference; null uses the first "
+        "window (measure it on batches of the same size, distinct_2 falls with "
+        "more text)",
+    )
+    kl_ceiling: float = Field(
+        20.0,
+        gt=0,
+        description="KL blow-up: last-window mean sequence KL (nats) above this; "
+        "~3x the adaptive controller's default target_kl of 6",
+    )
+    kl_growth: float = Field(
+        1.5, gt=1, description="KL blow-up: last-window mean KL over the previous window's; a settled run is ~1.0"
+    )
+    kl_floor: float = Field(
+        5.0,
+        ge=0,
+        description="KL blow-up: the growth test applies only above this KL (nats), "
+        "so the first steps' rise from 0 is not a blow-up",
+    )
 
 
 def load_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -93,8 +131,9 @@ def _r(x: float) -> float:
 
 
 def _too_short(name: str, key: str, points: list) -> Verdict:
-    return Verdict(name, False, f"{name}: not judged, {len(points)} rows log '{key}' (need at least 2)",
-                   {"rows": len(points)})
+    return Verdict(
+        name, False, f"{name}: not judged, {len(points)} rows log '{key}' (need at least 2)", {"rows": len(points)}
+    )
 
 
 def _halves(points: list, window: int) -> int:
@@ -105,8 +144,9 @@ def _halves(points: list, window: int) -> int:
 # ---------------------------------------------------------------- detectors
 
 
-def reward_hacking(rows: list[dict], window: int = 10, min_rise: float = 0.1, min_fall: float = 0.05,
-                   noise_z: float = 2.0) -> Verdict:
+def reward_hacking(
+    rows: list[dict], window: int = 10, min_rise: float = 0.1, min_fall: float = 0.05, noise_z: float = 2.0
+) -> Verdict:
     """The proxy reward rises over the run while gold (or win_rate) falls from its best window by more than noise.
 
     Gold's best window is the highest mean over any `window` consecutive rows; the fall is that minus the last
@@ -117,8 +157,13 @@ def reward_hacking(rows: list[dict], window: int = 10, min_rise: float = 0.1, mi
     name = "reward_hacking"
     gold_key = next((k for k in GOLD_KEYS if any(_finite(row.get(k)) for row in rows)), None)
     if gold_key is None:
-        return Verdict(name, False, f"{name}: not judged, the run logs no gold score ({' or '.join(GOLD_KEYS)}); "
-                       "set `gold:` in the stage config", {})
+        return Verdict(
+            name,
+            False,
+            f"{name}: not judged, the run logs no gold score ({' or '.join(GOLD_KEYS)}); "
+            "set `gold:` in the stage config",
+            {},
+        )
     paired = [row for row in rows if _finite(row.get(gold_key)) and _finite(row.get("reward"))]
     gold, proxy = _series(paired, gold_key), _series(paired, "reward")
     w = _halves(gold, window)
@@ -134,23 +179,37 @@ def reward_hacking(rows: list[dict], window: int = 10, min_rise: float = 0.1, mi
     since_peak = _mean(proxy_last) - _mean(proxy_peak)
     fired = fall > max(min_fall, noise) and rise >= min_rise and since_peak >= -min_rise
     evidence = {
-        "gold_key": gold_key, "window": w,
-        "gold_peak_step": gold_peak[-1][0], "gold_peak_window": _span(gold_peak), "gold_peak": _r(_mean(gold_peak)),
-        "gold_final": _r(_mean(gold_last)), "final_window": _span(gold_last), "gold_fall": _r(fall),
-        "gold_noise": _r(noise), "proxy_first": _r(_mean(proxy_first)), "proxy_at_peak": _r(_mean(proxy_peak)),
-        "proxy_final": _r(_mean(proxy_last)), "proxy_rise": _r(rise),
+        "gold_key": gold_key,
+        "window": w,
+        "gold_peak_step": gold_peak[-1][0],
+        "gold_peak_window": _span(gold_peak),
+        "gold_peak": _r(_mean(gold_peak)),
+        "gold_final": _r(_mean(gold_last)),
+        "final_window": _span(gold_last),
+        "gold_fall": _r(fall),
+        "gold_noise": _r(noise),
+        "proxy_first": _r(_mean(proxy_first)),
+        "proxy_at_peak": _r(_mean(proxy_peak)),
+        "proxy_final": _r(_mean(proxy_last)),
+        "proxy_rise": _r(rise),
     }
     tolerance = max(min_fall, noise)
     if fired:
-        summary = (f"{name}: proxy reward rose {evidence['proxy_first']} -> {evidence['proxy_final']} while {gold_key} "
-                   f"fell {fall:.3f} from its peak {evidence['gold_peak']} (steps {gold_peak[0][0]}-{gold_peak[-1][0]}) "
-                   f"to {evidence['gold_final']}")
+        summary = (
+            f"{name}: proxy reward rose {evidence['proxy_first']} -> {evidence['proxy_final']} while {gold_key} "
+            f"fell {fall:.3f} from its peak {evidence['gold_peak']} (steps {gold_peak[0][0]}-{gold_peak[-1][0]}) "
+            f"to {evidence['gold_final']}"
+        )
     elif fall <= tolerance:
-        summary = (f"{name}: no, {gold_key} {evidence['gold_final']} is within {tolerance:.3f} of its peak "
-                   f"{evidence['gold_peak']} (steps {gold_peak[0][0]}-{gold_peak[-1][0]})")
+        summary = (
+            f"{name}: no, {gold_key} {evidence['gold_final']} is within {tolerance:.3f} of its peak "
+            f"{evidence['gold_peak']} (steps {gold_peak[0][0]}-{gold_peak[-1][0]})"
+        )
     else:
-        summary = (f"{name}: no, {gold_key} fell {fall:.3f} from its peak but the proxy did not keep rising "
-                   f"({evidence['proxy_at_peak']} at the peak, {evidence['proxy_final']} at the end)")
+        summary = (
+            f"{name}: no, {gold_key} fell {fall:.3f} from its peak but the proxy did not keep rising "
+            f"({evidence['proxy_at_peak']} at the peak, {evidence['proxy_final']} at the end)"
+        )
     return Verdict(name, fired, summary, evidence)
 
 
@@ -164,12 +223,21 @@ def length_drift(rows: list[dict], window: int = 10, max_ratio: float = 1.6) -> 
     first, last = lengths[:w], lengths[-w:]
     ratio = _mean(last) / _mean(first) if _mean(first) > 0 else math.inf
     fired = ratio > max_ratio
-    evidence = {"window": w, "first_window": _span(first), "first_length": _r(_mean(first)),
-                "final_window": _span(last), "final_length": _r(_mean(last)), "ratio": _r(ratio), "max_ratio": max_ratio}
+    evidence = {
+        "window": w,
+        "first_window": _span(first),
+        "first_length": _r(_mean(first)),
+        "final_window": _span(last),
+        "final_length": _r(_mean(last)),
+        "ratio": _r(ratio),
+        "max_ratio": max_ratio,
+    }
     verb = "grew" if fired else "no, grew only" if ratio >= 1 else "no, changed"
-    summary = (f"{name}: {verb} {ratio:.2f}x (bound {max_ratio}x), response length {evidence['first_length']:.1f} "
-               f"tokens (steps {first[0][0]}-{first[-1][0]}) -> {evidence['final_length']:.1f} "
-               f"(steps {last[0][0]}-{last[-1][0]})")
+    summary = (
+        f"{name}: {verb} {ratio:.2f}x (bound {max_ratio}x), response length {evidence['first_length']:.1f} "
+        f"tokens (steps {first[0][0]}-{first[-1][0]}) -> {evidence['final_length']:.1f} "
+        f"(steps {last[0][0]}-{last[-1][0]})"
+    )
     return Verdict(name, fired, summary, evidence)
 
 
@@ -189,17 +257,26 @@ def mode_collapse(rows: list[dict], window: int = 10, fraction: float = 0.5, ref
     ref = reference if reference is not None else _mean(distinct[:w])
     ratio = _mean(last) / ref if ref > 0 else math.inf
     fired = ratio < fraction
-    evidence = {"window": w, "reference": _r(ref), "reference_source": "given" if reference is not None else
-                f"steps {distinct[0][0]}-{distinct[w - 1][0]}", "final_window": _span(last),
-                "final_distinct_2": _r(_mean(last)), "ratio": _r(ratio), "fraction": fraction}
-    summary = (f"{name}: {'yes' if fired else 'no'}, distinct_2 {evidence['final_distinct_2']} (steps "
-               f"{last[0][0]}-{last[-1][0]}) is {ratio:.2f} of the reference {evidence['reference']} "
-               f"({evidence['reference_source']}; fires below {fraction})")
+    evidence = {
+        "window": w,
+        "reference": _r(ref),
+        "reference_source": "given" if reference is not None else f"steps {distinct[0][0]}-{distinct[w - 1][0]}",
+        "final_window": _span(last),
+        "final_distinct_2": _r(_mean(last)),
+        "ratio": _r(ratio),
+        "fraction": fraction,
+    }
+    summary = (
+        f"{name}: {'yes' if fired else 'no'}, distinct_2 {evidence['final_distinct_2']} (steps "
+        f"{last[0][0]}-{last[-1][0]}) is {ratio:.2f} of the reference {evidence['reference']} "
+        f"({evidence['reference_source']}; fires below {fraction})"
+    )
     return Verdict(name, fired, summary, evidence)
 
 
-def kl_blowup(rows: list[dict], window: int = 10, ceiling: float = 20.0, growth: float = 1.5,
-              floor: float = 5.0) -> Verdict:
+def kl_blowup(
+    rows: list[dict], window: int = 10, ceiling: float = 20.0, growth: float = 1.5, floor: float = 5.0
+) -> Verdict:
     """The last window's mean KL is above `ceiling`, or above `floor` and `growth` x the previous window's mean."""
     name = "kl_blowup"
     kl = _series(rows, "kl")
@@ -213,23 +290,36 @@ def kl_blowup(rows: list[dict], window: int = 10, ceiling: float = 20.0, growth:
     growing = last_mean > floor and (ratio is None or ratio > growth)
     crossed = next((s for s in range(len(kl) - w + 1) if _mean(kl[s : s + w]) > ceiling), None)
     top = max(kl, key=lambda p: p[1])
-    evidence = {"window": w, "final_window": _span(last), "final_kl": _r(last_mean), "previous_window": _span(previous),
-                "previous_kl": _r(prev_mean), "growth": _r(ratio) if ratio is not None else None,
-                "max_step": top[0], "max_kl": _r(top[1]),
-                "ceiling_crossed_step": kl[crossed + w - 1][0] if crossed is not None else None,
-                "ceiling": ceiling, "growth_bound": growth, "floor": floor}
+    evidence = {
+        "window": w,
+        "final_window": _span(last),
+        "final_kl": _r(last_mean),
+        "previous_window": _span(previous),
+        "previous_kl": _r(prev_mean),
+        "growth": _r(ratio) if ratio is not None else None,
+        "max_step": top[0],
+        "max_kl": _r(top[1]),
+        "ceiling_crossed_step": kl[crossed + w - 1][0] if crossed is not None else None,
+        "ceiling": ceiling,
+        "growth_bound": growth,
+        "floor": floor,
+    }
     reasons = []
     if over_ceiling:
-        reasons.append(f"mean KL {last_mean:.2f} over steps {last[0][0]}-{last[-1][0]} is above the ceiling {ceiling} "
-                       f"(window mean first above it at step {evidence['ceiling_crossed_step']})")
+        reasons.append(
+            f"mean KL {last_mean:.2f} over steps {last[0][0]}-{last[-1][0]} is above the ceiling {ceiling} "
+            f"(window mean first above it at step {evidence['ceiling_crossed_step']})"
+        )
     if growing:
         times = f"{ratio:.2f}x" if ratio is not None else "from below 0"
         reasons.append(f"still growing {times} per {w} steps ({prev_mean:.2f} -> {last_mean:.2f})")
     if reasons:
         summary = f"{name}: " + "; ".join(reasons)
     else:
-        summary = (f"{name}: no, mean KL {last_mean:.2f} over steps {last[0][0]}-{last[-1][0]} (ceiling {ceiling}), "
-                   f"{prev_mean:.2f} the window before")
+        summary = (
+            f"{name}: no, mean KL {last_mean:.2f} over steps {last[0][0]}-{last[-1][0]} (ceiling {ceiling}), "
+            f"{prev_mean:.2f} the window before"
+        )
     return Verdict(name, bool(reasons), summary, evidence)
 
 

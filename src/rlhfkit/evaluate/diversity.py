@@ -6,7 +6,7 @@ from one text into the next.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 Text = str | Sequence
 

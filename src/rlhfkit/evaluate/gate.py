@@ -24,7 +24,11 @@ _THRESHOLD = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(>=|<=|>|<)\s*([^<>=\s]\S*)\
 
 
 class Threshold(Strict):
-    metric: str = Field(min_length=1, description="a key of the model's eval results: mean_gold, win_rate, kl, unsafe_rate, distinct_2, mean_length, ...")
+    metric: str = Field(
+        min_length=1,
+        description="a key of the model's eval results: mean_gold, win_rate, kl, unsafe_rate, distinct_2, "
+        "mean_length, ...",
+    )
     op: Literal[">=", "<=", ">", "<"] = Field(description="comparison, measured OP value")
     value: float = Field(description="the bound")
 
@@ -46,8 +50,9 @@ def parse_threshold(text: str) -> Threshold:
     """'mean_gold >= 0.4' -> Threshold; anything else is a ConfigError quoting the text."""
     match = _THRESHOLD.match(text) if isinstance(text, str) else None
     if match is None:
-        raise ConfigError(f"gate threshold {text!r}: expected 'METRIC OP VALUE' with OP one of >= <= > <, "
-                          "e.g. 'mean_gold >= 0.4'")
+        raise ConfigError(
+            f"gate threshold {text!r}: expected 'METRIC OP VALUE' with OP one of >= <= > <, e.g. 'mean_gold >= 0.4'"
+        )
     metric, op, value = match.groups()
     return Threshold(metric=metric, op=op, value=_number(value, repr(text)))
 
@@ -59,16 +64,20 @@ def parse_thresholds(spec: dict[str, Any]) -> list[Threshold]:
         entry = f"'{metric}: {condition}'"
         match = _CONDITION.match(condition) if isinstance(condition, str) else None
         if match is None:
-            raise ConfigError(f"gate threshold {entry}: expected a condition like '>= 0.4' (OP VALUE, OP one of "
-                              ">= <= > <)")
+            raise ConfigError(
+                f"gate threshold {entry}: expected a condition like '>= 0.4' (OP VALUE, OP one of >= <= > <)"
+            )
         op, value = match.groups()
         thresholds.append(Threshold(metric=str(metric), op=op, value=_number(value, entry)))
     return thresholds
 
 
 class GateSettings(Strict):
-    thresholds: list[Threshold] = Field(min_length=1, description="every threshold must pass; a list of "
-                                        "{metric, op, value} or 'metric op value' strings, or a mapping metric: 'op value'")
+    thresholds: list[Threshold] = Field(
+        min_length=1,
+        description="every threshold must pass; a list of "
+        "{metric, op, value} or 'metric op value' strings, or a mapping metric: 'op value'",
+    )
 
     @field_validator("thresholds", mode="before")
     @classmethod

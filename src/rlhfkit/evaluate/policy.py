@@ -55,7 +55,8 @@ def win_counts(scores: list[float], baseline_scores: list[float], tie_margin: fl
 
 
 def mean_ci(values: list[float], z: float = Z_95) -> tuple[float, float, float]:
-    """(mean, low, high) with the normal interval mean ± z * stdev / sqrt(n); stdev is the sample (n-1) one, 0 for n=1."""
+    """(mean, low, high) with the normal interval mean ± z * stdev / sqrt(n); stdev is the sample (n-1) one, 0 for
+    n=1."""
     n = len(values)
     if n == 0:
         return float("nan"), float("nan"), float("nan")
@@ -74,7 +75,9 @@ class EvalSamples(Samples):
 
 
 @torch.no_grad()
-def sample_and_kl(model, tokenizer, prompts: list, config: EvalConfig, reference=None, description: str = "sampling") -> EvalSamples:
+def sample_and_kl(
+    model, tokenizer, prompts: list, config: EvalConfig, reference=None, description: str = "sampling"
+) -> EvalSamples:
     """rollout.sample_responses, keeping each response's tokens and, given a reference model, its sampled KL.
     Both log-probs are taken at the sampling temperature, before top-p filtering."""
     from ..stages.online import token_logps
@@ -82,22 +85,45 @@ def sample_and_kl(model, tokenizer, prompts: list, config: EvalConfig, reference
     token_ids, kl = [], []
 
     def keep(rollout) -> None:
-        token_ids.extend([t for t, m in zip(row, mask) if m and t != tokenizer.eos_token_id]
-                         for row, mask in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist()))
+        token_ids.extend(
+            [t for t, m in zip(row, mask) if m and t != tokenizer.eos_token_id]
+            for row, mask in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist())
+        )
         if reference is not None:
             input_ids, attention_mask = rollout.full()
-            ref_logps, _ = token_logps(reference, input_ids, attention_mask, rollout.prompt_ids.shape[1], config.temperature)
-            kl.extend(((rollout.logps - ref_logps) * rollout.response_mask).sum(-1).tolist())  # k1 estimator, summed per sequence
+            ref_logps, _ = token_logps(
+                reference, input_ids, attention_mask, rollout.prompt_ids.shape[1], config.temperature
+            )
+            kl.extend(
+                ((rollout.logps - ref_logps) * rollout.response_mask).sum(-1).tolist()
+            )  # k1 estimator, summed per sequence
 
-    samples = sample_responses(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                               top_p=config.top_p, batch_size=config.batch_size, max_prompt_length=MAX_PROMPT_LENGTH, seed=config.seed,
-                               description=description, on_batch=keep)
-    return EvalSamples(prompts=samples.prompts, responses=samples.responses, truncated=samples.truncated,
-                       token_ids=token_ids, kl=kl if reference is not None else None)
+    samples = sample_responses(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        batch_size=config.batch_size,
+        max_prompt_length=MAX_PROMPT_LENGTH,
+        seed=config.seed,
+        description=description,
+        on_batch=keep,
+    )
+    return EvalSamples(
+        prompts=samples.prompts,
+        responses=samples.responses,
+        truncated=samples.truncated,
+        token_ids=token_ids,
+        kl=kl if reference is not None else None,
+    )
 
 
 @torch.no_grad()
-def reward_scores(model_path: Path, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[list[float]]:
+def reward_scores(
+    model_path: Path, prompts: list[str], responses: list[str], batch_size: int = 64
+) -> list[list[float]]:
     """Scores of every head of the reward model: one list per head, one score per response."""
     from ..stages.reward import RewardEncoder, score_sequences
 
@@ -132,29 +158,43 @@ def run(config: EvalConfig) -> dict:
     prompt_path = resolve_prompts(config.prompts)
     records = load_records(prompt_path, "prompt")[: config.num_prompts]
     prompts = [r.prompt for r in records for _ in range(config.samples_per_prompt)]
-    safety_prompts = [r.prompt for r in load_records(safety_path, "prompt") for _ in range(config.samples_per_prompt)] if safety_path else []
+    safety_prompts = (
+        [r.prompt for r in load_records(safety_path, "prompt") for _ in range(config.samples_per_prompt)]
+        if safety_path
+        else []
+    )
     save_config(config, out)
 
     results, samples_out, safety_out, judge_scores = {}, [], [], {}
     for name, path in paths.items():
         tokenizer = load_tokenizer(path, padding_side="left")
         if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
-            raise ConfigError(f"reference: '{ref_path}' has a different tokenizer from model '{name}' ({path}); the KL "
-                              "estimate needs a shared vocabulary, so set reference to a model of the same family")
+            raise ConfigError(
+                f"reference: '{ref_path}' has a different tokenizer from model '{name}' ({path}); the KL "
+                "estimate needs a shared vocabulary, so set reference to a model of the same family"
+            )
         model = load_causal_lm(path)
         samples = sample_and_kl(model, tokenizer, prompts, config, reference=reference, description=f"eval {name}")
         kl, kl_low, kl_high = mean_ci(samples.kl)
-        row = {"model": str(path), "samples": len(samples.responses),
-               "mean_length": statistics.mean(len(r.split()) for r in samples.responses),
-               "distinct_2": distinct_n(samples.responses, 2), "ead_2": ead_n(samples.token_ids, 2, len(tokenizer)),
-               "self_bleu": self_bleu(samples.responses, config.self_bleu_texts), "truncated_share": samples.truncated_share,
-               "kl": kl, "kl_ci": [kl_low, kl_high]}
+        row = {
+            "model": str(path),
+            "samples": len(samples.responses),
+            "mean_length": statistics.mean(len(r.split()) for r in samples.responses),
+            "distinct_2": distinct_n(samples.responses, 2),
+            "ead_2": ead_n(samples.token_ids, 2, len(tokenizer)),
+            "self_bleu": self_bleu(samples.responses, config.self_bleu_texts),
+            "truncated_share": samples.truncated_share,
+            "kl": kl,
+            "kl_ci": [kl_low, kl_high],
+        }
         gold_scores = call_scorer(gold, samples.prompts, samples.responses) if gold else None
         rm_heads = reward_scores(rm_path, samples.prompts, samples.responses) if rm_path else None
         rm_scores = rm_heads[0] if rm_heads else None
         if gold_scores:
             row["mean_gold"] = statistics.mean(gold_scores)
-            row["gold_stderr"] = statistics.stdev(gold_scores) / len(gold_scores) ** 0.5 if len(gold_scores) > 1 else 0.0
+            row["gold_stderr"] = (
+                statistics.stdev(gold_scores) / len(gold_scores) ** 0.5 if len(gold_scores) > 1 else 0.0
+            )
         if rm_scores:
             row["mean_reward"] = statistics.mean(rm_scores)
             if len(rm_heads) > 1:
@@ -165,14 +205,22 @@ def run(config: EvalConfig) -> dict:
             safety_samples = sample_and_kl(model, tokenizer, safety_prompts, config, description=f"safety {name}")
             flags = safety.call_detector(detector, safety_samples.prompts, safety_samples.responses)
             row["unsafe_rate"] = safety.unsafe_rate(flags)
-            safety_out += [{"model": name, "prompt": p, "response": r, "unsafe": f}
-                           for p, r, f in zip(safety_samples.prompts, safety_samples.responses, flags)]
+            safety_out += [
+                {"model": name, "prompt": p, "response": r, "unsafe": f}
+                for p, r, f in zip(safety_samples.prompts, safety_samples.responses, flags)
+            ]
         results[name] = row
         for i, (p, r) in enumerate(zip(samples.prompts, samples.responses)):
-            samples_out.append({"model": name, "prompt": p, "response": r,
-                                **({"gold": round(gold_scores[i], 4)} if gold_scores else {}),
-                                **({"reward": round(rm_scores[i], 4)} if rm_scores else {}),
-                                "kl": round(samples.kl[i], 4)})
+            samples_out.append(
+                {
+                    "model": name,
+                    "prompt": p,
+                    "response": r,
+                    **({"gold": round(gold_scores[i], 4)} if gold_scores else {}),
+                    **({"reward": round(rm_scores[i], 4)} if rm_scores else {}),
+                    "kl": round(samples.kl[i], 4),
+                }
+            )
     for name, scores in judge_scores.items():
         results[name].update(win_counts(scores, judge_scores[baseline], config.tie_margin))
     write_jsonl(out / "samples.jsonl", samples_out)
@@ -180,19 +228,39 @@ def run(config: EvalConfig) -> dict:
         write_jsonl(out / "safety_samples.jsonl", safety_out)
     table = format_table(results, baseline)
     (out / "eval.md").write_text(table + "\n")
-    write_json(out / "eval.json", {"prompts": str(prompt_path), "baseline": baseline, "judge": judge, "tie_margin": config.tie_margin,
-                                   "reference": str(ref_path), "safety_prompts": str(safety_path) if safety_path else None,
-                                   "results": results})
+    write_json(
+        out / "eval.json",
+        {
+            "prompts": str(prompt_path),
+            "baseline": baseline,
+            "judge": judge,
+            "tie_margin": config.tie_margin,
+            "reference": str(ref_path),
+            "safety_prompts": str(safety_path) if safety_path else None,
+            "results": results,
+        },
+    )
     console.print(table)
     return results
 
 
 def format_table(results: dict[str, dict], baseline: str | None = None) -> str:
-    heads = sorted({k for r in results.values() for k in r if k.startswith("reward_head_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
-    columns = [("mean_gold", "gold"), ("mean_reward", "reward"), *[(k, k.replace("reward_", "")) for k in heads],
-               ("win_rate", f"win rate vs {baseline} (W/T/L)" if baseline else "win rate (W/T/L)"), ("kl", "KL (95% CI)"),
-               ("mean_length", "length (words)"), ("distinct_2", "distinct-2"), ("ead_2", "EAD-2"), ("self_bleu", "self-BLEU"),
-               ("truncated_share", "truncated"), ("unsafe_rate", "unsafe")]
+    heads = sorted(
+        {k for r in results.values() for k in r if k.startswith("reward_head_")}, key=lambda k: int(k.rsplit("_", 1)[1])
+    )
+    columns = [
+        ("mean_gold", "gold"),
+        ("mean_reward", "reward"),
+        *[(k, k.replace("reward_", "")) for k in heads],
+        ("win_rate", f"win rate vs {baseline} (W/T/L)" if baseline else "win rate (W/T/L)"),
+        ("kl", "KL (95% CI)"),
+        ("mean_length", "length (words)"),
+        ("distinct_2", "distinct-2"),
+        ("ead_2", "EAD-2"),
+        ("self_bleu", "self-BLEU"),
+        ("truncated_share", "truncated"),
+        ("unsafe_rate", "unsafe"),
+    ]
     columns = [(k, h) for k, h in columns if any(k in r for r in results.values())]
     lines = ["| model | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---|" * len(columns)]
     for name, row in results.items():

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import RlhfkitError
 from .gate import GateResult
@@ -71,8 +72,10 @@ class Registry:
                 if not versions:
                     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
                 elif max(versions) > SCHEMA_VERSION:
-                    raise RegistryError(f"{self.path}: schema version {max(versions)} was written by a newer rlhfkit "
-                                        f"(this one reads version {SCHEMA_VERSION}); upgrade rlhfkit")
+                    raise RegistryError(
+                        f"{self.path}: schema version {max(versions)} was written by a newer rlhfkit "
+                        f"(this one reads version {SCHEMA_VERSION}); upgrade rlhfkit"
+                    )
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -81,24 +84,37 @@ class Registry:
                 conn.execute("PRAGMA foreign_keys = ON")
                 yield conn
         except sqlite3.DatabaseError as exc:
-            raise RegistryError(f"{self.path}: cannot use the registry ({exc}); restore it from a backup or move "
-                                "it aside to start a new one") from None
+            raise RegistryError(
+                f"{self.path}: cannot use the registry ({exc}); restore it from a backup or move "
+                "it aside to start a new one"
+            ) from None
 
     # ------------------------------------------------------------ writes
 
-    def register(self, checkpoint_path: str | Path, metrics: dict[str, Any] | None = None,
-                 gate: GateResult | None = None, lineage: dict[str, Any] | None = None,
-                 make_current: bool = True) -> int:
+    def register(
+        self,
+        checkpoint_path: str | Path,
+        metrics: dict[str, Any] | None = None,
+        gate: GateResult | None = None,
+        lineage: dict[str, Any] | None = None,
+        make_current: bool = True,
+    ) -> int:
         """Record a checkpoint and return its id; it becomes current unless `make_current` is False."""
         checkpoint_path = Path(checkpoint_path)
         if not checkpoint_path.exists():
             raise RegistryError(f"{checkpoint_path}: checkpoint not found; pass the folder a stage wrote")
-        row = (str(checkpoint_path.resolve()), datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               None if gate is None else int(gate.passed), _dumps(metrics or {}, "metrics"),
-               None if gate is None else _dumps(gate.to_dict(), "gate"), _dumps(lineage or {}, "lineage"))
+        row = (
+            str(checkpoint_path.resolve()),
+            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            None if gate is None else int(gate.passed),
+            _dumps(metrics or {}, "metrics"),
+            None if gate is None else _dumps(gate.to_dict(), "gate"),
+            _dumps(lineage or {}, "lineage"),
+        )
         with self._connect() as conn, conn:
-            cursor = conn.execute("INSERT INTO checkpoints (path, created, passed, metrics, gate, lineage) "
-                                  "VALUES (?, ?, ?, ?, ?, ?)", row)
+            cursor = conn.execute(
+                "INSERT INTO checkpoints (path, created, passed, metrics, gate, lineage) VALUES (?, ?, ?, ?, ?, ?)", row
+            )
             checkpoint_id = int(cursor.lastrowid)
             if make_current:
                 self._set_current(conn, checkpoint_id)
@@ -108,8 +124,10 @@ class Registry:
         """Store (or replace) the gate result of a registered checkpoint."""
         with self._connect() as conn, conn:
             self._require(conn, checkpoint_id)
-            conn.execute("UPDATE checkpoints SET passed = ?, gate = ? WHERE id = ?",
-                         (int(gate.passed), _dumps(gate.to_dict(), "gate"), checkpoint_id))
+            conn.execute(
+                "UPDATE checkpoints SET passed = ?, gate = ? WHERE id = ?",
+                (int(gate.passed), _dumps(gate.to_dict(), "gate"), checkpoint_id),
+            )
 
     def set_current(self, checkpoint_id: int) -> Checkpoint:
         with self._connect() as conn, conn:
@@ -122,17 +140,22 @@ class Registry:
         not passing (failed or never gated), or none is current, the newest passing checkpoint of all."""
         with self._connect() as conn, conn:
             current = self._current_id(conn)
-            passed = conn.execute("SELECT passed FROM checkpoints WHERE id = ?", (current,)).fetchone() if current else None
+            passed = (
+                conn.execute("SELECT passed FROM checkpoints WHERE id = ?", (current,)).fetchone() if current else None
+            )
             if passed is not None and passed[0] == 1:
-                target = conn.execute("SELECT id FROM checkpoints WHERE passed = 1 AND id < ? ORDER BY id DESC LIMIT 1",
-                                      (current,)).fetchone()
+                target = conn.execute(
+                    "SELECT id FROM checkpoints WHERE passed = 1 AND id < ? ORDER BY id DESC LIMIT 1", (current,)
+                ).fetchone()
                 where = f"registered before the current checkpoint {current}"
             else:
                 target = conn.execute("SELECT id FROM checkpoints WHERE passed = 1 ORDER BY id DESC LIMIT 1").fetchone()
                 where = "in the registry"
             if target is None:
-                raise RegistryError(f"{self.path}: cannot roll back, no checkpoint {where} passed its gate; "
-                                    "record a gate result (record_gate) or register a passing checkpoint")
+                raise RegistryError(
+                    f"{self.path}: cannot roll back, no checkpoint {where} passed its gate; "
+                    "record a gate result (record_gate) or register a passing checkpoint"
+                )
             self._set_current(conn, target[0])
         return self.get(target[0])
 
@@ -170,8 +193,11 @@ class Registry:
 
     @staticmethod
     def _set_current(conn: sqlite3.Connection, checkpoint_id: int) -> None:
-        conn.execute("INSERT INTO state (name, checkpoint_id) VALUES ('current', ?) "
-                     "ON CONFLICT(name) DO UPDATE SET checkpoint_id = excluded.checkpoint_id", (checkpoint_id,))
+        conn.execute(
+            "INSERT INTO state (name, checkpoint_id) VALUES ('current', ?) "
+            "ON CONFLICT(name) DO UPDATE SET checkpoint_id = excluded.checkpoint_id",
+            (checkpoint_id,),
+        )
 
 
 _COLUMNS = "id, path, created, passed, metrics, gate, lineage"
@@ -181,14 +207,23 @@ def _dumps(value: dict[str, Any], what: str) -> str:
     try:
         return json.dumps(value, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise RegistryError(f"registry: the {what} must be JSON (numbers, strings, lists, mappings; no NaN): {exc}") from None
+        raise RegistryError(
+            f"registry: the {what} must be JSON (numbers, strings, lists, mappings; no NaN): {exc}"
+        ) from None
 
 
 def _checkpoint(row: tuple, current: int | None) -> Checkpoint:
     checkpoint_id, path, created, passed, metrics, gate, lineage = row
-    return Checkpoint(id=checkpoint_id, path=path, created=created, passed=None if passed is None else bool(passed),
-                      metrics=json.loads(metrics), gate=GateResult.from_dict(json.loads(gate)) if gate else None,
-                      lineage=json.loads(lineage), current=checkpoint_id == current)
+    return Checkpoint(
+        id=checkpoint_id,
+        path=path,
+        created=created,
+        passed=None if passed is None else bool(passed),
+        metrics=json.loads(metrics),
+        gate=GateResult.from_dict(json.loads(gate)) if gate else None,
+        lineage=json.loads(lineage),
+        current=checkpoint_id == current,
+    )
 
 
 def format_registry(rows: list[Checkpoint]) -> str:
@@ -198,8 +233,11 @@ def format_registry(rows: list[Checkpoint]) -> str:
     table = [("", "id", "created", "gate", "path", "metrics")]
     for c in rows:
         gate = "-" if c.passed is None else "PASS" if c.passed else "FAIL"
-        metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(c.metrics.items())
-                           if isinstance(v, (int, float)) and not isinstance(v, bool))
+        metrics = " ".join(
+            f"{k}={v:.4g}"
+            for k, v in sorted(c.metrics.items())
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        )
         table.append(("*" if c.current else "", str(c.id), c.created, gate, c.path, metrics))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)

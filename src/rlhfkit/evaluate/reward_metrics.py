@@ -16,7 +16,10 @@ def preference_accuracy(margins: list[float]) -> float:
 
 def reliability_bins(margins: list[float], bins: int = 10) -> list[dict]:
     """Equal-width bins over the confidence max(p, 1-p) in [0.5, 1], p = sigmoid(margin); accuracy per bin."""
-    rows = [{"lo": 0.5 + 0.5 * b / bins, "hi": 0.5 + 0.5 * (b + 1) / bins, "count": 0, "confidence": 0.0, "accuracy": 0.0} for b in range(bins)]
+    rows = [
+        {"lo": 0.5 + 0.5 * b / bins, "hi": 0.5 + 0.5 * (b + 1) / bins, "count": 0, "confidence": 0.0, "accuracy": 0.0}
+        for b in range(bins)
+    ]
     for m in margins:
         p = sigmoid(m)
         conf = max(p, 1 - p)
@@ -35,7 +38,11 @@ def expected_calibration_error(margins: list[float], bins: int = 10) -> float:
     """ECE = sum over bins of (bin share) * |accuracy - mean confidence|."""
     if not margins:
         return float("nan")
-    return sum(r["count"] / len(margins) * abs(r["accuracy"] - r["confidence"]) for r in reliability_bins(margins, bins) if r["count"])
+    return sum(
+        r["count"] / len(margins) * abs(r["accuracy"] - r["confidence"])
+        for r in reliability_bins(margins, bins)
+        if r["count"]
+    )
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:

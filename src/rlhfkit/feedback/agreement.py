@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,10 @@ def _paired(labels_a: Sequence[Hashable], labels_b: Sequence[Hashable]) -> list[
     """The (a, b) label pairs of items both annotators labelled."""
     labels_a, labels_b = list(labels_a), list(labels_b)
     if len(labels_a) != len(labels_b):
-        raise ValueError(f"the two annotators' label lists differ in length ({len(labels_a)} vs {len(labels_b)}); "
-                         "give one entry per item, None where an annotator did not label it")
+        raise ValueError(
+            f"the two annotators' label lists differ in length ({len(labels_a)} vs {len(labels_b)}); "
+            "give one entry per item, None where an annotator did not label it"
+        )
     pairs = [(a, b) for a, b in zip(labels_a, labels_b) if not is_missing(a) and not is_missing(b)]
     if not pairs:
         raise ValueError("no item was labelled by both annotators")
@@ -99,7 +102,9 @@ def fleiss_kappa(counts: Sequence[Sequence[float]] | np.ndarray) -> float:
     n = raters[0]
     if not (raters == n).all():
         bad = int(np.argmax(raters != n))
-        raise ValueError(f"every item needs the same number of raters: item 0 has {n:g}, item {bad} has {raters[bad]:g}")
+        raise ValueError(
+            f"every item needs the same number of raters: item 0 has {n:g}, item {bad} has {raters[bad]:g}"
+        )
     if n < 2:
         raise ValueError(f"Fleiss' kappa needs at least 2 raters per item, got {n:g}")
     items = table.shape[0]
@@ -190,6 +195,7 @@ def krippendorff_alpha(reliability_data: Sequence[Sequence[Any]] | np.ndarray, l
 
 # ------------------------------------------------------------------------------------------ judgment files
 
+
 @dataclass
 class Judgment:
     pair_id: str | int
@@ -243,7 +249,10 @@ def _preference_row(obj: dict, where: _Where, line: int) -> list[Judgment]:
     if not isinstance(votes, dict):
         problem = "missing" if votes is None else f"expected an object {{annotator: choice}}, got {_type_name(votes)}"
         raise where.fail("metadata.votes", problem)
-    return [Judgment(pair_id, name, _choice(choice, f"metadata.votes.{name}", where), line) for name, choice in votes.items()]
+    return [
+        Judgment(pair_id, name, _choice(choice, f"metadata.votes.{name}", where), line)
+        for name, choice in votes.items()
+    ]
 
 
 def _file_format(obj: Any) -> str | None:
@@ -269,14 +278,20 @@ def load_judgments(path: str | Path) -> list[Judgment]:
         if file_format is None:
             file_format = _file_format(obj)
             if file_format is None:
-                raise where.fail(None, "cannot tell the file format: expected judgments rows with pair_id, annotator and "
-                                       "choice, or preference pairs with metadata.votes")
+                raise where.fail(
+                    None,
+                    "cannot tell the file format: expected judgments rows with pair_id, annotator and "
+                    "choice, or preference pairs with metadata.votes",
+                )
         rows = _judgment_row(obj, where, lineno) if file_format == "judgments" else _preference_row(obj, where, lineno)
         for judgment in rows:
             key = (judgment.pair_id, judgment.annotator)
             if key in seen:
-                raise where.fail("annotator", f"{judgment.annotator!r} already labelled pair {judgment.pair_id!r} at line "
-                                              f"{seen[key]}; keep one judgment per annotator and pair")
+                raise where.fail(
+                    "annotator",
+                    f"{judgment.annotator!r} already labelled pair {judgment.pair_id!r} at line "
+                    f"{seen[key]}; keep one judgment per annotator and pair",
+                )
             seen[key] = lineno
         judgments.extend(rows)
     if not judgments:
@@ -360,12 +375,16 @@ def agreement_report(path: str | Path) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a plain-text table."""
+
     def num(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
     labels = ", ".join(f"{label} {count}" for label, count in report["label_counts"].items())
-    fleiss_note = (f"({report['fleiss_items']} of {report['items']} items, those with {report['fleiss_raters']} raters)"
-                   if report["fleiss_kappa"] is not None else "(no item has 2 or more raters)")
+    fleiss_note = (
+        f"({report['fleiss_items']} of {report['items']} items, those with {report['fleiss_raters']} raters)"
+        if report["fleiss_kappa"] is not None
+        else "(no item has 2 or more raters)"
+    )
     alpha_note = f"({report['krippendorff_items']} items with 2 or more labels)"
     lines = [
         f"agreement: {report['file']}",
@@ -384,6 +403,8 @@ def format_report(report: dict[str, Any]) -> str:
         width = max(len("annotator pair"), *(len(name) for name in names.values()))
         lines += ["", f"  {'annotator pair':<{width}}  {'shared':>6}  {'agreement':>9}  {'kappa':>6}"]
         for key, name in names.items():
-            lines.append(f"  {name:<{width}}  {report['shared_items'][key]:>6}  {num(report['percent_agreement'][key]):>9}  "
-                         f"{num(report['cohen_kappa'].get(key)):>6}")
+            lines.append(
+                f"  {name:<{width}}  {report['shared_items'][key]:>6}  {num(report['percent_agreement'][key]):>9}  "
+                f"{num(report['cohen_kappa'].get(key)):>6}"
+            )
     return "\n".join(lines)

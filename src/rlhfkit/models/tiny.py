@@ -32,8 +32,15 @@ def _config(arch: str, vocab_size: int, bos: int, eos: int, pad: int):
 
     ids = {"vocab_size": vocab_size, "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
     # Llama-family decoders: grouped-query attention (2 key/value heads for 4 query heads).
-    llama_like = {"hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-                  "num_key_value_heads": KV_HEADS, "max_position_embeddings": POSITIONS, **ids}
+    llama_like = {
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "max_position_embeddings": POSITIONS,
+        **ids,
+    }
     if arch == "llama":
         return tf.LlamaConfig(**llama_like)
     if arch == "qwen2":
@@ -44,22 +51,53 @@ def _config(arch: str, vocab_size: int, bos: int, eos: int, pad: int):
         # Gemma's head_dim defaults to 256 whatever the hidden size; set it to match.
         return tf.GemmaConfig(**llama_like, head_dim=HIDDEN // HEADS)
     if arch == "gpt2":
-        return tf.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=INTERMEDIATE, n_positions=POSITIONS,
-                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids)
+        return tf.GPT2Config(
+            n_embd=HIDDEN,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            n_inner=INTERMEDIATE,
+            n_positions=POSITIONS,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **ids,
+        )
     if arch == "gpt_neox":
-        return tf.GPTNeoXConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
-                                max_position_embeddings=POSITIONS, **ids)
+        return tf.GPTNeoXConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=INTERMEDIATE,
+            max_position_embeddings=POSITIONS,
+            **ids,
+        )
     if arch == "opt":
-        return tf.OPTConfig(hidden_size=HIDDEN, word_embed_proj_dim=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, ffn_dim=INTERMEDIATE,
-                            max_position_embeddings=POSITIONS, dropout=0.0, attention_dropout=0.0, **ids)
+        return tf.OPTConfig(
+            hidden_size=HIDDEN,
+            word_embed_proj_dim=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            ffn_dim=INTERMEDIATE,
+            max_position_embeddings=POSITIONS,
+            dropout=0.0,
+            attention_dropout=0.0,
+            **ids,
+        )
     if arch == "phi":
-        return tf.PhiConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                            max_position_embeddings=POSITIONS, **ids)
+        return tf.PhiConfig(
+            hidden_size=HIDDEN,
+            intermediate_size=INTERMEDIATE,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            max_position_embeddings=POSITIONS,
+            **ids,
+        )
     raise ModelError(f"tiny model '{arch}': unknown architecture; choose one of {', '.join(ARCHS)}")
 
 
 def build_tiny(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random `arch` causal LM with the default tokenizer into `out_dir`; the same seed gives the same weights."""
+    """Save a tiny random `arch` causal LM with the default tokenizer into `out_dir`; the same seed gives the same
+    weights."""
     from transformers import AutoModelForCausalLM
 
     from .loading import _quiet_transformers, load_tokenizer, resolve_model_path

@@ -15,16 +15,32 @@ from typing import Any
 
 from . import plots
 
-SECTIONS = [("data", "Data and agreement"), ("reward", "Reward-model audit"), ("training", "Training curves"),
-            ("overoptimisation", "Over-optimisation"), ("detectors", "Detector verdicts"), ("gate", "Acceptance gate"),
-            ("samples", "Before and after")]
-CURVES = [("reward", "proxy reward"), ("gold", "gold"), ("kl", "KL to reference"), ("response_length", "response length (tokens)"),
-          ("distinct_2", "distinct-2"), ("loss", "loss"), ("val_accuracy", "validation accuracy"), ("reward_accuracy", "DPO reward accuracy")]
+SECTIONS = [
+    ("data", "Data and agreement"),
+    ("reward", "Reward-model audit"),
+    ("training", "Training curves"),
+    ("overoptimisation", "Over-optimisation"),
+    ("detectors", "Detector verdicts"),
+    ("gate", "Acceptance gate"),
+    ("samples", "Before and after"),
+]
+CURVES = [
+    ("reward", "proxy reward"),
+    ("gold", "gold"),
+    ("kl", "KL to reference"),
+    ("response_length", "response length (tokens)"),
+    ("distinct_2", "distinct-2"),
+    ("loss", "loss"),
+    ("val_accuracy", "validation accuracy"),
+    ("reward_accuracy", "DPO reward accuracy"),
+]
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.45}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
+line-height:1.45}
 h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem} td,th{border:1px solid #ccc;padding:.25rem .55rem;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem} td,th{border:1px solid #ccc;padding:.25rem .55rem;
+text-align:left;vertical-align:top}
 th{background:#f3f3f3} .pass{color:#137333;font-weight:600} .fail{color:#b3261e;font-weight:600} .muted{color:#777}
 figure{margin:.8rem 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85rem;color:#555}
 .samples td{width:33%;font-size:.88rem} nav a{margin-right:.8rem}
@@ -53,7 +69,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _figure(path: Path, caption: str) -> str:
-    return f'<figure><img alt="{html.escape(caption)}" src="{plots.png_base64(path)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    return (
+        f'<figure><img alt="{html.escape(caption)}" '
+        f'src="{plots.png_base64(path)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    )
 
 
 def _missing(what: str) -> str:
@@ -73,16 +92,52 @@ def section_data(run_dir: Path, stages: dict[str, Path], figures: Path) -> str:
     for name, folder in stages.items():
         summary = _read_json(folder / "summary.json") or {}
         if summary.get("stage") == "pairs":
-            parts.append(_table(["pairs", "skipped", "panel majority agrees with gold", "mean gold of candidates", "cut at max_new_tokens"],
-                                [[summary.get("pairs"), summary.get("skipped"), summary.get("panel_matches_gold"), summary.get("mean_gold"),
-                                  summary.get("truncated_share")]]))
+            parts.append(
+                _table(
+                    [
+                        "pairs",
+                        "skipped",
+                        "panel majority agrees with gold",
+                        "mean gold of candidates",
+                        "cut at max_new_tokens",
+                    ],
+                    [
+                        [
+                            summary.get("pairs"),
+                            summary.get("skipped"),
+                            summary.get("panel_matches_gold"),
+                            summary.get("mean_gold"),
+                            summary.get("truncated_share"),
+                        ]
+                    ],
+                )
+            )
             if (folder / "judgments.jsonl").is_file():
                 from ..feedback.agreement import agreement_report
 
                 report = agreement_report(folder / "judgments.jsonl")
-                parts.append(_table(["annotators", "judgments", "raw agreement", "mean Cohen's kappa", "Fleiss' kappa", "Krippendorff's alpha"],
-                                    [[report["annotators"], report["judgments"], report["raw_agreement"], report["mean_cohen_kappa"],
-                                      report["fleiss_kappa"], report["krippendorff_alpha"]]]))
+                parts.append(
+                    _table(
+                        [
+                            "annotators",
+                            "judgments",
+                            "raw agreement",
+                            "mean Cohen's kappa",
+                            "Fleiss' kappa",
+                            "Krippendorff's alpha",
+                        ],
+                        [
+                            [
+                                report["annotators"],
+                                report["judgments"],
+                                report["raw_agreement"],
+                                report["mean_cohen_kappa"],
+                                report["fleiss_kappa"],
+                                report["krippendorff_alpha"],
+                            ]
+                        ],
+                    )
+                )
                 pairs = sorted(report.get("cohen_kappa", {}).items())
                 if pairs:
                     path = figures / f"agreement_{name}.png"
@@ -92,7 +147,9 @@ def section_data(run_dir: Path, stages: dict[str, Path], figures: Path) -> str:
                     ax.set_ylim(min(0, min(v for _, v in pairs)), 1)
                     ax.axhline(0.75, color="grey", linestyle="--", linewidth=1)
                     plots.save_figure(fig, path)
-                    parts.append(_figure(path, "Cohen's kappa per annotator pair (dashed: 0.75, the usual production bar)"))
+                    parts.append(
+                        _figure(path, "Cohen's kappa per annotator pair (dashed: 0.75, the usual production bar)")
+                    )
     return "".join(parts) or _missing("a pairs stage (preference data with judgments)")
 
 
@@ -102,9 +159,30 @@ def section_reward(stages: dict[str, Path], figures: Path) -> str:
         summary = _read_json(folder / "summary.json") or {}
         if summary.get("stage") != "reward-eval":
             continue
-        parts.append(_table(["pairs", "accuracy", "accuracy against gold", "ECE", "mean margin", "length correlation", "prefers the longer response"],
-                            [[summary.get("pairs"), summary.get("accuracy"), summary.get("gold_accuracy"), summary.get("ece"),
-                              summary.get("mean_margin"), summary.get("length_correlation"), summary.get("longer_preferred_share")]]))
+        parts.append(
+            _table(
+                [
+                    "pairs",
+                    "accuracy",
+                    "accuracy against gold",
+                    "ECE",
+                    "mean margin",
+                    "length correlation",
+                    "prefers the longer response",
+                ],
+                [
+                    [
+                        summary.get("pairs"),
+                        summary.get("accuracy"),
+                        summary.get("gold_accuracy"),
+                        summary.get("ece"),
+                        summary.get("mean_margin"),
+                        summary.get("length_correlation"),
+                        summary.get("longer_preferred_share"),
+                    ]
+                ],
+            )
+        )
         bins = [b for b in summary.get("reliability", []) if b["count"]]
         if bins:
             path = figures / f"reliability_{name}.png"
@@ -112,24 +190,58 @@ def section_reward(stages: dict[str, Path], figures: Path) -> str:
             ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
             ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label="reward model")
             for b in bins:
-                ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
+                ax.annotate(
+                    str(b["count"]),
+                    (b["confidence"], b["accuracy"]),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                )
             ax.set_xlabel("confidence max(p, 1-p)")
             ax.set_ylabel("accuracy")
             ax.legend()
             plots.save_figure(fig, path)
-            parts.append(_figure(path, f"Reliability diagram ({name}); numbers are pairs per bin; ECE {summary.get('ece', float('nan')):.3f}"))
+            parts.append(
+                _figure(
+                    path,
+                    f"Reliability diagram ({name}); numbers are pairs per bin; ECE "
+                    f"{summary.get('ece', float('nan')):.3f}",
+                )
+            )
         if "length_controlled_accuracy" in summary:
-            parts.append(_table(["length-controlled accuracy", "pairs of similar length", "accuracy, chosen shorter", "accuracy, chosen longer"],
-                                [[summary.get("length_controlled_accuracy"), summary.get("length_controlled_pairs"),
-                                  summary.get("accuracy_chosen_shorter"), summary.get("accuracy_chosen_longer")]]))
+            parts.append(
+                _table(
+                    [
+                        "length-controlled accuracy",
+                        "pairs of similar length",
+                        "accuracy, chosen shorter",
+                        "accuracy, chosen longer",
+                    ],
+                    [
+                        [
+                            summary.get("length_controlled_accuracy"),
+                            summary.get("length_controlled_pairs"),
+                            summary.get("accuracy_chosen_shorter"),
+                            summary.get("accuracy_chosen_longer"),
+                        ]
+                    ],
+                )
+            )
         top = summary.get("top_words") or {}
         if top.get("positive") or top.get("negative"):
             raise_rows = top.get("positive", [])
             lower_rows = top.get("negative", [])
-            rows = [[*(raise_rows[i][:2] if i < len(raise_rows) else ["", None]), *(lower_rows[i][:2] if i < len(lower_rows) else ["", None])]
-                    for i in range(max(len(raise_rows), len(lower_rows)))]
-            parts.append("<p>Words that drive the score (integrated gradients, mean attribution over the audited responses):</p>"
-                         + _table(["raises the reward", "mean", "lowers the reward", "mean"], rows))
+            rows = [
+                [
+                    *(raise_rows[i][:2] if i < len(raise_rows) else ["", None]),
+                    *(lower_rows[i][:2] if i < len(lower_rows) else ["", None]),
+                ]
+                for i in range(max(len(raise_rows), len(lower_rows)))
+            ]
+            parts.append(
+                "<p>Words that drive the score (integrated gradients, mean attribution over the audited responses):</p>"
+                + _table(["raises the reward", "mean", "lowers the reward", "mean"], rows)
+            )
         by_category = summary.get("accuracy_by_category")
         if by_category:
             parts.append(_table(["category", "accuracy"], [[k, v] for k, v in by_category.items()]))
@@ -137,11 +249,18 @@ def section_reward(stages: dict[str, Path], figures: Path) -> str:
 
 
 def section_training(stages: dict[str, Path], figures: Path) -> str:
-    runs = {name: _read_jsonl(folder / "metrics.jsonl") for name, folder in stages.items() if (folder / "metrics.jsonl").is_file()}
+    runs = {
+        name: _read_jsonl(folder / "metrics.jsonl")
+        for name, folder in stages.items()
+        if (folder / "metrics.jsonl").is_file()
+    }
     runs = {name: rows for name, rows in runs.items() if len(rows) > 1}
     parts = []
     for key, label in CURVES:
-        series = {name: ([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r]) for name, rows in runs.items()}
+        series = {
+            name: ([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r])
+            for name, rows in runs.items()
+        }
         series = {name: xy for name, xy in series.items() if len(xy[0]) > 1}
         if series:
             path = figures / f"curve_{key}.png"
@@ -152,9 +271,19 @@ def section_training(stages: dict[str, Path], figures: Path) -> str:
         if any("gold" in r for r in rows):
             path = figures / f"reward_vs_kl_{name}.png"
             fig, ax = plots.new_figure(6, 4)
-            ax.plot([r.get("kl_avg", r["kl"]) for r in rows], [r.get("reward_avg", r["reward"]) for r in rows], label="proxy reward", color=plots.PROXY_COLOR)
+            ax.plot(
+                [r.get("kl_avg", r["kl"]) for r in rows],
+                [r.get("reward_avg", r["reward"]) for r in rows],
+                label="proxy reward",
+                color=plots.PROXY_COLOR,
+            )
             ax2 = ax.twinx()
-            ax2.plot([r.get("kl_avg", r["kl"]) for r in rows], [r.get("gold_avg", r.get("gold")) for r in rows], label="gold", color=plots.GOLD_COLOR)
+            ax2.plot(
+                [r.get("kl_avg", r["kl"]) for r in rows],
+                [r.get("gold_avg", r.get("gold")) for r in rows],
+                label="gold",
+                color=plots.GOLD_COLOR,
+            )
             ax.set_xlabel("KL to reference (rolling mean)")
             ax.set_ylabel("proxy reward", color=plots.PROXY_COLOR)
             ax2.set_ylabel("gold", color=plots.GOLD_COLOR)
@@ -169,7 +298,9 @@ def section_overoptimisation(stages: dict[str, Path]) -> str:
         if sweep and (folder / "sweep.png").is_file():
             fits = sweep.get("fits", {})
             rows = [[k, v.get("alpha"), v.get("beta")] for k, v in fits.items() if isinstance(v, dict)]
-            return _figure(folder / "sweep.png", f"best-of-n over-optimisation ({name})") + (_table(["fit", "alpha", "beta"], rows) if rows else "")
+            return _figure(folder / "sweep.png", f"best-of-n over-optimisation ({name})") + (
+                _table(["fit", "alpha", "beta"], rows) if rows else ""
+            )
     return _missing("a bon-sweep stage")
 
 
@@ -186,7 +317,9 @@ def section_detectors(stages: dict[str, Path]) -> str:
     if not rows:
         return _missing("an online RL stage (ppo, grpo, rloo) to judge")
     body = _table(["run", "detector", "verdict", "evidence"], rows)
-    return body.replace("<td>FIRED</td>", '<td class="fail">FIRED</td>').replace("<td>ok</td>", '<td class="pass">ok</td>')
+    return body.replace("<td>FIRED</td>", '<td class="fail">FIRED</td>').replace(
+        "<td>ok</td>", '<td class="pass">ok</td>'
+    )
 
 
 def section_gate(run_dir: Path) -> str:
@@ -195,8 +328,19 @@ def section_gate(run_dir: Path) -> str:
         gate = json.loads(path.read_text())
         verdict = '<span class="pass">PASS</span>' if gate.get("passed") else '<span class="fail">FAIL</span>'
         parts.append(f"<p>{html.escape(str(gate.get('checkpoint')))}: {verdict}</p>")
-        body = _table(["metric", "op", "bound", "measured", "result"],
-                      [[r["metric"], r["op"], r["value"], r["measured"], "PASS" if r["passed"] else f"FAIL {r.get('reason') or ''}"] for r in gate["rows"]])
+        body = _table(
+            ["metric", "op", "bound", "measured", "result"],
+            [
+                [
+                    r["metric"],
+                    r["op"],
+                    r["value"],
+                    r["measured"],
+                    "PASS" if r["passed"] else f"FAIL {r.get('reason') or ''}",
+                ]
+                for r in gate["rows"]
+            ],
+        )
         parts.append(body.replace("<td>PASS</td>", '<td class="pass">PASS</td>'))
     return "".join(parts) or _missing("a gate result (rlhfkit gate)")
 
@@ -208,8 +352,20 @@ def section_samples(run_dir: Path, per_model: int = 6) -> str:
     parts = []
     for eval_path in evals:
         results = json.loads(eval_path.read_text()).get("results", {})
-        keys = [k for k in ("mean_gold", "mean_reward", "win_rate", "kl", "mean_length", "distinct_2", "unsafe_rate", "truncated_share")
-                if any(k in r for r in results.values())]
+        keys = [
+            k
+            for k in (
+                "mean_gold",
+                "mean_reward",
+                "win_rate",
+                "kl",
+                "mean_length",
+                "distinct_2",
+                "unsafe_rate",
+                "truncated_share",
+            )
+            if any(k in r for r in results.values())
+        ]
         parts.append(_table(["model", *keys], [[name, *[row.get(k) for k in keys]] for name, row in results.items()]))
         samples = _read_jsonl(eval_path.parent / "samples.jsonl")
         by_prompt: dict[str, dict[str, dict]] = {}
@@ -220,8 +376,14 @@ def section_samples(run_dir: Path, per_model: int = 6) -> str:
         for prompt, answers in list(by_prompt.items())[:per_model]:
             cells = "".join(
                 f"<td>{html.escape(answers[m]['response']) if m in answers else ''}"
-                + (f"<br><span class='muted'>gold {answers[m]['gold']:.2f}</span>" if m in answers and "gold" in answers[m] else "") + "</td>"
-                for m in models)
+                + (
+                    f"<br><span class='muted'>gold {answers[m]['gold']:.2f}</span>"
+                    if m in answers and "gold" in answers[m]
+                    else ""
+                )
+                + "</td>"
+                for m in models
+            )
             rows.append(f"<tr><td>{html.escape(prompt)}</td>{cells}</tr>")
         head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
         parts.append(f'<table class="samples"><tr><th>prompt</th>{head}</tr>{"".join(rows)}</table>')
@@ -234,16 +396,25 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     figures = run_dir / "report_figures"
     stages = stage_dirs(run_dir)
     bodies = {
-        "data": section_data(run_dir, stages, figures), "reward": section_reward(stages, figures), "training": section_training(stages, figures),
-        "overoptimisation": section_overoptimisation(stages), "detectors": section_detectors(stages), "gate": section_gate(run_dir),
+        "data": section_data(run_dir, stages, figures),
+        "reward": section_reward(stages, figures),
+        "training": section_training(stages, figures),
+        "overoptimisation": section_overoptimisation(stages),
+        "detectors": section_detectors(stages),
+        "gate": section_gate(run_dir),
         "samples": section_samples(run_dir),
     }
     nav = "".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS)
-    sections = "".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>' for key, title in SECTIONS)
+    sections = "".join(
+        f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>' for key, title in SECTIONS
+    )
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>rlhfkit report: {html.escape(run_dir.name)}</title>"
-            f"<style>{CSS}</style></head><body><h1>rlhfkit report: {html.escape(str(run_dir))}</h1>"
-            f"<p class='muted'>{stamp}; stages: {html.escape(', '.join(stages) or 'none')}</p><nav>{nav}</nav>{sections}</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>rlhfkit report: {html.escape(run_dir.name)}</title>"
+        f"<style>{CSS}</style></head><body><h1>rlhfkit report: {html.escape(str(run_dir))}</h1>"
+        f"<p class='muted'>{stamp}; stages: "
+        f"{html.escape(', '.join(stages) or 'none')}</p><nav>{nav}</nav>{sections}</body></html>"
+    )
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page)
     tmp.replace(out)

@@ -7,8 +7,8 @@ is touched (saving goes through the Agg canvas), so plotting is safe on a headle
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 PROXY_COLOR = "tab:blue"
 GOLD_COLOR = "tab:orange"
@@ -35,8 +35,14 @@ def png_base64(path: str | Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, xlabel: str, ylabel: str,
-              title: str | None = None) -> Path:
+def line_plot(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+) -> Path:
     """One line per named series of (xs, ys), e.g. a metric against steps for several runs."""
     figure, ax = new_figure()
     for name, (xs, ys) in series.items():
@@ -89,13 +95,27 @@ def plot_overoptimisation(rows: list[dict], fits: dict[str, dict], path: str | P
     figure, ax_proxy = new_figure(8.0, 5.0)
     ax_gold = ax_proxy.twinx()
     handles = []
-    for key, name, ax, color in (("proxy", "proxy reward", ax_proxy, PROXY_COLOR), ("gold", "gold score", ax_gold, GOLD_COLOR)):
+    for key, name, ax, color in (
+        ("proxy", "proxy reward", ax_proxy, PROXY_COLOR),
+        ("gold", "gold score", ax_gold, GOLD_COLOR),
+    ):
         gains = [r[key] - base[key] for r in rows]
         errors = [r.get(f"{key}_std") or 0.0 for r in rows]
-        handles.append(ax.errorbar(ds, gains, yerr=errors, fmt="o", color=color, capsize=3, label=f"{name} (best-of-n, ±1 bootstrap std)"))
+        handles.append(
+            ax.errorbar(
+                ds, gains, yerr=errors, fmt="o", color=color, capsize=3, label=f"{name} (best-of-n, ±1 bootstrap std)"
+            )
+        )
         fit = fits.get(key)
         if fit is not None:
-            (line,) = ax.plot(grid, grid * (fit["alpha"] - fit["beta"] * grid), "-", color=color, alpha=0.8, label=_fit_label(key, fit))
+            (line,) = ax.plot(
+                grid,
+                grid * (fit["alpha"] - fit["beta"] * grid),
+                "-",
+                color=color,
+                alpha=0.8,
+                label=_fit_label(key, fit),
+            )
             handles.append(line)
         ax.set_ylabel(f"{name} gain over n=1", color=color)
         ax.tick_params(axis="y", labelcolor=color)

@@ -24,8 +24,15 @@ def run(config: BoNConfig) -> dict:
     from .pairs import resolve_prompts
 
     out = Path(config.output_dir)
-    sft_config = build_config(SFTConfig, {"model": config.model, "data": str(out / "best.jsonl"), "output_dir": str(out / "sft"), **config.sft},
-                              source="bon config, sft") if config.finetune else None
+    sft_config = (
+        build_config(
+            SFTConfig,
+            {"model": config.model, "data": str(out / "best.jsonl"), "output_dir": str(out / "sft"), **config.sft},
+            source="bon config, sft",
+        )
+        if config.finetune
+        else None
+    )
     setup_torch(config.seed, config.threads)
     reward_fn = online.RewardFunction(config.rewards)
     gold = load_scorer(config.gold) if config.gold else None
@@ -35,21 +42,45 @@ def run(config: BoNConfig) -> dict:
     model = load_causal_lm(path)
     save_config(config, out)
     prompts = [r.prompt for r in records for _ in range(config.n)]
-    samples = sample_responses(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                               top_k=config.top_k, top_p=config.top_p, batch_size=config.batch_size,
-                               max_prompt_length=config.max_prompt_length, seed=config.seed, description=f"best-of-{config.n}")
+    samples = sample_responses(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        batch_size=config.batch_size,
+        max_prompt_length=config.max_prompt_length,
+        seed=config.seed,
+        description=f"best-of-{config.n}",
+    )
     scores, _ = reward_fn(samples.prompts, samples.responses)
     grouped = scores.view(len(records), config.n)
     best = grouped.argmax(1)
     winners = [samples.responses[i * config.n + int(b)] for i, b in enumerate(best)]
-    best_records = [SFTExample(prompt=r.prompt, response=w if w.startswith(" ") else " " + w, id=r.id, category=r.category,
-                               metadata={"reward": round(grouped[i, int(best[i])].item(), 4), "n": config.n})
-                    for i, (r, w) in enumerate(zip(records, winners)) if w.strip()]
+    best_records = [
+        SFTExample(
+            prompt=r.prompt,
+            response=w if w.startswith(" ") else " " + w,
+            id=r.id,
+            category=r.category,
+            metadata={"reward": round(grouped[i, int(best[i])].item(), 4), "n": config.n},
+        )
+        for i, (r, w) in enumerate(zip(records, winners))
+        if w.strip()
+    ]
     write_jsonl(out / "best.jsonl", best_records)
     summary = {
-        "stage": "bon", "model": str(path), "n": config.n, "prompts": len(records), "kl_bon": math.log(config.n) - (config.n - 1) / config.n,
-        "reward_best": grouped.max(1).values.mean().item(), "reward_mean": scores.mean().item(),
-        "response_words_best": statistics.mean(len(w.split()) for w in winners), "distinct_2_best": distinct_n(winners, 2),
+        "stage": "bon",
+        "model": str(path),
+        "n": config.n,
+        "prompts": len(records),
+        "kl_bon": math.log(config.n) - (config.n - 1) / config.n,
+        "reward_best": grouped.max(1).values.mean().item(),
+        "reward_mean": scores.mean().item(),
+        "response_words_best": statistics.mean(len(w.split()) for w in winners),
+        "distinct_2_best": distinct_n(winners, 2),
         "truncated_share": samples.truncated_share,
     }
     if gold is not None:
@@ -59,10 +90,14 @@ def run(config: BoNConfig) -> dict:
     with (out / "metrics.jsonl").open("w") as handle:
         import json
 
-        handle.write(json.dumps({"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}) + "\n")
-    console.print(f"best-of-{config.n}: reward {summary['reward_mean']:.3f} -> {summary['reward_best']:.3f}"
-                  + (f", gold {summary['gold_mean']:.3f} -> {summary['gold_best']:.3f}" if gold else "")
-                  + f" (KL_bon {summary['kl_bon']:.3f}); winners in {out / 'best.jsonl'}")
+        handle.write(
+            json.dumps({"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}) + "\n"
+        )
+    console.print(
+        f"best-of-{config.n}: reward {summary['reward_mean']:.3f} -> {summary['reward_best']:.3f}"
+        + (f", gold {summary['gold_mean']:.3f} -> {summary['gold_best']:.3f}" if gold else "")
+        + f" (KL_bon {summary['kl_bon']:.3f}); winners in {out / 'best.jsonl'}"
+    )
     if sft_config is not None:
         from . import sft
 

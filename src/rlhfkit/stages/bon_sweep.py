@@ -29,7 +29,6 @@ from ..rollout import sample_responses
 from ..scoring import call_scorer, load_scorer
 from ..train import console, progress_bar, setup_torch, write_json
 
-
 # ---------------------------------------------------------------- estimator, KL, fit
 
 
@@ -66,7 +65,8 @@ def expected_best_of_n(proxy: np.ndarray, values: np.ndarray, n: int) -> np.ndar
 
 
 def fit_gain(d: np.ndarray, gain: np.ndarray) -> tuple[float, float]:
-    """Least squares of gain = d (alpha - beta d) = alpha d - beta d^2 (no intercept: zero gain at d = 0); (alpha, beta)."""
+    """Least squares of gain = d (alpha - beta d) = alpha d - beta d^2 (no intercept: zero gain at d = 0); (alpha,
+    beta)."""
     d, gain = np.asarray(d, float), np.asarray(gain, float)
     x1, x2 = d, -(d**2)
     # Normal equations of the two-feature regression, solved in closed form.
@@ -82,12 +82,25 @@ def describe_fit(alpha: float, beta: float, d: np.ndarray, gain: np.ndarray) -> 
     """alpha, beta, R^2 of the fit on the gains, and the fitted peak d* = alpha / (2 beta) when beta > 0."""
     predicted = d * (alpha - beta * d)
     spread = float(((gain - gain.mean()) ** 2).sum())
-    fit = {"alpha": alpha, "beta": beta, "r2": 1.0 - float(((gain - predicted) ** 2).sum()) / spread if spread > 0 else None,
-           "d_peak": None, "kl_peak": None, "n_peak": None, "gain_peak": None, "peak_in_range": None}
+    fit = {
+        "alpha": alpha,
+        "beta": beta,
+        "r2": 1.0 - float(((gain - predicted) ** 2).sum()) / spread if spread > 0 else None,
+        "d_peak": None,
+        "kl_peak": None,
+        "n_peak": None,
+        "gain_peak": None,
+        "peak_in_range": None,
+    }
     if beta > 0:
         d_peak = alpha / (2 * beta)
-        fit.update(d_peak=d_peak, kl_peak=d_peak**2, gain_peak=alpha * alpha / (4 * beta), peak_in_range=bool(0 < d_peak <= d.max()),
-                   n_peak=n_for_kl(d_peak**2) if d_peak > 0 else 1.0)
+        fit.update(
+            d_peak=d_peak,
+            kl_peak=d_peak**2,
+            gain_peak=alpha * alpha / (4 * beta),
+            peak_in_range=bool(0 < d_peak <= d.max()),
+            n_peak=n_for_kl(d_peak**2) if d_peak > 0 else 1.0,
+        )
     return fit
 
 
@@ -125,10 +138,19 @@ def run(config: BonSweepConfig) -> dict:
     save_config(config, out)
 
     size = config.max_n
-    samples = sample_responses(model, tokenizer, [r.prompt for r in records for _ in range(size)], max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, batch_size=config.batch_size,
-                               max_prompt_length=config.max_prompt_length, seed=config.seed,
-                               description=f"sampling {size} per prompt")
+    samples = sample_responses(
+        model,
+        tokenizer,
+        [r.prompt for r in records for _ in range(size)],
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        batch_size=config.batch_size,
+        max_prompt_length=config.max_prompt_length,
+        seed=config.seed,
+        description=f"sampling {size} per prompt",
+    )
     proxy_scores: list[float] = []
     chunk = 256
     with progress_bar("scoring with the proxy", len(samples.responses)) as advance:
@@ -137,16 +159,23 @@ def run(config: BonSweepConfig) -> dict:
             proxy_scores += scores.tolist()
             advance(len(scores))
     gold_scores = call_scorer(gold_fn, samples.prompts, samples.responses)
-    write_jsonl(out / "samples.jsonl", [{"prompt_index": i // size, "prompt": p, "response": r, "proxy": round(s, 5), "gold": round(g, 5)}
-                                        for i, (p, r, s, g) in enumerate(zip(samples.prompts, samples.responses, proxy_scores, gold_scores))])
+    write_jsonl(
+        out / "samples.jsonl",
+        [
+            {"prompt_index": i // size, "prompt": p, "response": r, "proxy": round(s, 5), "gold": round(g, 5)}
+            for i, (p, r, s, g) in enumerate(zip(samples.prompts, samples.responses, proxy_scores, gold_scores))
+        ],
+    )
 
     shape = (len(records), size)
     proxy = np.array(proxy_scores).reshape(shape)
     gold = np.array(gold_scores).reshape(shape)
     words = np.array([len(r.split()) for r in samples.responses], float).reshape(shape)
     # Per prompt and n: [P, len(ns)] expected proxy, gold and length of the best of n.
-    per_prompt = {key: np.stack([expected_best_of_n(proxy, values, n) for n in ns], 1)
-                  for key, values in (("proxy", proxy), ("gold", gold), ("words", words))}
+    per_prompt = {
+        key: np.stack([expected_best_of_n(proxy, values, n) for n in ns], 1)
+        for key, values in (("proxy", proxy), ("gold", gold), ("words", words))
+    }
     d = np.sqrt([kl_bon(n) for n in ns])
 
     def gains_fit(means: np.ndarray) -> tuple[float, float]:
@@ -163,7 +192,10 @@ def run(config: BonSweepConfig) -> dict:
         fits[key] = describe_fit(alpha, beta, d, means[key] - means[key][0])
         if boot is not None:
             refits = np.array([gains_fit(m) for m in boot[key]])
-            fits[key]["alpha_std"], fits[key]["beta_std"] = float(refits[:, 0].std(ddof=1)), float(refits[:, 1].std(ddof=1))
+            fits[key]["alpha_std"], fits[key]["beta_std"] = (
+                float(refits[:, 0].std(ddof=1)),
+                float(refits[:, 1].std(ddof=1)),
+            )
     for j, n in enumerate(ns):
         row = {"n": n, "kl": kl_bon(n), "d": float(d[j])}
         for key in ("proxy", "gold"):
@@ -174,19 +206,36 @@ def run(config: BonSweepConfig) -> dict:
 
     gold_best = max(rows, key=lambda r: r["gold"])
     result = {
-        "stage": "bon-sweep", "model": str(path), "prompts": str(prompt_path), "num_prompts": len(records), "max_n": size,
-        "samples": len(samples.responses), "rewards": [s.model_dump(exclude_none=True) for s in config.rewards], "gold": config.gold,
-        "bootstrap": config.bootstrap, "truncated_share": samples.truncated_share,
+        "stage": "bon-sweep",
+        "model": str(path),
+        "prompts": str(prompt_path),
+        "num_prompts": len(records),
+        "max_n": size,
+        "samples": len(samples.responses),
+        "rewards": [s.model_dump(exclude_none=True) for s in config.rewards],
+        "gold": config.gold,
+        "bootstrap": config.bootstrap,
+        "truncated_share": samples.truncated_share,
         "estimator": "unbiased best-of-n over max_n samples: P(i best of n) = C(rank_i, n-1) / C(max_n, n)",
-        "rows": rows, "fits": fits,
+        "rows": rows,
+        "fits": fits,
         "proxy_monotone": all(b["proxy"] >= a["proxy"] - 1e-12 for a, b in zip(rows, rows[1:])),
-        "gold_best_n": gold_best["n"], "gold_drop_from_best": gold_best["gold"] - rows[-1]["gold"],
+        "gold_best_n": gold_best["n"],
+        "gold_drop_from_best": gold_best["gold"] - rows[-1]["gold"],
     }
     table = format_table(rows, fits)
-    (out / "sweep.md").write_text(f"# Best-of-n sweep: {path.name} on {len(records)} prompts x {size} samples\n\n{table}\n\n"
-                                    f"{shape_line(result)}\n")
-    result["plot"] = str(plot_overoptimisation(rows, fits, out / "sweep.png",
-                                               title=f"best-of-n over-optimisation ({len(records)} prompts, {size} samples each)"))
+    (out / "sweep.md").write_text(
+        f"# Best-of-n sweep: {path.name} on {len(records)} prompts x {size} samples\n\n{table}\n\n"
+        f"{shape_line(result)}\n"
+    )
+    result["plot"] = str(
+        plot_overoptimisation(
+            rows,
+            fits,
+            out / "sweep.png",
+            title=f"best-of-n over-optimisation ({len(records)} prompts, {size} samples each)",
+        )
+    )
     write_json(out / "sweep.json", result)
     console.print(table)
     console.print(shape_line(result))
@@ -200,12 +249,16 @@ def shape_line(result: dict) -> str:
     best, last, before = next(r for r in rows if r["n"] == result["gold_best_n"]), rows[-1], rows[-2]
     proxy = "rises monotonically" if result["proxy_monotone"] else "does not rise monotonically"
     if best is last:
-        gold = (f"gold is highest at the largest n={last['n']} ({last['gold']:.4f}; {last['gold'] - before['gold']:+.4f} "
-                f"from n={before['n']}, first step {rows[1]['gold'] - rows[0]['gold']:+.4f}): no peak inside the sweep")
+        gold = (
+            f"gold is highest at the largest n={last['n']} ({last['gold']:.4f}; {last['gold'] - before['gold']:+.4f} "
+            f"from n={before['n']}, first step {rows[1]['gold'] - rows[0]['gold']:+.4f}): no peak inside the sweep"
+        )
     else:
         std = f", bootstrap std {last['gold_std']:.4f}" if last["gold_std"] is not None else ""
-        gold = (f"gold peaks at n={best['n']} ({best['gold']:.4f}) and falls to {last['gold']:.4f} at n={last['n']} "
-                f"({result['gold_drop_from_best']:.4f} below its peak{std})")
+        gold = (
+            f"gold peaks at n={best['n']} ({best['gold']:.4f}) and falls to {last['gold']:.4f} at n={last['n']} "
+            f"({result['gold_drop_from_best']:.4f} below its peak{std})"
+        )
     return f"measured: proxy {proxy} with n; {gold}"
 
 
@@ -218,8 +271,11 @@ def format_fit(name: str, fit: dict) -> str:
         text += f", R^2 = {fit['r2']:.3f}"
     if fit["d_peak"] is not None:
         where = "inside" if fit["peak_in_range"] else "beyond"
-        text += (f"; fitted peak at d* = {fit['d_peak']:.3f} (KL* = {fit['kl_peak']:.3f} nats, n ≈ {fit['n_peak']:.3g}, gain "
-                 f"{fit['gain_peak']:.3g}), {where} the sampled range")
+        text += (
+            f"; fitted peak at d* = {fit['d_peak']:.3f} (KL* = {fit['kl_peak']:.3f} nats, n ≈ {fit['n_peak']:.3g}, "
+            "gain "
+            f"{fit['gain_peak']:.3g}), {where} the sampled range"
+        )
     else:
         text += "; no peak (beta <= 0: still rising)"
     return text
@@ -231,8 +287,15 @@ def format_table(rows: list[dict], fits: dict[str, dict]) -> str:
 
     lines = ["| n | KL_bon | d = sqrt(KL) | proxy | gold | words |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['n']} | {r['kl']:.3f} | {r['d']:.3f} | {cell(r['proxy'], r['proxy_std'])} | {cell(r['gold'], r['gold_std'])} "
-                     f"| {r['words']:.1f} |")
-    lines += ["", "Fit of the gain over n = 1: R(d) = d (alpha - beta d) (Gao et al. 2022); ± is the bootstrap std over prompts.", ""]
+        lines.append(
+            f"| {r['n']} | {r['kl']:.3f} | {r['d']:.3f} | {cell(r['proxy'], r['proxy_std'])} | "
+            f"{cell(r['gold'], r['gold_std'])} "
+            f"| {r['words']:.1f} |"
+        )
+    lines += [
+        "",
+        "Fit of the gain over n = 1: R(d) = d (alpha - beta d) (Gao et al. 2022); ± is the bootstrap std over prompts.",
+        "",
+    ]
     lines += [f"- {format_fit(key, fit)}" for key, fit in fits.items()]
     return "\n".join(lines)

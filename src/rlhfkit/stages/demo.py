@@ -5,8 +5,9 @@ pipeline runner (cached, resumable) and ending with the HTML report, the gate ve
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .. import pipeline as runner
 from ..train import console, write_json
@@ -20,20 +21,31 @@ def read(path: Path) -> dict[str, Any]:
 
 def summarize(root: Path, result: dict[str, Any], task_root: str) -> dict[str, Any]:
     """The demo's headline numbers, read back from what the stages wrote."""
-    pairs, reward, audit = read(root / "pairs" / "summary.json"), read(root / "reward" / "summary.json"), read(root / "reward_eval" / "summary.json")
+    pairs, reward, audit = (
+        read(root / "pairs" / "summary.json"),
+        read(root / "reward" / "summary.json"),
+        read(root / "reward_eval" / "summary.json"),
+    )
     results = read(root / "eval" / "eval.json").get("results", {})
     sft_row, dpo_row = results.get("sft", {}), results.get("dpo", {})
     gate = next((row for row in result["stages"] if row["stage"] == "gate"), {})
     gold_sft, gold_dpo = sft_row.get("mean_gold"), dpo_row.get("mean_gold")
     return {
-        "default_task": task_root, "pipeline": str(PIPELINE),
-        "pairs": pairs.get("pairs"), "panel_matches_gold": pairs.get("panel_matches_gold"),
+        "default_task": task_root,
+        "pipeline": str(PIPELINE),
+        "pairs": pairs.get("pairs"),
+        "panel_matches_gold": pairs.get("panel_matches_gold"),
         "reward_val_accuracy": reward.get("best_val_accuracy"),
-        "reward_gold_accuracy": audit.get("gold_accuracy"), "reward_ece": audit.get("ece"),
-        "gold_sft": gold_sft, "gold_dpo": gold_dpo,
+        "reward_gold_accuracy": audit.get("gold_accuracy"),
+        "reward_ece": audit.get("ece"),
+        "gold_sft": gold_sft,
+        "gold_dpo": gold_dpo,
         "gold_gain": gold_dpo - gold_sft if gold_sft is not None and gold_dpo is not None else None,
-        "distinct2_ratio": dpo_row["distinct_2"] / sft_row["distinct_2"] if sft_row.get("distinct_2") and "distinct_2" in dpo_row else None,
-        "gate_passed": gate.get("passed"), "report": result.get("report"),
+        "distinct2_ratio": dpo_row["distinct_2"] / sft_row["distinct_2"]
+        if sft_row.get("distinct_2") and "distinct_2" in dpo_row
+        else None,
+        "gate_passed": gate.get("passed"),
+        "report": result.get("report"),
         "stages": {row["name"]: row["status"] for row in result["stages"]},
         "results": results,
     }
@@ -56,9 +68,15 @@ def run(overrides: list[str] | dict | None = None, force: Sequence[str] = (), dr
     summary = summarize(root, result, str(task.root))
     write_json(root / "demo_summary.json", summary)
     console.rule("demo finished")
-    console.print(f"reward model: accuracy against gold {fmt(summary['reward_gold_accuracy'])} on held-out pairs, ECE {fmt(summary['reward_ece'])}")
-    console.print(f"DPO vs SFT: mean gold {fmt(summary['gold_sft'])} -> {fmt(summary['gold_dpo'])} (gain {fmt(summary['gold_gain'], '+.3f')}), "
-                  f"distinct-2 ratio {fmt(summary['distinct2_ratio'], '.2f')}")
+    console.print(
+        f"reward model: accuracy against gold {fmt(summary['reward_gold_accuracy'])} on held-out pairs, ECE "
+        f"{fmt(summary['reward_ece'])}"
+    )
+    console.print(
+        f"DPO vs SFT: mean gold {fmt(summary['gold_sft'])} -> {fmt(summary['gold_dpo'])} (gain "
+        f"{fmt(summary['gold_gain'], '+.3f')}), "
+        f"distinct-2 ratio {fmt(summary['distinct2_ratio'], '.2f')}"
+    )
     verdict = {True: "PASSED", False: "FAILED", None: "not reached"}[summary["gate_passed"]]
     console.print(f"gate on the DPO model: {verdict}; registry {root / 'registry.sqlite'}")
     console.print(f"report: {summary['report']}")

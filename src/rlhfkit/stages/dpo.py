@@ -20,7 +20,15 @@ from ..data.records import load_records
 from ..data.tokenize import Encoder
 from ..errors import DataError
 from ..losses import dpo_loss, orpo_loss, simpo_loss
-from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization, resolve_model_path, save_model
+from ..models.loading import (
+    apply_lora,
+    is_peft,
+    load_causal_lm,
+    load_tokenizer,
+    quantization,
+    resolve_model_path,
+    save_model,
+)
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
 from ..train import RunLog, batches, console, make_optimizer, progress_bar, response_logps, setup_torch, total_steps
 
@@ -29,7 +37,9 @@ REFERENCE_FREE = ("simpo", "orpo")
 
 def pair_logps(model, items: list[tuple], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(chosen sum logps, rejected sum logps, chosen token counts, rejected token counts): one forward for both."""
-    logps, counts = response_logps(model, [p for p, _, _ in items] * 2, [c for _, c, _ in items] + [r for _, _, r in items], pad_id)
+    logps, counts = response_logps(
+        model, [p for p, _, _ in items] * 2, [c for _, c, _ in items] + [r for _, _, r in items], pad_id
+    )
     n = len(items)
     return logps[:n], logps[n:], counts[:n], counts[n:]
 
@@ -76,7 +86,15 @@ def preference_loss(config: DPOConfig, pc, pr, cc, cr, ref):
         return simpo_loss(pc / cc, pr / cr, beta=config.beta, gamma=config.simpo_gamma)
     if config.loss_type == "orpo":
         return orpo_loss(pc / cc, pr / cr, beta=config.beta)
-    return dpo_loss(pc, pr, ref[:, 0], ref[:, 1], beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)
+    return dpo_loss(
+        pc,
+        pr,
+        ref[:, 0],
+        ref[:, 1],
+        beta=config.beta,
+        loss_type=config.loss_type,
+        label_smoothing=config.label_smoothing,
+    )
 
 
 def run(config: DPOConfig) -> dict:
@@ -106,8 +124,17 @@ def run(config: DPOConfig) -> dict:
     pad = tokenizer.pad_token_id
     ref = torch.zeros(len(items), 2)
     if config.loss_type not in REFERENCE_FREE:
-        key = hashlib.sha256(json.dumps([file_stamps(ref_path), file_stamps(Path(config.data)), config.max_length,
-                                         config.max_prompt_length, len(items)]).encode()).hexdigest()
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    file_stamps(ref_path),
+                    file_stamps(Path(config.data)),
+                    config.max_length,
+                    config.max_prompt_length,
+                    len(items),
+                ]
+            ).encode()
+        ).hexdigest()
         if config.ref_model:
             ref_model = load_causal_lm(ref_path).to(runtime.device)
             compute = lambda: reference_logps(ref_model, items, pad, config.batch_size * 2, "reference log-probs")  # noqa: E731
@@ -142,8 +169,14 @@ def run(config: DPOConfig) -> dict:
         loss = losses.sum()
         if sft_coef:
             loss = loss + sft_coef * (-(pc / cc).sum())
-        stats = {"reward_chosen": r_c.sum().item(), "reward_rejected": r_r.sum().item(), "reward_accuracy": (r_c > r_r).float().sum().item(),
-                 "reward_margin": (r_c - r_r).sum().item(), "logp_chosen": (pc / cc).sum().item(), "logp_rejected": (pr / cr).sum().item()}
+        stats = {
+            "reward_chosen": r_c.sum().item(),
+            "reward_rejected": r_r.sum().item(),
+            "reward_accuracy": (r_c > r_r).float().sum().item(),
+            "reward_margin": (r_c - r_r).sum().item(),
+            "logp_chosen": (pc / cc).sum().item(),
+            "logp_rejected": (pr / cr).sum().item(),
+        }
         return loss, stats
 
     def validate() -> dict:
@@ -175,15 +208,43 @@ def run(config: DPOConfig) -> dict:
                 log.log(step, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, **agg, **row)
             advance(loss=agg["loss"], acc=agg["reward_accuracy"])
             if should_save(config, step, steps):
-                save(runtime, out, step, model, optimizer, scheduler, stream, {"first": first, "last": last}, config.keep_checkpoints)
-    summary = {"stage": "dpo", "loss_type": config.loss_type, "model": str(model_path),
-               "reference": None if config.loss_type in REFERENCE_FREE else str(ref_path), "data": config.data, "steps": steps,
-               "resumed_from": first_step or None, "processes": runtime.world, "train_pairs": len(train_idx), "val_pairs": len(val_idx),
-               "before": first, "after": last, "truncation": encoder.report.as_dict(), "model_dir": str(out / "model")}
+                save(
+                    runtime,
+                    out,
+                    step,
+                    model,
+                    optimizer,
+                    scheduler,
+                    stream,
+                    {"first": first, "last": last},
+                    config.keep_checkpoints,
+                )
+    summary = {
+        "stage": "dpo",
+        "loss_type": config.loss_type,
+        "model": str(model_path),
+        "reference": None if config.loss_type in REFERENCE_FREE else str(ref_path),
+        "data": config.data,
+        "steps": steps,
+        "resumed_from": first_step or None,
+        "processes": runtime.world,
+        "train_pairs": len(train_idx),
+        "val_pairs": len(val_idx),
+        "before": first,
+        "after": last,
+        "truncation": encoder.report.as_dict(),
+        "model_dir": str(out / "model"),
+    }
     if runtime.is_main:
-        save_model(runtime.unwrap(model), tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
+        save_model(
+            runtime.unwrap(model), tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True
+        )
         summary = log.summary(**summary)
         acc = last.get("val_reward_accuracy")
-        console.print(f"dpo: {steps} steps" + (f", validation reward accuracy {acc:.3f}" if acc is not None else "") + f"; model saved to {out / 'model'}")
+        console.print(
+            f"dpo: {steps} steps"
+            + (f", validation reward accuracy {acc:.3f}" if acc is not None else "")
+            + f"; model saved to {out / 'model'}"
+        )
     runtime.barrier()
     return summary

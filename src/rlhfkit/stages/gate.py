@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from ..config import EvalConfig, GateConfig, build_config, save_config
 from ..errors import ConfigError
 from ..evaluate.gate import GateResult, GateSettings, evaluate_gate, format_gate
@@ -59,7 +60,9 @@ def measured_metrics(config: GateConfig, checkpoint: Path, out: Path) -> dict[st
     from ..evaluate import policy
 
     models = ({"baseline": config.baseline} if config.baseline else {}) | {"candidate": str(checkpoint)}
-    eval_config = build_config(EvalConfig, {"output_dir": str(out / "eval"), **config.eval, "models": models}, source="gate config, eval")
+    eval_config = build_config(
+        EvalConfig, {"output_dir": str(out / "eval"), **config.eval, "models": models}, source="gate config, eval"
+    )
     return policy.run(eval_config)["candidate"]
 
 
@@ -76,9 +79,14 @@ def run(config: GateConfig, checkpoint: str) -> GateResult:
     root = registry_root(path, config.registry)
     registry = Registry(root)
     # A failing checkpoint is recorded but does not replace the current one.
-    checkpoint_id = registry.register(str(path), metrics=metrics, gate=result, lineage=lineage_of(path, config.lineage), make_current=result.passed)
+    checkpoint_id = registry.register(
+        str(path), metrics=metrics, gate=result, lineage=lineage_of(path, config.lineage), make_current=result.passed
+    )
     if result.passed:
         update_current_link(root, str(path.resolve()))
-    write_json(out / "gate.json", {"checkpoint": str(path), "registry": str(root), "id": checkpoint_id, **result.to_dict(), "metrics": metrics})
+    write_json(
+        out / "gate.json",
+        {"checkpoint": str(path), "registry": str(root), "id": checkpoint_id, **result.to_dict(), "metrics": metrics},
+    )
     console.print(f"registered as #{checkpoint_id} in {registry.path}; gate {'PASSED' if result.passed else 'FAILED'}")
     return result

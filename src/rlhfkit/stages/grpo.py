@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ..config import GRPOConfig, RLOOConfig, save_config
-from ..losses import group_advantages, kl_penalty, masked_mean, ppo_policy_loss, rloo_advantages
 from ..errors import ConfigError
+from ..losses import group_advantages, kl_penalty, masked_mean, ppo_policy_loss, rloo_advantages
 from ..runtime import start
 from ..train import progress_bar
 from . import online
@@ -31,22 +31,36 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
     out = Path(config.output_dir)
     runtime = start(config)  # one process, or this process's place among N
     if config.mini_batch_size % runtime.world:
-        raise ConfigError(f"mini_batch_size {config.mini_batch_size} must split evenly among the {runtime.world} processes")
+        raise ConfigError(
+            f"mini_batch_size {config.mini_batch_size} must split evenly among the {runtime.world} processes"
+        )
     reward_fn, gold, policy, prompts = online.setup(config)
     params = online.trainable(policy.model)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5, fused=all(p.device.type in ("cpu", "cuda") for p in params))
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, eps=1e-5, fused=all(p.device.type in ("cpu", "cuda") for p in params)
+    )
     scheduler = online.constant_schedule(optimizer, config.warmup_steps)
     # every process draws the same prompts in the same order, and samples its own responses to its share
     generator = torch.Generator().manual_seed(config.seed + runtime.rank)
     modules = {"policy": policy.model}
-    start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts, rank=runtime.rank)
+    start_step, last_ckpt, _ = online.resume_state(
+        config, out, modules, optimizer, generator, prompts, rank=runtime.rank
+    )
     scheduler.last_epoch = start_step
     # gradients flow through the DDP wrapper; sampling uses the plain module (no collectives inside generation)
     trained = runtime.accelerator.prepare_model(policy.model) if runtime.world > 1 else policy.model
     if runtime.is_main:
         save_config(config, out)
-    monitor = online.Monitor(out / "metrics.jsonl", config.window, resume_step=start_step if last_ckpt else None,
-                             max_new_tokens=config.max_new_tokens) if runtime.is_main else None
+    monitor = (
+        online.Monitor(
+            out / "metrics.jsonl",
+            config.window,
+            resume_step=start_step if last_ckpt else None,
+            max_new_tokens=config.max_new_tokens,
+        )
+        if runtime.is_main
+        else None
+    )
     row: dict = {}
     with progress_bar(name, config.steps) as advance:
         advance(start_step)
@@ -66,9 +80,15 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             prompt_len = batch.rollout.prompt_ids.shape[1]
             stats: dict[str, float] = {}
             n_updates = 0
-            for idx in online.minibatches(len(indices), config.mini_batch_size // runtime.world, config.epochs_per_batch):
-                logps, entropy = online.token_logps(trained, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True)
-                pg_loss, pg_stats = ppo_policy_loss(logps, batch.logps[idx], token_adv[idx], mask[idx], config.clip_range)
+            for idx in online.minibatches(
+                len(indices), config.mini_batch_size // runtime.world, config.epochs_per_batch
+            ):
+                logps, entropy = online.token_logps(
+                    trained, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True
+                )
+                pg_loss, pg_stats = ppo_policy_loss(
+                    logps, batch.logps[idx], token_adv[idx], mask[idx], config.clip_range
+                )
                 loss = pg_loss
                 if is_grpo and config.kl_coef:
                     kl_term = masked_mean(kl_penalty(logps, batch.ref_logps[idx], config.kl_estimator), mask[idx])
@@ -80,15 +100,25 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: they would sit through the next rollout
                 n_updates += 1
-                for key, v in {"policy_loss": pg_loss.item(), "entropy": masked_mean(entropy, mask[idx]).item(), **pg_stats}.items():
+                for key, v in {
+                    "policy_loss": pg_loss.item(),
+                    "entropy": masked_mean(entropy, mask[idx]).item(),
+                    **pg_stats,
+                }.items():
                     stats[key] = stats.get(key, 0.0) + v
             scheduler.step()
             stats = {key: v / n_updates for key, v in stats.items()}
             group_std = batch.scores.view(-1, k).std(1).mean().item()
             measured = runtime.mean_stats({**batch.stats, **stats, "group_reward_std": group_std})
             if monitor is not None:
-                row = monitor.log(step, {**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)})
-                advance(reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"])
+                row = monitor.log(
+                    step, {**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
+                )
+                advance(
+                    reward=row["reward_avg"],
+                    **({"gold": row["gold_avg"]} if "gold_avg" in row else {}),
+                    kl=row["kl_avg"],
+                )
             if step % config.save_every == 0 or step == config.steps:
                 last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime=runtime)
     return online.finish(name, config, policy, out, row, runtime=runtime)

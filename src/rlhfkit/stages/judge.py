@@ -17,7 +17,16 @@ from pathlib import Path
 from ..config import JudgeConfig, save_config
 from ..data.records import PreferencePair, _Where, parse_record, read_jsonl, write_jsonl
 from ..errors import ConfigError, DataError
-from ..feedback.judge import Candidate, CausalLMJudge, OpenAIJudge, PairVerdict, RewardModelJudge, is_local_url, judge_both_orders, summarize
+from ..feedback.judge import (
+    Candidate,
+    CausalLMJudge,
+    OpenAIJudge,
+    PairVerdict,
+    RewardModelJudge,
+    is_local_url,
+    judge_both_orders,
+    summarize,
+)
 from ..train import console, setup_torch, write_json
 
 
@@ -30,7 +39,11 @@ def load_candidates(path: str | Path, max_pairs: int | None = None) -> tuple[lis
         record = parse_record(obj, "preference", where)
         pair_id = record.id if record.id is not None else f"line-{lineno}"
         if pair_id in seen:
-            raise where.fail("id", f"{pair_id!r} is also the id at line {seen[pair_id]}; pair ids must be unique (judgments are keyed by them)")
+            raise where.fail(
+                "id",
+                f"{pair_id!r} is also the id at line {seen[pair_id]}; pair ids must be unique (judgments are keyed "
+                "by them)",
+            )
         seen[pair_id] = lineno
         candidates.append(Candidate(pair_id, record.prompt, record.chosen, record.rejected))
         records.append(record)
@@ -59,9 +72,11 @@ def api_key(config: JudgeConfig) -> str | None:
         return None
     key = os.environ.get(config.api_key_env, "").strip()
     if not key and not is_local_url(config.base_url):
-        raise ConfigError(f"api_key_env: the environment variable {config.api_key_env} is not set, and {config.base_url} is not a "
-                          f"local server; export {config.api_key_env}=..., point api_key_env at the variable holding the key, "
-                          "or set api_key_env=null for a server that needs none")
+        raise ConfigError(
+            f"api_key_env: the environment variable {config.api_key_env} is not set, and {config.base_url} is not a "
+            f"local server; export {config.api_key_env}=..., point api_key_env at the variable holding the key, "
+            "or set api_key_env=null for a server that needs none"
+        )
     return key or None
 
 
@@ -73,24 +88,48 @@ def judge_name(config: JudgeConfig) -> str:
     if config.model == "default":
         return "default"
     path = Path(config.model).resolve()
-    return path.parent.name if path.name == "model" else path.name  # RUN/model, as every rlhfkit stage saves it: the run's name
+    return (
+        path.parent.name if path.name == "model" else path.name
+    )  # RUN/model, as every rlhfkit stage saves it: the run's name
 
 
 def make_judge(config: JudgeConfig, rubric: str):
     if config.kind == "reward_model":
-        return RewardModelJudge(config.model, head=config.head, tie_threshold=config.tie_threshold, batch_size=config.batch_size,
-                                max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+        return RewardModelJudge(
+            config.model,
+            head=config.head,
+            tie_threshold=config.tie_threshold,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            max_prompt_length=config.max_prompt_length,
+        )
     if config.kind == "causal_lm":
-        return CausalLMJudge(config.model, rubric, labels=config.answer_labels, tie_threshold=config.tie_threshold,
-                             batch_size=config.batch_size, max_length=config.max_length)
+        return CausalLMJudge(
+            config.model,
+            rubric,
+            labels=config.answer_labels,
+            tie_threshold=config.tie_threshold,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+        )
     key = api_key(config)
     if config.api_key_env is None:
         key_hint = "none was sent: api_key_env is null"
     else:
         key_hint = f"the key in ${config.api_key_env}" if key else f"none was sent: ${config.api_key_env} is not set"
-    return OpenAIJudge(config.base_url, config.api_model, rubric, api_key=key, labels=config.answer_labels,
-                       concurrency=config.concurrency, timeout=config.timeout, max_retries=config.max_retries,
-                       retry_delay=config.retry_delay, max_reply_tokens=config.max_reply_tokens, key_hint=key_hint)
+    return OpenAIJudge(
+        config.base_url,
+        config.api_model,
+        rubric,
+        api_key=key,
+        labels=config.answer_labels,
+        concurrency=config.concurrency,
+        timeout=config.timeout,
+        max_retries=config.max_retries,
+        retry_delay=config.retry_delay,
+        max_reply_tokens=config.max_reply_tokens,
+        key_hint=key_hint,
+    )
 
 
 def swap_sides(metadata: dict) -> dict:
@@ -111,14 +150,27 @@ def judged_pair(record: PreferencePair, verdict: PairVerdict, annotator: str, kn
     if known_labels:
         metadata["judge_agrees_with_input"] = not flipped
     chosen, rejected = (record.rejected, record.chosen) if flipped else (record.chosen, record.rejected)
-    return PreferencePair(prompt=record.prompt, chosen=chosen, rejected=rejected, id=verdict.pair_id, category=record.category,
-                          annotator=annotator, metadata=metadata)
+    return PreferencePair(
+        prompt=record.prompt,
+        chosen=chosen,
+        rejected=rejected,
+        id=verdict.pair_id,
+        category=record.category,
+        annotator=annotator,
+        metadata=metadata,
+    )
 
 
 def judgment_row(verdict: PairVerdict, annotator: str) -> dict:
-    return {"pair_id": verdict.pair_id, "annotator": annotator, "annotator_kind": "ai", "choice": verdict.choice,
-            "shown_first": verdict.shown_first, "verdicts": {"a_first": verdict.a_first, "b_first": verdict.b_first},
-            "details": verdict.details}
+    return {
+        "pair_id": verdict.pair_id,
+        "annotator": annotator,
+        "annotator_kind": "ai",
+        "choice": verdict.choice,
+        "shown_first": verdict.shown_first,
+        "verdicts": {"a_first": verdict.a_first, "b_first": verdict.b_first},
+        "details": verdict.details,
+    }
 
 
 def run(config: JudgeConfig) -> dict:
@@ -137,10 +189,18 @@ def run(config: JudgeConfig) -> dict:
     write_jsonl(out / "pairs.jsonl", judged)
 
     summary = {
-        "stage": "judge", "kind": config.kind, "judge": annotator, "data": config.data,
-        **({"base_url": config.base_url, "api_model": config.api_model} if config.kind == "openai" else {"model": config.model}),
+        "stage": "judge",
+        "kind": config.kind,
+        "judge": annotator,
+        "data": config.data,
+        **(
+            {"base_url": config.base_url, "api_model": config.api_model}
+            if config.kind == "openai"
+            else {"model": config.model}
+        ),
         **summarize(verdicts, config.known_labels),
-        "pairs_written": len(judged), "ties_left_out": len(verdicts) - len(judged),
+        "pairs_written": len(judged),
+        "ties_left_out": len(verdicts) - len(judged),
         **judge.stats(),
         "files": {name: str(out / name) for name in ("judgments.jsonl", "pairs.jsonl", "judge.json")},
         "elapsed_s": round(time.time() - start, 1),
@@ -151,17 +211,33 @@ def run(config: JudgeConfig) -> dict:
 
 
 def report(summary: dict, config: JudgeConfig) -> None:
-    line = (f"judge {summary['judge']}: {summary['pairs']} pairs, position-consistent {summary['position_consistency']:.1%}, "
-            f"ties {summary['tie_share']:.1%}")
+    line = (
+        f"judge {summary['judge']}: {summary['pairs']} pairs, position-consistent "
+        f"{summary['position_consistency']:.1%}, "
+        f"ties {summary['tie_share']:.1%}"
+    )
     if summary.get("accuracy") is not None:
-        line += f", accuracy against the file's labels {summary['accuracy']:.3f} on {summary['decided_pairs']} decided pairs"
-    console.print(f"{line}; wrote {summary['pairs_written']} pairs to {summary['files']['pairs.jsonl']} ({summary['ties_left_out']} ties left out)")
+        line += (
+            f", accuracy against the file's labels {summary['accuracy']:.3f} on {summary['decided_pairs']} "
+            "decided pairs"
+        )
+    console.print(
+        f"{line}; wrote {summary['pairs_written']} pairs to {summary['files']['pairs.jsonl']} "
+        f"({summary['ties_left_out']} ties left out)"
+    )
     if summary["pairs_written"] == 0:
-        console.print("[bold red]warning:[/] every pair is a tie, so pairs.jsonl is empty: the judge's verdict follows the order "
-                      "the responses are shown in, or tie_threshold is too high")
+        console.print(
+            "[bold red]warning:[/] every pair is a tie, so pairs.jsonl is empty: the judge's verdict follows the order "
+            "the responses are shown in, or tie_threshold is too high"
+        )
     elif summary["tie_share"] > 0.5:
-        console.print(f"[bold red]warning:[/] {summary['tie_share']:.0%} of pairs are ties; the judge is swayed by position "
-                      f"(it picks the first-shown response in {summary['first_shown_share']:.0%} of single-order verdicts)")
+        console.print(
+            f"[bold red]warning:[/] {summary['tie_share']:.0%} of pairs are ties; the judge is swayed by position "
+            f"(it picks the first-shown response in {summary['first_shown_share']:.0%} of single-order verdicts)"
+        )
     if summary.get("unparseable"):
-        console.print(f"[bold red]warning:[/] {summary['unparseable']} replies had no verdict the parser could read (counted as ties); "
-                      f"first: {summary['unparseable_examples'][0]!r}")
+        console.print(
+            f"[bold red]warning:[/] {summary['unparseable']} replies had no verdict the parser could read (counted "
+            "as ties); "
+            f"first: {summary['unparseable_examples'][0]!r}"
+        )

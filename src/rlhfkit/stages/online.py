@@ -23,7 +23,6 @@ from ..rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, t
 from ..scoring import call_scorer, load_scorer
 from ..train import console
 
-
 # ---------------------------------------------------------------- rewards
 
 
@@ -40,7 +39,9 @@ class RewardFunction:
                 tokenizer = load_tokenizer(path)
                 model = load_reward_model(path, tokenizer).eval()
                 if spec.head >= model.config.num_labels:
-                    raise ConfigError(f"rewards[{i}].head={spec.head}: the reward model {path} has {model.config.num_labels} head(s)")
+                    raise ConfigError(
+                        f"rewards[{i}].head={spec.head}: the reward model {path} has {model.config.num_labels} head(s)"
+                    )
                 encoder = RewardEncoder(tokenizer, max_length=1024, max_prompt_length=512)
                 self.sources.append((f"rm{i}", spec, (model, tokenizer, encoder)))
             else:
@@ -58,8 +59,12 @@ class RewardFunction:
             else:
                 model, tokenizer, encoder = source
                 seqs = [encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
-                scores = torch.cat([score_sequences(model, seqs[i : i + 64], tokenizer.pad_token_id, spec.head).float()
-                                    for i in range(0, len(seqs), 64)])
+                scores = torch.cat(
+                    [
+                        score_sequences(model, seqs[i : i + 64], tokenizer.pad_token_id, spec.head).float()
+                        for i in range(0, len(seqs), 64)
+                    ]
+                )
             parts[f"reward_{name}"] = scores.mean().item()
             total += spec.weight * scores
         return total, parts
@@ -102,7 +107,8 @@ def load_policy(config: OnlineRLConfig) -> Policy:
 
 
 def setup(config: OnlineRLConfig):
-    """Seed, then load everything an online stage needs: (reward function, gold judge or None, policy, prompt stream)."""
+    """Seed, then load everything an online stage needs: (reward function, gold judge or None, policy, prompt
+    stream)."""
     from ..train import setup_torch
     from .pairs import resolve_prompts
 
@@ -150,17 +156,34 @@ class Batch:
     stats: dict
 
 
-def sample_batch(policy: Policy, prompts: PromptStream, indices: list[int], reward_fn: RewardFunction, gold, config: OnlineRLConfig,
-                 generator: torch.Generator) -> Batch:
+def sample_batch(
+    policy: Policy,
+    prompts: PromptStream,
+    indices: list[int],
+    reward_fn: RewardFunction,
+    gold,
+    config: OnlineRLConfig,
+    generator: torch.Generator,
+) -> Batch:
     tok = policy.tokenizer
     batch = pad_left([prompts.ids[i] for i in indices], tok.pad_token_id)
-    rollout = generate(policy.model, batch["input_ids"], batch["attention_mask"], eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                       max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                       generator=generator)
+    rollout = generate(
+        policy.model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        generator=generator,
+    )
     input_ids, attention_mask = rollout.full()
     prompt_len = rollout.prompt_ids.shape[1]
     mask = rollout.response_mask.float()
-    # Behaviour log-probs come from sampling itself (same tempered distribution the update uses): no second forward pass.
+    # Behaviour log-probs come from sampling itself (same tempered distribution the update uses): no second forward
+    # pass.
     logps = rollout.logps
     ref_logps = policy.reference_logps(input_ids, attention_mask, prompt_len, config.temperature)
     prompt_texts = [prompts.texts[i] for i in indices]
@@ -170,9 +193,15 @@ def sample_batch(policy: Policy, prompts: PromptStream, indices: list[int], rewa
         scores = scores - config.missing_eos_penalty * rollout.truncated.float()
     lengths = mask.sum(1)
     seq_kl = ((logps - ref_logps) * mask).sum(1)
-    stats = {"reward": scores.mean().item(), **parts, "kl": seq_kl.mean().item(), "response_length": lengths.mean().item(),
-             "response_words": statistics.mean(len(r.split()) for r in responses), "distinct_2": distinct_n(responses, 2),
-             "truncated_share": rollout.truncated_share}
+    stats = {
+        "reward": scores.mean().item(),
+        **parts,
+        "kl": seq_kl.mean().item(),
+        "response_length": lengths.mean().item(),
+        "response_words": statistics.mean(len(r.split()) for r in responses),
+        "distinct_2": distinct_n(responses, 2),
+        "truncated_share": rollout.truncated_share,
+    }
     if gold is not None:
         stats["gold"] = statistics.mean(call_scorer(gold, prompt_texts, responses))
     return Batch(rollout, prompt_texts, responses, scores, logps.detach(), ref_logps.detach(), mask, stats)
@@ -194,7 +223,11 @@ class Monitor:
         self.windows: dict[str, deque] = {k: deque(maxlen=window) for k in self.HEADLINE}
         kept = []
         if resume_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step
+            ]
         path.write_text("".join(line + "\n" for line in kept))
         for line in kept[-window:]:
             row = json.loads(line)
@@ -222,15 +255,26 @@ def guard(step: int, loss: torch.Tensor, kl: float, config: OnlineRLConfig, last
     if not torch.isfinite(loss):
         raise TrainingError(f"step {step}: the loss is {loss.item()} (NaN/inf guard stopped the run){keep}")
     if config.kl_ceiling is not None and kl > config.kl_ceiling:
-        raise TrainingError(f"step {step}: KL to the reference {kl:.2f} exceeds kl_ceiling={config.kl_ceiling} (KL guard stopped the run){keep}")
+        raise TrainingError(
+            f"step {step}: KL to the reference {kl:.2f} exceeds kl_ceiling={config.kl_ceiling} (KL guard stopped "
+            f"the run){keep}"
+        )
 
 
 # ---------------------------------------------------------------- checkpoints
 
 
-def resume_state(config: OnlineRLConfig, out: Path, modules: dict, optimizer, generator: torch.Generator, prompts: PromptStream,
-                 rank: int = 0) -> tuple[int, Path | None, dict]:
-    """With `resume`, restore modules, optimizer, sampler RNG (this process's) and prompt position from the newest checkpoint."""
+def resume_state(
+    config: OnlineRLConfig,
+    out: Path,
+    modules: dict,
+    optimizer,
+    generator: torch.Generator,
+    prompts: PromptStream,
+    rank: int = 0,
+) -> tuple[int, Path | None, dict]:
+    """With `resume`, restore modules, optimizer, sampler RNG (this process's) and prompt position from the newest
+    checkpoint."""
     if not config.resume:
         return 0, None, {}
     checkpoint = latest_checkpoint(out)
@@ -246,12 +290,28 @@ def resume_state(config: OnlineRLConfig, out: Path, modules: dict, optimizer, ge
     return step, checkpoint, state
 
 
-def checkpoint_now(out: Path, step: int, modules: dict, optimizer, generator: torch.Generator, prompts: PromptStream, runtime=None, **extra) -> Path | None:
-    """Main process writes; `generator` holds every process's sampler state (gathered) so each resumes its own stream."""
+def checkpoint_now(
+    out: Path,
+    step: int,
+    modules: dict,
+    optimizer,
+    generator: torch.Generator,
+    prompts: PromptStream,
+    runtime=None,
+    **extra,
+) -> Path | None:
+    """Main process writes; `generator` holds every process's sampler state (gathered) so each resumes its own
+    stream."""
     generators = runtime.gather_objects(generator.get_state()) if runtime is not None else [generator.get_state()]
     path = None
     if runtime is None or runtime.is_main:
-        path = save_checkpoint(out, step, modules, {"adamw": optimizer}, {"prompt_position": prompts.position, "generator": generators, **extra})
+        path = save_checkpoint(
+            out,
+            step,
+            modules,
+            {"adamw": optimizer},
+            {"prompt_position": prompts.position, "generator": generators, **extra},
+        )
     if runtime is not None:
         runtime.barrier()
     return path
@@ -265,12 +325,23 @@ def finish(name: str, config: OnlineRLConfig, policy: Policy, out: Path, row: di
     if runtime is not None and not runtime.is_main:
         runtime.barrier()
         return {"stage": name, "final": row}
-    save_model(policy.model, load_tokenizer(policy.path), out / "model", merge_lora=config.lora.merge if config.lora else True)
-    summary = {"stage": name, "model": str(policy.path), "steps": config.steps, "processes": runtime.world if runtime else 1,
-               "final": row, "model_dir": str(out / "model")}
+    save_model(
+        policy.model, load_tokenizer(policy.path), out / "model", merge_lora=config.lora.merge if config.lora else True
+    )
+    summary = {
+        "stage": name,
+        "model": str(policy.path),
+        "steps": config.steps,
+        "processes": runtime.world if runtime else 1,
+        "final": row,
+        "model_dir": str(out / "model"),
+    }
     write_json(out / "summary.json", summary)
-    console.print(f"{name}: {config.steps} steps; last-window reward {row.get('reward_avg', float('nan')):.3f}, "
-                  f"gold {row.get('gold_avg', float('nan')):.3f}, KL {row.get('kl_avg', float('nan')):.3f}; model saved to {out / 'model'}")
+    console.print(
+        f"{name}: {config.steps} steps; last-window reward {row.get('reward_avg', float('nan')):.3f}, "
+        f"gold {row.get('gold_avg', float('nan')):.3f}, KL {row.get('kl_avg', float('nan')):.3f}; model saved to "
+        f"{out / 'model'}"
+    )
     if runtime is not None:
         runtime.barrier()
     return summary
@@ -290,4 +361,3 @@ def constant_schedule(optimizer, warmup: int):
 
 def trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-

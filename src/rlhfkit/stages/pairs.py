@@ -41,8 +41,16 @@ def run(config: PairsConfig) -> dict:
 
     doubled = [r.prompt for r in records for _ in range(2)]
     samples = sample_responses(
-        model, tokenizer, doubled, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-        top_k=config.top_k, batch_size=config.batch_size, max_prompt_length=config.max_prompt_length, seed=config.seed,
+        model,
+        tokenizer,
+        doubled,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        batch_size=config.batch_size,
+        max_prompt_length=config.max_prompt_length,
+        seed=config.seed,
         description="sampling candidate pairs",
     )
     scores = call_scorer(gold, samples.prompts, samples.responses)
@@ -63,27 +71,59 @@ def run(config: PairsConfig) -> dict:
         winner, agreement = majority(votes)
         chosen, rejected = (a, b) if winner == "a" else (b, a)
         gold_c, gold_r = (gold_a, gold_b) if winner == "a" else (gold_b, gold_a)
-        pairs.append(PreferencePair(
-            prompt=record.prompt, chosen=chosen, rejected=rejected, id=pair_id, category=record.category, annotator="panel",
-            metadata={"gold_chosen": round(gold_c, 4), "gold_rejected": round(gold_r, 4), "agreement": round(agreement, 3),
-                      "votes": {v.annotator: v.choice for v in votes}},
-        ))
+        pairs.append(
+            PreferencePair(
+                prompt=record.prompt,
+                chosen=chosen,
+                rejected=rejected,
+                id=pair_id,
+                category=record.category,
+                annotator="panel",
+                metadata={
+                    "gold_chosen": round(gold_c, 4),
+                    "gold_rejected": round(gold_r, 4),
+                    "agreement": round(agreement, 3),
+                    "votes": {v.annotator: v.choice for v in votes},
+                },
+            )
+        )
         # choices in sampling order (a = the first sample); chosen_side says which of them became `chosen`
-        judgments.extend({"pair_id": pair_id, "annotator": v.annotator, "choice": v.choice, "shown_first": v.first,
-                          "chosen_side": "a" if winner == "a" else "b"}
-                         for v in votes)
+        judgments.extend(
+            {
+                "pair_id": pair_id,
+                "annotator": v.annotator,
+                "choice": v.choice,
+                "shown_first": v.first,
+                "chosen_side": "a" if winner == "a" else "b",
+            }
+            for v in votes
+        )
     write_jsonl(out / "judgments.jsonl", judgments)
     write_jsonl(out / "pairs.jsonl", pairs)
     gold_agree = sum(p.metadata["gold_chosen"] >= p.metadata["gold_rejected"] for p in pairs) / max(1, len(pairs))
     mean_gold = sum(scores) / max(1, len(scores))
-    log.log(0, pairs=len(pairs), mean_gold=mean_gold, truncated_share=samples.truncated_share, panel_matches_gold=gold_agree)
-    summary = log.summary(
-        stage="pairs", model=str(model_path), prompts=str(prompt_path), pairs=len(pairs), skipped=skipped, mean_gold=round(mean_gold, 4),
-        truncated_share=round(samples.truncated_share, 4), panel_matches_gold=round(gold_agree, 4),
-        annotators=[vars(a) for a in panel.annotators], pairs_file=str(out / "pairs.jsonl"),
+    log.log(
+        0, pairs=len(pairs), mean_gold=mean_gold, truncated_share=samples.truncated_share, panel_matches_gold=gold_agree
     )
-    console.print(f"pairs: {len(pairs)} labelled pairs (skipped {skipped}); panel majority agrees with gold on {gold_agree:.1%}; "
-                  f"{samples.truncated_share:.1%} of responses hit max_new_tokens; wrote {out / 'pairs.jsonl'}")
+    summary = log.summary(
+        stage="pairs",
+        model=str(model_path),
+        prompts=str(prompt_path),
+        pairs=len(pairs),
+        skipped=skipped,
+        mean_gold=round(mean_gold, 4),
+        truncated_share=round(samples.truncated_share, 4),
+        panel_matches_gold=round(gold_agree, 4),
+        annotators=[vars(a) for a in panel.annotators],
+        pairs_file=str(out / "pairs.jsonl"),
+    )
+    console.print(
+        f"pairs: {len(pairs)} labelled pairs (skipped {skipped}); panel majority agrees with gold on {gold_agree:.1%}; "
+        f"{samples.truncated_share:.1%} of responses hit max_new_tokens; wrote {out / 'pairs.jsonl'}"
+    )
     if samples.truncated_share > 0.2:
-        console.print(f"[bold red]warning:[/] {samples.truncated_share:.0%} of responses were cut at max_new_tokens={config.max_new_tokens}; raise it")
+        console.print(
+            f"[bold red]warning:[/] {samples.truncated_share:.0%} of responses were cut at "
+            f"max_new_tokens={config.max_new_tokens}; raise it"
+        )
     return summary

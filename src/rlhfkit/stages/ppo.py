@@ -1,4 +1,5 @@
-"""PPO with a value head, GAE and a per-token KL penalty folded into the reward (Ziegler et al. 2019; Ouyang et al. 2022).
+"""PPO with a value head, GAE and a per-token KL penalty folded into the reward (Ziegler et al. 2019; Ouyang et al.
+2022).
 
 One iteration: sample a batch of responses -> score them -> per-token rewards = -kl_coef * KL, plus the
 score on the last token -> GAE advantages -> several epochs of clipped policy and value updates.
@@ -22,7 +23,8 @@ from . import online
 
 
 class ValueModel(nn.Module):
-    """V(s_t) for every response position: a scalar head on a separate backbone copy or on the policy's hidden states."""
+    """V(s_t) for every response position: a scalar head on a separate backbone copy or on the policy's hidden
+    states."""
 
     def __init__(self, config: PPOConfig, policy: online.Policy):
         super().__init__()
@@ -33,7 +35,8 @@ class ValueModel(nn.Module):
             from transformers import AutoModel
 
             path = resolve_model_path(config.value_init) if config.value_init else policy.path
-            # The bare backbone (AutoModel) exists for every architecture, unlike *ForTokenClassification (OPT has none).
+            # The bare backbone (AutoModel) exists for every architecture, unlike *ForTokenClassification (OPT has
+            # none).
             self.backbone = AutoModel.from_pretrained(str(path))
             self.backbone.eval()  # dropout off
             hidden = self.backbone.config.get_text_config().hidden_size
@@ -41,17 +44,25 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, policy: online.Policy, input_ids, attention_mask, prompt_len: int, temperature: float, with_policy: bool):
+    def forward(
+        self, policy: online.Policy, input_ids, attention_mask, prompt_len: int, temperature: float, with_policy: bool
+    ):
         """(policy log-probs, entropies, values) over the response positions; one backbone pass when shared."""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         if not self.shared:
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+            hidden = self.backbone(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            ).last_hidden_state
             values = self.head(hidden[:, prompt_len - 1 : -1]).squeeze(-1)
             if not with_policy:
                 return None, None, values.float()
-            logps, entropy = online.token_logps(policy.model, input_ids, attention_mask, prompt_len, temperature, with_entropy=True)
+            logps, entropy = online.token_logps(
+                policy.model, input_ids, attention_mask, prompt_len, temperature, with_entropy=True
+            )
             return logps, entropy, values.float()
-        out = policy.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True)
+        out = policy.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True
+        )
         values = self.head(out.hidden_states[-1][:, prompt_len - 1 : -1]).squeeze(-1).float()
         if not with_policy:
             return None, None, values
@@ -87,16 +98,22 @@ def run(config: PPOConfig) -> dict:
     out = Path(config.output_dir)
     runtime = start(config)  # one process, or this process's place among N (each samples its share of the prompts)
     if config.mini_batch_size % runtime.world:
-        raise ConfigError(f"mini_batch_size {config.mini_batch_size} must split evenly among the {runtime.world} processes")
+        raise ConfigError(
+            f"mini_batch_size {config.mini_batch_size} must split evenly among the {runtime.world} processes"
+        )
     reward_fn, gold, policy, prompts = online.setup(config)
     value = ValueModel(config, policy)
     params = online.trainable(policy.model) + [p for p in value.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5, fused=all(p.device.type in ("cpu", "cuda") for p in params))
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, eps=1e-5, fused=all(p.device.type in ("cpu", "cuda") for p in params)
+    )
     scheduler = online.constant_schedule(optimizer, config.warmup_steps)
     kl_ctl = AdaptiveKL(config.kl_coef, config.target_kl, config.kl_horizon)
     modules = {"policy": policy.model, "value": value}
     generator = torch.Generator().manual_seed(config.seed + runtime.rank)
-    start_step, last_ckpt, state = online.resume_state(config, out, modules, optimizer, generator, prompts, rank=runtime.rank)
+    start_step, last_ckpt, state = online.resume_state(
+        config, out, modules, optimizer, generator, prompts, rank=runtime.rank
+    )
     scheduler.last_epoch = start_step
     kl_ctl.coef = state.get("kl_coef", kl_ctl.coef)
     actor_critic = ActorCritic(policy, value)
@@ -104,20 +121,33 @@ def run(config: PPOConfig) -> dict:
     trained = runtime.accelerator.prepare_model(actor_critic) if runtime.world > 1 else actor_critic
     if runtime.is_main:
         save_config(config, out)
-    monitor = online.Monitor(out / "metrics.jsonl", config.window, resume_step=start_step if last_ckpt else None,
-                             max_new_tokens=config.max_new_tokens) if runtime.is_main else None
+    monitor = (
+        online.Monitor(
+            out / "metrics.jsonl",
+            config.window,
+            resume_step=start_step if last_ckpt else None,
+            max_new_tokens=config.max_new_tokens,
+        )
+        if runtime.is_main
+        else None
+    )
     row: dict = {}
     with progress_bar("ppo", config.steps) as advance:
         advance(start_step)
         for step in range(start_step + 1, config.steps + 1):
             t0 = time.time()
-            batch = online.sample_batch(policy, prompts, runtime.shard(prompts.take(config.batch_size)), reward_fn, gold, config, generator)
+            batch = online.sample_batch(
+                policy, prompts, runtime.shard(prompts.take(config.batch_size)), reward_fn, gold, config, generator
+            )
             input_ids, attention_mask = batch.rollout.full()
             prompt_len = batch.rollout.prompt_ids.shape[1]
             mask = batch.mask
             with torch.no_grad():
-                _, _, old_values = value(policy, input_ids, attention_mask, prompt_len, config.temperature, with_policy=False)
-            # Reward shaping: scaled (optionally whitened) score on the last response token, minus kl_coef * per-token KL.
+                _, _, old_values = value(
+                    policy, input_ids, attention_mask, prompt_len, config.temperature, with_policy=False
+                )
+            # Reward shaping: scaled (optionally whitened) score on the last response token, minus kl_coef *
+            # per-token KL.
             scores = batch.scores * config.reward_scale
             if config.whiten_rewards:
                 scores = whiten(scores, shift_mean=False)
@@ -132,8 +162,12 @@ def run(config: PPOConfig) -> dict:
             n_updates = 0
             for idx in online.minibatches(len(last), config.mini_batch_size // runtime.world, config.epochs_per_batch):
                 logps, entropy, values = trained(input_ids[idx], attention_mask[idx], prompt_len, config.temperature)
-                pg_loss, pg_stats = ppo_policy_loss(logps, batch.logps[idx], advantages[idx], mask[idx], config.clip_range)
-                vf_loss, vf_stats = ppo_value_loss(values, old_values[idx], returns[idx], mask[idx], config.value_clip_range)
+                pg_loss, pg_stats = ppo_policy_loss(
+                    logps, batch.logps[idx], advantages[idx], mask[idx], config.clip_range
+                )
+                vf_loss, vf_stats = ppo_value_loss(
+                    values, old_values[idx], returns[idx], mask[idx], config.value_clip_range
+                )
                 ent = masked_mean(entropy, mask[idx])
                 loss = pg_loss + config.vf_coef * vf_loss - config.entropy_coef * ent
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
@@ -142,7 +176,13 @@ def run(config: PPOConfig) -> dict:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: they would sit through the next rollout
                 n_updates += 1
-                for k, v in {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": ent.item(), **pg_stats, **vf_stats}.items():
+                for k, v in {
+                    "policy_loss": pg_loss.item(),
+                    "value_loss": vf_loss.item(),
+                    "entropy": ent.item(),
+                    **pg_stats,
+                    **vf_stats,
+                }.items():
                     stats[k] = stats.get(k, 0.0) + v
             scheduler.step()
             stats = {k: v / n_updates for k, v in stats.items()}
@@ -150,11 +190,24 @@ def run(config: PPOConfig) -> dict:
             if config.adaptive_kl:  # on the mean over every process, so each keeps the same coefficient
                 kl_ctl.update(measured["kl"], config.batch_size)
             if monitor is not None:
-                row = monitor.log(step, {**measured, "kl_coef": kl_ctl.coef, "lr": scheduler.get_last_lr()[0],
-                                         "step_seconds": round(time.time() - t0, 3)})
-                advance(reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"])
+                row = monitor.log(
+                    step,
+                    {
+                        **measured,
+                        "kl_coef": kl_ctl.coef,
+                        "lr": scheduler.get_last_lr()[0],
+                        "step_seconds": round(time.time() - t0, 3),
+                    },
+                )
+                advance(
+                    reward=row["reward_avg"],
+                    **({"gold": row["gold_avg"]} if "gold_avg" in row else {}),
+                    kl=row["kl_avg"],
+                )
             if step % config.save_every == 0 or step == config.steps:
-                last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime=runtime, kl_coef=kl_ctl.coef)
+                last_ckpt = online.checkpoint_now(
+                    out, step, modules, optimizer, generator, prompts, runtime=runtime, kl_coef=kl_ctl.coef
+                )
     if runtime.is_main:
         if not value.shared:
             value.backbone.save_pretrained(str(out / "value_model"))

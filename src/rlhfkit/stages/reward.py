@@ -21,7 +21,17 @@ from ..evaluate import reward_metrics as rm
 from ..losses import bradley_terry_loss, reward_centering_loss
 from ..models.loading import apply_lora, load_reward_model, load_tokenizer, resolve_model_path, save_model
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
-from ..train import RunLog, console, decoder_parts, make_optimizer, packed_hidden, progress_bar, setup_torch, total_steps, write_json
+from ..train import (
+    RunLog,
+    console,
+    decoder_parts,
+    make_optimizer,
+    packed_hidden,
+    progress_bar,
+    setup_torch,
+    total_steps,
+    write_json,
+)
 
 
 class RewardEncoder:
@@ -46,7 +56,8 @@ class RewardEncoder:
 
     def _join(self, prompt_ids: list[int], response_ids: list[int]) -> list[int]:
         if self.pair_style:
-            # Encoder pair layout: [CLS] prompt [SEP] response [SEP] (RoBERTa-style tokenizers double the middle separator).
+            # Encoder pair layout: [CLS] prompt [SEP] response [SEP] (RoBERTa-style tokenizers double the middle
+            # separator).
             cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
             middle = [sep, sep] if self.tokenizer.num_special_tokens_to_add(pair=True) >= 4 else [sep]
             return [cls] + prompt_ids + middle + response_ids + [sep]
@@ -60,7 +71,8 @@ def score_sequences(model, sequences: list[list[int]], pad_id: int, head: int = 
     if parts is not None:
         backbone, score = parts
         hidden, starts = packed_hidden(backbone, sequences, pad_id)
-        # the last token that is not padding, as the HF heads pick it (a tokenizer whose pad is its EOS scores before the EOS)
+        # the last token that is not padding, as the HF heads pick it (a tokenizer whose pad is its EOS scores before
+        # the EOS)
         ends = [next((j for j in range(len(s) - 1, -1, -1) if s[j] != pad_id), 0) for s in sequences]
         last = torch.tensor([start + end for start, end in zip(starts, ends)], device=hidden.device)
         return score(hidden[last])[:, head].float()
@@ -81,7 +93,9 @@ def pair_rewards(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -
 
 
 @torch.no_grad()
-def margins_of(model, encoded: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int) -> tuple[list[float], list[float], list[float]]:
+def margins_of(
+    model, encoded: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int
+) -> tuple[list[float], list[float], list[float]]:
     was_training = model.training
     model.eval()
     chosen, rejected = [], []
@@ -103,7 +117,9 @@ def encode_pairs(pairs: list[PreferencePair], encoder: RewardEncoder) -> tuple[l
     return encoded, kept
 
 
-def split_pairs(pairs: list[PreferencePair], val_fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+def split_pairs(
+    pairs: list[PreferencePair], val_fraction: float, seed: int
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """Seeded split; pairs that share a prompt stay on one side so validation prompts are unseen."""
     by_prompt: dict[str, list[PreferencePair]] = defaultdict(list)
     for pair in pairs:
@@ -156,7 +172,11 @@ def train(config: RewardTrainConfig) -> dict:
         with runtime.accelerator.autocast():
             m, _, _ = margins_of(runtime.unwrap(model), val_enc, pad, config.batch_size * 2)
         loss = sum(-torch.nn.functional.logsigmoid(torch.tensor(x)).item() for x in m) / len(m)
-        return {"val_accuracy": rm.preference_accuracy(m), "val_ece": rm.expected_calibration_error(m), "val_loss": loss}
+        return {
+            "val_accuracy": rm.preference_accuracy(m),
+            "val_ece": rm.expected_calibration_error(m),
+            "val_loss": loss,
+        }
 
     def better(a: dict, b: dict | None) -> bool:
         if b is None:
@@ -193,26 +213,52 @@ def train(config: RewardTrainConfig) -> dict:
                 log.log(step, loss=stats["loss"], accuracy=stats["accuracy"], lr=scheduler.get_last_lr()[0], **row)
             advance(loss=stats["loss"], **({"val_acc": row["val_accuracy"]} if row else {}))
             if config.patience and stale >= config.patience:
-                console.print(f"early stop at step {step}: validation {config.early_stop_metric} has not improved for {stale} evaluations")
+                console.print(
+                    f"early stop at step {step}: validation {config.early_stop_metric} has not improved for "
+                    f"{stale} evaluations"
+                )
                 stopped_early = True
                 break
             if should_save(config, step, steps):
-                save(runtime, out, step, model, optimizer, scheduler, stream,
-                     {"best": best, "best_step": best_step, "stale": stale, "best_state": best_state}, config.keep_checkpoints)
+                save(
+                    runtime,
+                    out,
+                    step,
+                    model,
+                    optimizer,
+                    scheduler,
+                    stream,
+                    {"best": best, "best_step": best_step, "stale": stale, "best_state": best_state},
+                    config.keep_checkpoints,
+                )
     if best is None:  # resumed at the last step: nothing left to run
         best = validate()
         best_state = runtime.unwrap(model).state_dict()
     plain = runtime.unwrap(model)
     plain.load_state_dict(best_state)
-    summary = {"stage": "reward-train", "model": str(model_path), "data": config.data, "steps_run": step, "best_step": best_step,
-               "stopped_early": stopped_early, "resumed_from": first_step or None, "processes": runtime.world, "train_pairs": len(train_enc),
-               "val_pairs": len(val_enc), **{f"best_{k}": v for k, v in best.items()}, "truncation": encoder.encoder.report.as_dict(),
-               "model_dir": str(out / "model")}
+    summary = {
+        "stage": "reward-train",
+        "model": str(model_path),
+        "data": config.data,
+        "steps_run": step,
+        "best_step": best_step,
+        "stopped_early": stopped_early,
+        "resumed_from": first_step or None,
+        "processes": runtime.world,
+        "train_pairs": len(train_enc),
+        "val_pairs": len(val_enc),
+        **{f"best_{k}": v for k, v in best.items()},
+        "truncation": encoder.encoder.report.as_dict(),
+        "model_dir": str(out / "model"),
+    }
     if runtime.is_main:
         save_model(plain, tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
         summary = log.summary(**summary)
-        console.print(f"reward train: best validation accuracy {best['val_accuracy']:.3f} (ECE {best['val_ece']:.3f}) at step {best_step}; "
-                      f"model saved to {out / 'model'}")
+        console.print(
+            f"reward train: best validation accuracy {best['val_accuracy']:.3f} (ECE {best['val_ece']:.3f}) at "
+            f"step {best_step}; "
+            f"model saved to {out / 'model'}"
+        )
     runtime.barrier()
     return summary
 
@@ -220,15 +266,21 @@ def train(config: RewardTrainConfig) -> dict:
 def length_controlled(margins: list[float], len_chosen: list[int], len_rejected: list[int], tolerance: float) -> dict:
     """Accuracy where length cannot explain the label: pairs whose word counts differ by at most `tolerance` of the
     longer one; and accuracy split by whether the chosen response is the shorter or the longer one (None: no pairs)."""
+
     def accuracy(selected: list[float]) -> float | None:
         return rm.preference_accuracy(selected) if selected else None
 
     close = [m for m, c, r in zip(margins, len_chosen, len_rejected) if abs(c - r) <= tolerance * max(c, r)]
     shorter = [m for m, c, r in zip(margins, len_chosen, len_rejected) if c < r]
     longer = [m for m, c, r in zip(margins, len_chosen, len_rejected) if c > r]
-    return {"length_controlled_accuracy": accuracy(close), "length_controlled_pairs": len(close),
-            "accuracy_chosen_shorter": accuracy(shorter), "chosen_shorter_pairs": len(shorter),
-            "accuracy_chosen_longer": accuracy(longer), "chosen_longer_pairs": len(longer)}
+    return {
+        "length_controlled_accuracy": accuracy(close),
+        "length_controlled_pairs": len(close),
+        "accuracy_chosen_shorter": accuracy(shorter),
+        "chosen_shorter_pairs": len(shorter),
+        "accuracy_chosen_longer": accuracy(longer),
+        "chosen_longer_pairs": len(longer),
+    }
 
 
 def response_positions(encoder: RewardEncoder, prompt, input_ids: list[int]) -> range:
@@ -239,7 +291,9 @@ def response_positions(encoder: RewardEncoder, prompt, input_ids: list[int]) -> 
     return range(start, len(input_ids))
 
 
-def attribute_pairs(model, tokenizer, encoder: RewardEncoder, pairs: list[PreferencePair], encoded: list, steps: int) -> tuple[list[dict], dict, float]:
+def attribute_pairs(
+    model, tokenizer, encoder: RewardEncoder, pairs: list[PreferencePair], encoded: list, steps: int
+) -> tuple[list[dict], dict, float]:
     """Word attributions of each pair's chosen and rejected response (the prompt held fixed in the baseline); the words
     with the highest and lowest mean attribution over all of them; the largest completeness error."""
     from ..evaluate.attribution import integrated_gradients, top_words, word_attributions
@@ -277,7 +331,10 @@ def evaluate(config: RewardEvalConfig) -> dict:
     len_c = [len(p.chosen.split()) for p in pairs]
     len_r = [len(p.rejected.split()) for p in pairs]
     summary = {
-        "stage": "reward-eval", "model": str(model_path), "data": config.data, "pairs": len(pairs),
+        "stage": "reward-eval",
+        "model": str(model_path),
+        "data": config.data,
+        "pairs": len(pairs),
         "accuracy": rm.preference_accuracy(margins),
         "ece": rm.expected_calibration_error(margins, config.bins),
         "mean_margin": sum(margins) / len(margins),
@@ -292,8 +349,11 @@ def evaluate(config: RewardEvalConfig) -> dict:
             categories[pair.category].append(m)
     if categories:
         summary["accuracy_by_category"] = {c: rm.preference_accuracy(ms) for c, ms in sorted(categories.items())}
-    gold = [(m, p.metadata["gold_chosen"] - p.metadata["gold_rejected"]) for p, m in zip(pairs, margins)
-            if "gold_chosen" in p.metadata and "gold_rejected" in p.metadata]
+    gold = [
+        (m, p.metadata["gold_chosen"] - p.metadata["gold_rejected"])
+        for p, m in zip(pairs, margins)
+        if "gold_chosen" in p.metadata and "gold_rejected" in p.metadata
+    ]
     decisive = [(m, d) for m, d in gold if abs(d) >= config.gold_min_diff]
     if decisive:
         summary["gold_accuracy"] = sum((m > 0) == (d > 0) for m, d in decisive) / len(decisive)
@@ -302,23 +362,44 @@ def evaluate(config: RewardEvalConfig) -> dict:
     summary.update(length_controlled(margins, len_c, len_r, config.length_tolerance))
     if config.attributions:
         n = config.attributions
-        summary["attributions"], summary["top_words"], worst = attribute_pairs(model, tokenizer, encoder, pairs[:n], encoded[:n], config.attribution_steps)
-        summary["attribution_method"] = {"method": "integrated gradients over the input embeddings (captum LayerIntegratedGradients)",
-                                         "baseline": "response tokens replaced by the pad token, prompt and special tokens kept",
-                                         "steps": config.attribution_steps, "max_completeness_error": worst}
-    write_jsonl(out / "scores.jsonl", ({"id": p.id, "reward_chosen": round(c, 5), "reward_rejected": round(r, 5)}
-                                       for p, c, r in zip(pairs, chosen, rejected)))
+        summary["attributions"], summary["top_words"], worst = attribute_pairs(
+            model, tokenizer, encoder, pairs[:n], encoded[:n], config.attribution_steps
+        )
+        summary["attribution_method"] = {
+            "method": "integrated gradients over the input embeddings (captum LayerIntegratedGradients)",
+            "baseline": "response tokens replaced by the pad token, prompt and special tokens kept",
+            "steps": config.attribution_steps,
+            "max_completeness_error": worst,
+        }
+    write_jsonl(
+        out / "scores.jsonl",
+        (
+            {"id": p.id, "reward_chosen": round(c, 5), "reward_rejected": round(r, 5)}
+            for p, c, r in zip(pairs, chosen, rejected)
+        ),
+    )
     write_json(out / "summary.json", summary)
-    line = f"reward eval on {len(pairs)} pairs: accuracy {summary['accuracy']:.3f}, ECE {summary['ece']:.3f}, mean margin {summary['mean_margin']:.3f}"
+    line = (
+        f"reward eval on {len(pairs)} pairs: accuracy {summary['accuracy']:.3f}, ECE {summary['ece']:.3f}, mean "
+        f"margin {summary['mean_margin']:.3f}"
+    )
     if "gold_accuracy" in summary:
-        line += f", accuracy against gold {summary['gold_accuracy']:.3f} on {summary['gold_pairs']} pairs with |gold diff| >= {config.gold_min_diff}"
-    console.print(line + f"; length correlation {summary['length_correlation']:.3f}, prefers the longer response in {summary['longer_preferred_share']:.1%}")
+        line += (
+            f", accuracy against gold {summary['gold_accuracy']:.3f} on {summary['gold_pairs']} pairs with "
+            f"|gold diff| >= {config.gold_min_diff}"
+        )
+    console.print(
+        line + f"; length correlation {summary['length_correlation']:.3f}, prefers the longer response in "
+        f"{summary['longer_preferred_share']:.1%}"
+    )
     console.print(length_line(summary, config.length_tolerance))
     if summary.get("top_words"):
         top = summary["top_words"]
-        console.print(f"words that raise the score most: {', '.join(w for w, _, _ in top['positive'][:5]) or '-'}; "
-                      f"lower it most: {', '.join(w for w, _, _ in top['negative'][:5]) or '-'} "
-                      f"(integrated gradients on {len(summary['attributions'])} pairs)")
+        console.print(
+            f"words that raise the score most: {', '.join(w for w, _, _ in top['positive'][:5]) or '-'}; "
+            f"lower it most: {', '.join(w for w, _, _ in top['negative'][:5]) or '-'} "
+            f"(integrated gradients on {len(summary['attributions'])} pairs)"
+        )
     return summary
 
 
@@ -326,5 +407,9 @@ def length_line(summary: dict, tolerance: float) -> str:
     def acc(key: str, count: str) -> str:
         return f"{summary[key]:.3f} on {summary[count]} pairs" if summary[key] is not None else "no pairs"
 
-    return (f"length-controlled accuracy (word counts within {tolerance:.0%}): {acc('length_controlled_accuracy', 'length_controlled_pairs')}; "
-            f"chosen shorter: {acc('accuracy_chosen_shorter', 'chosen_shorter_pairs')}; chosen longer: {acc('accuracy_chosen_longer', 'chosen_longer_pairs')}")
+    return (
+        f"length-controlled accuracy (word counts within {tolerance:.0%}): "
+        f"{acc('length_controlled_accuracy', 'length_controlled_pairs')}; "
+        f"chosen shorter: {acc('accuracy_chosen_shorter', 'chosen_shorter_pairs')}; chosen longer: "
+        f"{acc('accuracy_chosen_longer', 'chosen_longer_pairs')}"
+    )

@@ -34,7 +34,8 @@ def encode_examples(examples: list[SFTExample], encoder: Encoder) -> list[tuple[
 
 
 def response_nll(model, items: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed negative log-likelihood of the response tokens of (prompt ids, response ids) items, and the token count."""
+    """Summed negative log-likelihood of the response tokens of (prompt ids, response ids) items, and the token
+    count."""
     logps, counts = response_logps(model, [p for p, _ in items], [r for _, r in items], pad_id)
     return -logps.sum(), counts.sum()
 
@@ -96,7 +97,9 @@ def run(config: SFTConfig) -> dict:
         for step in range(first_step + 1, steps + 1):
             micro = [runtime.shard(next(stream)) for _ in range(config.grad_accum)]
             # the step's loss is the mean over every response token of every process and micro-batch
-            stats = accumulate(runtime, model, micro, predicted_tokens, lambda b: (response_nll(model, b, pad)[0], {}), step)
+            stats = accumulate(
+                runtime, model, micro, predicted_tokens, lambda b: (response_nll(model, b, pad)[0], {}), step
+            )
             grad_norm = optimizer_step(runtime, model, optimizer, scheduler, config.max_grad_norm)
             row = {}
             if step % config.eval_every == 0 or step == steps:
@@ -106,12 +109,35 @@ def run(config: SFTConfig) -> dict:
                 log.log(step, loss=stats["loss"], lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, **row)
             advance(loss=stats["loss"])
             if should_save(config, step, steps):
-                save(runtime, out, step, model, optimizer, scheduler, stream, {"first_val": first_val, "val_loss": val_loss}, config.keep_checkpoints)
-    summary = {"stage": "sft", "model": str(model_path), "data": str(data_path), "steps": steps, "resumed_from": first_step or None,
-               "train_examples": len(train), "val_examples": len(val), "processes": runtime.world, "val_loss_before": first_val,
-               "val_loss": val_loss, "truncation": encoder.report.as_dict(), "model_dir": str(out / "model")}
+                save(
+                    runtime,
+                    out,
+                    step,
+                    model,
+                    optimizer,
+                    scheduler,
+                    stream,
+                    {"first_val": first_val, "val_loss": val_loss},
+                    config.keep_checkpoints,
+                )
+    summary = {
+        "stage": "sft",
+        "model": str(model_path),
+        "data": str(data_path),
+        "steps": steps,
+        "resumed_from": first_step or None,
+        "train_examples": len(train),
+        "val_examples": len(val),
+        "processes": runtime.world,
+        "val_loss_before": first_val,
+        "val_loss": val_loss,
+        "truncation": encoder.report.as_dict(),
+        "model_dir": str(out / "model"),
+    }
     if runtime.is_main:
-        save_model(runtime.unwrap(model), tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
+        save_model(
+            runtime.unwrap(model), tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True
+        )
         summary = log.summary(**summary)
         console.print(f"sft: {steps} steps, validation loss {first_val} -> {val_loss}; model saved to {out / 'model'}")
     runtime.barrier()

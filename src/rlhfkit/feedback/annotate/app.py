@@ -63,7 +63,8 @@ class JudgmentIn(BaseModel):
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over the limit gets 413 before the app reads it (imports have their own limit)."""
+    """ASGI middleware: a request body over the limit gets 413 before the app reads it (imports have their own
+    limit)."""
 
     class TooLarge(Exception):
         pass
@@ -140,8 +141,13 @@ def require_annotator(s: Session, request: Request, project_name: str) -> tuple[
     return annotator, project
 
 
-def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_import_bytes: int = 32 * 1024 * 1024,
-               max_rationale: int = 2000) -> FastAPI:
+def create_app(
+    db: str | Database,
+    *,
+    max_request_bytes: int = 64 * 1024,
+    max_import_bytes: int = 32 * 1024 * 1024,
+    max_rationale: int = 2000,
+) -> FastAPI:
     """The app over a store (`db`: an open Database, or a URL/path to open and upgrade to the newest schema)."""
     database = db if isinstance(db, Database) else open_database(db, create=True)
 
@@ -151,7 +157,13 @@ def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_im
         if not isinstance(db, Database):
             database.close()
 
-    app = FastAPI(title="rlhfkit annotate", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+    app = FastAPI(
+        title="rlhfkit annotate",
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
     app.state.db = database
     app.state.max_rationale = max_rationale
     app.add_middleware(BodyLimit, max_request_bytes=max_request_bytes, max_import_bytes=max_import_bytes)
@@ -222,7 +234,9 @@ def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_im
         with session() as s:
             require_admin(s, request)
             project = service.get_project(s, name)
-            count = service.import_pairs(s, project, service.jsonl_text_rows(upload.jsonl, upload.filename), upload.filename, upload.role)
+            count = service.import_pairs(
+                s, project, service.jsonl_text_rows(upload.jsonl, upload.filename), upload.filename, upload.role
+            )
             s.commit()
             return {"imported": count, "role": upload.role}
 
@@ -231,7 +245,9 @@ def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_im
         with session() as s:
             require_admin(s, request)
             project = service.get_project(s, name)
-            count = service.import_margins(s, project, service.jsonl_text_rows(upload.jsonl, upload.filename), upload.filename)
+            count = service.import_margins(
+                s, project, service.jsonl_text_rows(upload.jsonl, upload.filename), upload.filename
+            )
             s.commit()
             return {"imported": count}
 
@@ -240,7 +256,9 @@ def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_im
         with session() as s:
             require_admin(s, request)
             project = service.get_project(s, name)
-            result = service.import_judgments(s, project, service.jsonl_text_rows(upload.jsonl, upload.filename), upload.filename, upload.kind)
+            result = service.import_judgments(
+                s, project, service.jsonl_text_rows(upload.jsonl, upload.filename), upload.filename, upload.kind
+            )
             s.commit()
             return result
 
@@ -249,10 +267,17 @@ def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_im
         with session() as s:
             require_admin(s, request)
             project = service.get_project(s, name)
-            counts = dict(s.execute(select(Judgment.annotator_id, func.count()).where(Judgment.project_id == project.id)
-                                    .group_by(Judgment.annotator_id)).all())
+            counts = dict(
+                s.execute(
+                    select(Judgment.annotator_id, func.count())
+                    .where(Judgment.project_id == project.id)
+                    .group_by(Judgment.annotator_id)
+                ).all()
+            )
             out = []
-            for annotator in s.scalars(select(Annotator).where(Annotator.project_id == project.id).order_by(Annotator.id)):
+            for annotator in s.scalars(
+                select(Annotator).where(Annotator.project_id == project.id).order_by(Annotator.id)
+            ):
                 row = {"name": annotator.name, "kind": annotator.kind, "judgments": counts.get(annotator.id, 0)}
                 if annotator.kind == "human":
                     row["calibration"] = service.calibration_status(s, project, annotator)
@@ -267,7 +292,12 @@ def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_im
             annotator, token = service.invite(s, project, body.name)
             s.commit()
             path = f"/annotate/{project.name}#token={token}"
-            return {"name": annotator.name, "token": token, "path": path, "url": str(request.base_url).rstrip("/") + path}
+            return {
+                "name": annotator.name,
+                "token": token,
+                "path": path,
+                "url": str(request.base_url).rstrip("/") + path,
+            }
 
     @app.post("/api/projects/{name}/annotators/{annotator}/override")
     def override(name: str, annotator: str, body: OverrideIn, request: Request):
@@ -296,8 +326,14 @@ def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_im
             require_admin(s, request)
             pairs, counts = service.export_preferences(s, service.get_project(s, name))
             body = "".join(json.dumps(record_to_dict(p), ensure_ascii=False) + "\n" for p in pairs)
-            return Response(body, media_type="application/x-ndjson",
-                            headers={"X-Export-Counts": json.dumps(counts), "Content-Disposition": f'attachment; filename="{name}-preferences.jsonl"'})
+            return Response(
+                body,
+                media_type="application/x-ndjson",
+                headers={
+                    "X-Export-Counts": json.dumps(counts),
+                    "Content-Disposition": f'attachment; filename="{name}-preferences.jsonl"',
+                },
+            )
 
     # ------------------------------------------------------------------------- admin or annotator
     @app.get("/api/projects/{name}")
@@ -314,9 +350,12 @@ def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_im
     def me(name: str, request: Request):
         with session() as s:
             annotator, project = require_annotator(s, request, name)
-            return {"name": annotator.name, "project": service.project_view(project),
-                    "calibration": service.calibration_status(s, project, annotator),
-                    "progress": service.annotator_progress(s, project, annotator)}
+            return {
+                "name": annotator.name,
+                "project": service.project_view(project),
+                "calibration": service.calibration_status(s, project, annotator),
+                "progress": service.annotator_progress(s, project, annotator),
+            }
 
     @app.post("/api/projects/{name}/next")
     def next_item(name: str, request: Request):
@@ -338,8 +377,16 @@ def create_app(db: str | Database, *, max_request_bytes: int = 64 * 1024, max_im
         with session() as s:
             annotator, project = require_annotator(s, request, name)
             try:
-                result = service.submit_judgment(s, project, annotator, assignment_id, body.choice, body.rationale, body.criteria,
-                                                 max_rationale=app.state.max_rationale)
+                result = service.submit_judgment(
+                    s,
+                    project,
+                    annotator,
+                    assignment_id,
+                    body.choice,
+                    body.rationale,
+                    body.criteria,
+                    max_rationale=app.state.max_rationale,
+                )
                 s.commit()
             except IntegrityError:
                 # the same assignment submitted twice at once: the other request stored it; answer as it did
@@ -368,14 +415,19 @@ def serve_in_background(db: str, port: int | None = None, timeout: float = 60.0)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", db, "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", db, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AnnotateError(f"the annotation server exited with status {process.returncode}: "
-                                f"{process.stderr.read().decode(errors='replace')[-2000:]}")
+            raise AnnotateError(
+                f"the annotation server exited with status {process.returncode}: "
+                f"{process.stderr.read().decode(errors='replace')[-2000:]}"
+            )
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 return process, base

@@ -8,12 +8,13 @@ the commands so `rlhfkit --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-app = typer.Typer(help="The annotation web app: people label pairs in the browser; calibration, anchors, agreement, export.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="The annotation web app: people label pairs in the browser; calibration, anchors, agreement, export.",
+    no_args_is_help=True,
+)
 
 DB_HELP = "SQLite file or database URL (postgresql://user:password@host/db)"
 DbOpt = typer.Option("annotate.sqlite", "--db", help=DB_HELP)
@@ -27,7 +28,10 @@ def _open(db: str, create: bool = False):
 
 
 @app.command()
-def init(db: str = DbOpt, name: str = typer.Option("admin", "--name", help="who the admin token belongs to (kept with overrides)")):
+def init(
+    db: str = DbOpt,
+    name: str = typer.Option("admin", "--name", help="who the admin token belongs to (kept with overrides)"),
+):
     """Create the store (or upgrade its schema to the newest) and print a new admin token, shown once."""
     from .db import current_revision, shown_url
     from .service import create_admin
@@ -48,25 +52,39 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
     port: int = typer.Option(8000, "--port", help="TCP port"),
     max_request_kb: int = typer.Option(64, "--max-request-kb", min=1, help="largest request body in KiB (larger: 413)"),
-    max_import_mb: int = typer.Option(32, "--max-import-mb", min=1, help="largest import upload (pairs, margins, judgments) in MiB"),
-    max_rationale: int = typer.Option(2000, "--max-rationale", min=1, help="longest rationale in characters (longer: 422)"),
+    max_import_mb: int = typer.Option(
+        32, "--max-import-mb", min=1, help="largest import upload (pairs, margins, judgments) in MiB"
+    ),
+    max_rationale: int = typer.Option(
+        2000, "--max-rationale", min=1, help="longest rationale in characters (longer: 422)"
+    ),
 ):
-    """Serve the annotation app (upgrades the schema first). Pages: /admin, /annotate/PROJECT, /admin/PROJECT/dashboard."""
+    """Serve the annotation app (upgrades the schema first). Pages: /admin, /annotate/PROJECT,
+    /admin/PROJECT/dashboard."""
     import uvicorn
 
     from .app import create_app
     from .db import shown_url
 
     database = _open(db)
-    application = create_app(database, max_request_bytes=max_request_kb * 1024, max_import_bytes=max_import_mb * 1024 * 1024,
-                             max_rationale=max_rationale)
-    typer.echo(f"serving {shown_url(database.url)} on http://{host}:{port}/  (admin page: /admin#token=ADMIN_TOKEN)", err=True)
+    application = create_app(
+        database,
+        max_request_bytes=max_request_kb * 1024,
+        max_import_bytes=max_import_mb * 1024 * 1024,
+        max_rationale=max_rationale,
+    )
+    typer.echo(
+        f"serving {shown_url(database.url)} on http://{host}:{port}/  (admin page: /admin#token=ADMIN_TOKEN)", err=True
+    )
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 @app.command("create-project")
 def create_project(
-    config: Path = typer.Argument(..., help="project YAML: name, rubric, criteria, overlap, ... and optional pairs/calibration/anchors/margins files"),
+    config: Path = typer.Argument(
+        ...,
+        help="project YAML: name, rubric, criteria, overlap, ... and optional pairs/calibration/anchors/margins files",
+    ),
     db: str = DbOpt,
 ):
     """Create a project from a YAML file and import the files it names (all or nothing)."""
@@ -78,24 +96,42 @@ def create_project(
     database = _open(db)
     with database.session() as s:
         project = service.create_project(s, settings)
-        lines = [f"created project '{project.name}' (overlap {project.overlap}, calibration threshold {project.agreement_threshold:.0%}, "
-                 f"anchor rate {project.anchor_rate:g}, criteria: {', '.join(project.criteria) or 'overall only'})"]
-        for role, file in (("main", settings.pairs), ("calibration", settings.calibration), ("anchor", settings.anchors)):
+        lines = [
+            f"created project '{project.name}' (overlap {project.overlap}, calibration threshold "
+            f"{project.agreement_threshold:.0%}, "
+            f"anchor rate {project.anchor_rate:g}, criteria: {', '.join(project.criteria) or 'overall only'})"
+        ]
+        for role, file in (
+            ("main", settings.pairs),
+            ("calibration", settings.calibration),
+            ("anchor", settings.anchors),
+        ):
             if file:
-                path = (config.parent / file)
-                lines.append(f"imported {service.import_pairs(s, project, read_jsonl(path), str(path), role)} {role} pairs from {path}")
+                path = config.parent / file
+                lines.append(
+                    f"imported {service.import_pairs(s, project, read_jsonl(path), str(path), role)} {role} pairs "
+                    f"from {path}"
+                )
         if settings.margins:
             path = config.parent / settings.margins
-            lines.append(f"imported {service.import_margins(s, project, read_jsonl(path), str(path))} reward margins from {path}")
+            lines.append(
+                f"imported {service.import_margins(s, project, read_jsonl(path), str(path))} reward margins from {path}"
+            )
         s.commit()
     typer.echo("\n".join(lines))
 
 
 @app.command("import-pairs")
 def import_pairs(
-    path: Path = typer.Argument(..., help="JSONL: {prompt, response_a, response_b} rows, or preference rows (prompt/chosen/rejected, e.g. `rlhfkit pairs` output)"),
+    path: Path = typer.Argument(
+        ...,
+        help="JSONL: {prompt, response_a, response_b} rows, or preference rows (prompt/chosen/rejected, e.g. "
+        "`rlhfkit pairs` output)",
+    ),
     project: str = ProjectOpt,
-    role: str = typer.Option("main", "--role", help="main (to label), calibration (everyone labels first) or anchor (known answers)"),
+    role: str = typer.Option(
+        "main", "--role", help="main (to label), calibration (everyone labels first) or anchor (known answers)"
+    ),
     db: str = DbOpt,
 ):
     """Add pairs to a project; every row is checked first, a bad one stops the import with file, line and field."""
@@ -111,9 +147,14 @@ def import_pairs(
 
 @app.command("import-margins")
 def import_margins(
-    path: Optional[Path] = typer.Argument(None, help="JSONL of {pair_id, margin} with margin = r(a) - r(b)"),
+    path: Path | None = typer.Argument(None, help="JSONL of {pair_id, margin} with margin = r(a) - r(b)"),
     project: str = ProjectOpt,
-    reward_model: Optional[str] = typer.Option(None, "--reward-model", help="compute the margins with this reward model (an `rlhfkit reward train` model directory) instead of reading a file"),
+    reward_model: str | None = typer.Option(
+        None,
+        "--reward-model",
+        help="compute the margins with this reward model (an `rlhfkit reward train` model directory) instead of "
+        "reading a file",
+    ),
     db: str = DbOpt,
 ):
     """Reward-model margins per pair; dynamic sampling gives pairs with |margin| < margin_below more judgments."""
@@ -156,7 +197,11 @@ def compute_margins(s, project, model: str) -> list[dict]:
 
 @app.command("import-judgments")
 def import_judgments(
-    path: Path = typer.Argument(..., help="judgments JSONL: {pair_id, annotator, choice, shown_first?, annotator_kind?} (what `rlhfkit pairs` and `rlhfkit judge` write)"),
+    path: Path = typer.Argument(
+        ...,
+        help="judgments JSONL: {pair_id, annotator, choice, shown_first?, annotator_kind?} (what `rlhfkit pairs` "
+        "and `rlhfkit judge` write)",
+    ),
     project: str = ProjectOpt,
     kind: str = typer.Option("ai", "--kind", help="ai or panel: the machine kind of rows without annotator_kind"),
     db: str = DbOpt,
@@ -169,8 +214,10 @@ def import_judgments(
     with database.session() as s:
         result = service.import_judgments(s, service.get_project(s, project), read_jsonl(path), str(path), kind)
         s.commit()
-    typer.echo(f"imported {result['imported']} machine judgments from {', '.join(result['annotators'])} into '{project}'"
-               + (f" ({result['already_stored']} already stored, skipped)" if result["already_stored"] else ""))
+    typer.echo(
+        f"imported {result['imported']} machine judgments from {', '.join(result['annotators'])} into '{project}'"
+        + (f" ({result['already_stored']} already stored, skipped)" if result["already_stored"] else "")
+    )
 
 
 @app.command()
@@ -207,12 +254,18 @@ def override(
         status = service.override_calibration(s, service.get_project(s, project), name, admin, reason)
         s.commit()
     agreement = "n/a" if status["agreement"] is None else f"{status['agreement']:.0%}"
-    typer.echo(f"'{name}' may label the main queue of '{project}' (calibration agreement {agreement}, threshold {status['threshold']:.0%}); override recorded")
+    typer.echo(
+        f"'{name}' may label the main queue of '{project}' (calibration agreement {agreement}, threshold "
+        f"{status['threshold']:.0%}); override recorded"
+    )
 
 
 @app.command()
-def stats(project: str = ProjectOpt, db: str = DbOpt,
-          json_out: Optional[Path] = typer.Option(None, "--json", help="also write the whole dashboard as JSON here")):
+def stats(
+    project: str = ProjectOpt,
+    db: str = DbOpt,
+    json_out: Path | None = typer.Option(None, "--json", help="also write the whole dashboard as JSON here"),
+):
     """The dashboard as text: progress, agreement, kappas, position bias, per-annotator accuracy and drift."""
     from ...train import write_json
     from . import service
@@ -230,33 +283,50 @@ def format_dashboard(board: dict) -> str:
         return "n/a" if value is None else (f"{value:.0%}" if percent else f"{value:.3f}")
 
     p, agreement, bias = board["progress"], board["agreement"] or {}, board["position_bias"]
-    lines = [f"project {board['project']['name']}: {p['complete']} of {p['pairs']} pairs have {board['project']['overlap']} human judgments "
-             f"({p['human_judgments']} human, {p['machine_judgments']} machine judgments; {p['disputed']} disputed, {p['resampled']} re-presented)",
-             f"  raw agreement {num(agreement.get('raw_agreement'))}, mean Cohen's kappa {num(agreement.get('mean_cohen_kappa'))}, "
-             f"Fleiss' kappa {num(agreement.get('fleiss_kappa'))}, Krippendorff's alpha {num(agreement.get('krippendorff_alpha'))}",
-             f"  position bias: the left side won {num(bias['left_share'], True)} of {bias['decisive']} decisive judgments"]
+    lines = [
+        f"project {board['project']['name']}: {p['complete']} of {p['pairs']} pairs have "
+        f"{board['project']['overlap']} human judgments "
+        f"({p['human_judgments']} human, {p['machine_judgments']} machine judgments; {p['disputed']} disputed, "
+        f"{p['resampled']} re-presented)",
+        f"  raw agreement {num(agreement.get('raw_agreement'))}, mean Cohen's kappa "
+        f"{num(agreement.get('mean_cohen_kappa'))}, "
+        f"Fleiss' kappa {num(agreement.get('fleiss_kappa'))}, Krippendorff's alpha "
+        f"{num(agreement.get('krippendorff_alpha'))}",
+        f"  position bias: the left side won {num(bias['left_share'], True)} of {bias['decisive']} decisive judgments",
+    ]
     for key, kappa in (agreement.get("cohen_kappa") or {}).items():
         lines.append(f"  kappa {key.replace('|', ' / ')}: {kappa:.3f}")
     for person in board["annotators"]:
         cal = person["calibration"]
         trend = " -> ".join(f"{t['accuracy']:.2f}" for t in person["anchor_trend"]) or "no anchors yet"
-        lines.append(f"  {person['name']}: {person['judgments']} judgments; calibration {cal['state']} ({num(cal['agreement'], True)}); "
-                     f"anchor accuracy {num(person['anchor_accuracy'], True)} (trend {trend}); left side won "
-                     f"{num(person['position_bias']['left_share'], True)}")
+        lines.append(
+            f"  {person['name']}: {person['judgments']} judgments; calibration {cal['state']} "
+            f"({num(cal['agreement'], True)}); "
+            f"anchor accuracy {num(person['anchor_accuracy'], True)} (trend {trend}); left side won "
+            f"{num(person['position_bias']['left_share'], True)}"
+        )
     for machine in board["machine_annotators"]:
-        lines.append(f"  {machine['name']} ({machine['kind']}): kappa with the human majority {num(machine['kappa_with_human_majority'])} "
-                     f"on {machine['shared_with_human_majority']} pairs")
+        lines.append(
+            f"  {machine['name']} ({machine['kind']}): kappa with the human majority "
+            f"{num(machine['kappa_with_human_majority'])} "
+            f"on {machine['shared_with_human_majority']} pairs"
+        )
     return "\n".join(lines)
 
 
 @app.command()
 def export(
     project: str = ProjectOpt,
-    out: Path = typer.Option(..., "--out", "-o", help="preference JSONL to write (what `rlhfkit reward train` and `rlhfkit dpo` read)"),
-    judgments: Optional[Path] = typer.Option(None, "--judgments", help="also write every judgment here, in the judgments format `rlhfkit agreement` reads"),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="preference JSONL to write (what `rlhfkit reward train` and `rlhfkit dpo` read)"
+    ),
+    judgments: Path | None = typer.Option(
+        None, "--judgments", help="also write every judgment here, in the judgments format `rlhfkit agreement` reads"
+    ),
     db: str = DbOpt,
 ):
-    """Majority labels as preference pairs; pairs whose majority is tie or both_bad, or that have none, are left out and counted."""
+    """Majority labels as preference pairs; pairs whose majority is tie or both_bad, or that have none, are left
+    out and counted."""
     from ...data.records import write_jsonl
     from ...errors import DataError
     from . import service
@@ -267,7 +337,10 @@ def export(
         pairs, counts = service.export_preferences(s, target)
         rows = service.export_judgments(s, target) if judgments else None
     if not pairs:
-        raise DataError(f"project '{project}': no pair has a human majority for a or b yet (left out: {_left_out(counts)}); nothing written")
+        raise DataError(
+            f"project '{project}': no pair has a human majority for a or b yet (left out: {_left_out(counts)}); "
+            "nothing written"
+        )
     write_jsonl(out, pairs)
     typer.echo(f"wrote {len(pairs)} preference pairs to {out} (left out: {_left_out(counts)})")
     if judgments:
@@ -276,5 +349,7 @@ def export(
 
 
 def _left_out(counts: dict) -> str:
-    return (f"{counts['tie']} tie, {counts['both_bad']} both_bad, {counts['no_majority']} without a majority, "
-            f"{counts['unlabelled']} unlabelled")
+    return (
+        f"{counts['tie']} tie, {counts['both_bad']} both_bad, {counts['no_majority']} without a majority, "
+        f"{counts['unlabelled']} unlabelled"
+    )

@@ -8,10 +8,11 @@ transaction starts with BEGIN IMMEDIATE, so concurrent writers queue on the busy
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
@@ -40,7 +41,7 @@ def database_url(db: str) -> str:
         return f"sqlite:///{Path(db).expanduser().resolve()}"
     for prefix in ("postgresql://", "postgres://"):
         if db.startswith(prefix):
-            return "postgresql+psycopg://" + db[len(prefix):]
+            return "postgresql+psycopg://" + db[len(prefix) :]
     return db
 
 
@@ -71,10 +72,14 @@ def _sqlite_pragmas(engine: Engine) -> None:
 def make_engine(url: str) -> Engine:
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20, max_overflow=40)
+            engine = create_engine(
+                url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20, max_overflow=40
+            )
             _sqlite_pragmas(engine)
             return engine
-        return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        return create_engine(
+            url, pool_size=20, max_overflow=40, pool_pre_ping=True, connect_args={"connect_timeout": 5}
+        )
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise DatabaseError(f"--db {shown_url(url)}: not a database URL this tool can open ({exc})") from None
 
@@ -90,9 +95,8 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self.writer if self.url.startswith("sqlite") else nullcontext():
-            with self.sessions() as session:
-                yield session
+        with self.writer if self.url.startswith("sqlite") else nullcontext(), self.sessions() as session:
+            yield session
 
     def close(self) -> None:
         self.engine.dispose()
@@ -136,7 +140,9 @@ def open_database(db: str = DEFAULT_DB, create: bool = False) -> Database:
     if url.startswith("sqlite") and not create:
         path = make_url(url).database
         if path and path != ":memory:" and not Path(path).is_file():
-            raise DatabaseError(f"--db {db}: no annotation store there; create it with `rlhfkit annotate init --db {db}`")
+            raise DatabaseError(
+                f"--db {db}: no annotation store there; create it with `rlhfkit annotate init --db {db}`"
+            )
     if url.startswith("sqlite") and create:
         path = make_url(url).database
         if path and path != ":memory:" and not Path(path).parent.is_dir():
@@ -146,7 +152,9 @@ def open_database(db: str = DEFAULT_DB, create: bool = False) -> Database:
         with engine.connect():
             pass
         if not create and "alembic_version" not in inspect(engine).get_table_names():
-            raise DatabaseError(f"--db {shown_url(url)}: no annotation store there; create it with `rlhfkit annotate init --db ...`")
+            raise DatabaseError(
+                f"--db {shown_url(url)}: no annotation store there; create it with `rlhfkit annotate init --db ...`"
+            )
         upgrade_schema(engine)
     except DBAPIError as exc:
         engine.dispose()

@@ -31,7 +31,9 @@ class Admin(Base):
     __tablename__ = "admins"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the token; the token itself is never stored
+    token_hash: Mapped[str] = mapped_column(
+        String(64), unique=True
+    )  # sha256 hex of the token; the token itself is never stored
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -55,8 +57,10 @@ class Project(Base):
 class Pair(Base):
     __tablename__ = "pairs"
     # (project, role, margin): the queue counts a project's main pairs and finds those with a margin by this index
-    __table_args__ = (UniqueConstraint("project_id", "external_id", name="uq_pairs_project_external_id"),
-                      Index("ix_pairs_project_role_margin", "project_id", "role", "margin"))
+    __table_args__ = (
+        UniqueConstraint("project_id", "external_id", name="uq_pairs_project_external_id"),
+        Index("ix_pairs_project_role_margin", "project_id", "role", "margin"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     external_id: Mapped[str] = mapped_column(String(200))
@@ -64,7 +68,9 @@ class Pair(Base):
     prompt: Mapped[Any] = mapped_column(JSON)  # text, or a list of chat messages
     response_a: Mapped[str] = mapped_column(Text)
     response_b: Mapped[str] = mapped_column(Text)
-    answer: Mapped[str | None] = mapped_column(String(16), nullable=True)  # known answer of calibration and anchor pairs
+    answer: Mapped[str | None] = mapped_column(
+        String(16), nullable=True
+    )  # known answer of calibration and anchor pairs
     margin: Mapped[float | None] = mapped_column(Float, nullable=True)  # reward-model margin r(a) - r(b), when uploaded
     category: Mapped[str | None] = mapped_column(String(200), nullable=True)
     extra: Mapped[dict] = mapped_column(JSON, default=dict)  # the imported record's metadata, kept for the export
@@ -77,8 +83,12 @@ class Annotator(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     name: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(16), default="human")  # human, or machine-made: ai (a judge model) or panel (simulated)
-    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)  # machine annotators have none
+    kind: Mapped[str] = mapped_column(
+        String(16), default="human"
+    )  # human, or machine-made: ai (a judge model) or panel (simulated)
+    token_hash: Mapped[str | None] = mapped_column(
+        String(64), unique=True, nullable=True
+    )  # machine annotators have none
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -97,8 +107,10 @@ class CalibrationOverride(Base):
 class Assignment(Base):
     __tablename__ = "assignments"
     # one assignment per annotator and pair; only anchors come back, each time with the next `repeat`
-    __table_args__ = (UniqueConstraint("annotator_id", "pair_id", "repeat", name="uq_assignments_annotator_pair_repeat"),
-                      Index("ix_assignments_annotator_done", "annotator_id", "done"))
+    __table_args__ = (
+        UniqueConstraint("annotator_id", "pair_id", "repeat", name="uq_assignments_annotator_pair_repeat"),
+        Index("ix_assignments_annotator_done", "annotator_id", "done"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"), index=True)

@@ -29,11 +29,12 @@ import random
 import secrets
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from pydantic import Field, model_validator
 from sqlalchemy import func, select, text
@@ -65,6 +66,7 @@ class Conflict(AnnotateError):
 
 # ------------------------------------------------------------------------------------------------ tokens
 
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -92,18 +94,51 @@ def annotator_for_token(s: Session, token: str | None) -> Annotator | None:
 
 # ---------------------------------------------------------------------------------------------- projects
 
+
 class ProjectSettings(Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="project name: letters, digits, _ . - (used in URLs)")
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="project name: letters, digits, _ . - (used in URLs)",
+    )
     rubric: str = Field("", description="markdown shown to annotators above every pair")
-    criteria: list[str] = Field(default_factory=list, description="per-criterion choices asked besides the overall one, e.g. [helpfulness, harmlessness]")
+    criteria: list[str] = Field(
+        default_factory=list,
+        description="per-criterion choices asked besides the overall one, e.g. [helpfulness, harmlessness]",
+    )
     overlap: int = Field(2, ge=1, description="human judgments wanted per pair")
-    max_judgments: int | None = Field(None, ge=1, description="cap of dynamic sampling: most human judgments a disputed or low-confidence pair gets (default overlap + 2)")
-    agreement_threshold: float = Field(0.65, ge=0, le=1, description="calibration agreement an annotator needs before the main queue opens")
+    max_judgments: int | None = Field(
+        None,
+        ge=1,
+        description="cap of dynamic sampling: most human judgments a disputed or low-confidence pair gets (default "
+        "overlap + 2)",
+    )
+    agreement_threshold: float = Field(
+        0.65, ge=0, le=1, description="calibration agreement an annotator needs before the main queue opens"
+    )
     anchor_rate: float = Field(0.1, ge=0, le=1, description="share of each batch that is anchor pairs (known answers)")
-    batch_size: int = Field(10, ge=1, description="items per batch; every batch gets round(anchor_rate * batch_size) anchors, at least 1 when anchor_rate > 0")
-    dispute_below: float = Field(0.6, ge=0, le=1, description="a pair whose most common human choice has less than this share of its votes is disputed and gets one more judgment")
-    margin_below: float | None = Field(None, ge=0, description="a pair whose uploaded reward margin |r(a) - r(b)| is below this gets overlap + 1 judgments (null: off)")
-    anchor_window: int = Field(5, ge=1, description="anchor judgments per point of an annotator's accuracy trend (drift)")
+    batch_size: int = Field(
+        10,
+        ge=1,
+        description="items per batch; every batch gets round(anchor_rate * batch_size) anchors, at least 1 when "
+        "anchor_rate > 0",
+    )
+    dispute_below: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="a pair whose most common human choice has less than this share of its votes is disputed and "
+        "gets one more judgment",
+    )
+    margin_below: float | None = Field(
+        None,
+        ge=0,
+        description="a pair whose uploaded reward margin |r(a) - r(b)| is below this gets overlap + 1 judgments "
+        "(null: off)",
+    )
+    anchor_window: int = Field(
+        5, ge=1, description="anchor judgments per point of an annotator's accuracy trend (drift)"
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -119,7 +154,10 @@ class ProjectFile(ProjectSettings):
     """`rlhfkit annotate create-project FILE.yaml`: the settings plus files to import (paths relative to the YAML)."""
 
     pairs: str | None = Field(None, description="JSONL of pairs to label (role main)")
-    calibration: str | None = Field(None, description="JSONL of calibration pairs (known `answer` optional; chosen/rejected rows: the answer is 'a')")
+    calibration: str | None = Field(
+        None,
+        description="JSONL of calibration pairs (known `answer` optional; chosen/rejected rows: the answer is 'a')",
+    )
     anchors: str | None = Field(None, description="JSONL of anchor pairs with known answers")
     margins: str | None = Field(None, description="JSONL of reward margins {pair_id, margin}")
 
@@ -140,22 +178,37 @@ def get_project(s: Session, name: str) -> Project:
     project = s.scalar(select(Project).where(Project.name == name))
     if project is None:
         names = s.scalars(select(Project.name).order_by(Project.name)).all()
-        known = f"projects here: {', '.join(names)}" if names else "there are no projects yet; create one with `rlhfkit annotate create-project`"
+        known = (
+            f"projects here: {', '.join(names)}"
+            if names
+            else "there are no projects yet; create one with `rlhfkit annotate create-project`"
+        )
         raise NotFound(f"unknown project '{name}' ({known})")
     return project
 
 
 def project_view(project: Project) -> dict[str, Any]:
-    return {"name": project.name, "rubric": project.rubric, "criteria": list(project.criteria), "overlap": project.overlap,
-            "max_judgments": project.max_judgments, "agreement_threshold": project.agreement_threshold,
-            "anchor_rate": project.anchor_rate, "batch_size": project.batch_size, "dispute_below": project.dispute_below,
-            "margin_below": project.margin_below, "anchor_window": project.anchor_window}
+    return {
+        "name": project.name,
+        "rubric": project.rubric,
+        "criteria": list(project.criteria),
+        "overlap": project.overlap,
+        "max_judgments": project.max_judgments,
+        "agreement_threshold": project.agreement_threshold,
+        "anchor_rate": project.anchor_rate,
+        "batch_size": project.batch_size,
+        "dispute_below": project.dispute_below,
+        "margin_below": project.margin_below,
+        "anchor_window": project.anchor_window,
+    }
 
 
 def list_projects(s: Session) -> list[dict[str, Any]]:
     out = []
     for project in s.scalars(select(Project).order_by(Project.name)):
-        counts = dict(s.execute(select(Pair.role, func.count()).where(Pair.project_id == project.id).group_by(Pair.role)).all())
+        counts = dict(
+            s.execute(select(Pair.role, func.count()).where(Pair.project_id == project.id).group_by(Pair.role)).all()
+        )
         out.append({**project_view(project), "pairs": {role: counts.get(role, 0) for role in ROLES}})
     return out
 
@@ -188,15 +241,21 @@ def override_calibration(s: Session, project: Project, name: str, admin: str, re
     if not reason.strip():
         raise AnnotateError("an override needs a reason (it is kept with the project)")
     status = calibration_status(s, project, annotator)
-    s.add(CalibrationOverride(annotator_id=annotator.id, admin=admin, reason=reason.strip(), agreement=status["agreement"]))
+    s.add(
+        CalibrationOverride(
+            annotator_id=annotator.id, admin=admin, reason=reason.strip(), agreement=status["agreement"]
+        )
+    )
     s.flush()
     return calibration_status(s, project, annotator)
 
 
 # ----------------------------------------------------------------------------------------------- imports
 
+
 def jsonl_text_rows(text: str, source: str) -> Iterator[tuple[int, Any]]:
-    """(line number, value) for each non-blank line of uploaded JSONL text; broken JSON is a DataError, as in read_jsonl."""
+    """(line number, value) for each non-blank line of uploaded JSONL text; broken JSON is a DataError, as in
+    read_jsonl."""
     return jsonl_lines(text.splitlines(), source)
 
 
@@ -251,8 +310,17 @@ def parse_pair_row(obj: Any, where: _Where, lineno: int, role: str) -> PairRow:
     external_id = str(common["id"]) if "id" in common else f"line-{lineno}"
     if len(external_id) > 200:
         raise where.fail("id", "longer than 200 characters")
-    return PairRow(lineno, external_id, prompt, response_a, response_b, answer, _optional_number(obj, "reward_margin", where),
-                   common.get("category"), dict(common.get("metadata") or {}))
+    return PairRow(
+        lineno,
+        external_id,
+        prompt,
+        response_a,
+        response_b,
+        answer,
+        _optional_number(obj, "reward_margin", where),
+        common.get("category"),
+        dict(common.get("metadata") or {}),
+    )
 
 
 def import_pairs(s: Session, project: Project, rows: Iterable[tuple[int, Any]], source: str, role: str = "main") -> int:
@@ -265,18 +333,36 @@ def import_pairs(s: Session, project: Project, rows: Iterable[tuple[int, Any]], 
         where = _Where(source, lineno)
         row = parse_pair_row(obj, where, lineno, role)
         if row.external_id in first_line:
-            raise where.fail("id", f"pair id '{row.external_id}' appears twice (first at line {first_line[row.external_id]})")
+            raise where.fail(
+                "id", f"pair id '{row.external_id}' appears twice (first at line {first_line[row.external_id]})"
+            )
         first_line[row.external_id] = lineno
         parsed.append(row)
     if not parsed:
         raise DataError(f"{source}: no pairs")
-    existing = set(s.scalars(select(Pair.external_id).where(Pair.project_id == project.id, Pair.external_id.in_(list(first_line)))))
+    existing = set(
+        s.scalars(select(Pair.external_id).where(Pair.project_id == project.id, Pair.external_id.in_(list(first_line))))
+    )
     for row in parsed:
         if row.external_id in existing:
-            raise _Where(source, row.line).fail("id", f"pair '{row.external_id}' is already in project '{project.name}'")
-    s.add_all(Pair(project_id=project.id, external_id=row.external_id, role=role, prompt=row.prompt, response_a=row.response_a,
-                   response_b=row.response_b, answer=row.answer, margin=row.margin, category=row.category, extra=row.metadata)
-              for row in parsed)
+            raise _Where(source, row.line).fail(
+                "id", f"pair '{row.external_id}' is already in project '{project.name}'"
+            )
+    s.add_all(
+        Pair(
+            project_id=project.id,
+            external_id=row.external_id,
+            role=role,
+            prompt=row.prompt,
+            response_a=row.response_a,
+            response_b=row.response_b,
+            answer=row.answer,
+            margin=row.margin,
+            category=row.category,
+            extra=row.metadata,
+        )
+        for row in parsed
+    )
     s.flush()
     return len(parsed)
 
@@ -309,8 +395,11 @@ def import_margins(s: Session, project: Project, rows: Iterable[tuple[int, Any]]
 SWAP = {"a": "b", "b": "a"}
 
 
-def import_judgments(s: Session, project: Project, rows: Iterable[tuple[int, Any]], source: str, kind: str = "ai") -> dict[str, Any]:
-    """Machine judgments in the judgments format {pair_id, annotator, choice, shown_first?, annotator_kind?, chosen_side?}
+def import_judgments(
+    s: Session, project: Project, rows: Iterable[tuple[int, Any]], source: str, kind: str = "ai"
+) -> dict[str, Any]:
+    """Machine judgments in the judgments format {pair_id, annotator, choice, shown_first?, annotator_kind?,
+    chosen_side?}
     (chosen_side 'b': the row's a/b are the other way round from the imported pair's chosen/rejected, and are swapped).
     They are stored as made by machine annotators (`annotator_kind` 'ai' or 'panel'; `kind` when a row has none),
     never count toward a pair's human judgments, and a row already stored (same annotator and pair) is skipped."""
@@ -318,7 +407,9 @@ def import_judgments(s: Session, project: Project, rows: Iterable[tuple[int, Any
         raise AnnotateError(f"--kind '{kind}': expected one of {', '.join(MACHINE_KINDS)}")
     pairs = _pairs_by_external_id(s, project)
     annotators = {a.name: a for a in s.scalars(select(Annotator).where(Annotator.project_id == project.id))}
-    stored = set(s.execute(select(Judgment.annotator_id, Judgment.pair_id).where(Judgment.project_id == project.id)).all())
+    stored = set(
+        s.execute(select(Judgment.annotator_id, Judgment.pair_id).where(Judgment.project_id == project.id)).all()
+    )
     seen: dict[tuple[str, str], int] = {}
     new: list[tuple[dict, Any]] = []
     for lineno, obj in rows:
@@ -328,7 +419,9 @@ def import_judgments(s: Session, project: Project, rows: Iterable[tuple[int, Any
         pair_id = str(_identifier(obj, "pair_id", where))
         name = obj.get("annotator")
         if not isinstance(name, str) or not name.strip():
-            raise where.fail("annotator", "missing" if name is None else f"expected a non-empty string, got {_type_name(name)}")
+            raise where.fail(
+                "annotator", "missing" if name is None else f"expected a non-empty string, got {_type_name(name)}"
+            )
         if "choice" not in obj:
             raise where.fail("choice", "missing")
         choice = _choice(obj["choice"], "choice", where)
@@ -338,24 +431,47 @@ def import_judgments(s: Session, project: Project, rows: Iterable[tuple[int, Any
         chosen_side = obj.get("chosen_side")
         if chosen_side is not None and chosen_side not in ("a", "b"):
             raise where.fail("chosen_side", f"expected 'a' or 'b', got {chosen_side!r}")
-        if chosen_side == "b":  # `rlhfkit pairs` votes in sampling order where the second sample became chosen (= a here)
+        if (
+            chosen_side == "b"
+        ):  # `rlhfkit pairs` votes in sampling order where the second sample became chosen (= a here)
             choice, shown_first = SWAP.get(choice, choice), SWAP.get(shown_first, shown_first)
         row_kind = obj.get("annotator_kind", kind)
         if row_kind not in MACHINE_KINDS:
-            raise where.fail("annotator_kind", f"expected 'ai' or 'panel', got {row_kind!r} (people label through the annotation page)")
+            raise where.fail(
+                "annotator_kind",
+                f"expected 'ai' or 'panel', got {row_kind!r} (people label through the annotation page)",
+            )
         rationale = obj.get("rationale")
         if rationale is not None and not isinstance(rationale, str):
             raise where.fail("rationale", f"expected a string, got {_type_name(rationale)}")
         if pair_id not in pairs:
             raise where.fail("pair_id", f"no pair '{pair_id}' in project '{project.name}'")
         if name in annotators and annotators[name].kind == "human":
-            raise where.fail("annotator", f"'{name}' is a human annotator of project '{project.name}'; give machine annotators other names")
+            raise where.fail(
+                "annotator",
+                f"'{name}' is a human annotator of project '{project.name}'; give machine annotators other names",
+            )
         key = (pair_id, name)
         if key in seen:
-            raise where.fail("annotator", f"'{name}' already judged pair '{pair_id}' at line {seen[key]}; keep one judgment per annotator and pair")
+            raise where.fail(
+                "annotator",
+                f"'{name}' already judged pair '{pair_id}' at line {seen[key]}; keep one judgment per annotator "
+                "and pair",
+            )
         seen[key] = lineno
-        new.append(({"pair": pairs[pair_id], "name": name, "kind": row_kind, "choice": choice, "shown_first": shown_first,
-                     "rationale": rationale}, where))
+        new.append(
+            (
+                {
+                    "pair": pairs[pair_id],
+                    "name": name,
+                    "kind": row_kind,
+                    "choice": choice,
+                    "shown_first": shown_first,
+                    "rationale": rationale,
+                },
+                where,
+            )
+        )
     if not new:
         raise DataError(f"{source}: no judgments")
     imported = skipped = 0
@@ -368,14 +484,24 @@ def import_judgments(s: Session, project: Project, rows: Iterable[tuple[int, Any
         if (annotator.id, row["pair"].id) in stored:
             skipped += 1
             continue
-        s.add(Judgment(project_id=project.id, pair_id=row["pair"].id, annotator_id=annotator.id, choice=row["choice"],
-                       shown_first=row["shown_first"], rationale=row["rationale"], criteria={}))
+        s.add(
+            Judgment(
+                project_id=project.id,
+                pair_id=row["pair"].id,
+                annotator_id=annotator.id,
+                choice=row["choice"],
+                shown_first=row["shown_first"],
+                rationale=row["rationale"],
+                criteria={},
+            )
+        )
         imported += 1
     s.flush()
     return {"imported": imported, "already_stored": skipped, "annotators": sorted({row["name"] for row, _ in new})}
 
 
 # -------------------------------------------------------------------------------------------------- votes
+
 
 def majority(choices: list[str]) -> tuple[str | None, float]:
     """(the choice of more than half of the votes, or None; the most common choice's share of the votes)."""
@@ -389,7 +515,8 @@ def _human_votes(s: Session, project: Project, roles: tuple[str, ...] = ("main",
     """pair id -> [(annotator id, choice)] of human judgments."""
     rows = s.execute(
         select(Judgment.pair_id, Judgment.annotator_id, Judgment.choice)
-        .join(Annotator, Annotator.id == Judgment.annotator_id).join(Pair, Pair.id == Judgment.pair_id)
+        .join(Annotator, Annotator.id == Judgment.annotator_id)
+        .join(Pair, Pair.id == Judgment.pair_id)
         .where(Judgment.project_id == project.id, Annotator.kind == "human", Pair.role.in_(roles))
     ).all()
     votes: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -400,15 +527,29 @@ def _human_votes(s: Session, project: Project, roles: tuple[str, ...] = ("main",
 
 # ------------------------------------------------------------------------------------------- calibration
 
+
 def calibration_status(s: Session, project: Project, annotator: Annotator) -> dict[str, Any]:
     """state: 'none' (no calibration set), 'in_progress', 'waiting' (no reference to score against yet), 'passed',
     'failed' or 'overridden'; `open` says whether the main queue is open."""
-    calibration = s.scalars(select(Pair).where(Pair.project_id == project.id, Pair.role == "calibration").order_by(Pair.id)).all()
-    base = {"threshold": project.agreement_threshold, "total": len(calibration), "done": 0, "scored": 0, "agreement": None, "override": None}
+    calibration = s.scalars(
+        select(Pair).where(Pair.project_id == project.id, Pair.role == "calibration").order_by(Pair.id)
+    ).all()
+    base = {
+        "threshold": project.agreement_threshold,
+        "total": len(calibration),
+        "done": 0,
+        "scored": 0,
+        "agreement": None,
+        "override": None,
+    }
     if not calibration:
         return {**base, "state": "none", "open": True}
-    override = s.scalar(select(CalibrationOverride).where(CalibrationOverride.annotator_id == annotator.id)
-                        .order_by(CalibrationOverride.id.desc()).limit(1))
+    override = s.scalar(
+        select(CalibrationOverride)
+        .where(CalibrationOverride.annotator_id == annotator.id)
+        .order_by(CalibrationOverride.id.desc())
+        .limit(1)
+    )
     if override is not None:
         base["override"] = {"admin": override.admin, "reason": override.reason, "at": _iso(override.created_at)}
     votes = _human_votes(s, project, ("calibration",))
@@ -436,6 +577,7 @@ def calibration_status(s: Session, project: Project, annotator: Annotator) -> di
 
 # ------------------------------------------------------------------------------------------------- queue
 
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else _aware(moment).isoformat(timespec="seconds")
 
@@ -452,10 +594,18 @@ def prompt_text(prompt: Any) -> str:
 
 def assignment_view(assignment: Assignment, pair: Pair, project: Project) -> dict[str, Any]:
     """What the annotator sees. Anchors look like any other pair; sides follow the assignment's draw."""
-    left, right = (pair.response_a, pair.response_b) if assignment.shown_first == "a" else (pair.response_b, pair.response_a)
-    return {"id": assignment.id, "phase": "calibration" if assignment.phase == "calibration" else "labelling",
-            "prompt": prompt_text(pair.prompt), "left": left, "right": right, "criteria": list(project.criteria),
-            "done": assignment.done}
+    left, right = (
+        (pair.response_a, pair.response_b) if assignment.shown_first == "a" else (pair.response_b, pair.response_a)
+    )
+    return {
+        "id": assignment.id,
+        "phase": "calibration" if assignment.phase == "calibration" else "labelling",
+        "prompt": prompt_text(pair.prompt),
+        "left": left,
+        "right": right,
+        "criteria": list(project.criteria),
+        "done": assignment.done,
+    }
 
 
 # Main pairs an annotator may get next, best first. A pair wants `overlap` human judgments, or overlap + 1 when its
@@ -481,18 +631,22 @@ pending AS (
 touched AS (SELECT pair_id FROM tally UNION SELECT pair_id FROM pending)
 """
 
-CANDIDATES = _TOUCHED + """,
+CANDIDATES = (
+    _TOUCHED
+    + """,
 counted AS (
     SELECT p.id, p.margin, COALESCE(t.votes, 0) AS votes, COALESCE(t.top, 0) AS top,
            COALESCE(t.votes, 0) + COALESCE(o.open, 0) AS taken,
            CASE WHEN p.margin IS NOT NULL AND ABS(p.margin) < CAST(:margin_below AS DOUBLE PRECISION)
                 THEN :overlap + 1 ELSE :overlap END AS base
-    FROM touched x JOIN pairs p ON p.id = x.pair_id LEFT JOIN tally t ON t.pair_id = p.id LEFT JOIN pending o ON o.pair_id = p.id
+    FROM touched x JOIN pairs p ON p.id = x.pair_id LEFT JOIN tally t ON t.pair_id = p.id LEFT JOIN pending o ON
+    o.pair_id = p.id
     WHERE p.project_id = :project AND p.role = 'main'
       AND p.id NOT IN (SELECT pair_id FROM assignments WHERE annotator_id = :annotator)),
 wanted AS (
     SELECT id, margin, votes, top, taken,
-           CASE WHEN votes > 0 AND votes >= base AND top < CAST(:dispute_below AS DOUBLE PRECISION) * votes THEN votes + 1 ELSE base END AS wants
+           CASE WHEN votes > 0 AND votes >= base AND top < CAST(:dispute_below AS DOUBLE PRECISION) * votes THEN
+           votes + 1 ELSE base END AS wants
     FROM counted)
 SELECT id, taken, COUNT(*) OVER () AS candidates FROM wanted
 WHERE taken < CASE WHEN wants > :max_judgments THEN :max_judgments ELSE wants END
@@ -501,12 +655,17 @@ ORDER BY CASE WHEN taken < :overlap THEN 0 ELSE 1 END,
          COALESCE(ABS(margin), 1e30), id
 LIMIT 1
 """
+)
 
 # Main pairs this annotator cannot get as untouched ones: touched, or already theirs.
-EXCLUDED = _TOUCHED + """
-SELECT COUNT(*) FROM (SELECT pair_id FROM touched UNION SELECT pair_id FROM assignments WHERE annotator_id = :annotator) x
+EXCLUDED = (
+    _TOUCHED
+    + """
+SELECT COUNT(*) FROM (SELECT pair_id FROM touched UNION SELECT pair_id FROM assignments WHERE annotator_id =
+:annotator) x
 JOIN pairs p ON p.id = x.pair_id WHERE p.project_id = :project AND p.role = 'main'
 """
+)
 
 # The first untouched main pair in `order`, restricted by `which` (pairs with a margin, by |margin|; then the rest,
 # in import order, which walks the primary key and stops at the first hit).
@@ -524,8 +683,15 @@ LIMIT 1
 
 def _main_queue(s: Session, project: Project, annotator: Annotator) -> tuple[int | None, int]:
     """(the best main pair for this annotator or None, how many main pairs are open to them)."""
-    params = {"project": project.id, "annotator": annotator.id, "no": False, "overlap": project.overlap,
-              "max_judgments": project.max_judgments, "dispute_below": project.dispute_below, "margin_below": project.margin_below}
+    params = {
+        "project": project.id,
+        "annotator": annotator.id,
+        "no": False,
+        "overlap": project.overlap,
+        "max_judgments": project.max_judgments,
+        "dispute_below": project.dispute_below,
+        "margin_below": project.margin_below,
+    }
     touched = s.execute(text(CANDIDATES), params).first()
     total = s.scalar(select(func.count()).select_from(Pair).where(Pair.project_id == project.id, Pair.role == "main"))
     untouched = total - s.scalar(text(EXCLUDED), params)
@@ -550,7 +716,9 @@ def _anchor_slot(project: Project, annotator: Annotator, position: int) -> bool:
     return place in random.Random(f"{annotator.id}:{batch}").sample(range(project.batch_size), count)
 
 
-def _pick_anchor(s: Session, project: Project, annotator: Annotator, mine: list[Assignment], position: int) -> tuple[int, int] | None:
+def _pick_anchor(
+    s: Session, project: Project, annotator: Annotator, mine: list[Assignment], position: int
+) -> tuple[int, int] | None:
     """(anchor pair id, repeat): the anchor this annotator has seen least often (random among equals)."""
     anchors = s.scalars(select(Pair.id).where(Pair.project_id == project.id, Pair.role == "anchor")).all()
     if not anchors:
@@ -561,17 +729,30 @@ def _pick_anchor(s: Session, project: Project, annotator: Annotator, mine: list[
     return choice, fewest
 
 
-def _assign(s: Session, project: Project, annotator: Annotator, pair_id: int, phase: str, repeat: int = 0) -> Assignment:
-    assignment = Assignment(project_id=project.id, pair_id=pair_id, annotator_id=annotator.id, phase=phase, repeat=repeat,
-                            shown_first=secrets.choice("ab"), done=False)
+def _assign(
+    s: Session, project: Project, annotator: Annotator, pair_id: int, phase: str, repeat: int = 0
+) -> Assignment:
+    assignment = Assignment(
+        project_id=project.id,
+        pair_id=pair_id,
+        annotator_id=annotator.id,
+        phase=phase,
+        repeat=repeat,
+        shown_first=secrets.choice("ab"),
+        done=False,
+    )
     s.add(assignment)
     s.flush()
     return assignment
 
 
 def _progress(mine: list[Assignment], status: dict[str, Any], remaining: int | None) -> dict[str, Any]:
-    return {"calibration_done": status["done"], "calibration_total": status["total"],
-            "judged": sum(a.done and a.phase != "calibration" for a in mine), "remaining": remaining}
+    return {
+        "calibration_done": status["done"],
+        "calibration_total": status["total"],
+        "judged": sum(a.done and a.phase != "calibration" for a in mine),
+        "remaining": remaining,
+    }
 
 
 def _assignments_of(s: Session, annotator: Annotator) -> list[Assignment]:
@@ -580,7 +761,9 @@ def _assignments_of(s: Session, annotator: Annotator) -> list[Assignment]:
 
 def annotator_progress(s: Session, project: Project, annotator: Annotator) -> dict[str, Any]:
     status = calibration_status(s, project, annotator)
-    return _progress(_assignments_of(s, annotator), status, _main_queue(s, project, annotator)[1] if status["open"] else None)
+    return _progress(
+        _assignments_of(s, annotator), status, _main_queue(s, project, annotator)[1] if status["open"] else None
+    )
 
 
 def next_assignment(s: Session, project: Project, annotator: Annotator) -> dict[str, Any]:
@@ -598,19 +781,27 @@ def next_assignment(s: Session, project: Project, annotator: Annotator) -> dict[
         if current is not None:
             mine.append(current)
             remaining = remaining - 1 if current.phase == "main" else remaining
-    out = {"project": project.name, "annotator": annotator.name, "calibration": status, "progress": _progress(mine, status, remaining)}
+    out = {
+        "project": project.name,
+        "annotator": annotator.name,
+        "calibration": status,
+        "progress": _progress(mine, status, remaining),
+    }
     if current is None:
         state = {"failed": "calibration_failed", "waiting": "waiting"}.get(status["state"], "done")
         return {**out, "state": state, "assignment": None}
     return {**out, "state": "assignment", "assignment": assignment_view(current, s.get(Pair, current.pair_id), project)}
 
 
-def _new_assignment(s: Session, project: Project, annotator: Annotator, mine: list[Assignment], status: dict[str, Any],
-                    main: int | None) -> Assignment | None:
+def _new_assignment(
+    s: Session, project: Project, annotator: Annotator, mine: list[Assignment], status: dict[str, Any], main: int | None
+) -> Assignment | None:
     """The first calibration pair not yet seen; else (queue open) the main pair `main`, or an anchor in its place."""
     seen = {a.pair_id for a in mine}
     if status["done"] < status["total"]:
-        calibration = s.scalars(select(Pair.id).where(Pair.project_id == project.id, Pair.role == "calibration").order_by(Pair.id))
+        calibration = s.scalars(
+            select(Pair.id).where(Pair.project_id == project.id, Pair.role == "calibration").order_by(Pair.id)
+        )
         for pair_id in calibration:
             if pair_id not in seen:
                 return _assign(s, project, annotator, pair_id, "calibration")
@@ -647,17 +838,29 @@ def _side(choice: str, shown_first: str | None) -> str:
 
 def judgment_response(judgment: Judgment) -> dict[str, Any]:
     """The submit response; built from the stored row, so a re-submission gets exactly the same answer."""
-    return {"assignment_id": judgment.assignment_id, "judgment_id": judgment.id, "saved": True,
-            "choice": _side(judgment.choice, judgment.shown_first),
-            "criteria": {name: _side(c, judgment.shown_first) for name, c in (judgment.criteria or {}).items()}}
+    return {
+        "assignment_id": judgment.assignment_id,
+        "judgment_id": judgment.id,
+        "saved": True,
+        "choice": _side(judgment.choice, judgment.shown_first),
+        "criteria": {name: _side(c, judgment.shown_first) for name, c in (judgment.criteria or {}).items()},
+    }
 
 
 def existing_judgment(s: Session, assignment_id: int) -> Judgment | None:
     return s.scalar(select(Judgment).where(Judgment.assignment_id == assignment_id))
 
 
-def submit_judgment(s: Session, project: Project, annotator: Annotator, assignment_id: int, choice: str,
-                    rationale: str | None = None, criteria: dict[str, str] | None = None, max_rationale: int = 2000) -> dict[str, Any]:
+def submit_judgment(
+    s: Session,
+    project: Project,
+    annotator: Annotator,
+    assignment_id: int,
+    choice: str,
+    rationale: str | None = None,
+    criteria: dict[str, str] | None = None,
+    max_rationale: int = 2000,
+) -> dict[str, Any]:
     """Store the annotator's choice for one assignment ('left', 'right', 'tie' or 'both_bad', as shown). A second
     submission for the same assignment changes nothing and gets the first one's response."""
     assignment = get_own_assignment(s, annotator, assignment_id)
@@ -676,10 +879,17 @@ def submit_judgment(s: Session, project: Project, annotator: Annotator, assignme
         if side not in SIDES:
             raise AnnotateError(f"criterion '{name}': choice '{side}' is not one of {', '.join(SIDES)}")
     seconds = (utcnow() - _aware(assignment.created_at)).total_seconds()
-    judgment = Judgment(project_id=project.id, pair_id=assignment.pair_id, annotator_id=annotator.id, assignment_id=assignment.id,
-                        choice=_pair_choice(choice, assignment.shown_first), shown_first=assignment.shown_first,
-                        criteria={name: _pair_choice(side, assignment.shown_first) for name, side in criteria.items()},
-                        rationale=(rationale.strip() or None) if rationale else None, seconds=round(seconds, 3))
+    judgment = Judgment(
+        project_id=project.id,
+        pair_id=assignment.pair_id,
+        annotator_id=annotator.id,
+        assignment_id=assignment.id,
+        choice=_pair_choice(choice, assignment.shown_first),
+        shown_first=assignment.shown_first,
+        criteria={name: _pair_choice(side, assignment.shown_first) for name, side in criteria.items()},
+        rationale=(rationale.strip() or None) if rationale else None,
+        seconds=round(seconds, 3),
+    )
     assignment.done = True
     s.add(judgment)
     s.flush()
@@ -688,13 +898,26 @@ def submit_judgment(s: Session, project: Project, annotator: Annotator, assignme
 
 def own_judgments(s: Session, annotator: Annotator) -> list[dict[str, Any]]:
     """An annotator's own labels, as they chose them (left/right as shown); anchors are not marked."""
-    rows = s.execute(select(Judgment, Pair).join(Pair, Pair.id == Judgment.pair_id)
-                     .where(Judgment.annotator_id == annotator.id).order_by(Judgment.id)).all()
-    return [{"assignment_id": j.assignment_id, "prompt": prompt_text(p.prompt), "choice": _side(j.choice, j.shown_first),
-             "rationale": j.rationale, "at": _iso(j.created_at)} for j, p in rows]
+    rows = s.execute(
+        select(Judgment, Pair)
+        .join(Pair, Pair.id == Judgment.pair_id)
+        .where(Judgment.annotator_id == annotator.id)
+        .order_by(Judgment.id)
+    ).all()
+    return [
+        {
+            "assignment_id": j.assignment_id,
+            "prompt": prompt_text(p.prompt),
+            "choice": _side(j.choice, j.shown_first),
+            "rationale": j.rationale,
+            "at": _iso(j.created_at),
+        }
+        for j, p in rows
+    ]
 
 
 # ------------------------------------------------------------------------------------------- statistics
+
 
 @dataclass
 class _Row:
@@ -705,10 +928,14 @@ class _Row:
 
 
 def _all_judgments(s: Session, project: Project) -> list[_Row]:
-    rows = s.execute(select(Judgment, Pair, Annotator, Assignment.phase)
-                     .join(Pair, Pair.id == Judgment.pair_id).join(Annotator, Annotator.id == Judgment.annotator_id)
-                     .outerjoin(Assignment, Assignment.id == Judgment.assignment_id)
-                     .where(Judgment.project_id == project.id).order_by(Judgment.id)).all()
+    rows = s.execute(
+        select(Judgment, Pair, Annotator, Assignment.phase)
+        .join(Pair, Pair.id == Judgment.pair_id)
+        .join(Annotator, Annotator.id == Judgment.annotator_id)
+        .outerjoin(Assignment, Assignment.id == Judgment.assignment_id)
+        .where(Judgment.project_id == project.id)
+        .order_by(Judgment.id)
+    ).all()
     return [_Row(pair, annotator, judgment, phase) for judgment, pair, annotator, phase in rows]
 
 
@@ -733,8 +960,13 @@ def _position_bias(judgments: list[Judgment]) -> dict[str, Any]:
 
 def _anchor_trend(correct: list[bool], window: int) -> list[dict[str, Any]]:
     """Accuracy over consecutive blocks of `window` anchor judgments, oldest first (the last block may be short)."""
-    return [{"judgments": len(correct[i:i + window]), "accuracy": sum(correct[i:i + window]) / len(correct[i:i + window])}
-            for i in range(0, len(correct), window)]
+    return [
+        {
+            "judgments": len(correct[i : i + window]),
+            "accuracy": sum(correct[i : i + window]) / len(correct[i : i + window]),
+        }
+        for i in range(0, len(correct), window)
+    ]
 
 
 def dashboard(s: Session, project: Project) -> dict[str, Any]:
@@ -752,14 +984,20 @@ def dashboard(s: Session, project: Project) -> dict[str, Any]:
     main = [p for p in pairs if p.role == "main"]
     complete = [p for p in main if len(votes.get(p.id, [])) >= project.overlap]
     progress_view = {
-        "pairs": len(main), "calibration_pairs": sum(p.role == "calibration" for p in pairs),
-        "anchor_pairs": sum(p.role == "anchor" for p in pairs), "started": sum(bool(votes.get(p.id)) for p in main),
-        "complete": len(complete), "complete_share": len(complete) / len(main) if main else None,
+        "pairs": len(main),
+        "calibration_pairs": sum(p.role == "calibration" for p in pairs),
+        "anchor_pairs": sum(p.role == "anchor" for p in pairs),
+        "started": sum(bool(votes.get(p.id)) for p in main),
+        "complete": len(complete),
+        "complete_share": len(complete) / len(main) if main else None,
         "disputed": sum(majority(votes[p.id])[1] < project.dispute_below for p in complete),
         "resampled": sum(len(votes.get(p.id, [])) > project.overlap for p in main),
-        "human_judgments": len(human), "machine_judgments": len(rows) - len(human),
+        "human_judgments": len(human),
+        "machine_judgments": len(rows) - len(human),
     }
-    report = agreement_of([{"pair_id": r.pair.external_id, "annotator": r.annotator.name, "choice": r.judgment.choice} for r in labelled])
+    report = agreement_of(
+        [{"pair_id": r.pair.external_id, "annotator": r.annotator.name, "choice": r.judgment.choice} for r in labelled]
+    )
 
     majorities = {pair_id: majority(choices)[0] for pair_id, choices in votes.items()}
     people, machines = [], []
@@ -767,12 +1005,17 @@ def dashboard(s: Session, project: Project) -> dict[str, Any]:
         own = [r for r in rows if r.annotator.id == annotator.id]
         if annotator.kind != "human":
             shared = [(majorities[r.pair.id], r.judgment.choice) for r in own if majorities.get(r.pair.id)]
-            machines.append({
-                "name": annotator.name, "kind": annotator.kind, "judgments": len(own), "shared_with_human_majority": len(shared),
-                "agreement_with_human_majority": percent_agreement(*zip(*shared)) if shared else None,
-                "kappa_with_human_majority": cohen_kappa(*zip(*shared)) if len(shared) >= 2 else None,
-                "position_bias": _position_bias([r.judgment for r in own]),
-            })
+            machines.append(
+                {
+                    "name": annotator.name,
+                    "kind": annotator.kind,
+                    "judgments": len(own),
+                    "shared_with_human_majority": len(shared),
+                    "agreement_with_human_majority": percent_agreement(*zip(*shared)) if shared else None,
+                    "kappa_with_human_majority": cohen_kappa(*zip(*shared)) if len(shared) >= 2 else None,
+                    "position_bias": _position_bias([r.judgment for r in own]),
+                }
+            )
             continue
         anchors = [r for r in own if r.pair.role == "anchor"]
         correct = [r.judgment.choice == r.pair.answer for r in anchors]
@@ -785,27 +1028,49 @@ def dashboard(s: Session, project: Project) -> dict[str, Any]:
             if winner:
                 matches.append(winner == r.judgment.choice)
         seconds = [r.judgment.seconds for r in own if r.judgment.seconds is not None]
-        people.append({
-            "name": annotator.name, "judgments": len(data), "anchor_judgments": len(anchors),
-            "calibration": calibration_status(s, project, annotator),
-            "anchor_accuracy": sum(correct) / len(correct) if correct else None,
-            "anchor_trend": trend, "drift": trend[-1]["accuracy"] - trend[0]["accuracy"] if len(trend) >= 2 else None,
-            "agreement_with_others": sum(matches) / len(matches) if matches else None,
-            "choices": dict(Counter(r.judgment.choice for r in data)),
-            "position_bias": _position_bias([r.judgment for r in own]),
-            "median_seconds": median(seconds) if seconds else None,
-        })
-    overrides = s.execute(select(CalibrationOverride, Annotator.name).join(Annotator, Annotator.id == CalibrationOverride.annotator_id)
-                          .where(Annotator.project_id == project.id).order_by(CalibrationOverride.id)).all()
+        people.append(
+            {
+                "name": annotator.name,
+                "judgments": len(data),
+                "anchor_judgments": len(anchors),
+                "calibration": calibration_status(s, project, annotator),
+                "anchor_accuracy": sum(correct) / len(correct) if correct else None,
+                "anchor_trend": trend,
+                "drift": trend[-1]["accuracy"] - trend[0]["accuracy"] if len(trend) >= 2 else None,
+                "agreement_with_others": sum(matches) / len(matches) if matches else None,
+                "choices": dict(Counter(r.judgment.choice for r in data)),
+                "position_bias": _position_bias([r.judgment for r in own]),
+                "median_seconds": median(seconds) if seconds else None,
+            }
+        )
+    overrides = s.execute(
+        select(CalibrationOverride, Annotator.name)
+        .join(Annotator, Annotator.id == CalibrationOverride.annotator_id)
+        .where(Annotator.project_id == project.id)
+        .order_by(CalibrationOverride.id)
+    ).all()
     return {
-        "project": project_view(project), "progress": progress_view, "agreement": report,
-        "position_bias": _position_bias([r.judgment for r in human]), "annotators": people, "machine_annotators": machines,
-        "overrides": [{"annotator": name, "admin": o.admin, "reason": o.reason, "agreement": o.agreement, "at": _iso(o.created_at)}
-                      for o, name in overrides],
+        "project": project_view(project),
+        "progress": progress_view,
+        "agreement": report,
+        "position_bias": _position_bias([r.judgment for r in human]),
+        "annotators": people,
+        "machine_annotators": machines,
+        "overrides": [
+            {
+                "annotator": name,
+                "admin": o.admin,
+                "reason": o.reason,
+                "agreement": o.agreement,
+                "at": _iso(o.created_at),
+            }
+            for o, name in overrides
+        ],
     }
 
 
 # ----------------------------------------------------------------------------------------------- export
+
 
 def export_preferences(s: Session, project: Project) -> tuple[list[PreferencePair], dict[str, int]]:
     """One preference pair per main or calibration pair whose human majority is a or b (chosen = that response).
@@ -818,7 +1083,9 @@ def export_preferences(s: Session, project: Project) -> tuple[list[PreferencePai
         by_pair[r.pair.id].append(r)
     counts = {"exported": 0, "unlabelled": 0, "no_majority": 0, "tie": 0, "both_bad": 0}
     out = []
-    for pair in s.scalars(select(Pair).where(Pair.project_id == project.id, Pair.role.in_(("main", "calibration"))).order_by(Pair.id)):
+    for pair in s.scalars(
+        select(Pair).where(Pair.project_id == project.id, Pair.role.in_(("main", "calibration"))).order_by(Pair.id)
+    ):
         humans = [r for r in by_pair.get(pair.id, []) if r.annotator.kind == "human"]
         machines = [r for r in by_pair.get(pair.id, []) if r.annotator.kind != "human"]
         if not humans:
@@ -832,18 +1099,35 @@ def export_preferences(s: Session, project: Project) -> tuple[list[PreferencePai
             counts[winner] += 1
             continue
         metadata = {k: v for k, v in (pair.extra or {}).items() if k not in ("votes", "agreement")}
-        metadata.update({"votes": {r.annotator.name: r.judgment.choice for r in humans}, "agreement": round(share, 4),
-                         "annotate_project": project.name, "pair_role": pair.role})
+        metadata.update(
+            {
+                "votes": {r.annotator.name: r.judgment.choice for r in humans},
+                "agreement": round(share, 4),
+                "annotate_project": project.name,
+                "pair_role": pair.role,
+            }
+        )
         if machines:
             metadata["machine_votes"] = {r.annotator.name: r.judgment.choice for r in machines}
         if project.criteria:
-            metadata["criteria"] = {name: majority([r.judgment.criteria[name] for r in humans if name in (r.judgment.criteria or {})])[0]
-                                    for name in project.criteria}
+            metadata["criteria"] = {
+                name: majority([r.judgment.criteria[name] for r in humans if name in (r.judgment.criteria or {})])[0]
+                for name in project.criteria
+            }
         if pair.margin is not None:
             metadata["reward_margin"] = pair.margin
         chosen, rejected = (pair.response_a, pair.response_b) if winner == "a" else (pair.response_b, pair.response_a)
-        out.append(PreferencePair(prompt=pair.prompt, chosen=chosen, rejected=rejected, id=pair.external_id, category=pair.category,
-                                  annotator="annotate", metadata=metadata))
+        out.append(
+            PreferencePair(
+                prompt=pair.prompt,
+                chosen=chosen,
+                rejected=rejected,
+                id=pair.external_id,
+                category=pair.category,
+                annotator="annotate",
+                metadata=metadata,
+            )
+        )
         counts["exported"] += 1
     return out, counts
 
@@ -855,7 +1139,11 @@ def export_judgments(s: Session, project: Project) -> list[dict[str, Any]]:
     for r in _all_judgments(s, project):
         if r.pair.role == "anchor":
             continue
-        row: dict[str, Any] = {"pair_id": r.pair.external_id, "annotator": r.annotator.name, "choice": r.judgment.choice}
+        row: dict[str, Any] = {
+            "pair_id": r.pair.external_id,
+            "annotator": r.annotator.name,
+            "choice": r.judgment.choice,
+        }
         if r.judgment.shown_first:
             row["shown_first"] = r.judgment.shown_first
         row["annotator_kind"] = r.annotator.kind
