@@ -168,10 +168,9 @@ def prepare(hypers: dict, models: list[str], tasks: list[str], seed: int = 0) ->
     """Build everything; returns {(task, model) key: {model_dir, data, trl_data, plan, extra}} (also saved as JSON)."""
     import torch
 
-    from rlhfkit.data.records import load_records
+    from rlhfkit.data.records import load_records, split_pairs
     from rlhfkit.demo.build import ensure_default
     from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer
-    from rlhfkit.stages.reward import split_pairs
 
     default = ensure_default()
     model_dirs = {"default": default.model_dir}

@@ -96,9 +96,10 @@ def main(job_path: str) -> None:
     import transformers
 
     import rlhfkit
+    from rlhfkit import online
     from rlhfkit import train as train_mod
-    from rlhfkit.config import STAGE_CONFIGS, build_config
-    from rlhfkit.stages import dpo, grpo, online, reward, sft
+    from rlhfkit.config import build_config
+    from rlhfkit.stages import STAGES, dpo, grpo, reward, sft
 
     result = Result(
         tool="rlhfkit",
@@ -108,28 +109,20 @@ def main(job_path: str) -> None:
         versions={"rlhfkit": rlhfkit.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
     )
 
-    # Probe 1: the end of each step is when the stage logs its row (log_every=1; the online monitor logs every
-    # iteration).
+    # Probe 1: the end of each step is when the stage logs its row (log_every=1; online stages log every iteration).
     original_log = train_mod.RunLog.log
 
     def timed_log(self, step, **metrics):
         result.step_ends.append(time.perf_counter())
         result.step_cpu.append(time.process_time())
-        result.losses.append(metrics.get("loss"))
+        online_row = "policy_loss" in metrics
+        result.losses.append(metrics.get("policy_loss" if online_row else "loss"))
+        if online_row:
+            result.rewards.append(metrics.get("reward"))
+            result.kls.append(metrics.get("kl"))
         return original_log(self, step, **metrics)
 
     train_mod.RunLog.log = timed_log
-    original_monitor = online.Monitor.log
-
-    def timed_monitor(self, step, row):
-        result.step_ends.append(time.perf_counter())
-        result.step_cpu.append(time.process_time())
-        result.losses.append(row.get("policy_loss"))
-        result.rewards.append(row.get("reward"))
-        result.kls.append(row.get("kl"))
-        return original_monitor(self, step, row)
-
-    online.Monitor.log = timed_monitor
     # Probe 2: tokens of each online iteration, from the rollout itself.
     original_sample = online.sample_batch
 
@@ -144,7 +137,7 @@ def main(job_path: str) -> None:
     online.sample_batch = counted_sample
 
     name, values = stage_values(job)
-    config = build_config(STAGE_CONFIGS[name], values, source=f"bench {job.task}")
+    config = build_config(STAGES[name].config, values, source=f"bench {job.task}")
     {"sft": sft.run, "reward-train": reward.train, "dpo": dpo.run, "grpo": grpo.run, "rloo": grpo.run}[name](config)
     result.setup_s = result.step_ends[0] - START if result.step_ends else 0.0
     result.wall_s = time.perf_counter() - START

@@ -16,7 +16,8 @@ from rlhfkit.feedback.annotate.app import create_app
 from rlhfkit.feedback.annotate.db import open_database
 from rlhfkit.feedback.annotate.models import Pair, Project
 from rlhfkit.feedback.judge import Question, RewardModelJudge
-from rlhfkit.models.loading import _score_head, load_reward_model, load_tokenizer, resolve_model_path, save_model
+from rlhfkit.models.loading import _score_head, load_reward_model, load_tokenizer, save_model
+from rlhfkit.resolve import resolve_model_path
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

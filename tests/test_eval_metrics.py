@@ -15,7 +15,8 @@ from rlhfkit.data.records import load_records
 from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate import policy, safety
 from rlhfkit.evaluate.diversity import distinct_n, ead_n, expected_distinct, self_bleu
-from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path
+from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer
+from rlhfkit.resolve import resolve_model_path
 from rlhfkit.rollout import sample_responses
 
 TEXTS = ["a b a b", "a b c"]  # bigrams: ab ba ab | ab bc -> 5 in all, 3 unique

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rlhfkit.models.loading import resolve_model_path
+from rlhfkit.resolve import resolve_model_path
 
 ENV = {**os.environ, "RLHFKIT_NO_PROGRESS": "1"}
 

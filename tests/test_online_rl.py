@@ -22,12 +22,14 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlhfkit import online
 from rlhfkit.config import BoNConfig, GRPOConfig, LoraSettings, PPOConfig, RewardSpec, RLOOConfig, build_config
 from rlhfkit.data.records import load_records
 from rlhfkit.demo.gold import gold_score
 from rlhfkit.errors import ConfigError, TrainingError
-from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path, save_model
-from rlhfkit.stages import bon, grpo, online, ppo
+from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer, save_model
+from rlhfkit.resolve import resolve_model_path
+from rlhfkit.stages import bon, grpo, ppo
 
 DEFAULT = resolve_model_path("default")
 GOLD = [RewardSpec(function="default")]

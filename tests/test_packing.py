@@ -11,10 +11,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhfkit.data.tokenize import MAX_PACK_WIDTH, pack_rows, pack_width, pad_sequences
+from rlhfkit.forward import PACKABLE, decoder_parts, response_logits, response_logps
 from rlhfkit.losses import sequence_logps
 from rlhfkit.models.tiny import ARCHS, build_tiny
-from rlhfkit.stages.reward import score_sequences
-from rlhfkit.train import PACKABLE, decoder_parts, response_logits, response_logps
+from rlhfkit.scoring import score_sequences
 
 PAD = 0
 
@@ -83,7 +83,7 @@ def rows(request, monkeypatch):
     import rlhfkit.train
 
     cost = 1.0 if request.param == "longest" else 1e-6
-    monkeypatch.setattr(rlhfkit.train, "attention_cost", lambda backbone: cost)
+    monkeypatch.setattr(rlhfkit.forward, "attention_cost", lambda backbone: cost)
     return cost
 
 

@@ -20,8 +20,9 @@ from rlhfkit.evaluate.attribution import (
     top_words,
     word_attributions,
 )
-from rlhfkit.models.loading import load_reward_model, load_tokenizer, resolve_model_path, save_model
+from rlhfkit.models.loading import load_reward_model, load_tokenizer, save_model
 from rlhfkit.report.plots import png_base64
+from rlhfkit.resolve import resolve_model_path
 from rlhfkit.stages import noise_sweep, reward
 
 PROMPT = "We had dinner at the little Italian place downtown last week."

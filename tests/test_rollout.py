@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from rlhfkit.data.tokenize import pad_left
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from rlhfkit.forward import token_logps
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.resolve import resolve_model_path
 from rlhfkit.rollout import (
     TRUNCATION_WARNING,
     Rollout,
@@ -21,7 +23,6 @@ from rlhfkit.rollout import (
     sample_responses,
     warn_if_truncated,
 )
-from rlhfkit.stages.online import token_logps
 
 PROMPTS = [
     "We had dinner at the little Italian place downtown last week.",

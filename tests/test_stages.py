@@ -37,7 +37,8 @@ from rlhfkit.demo import corpus
 from rlhfkit.demo.build import ensure_default
 from rlhfkit.demo.gold import gold_score
 from rlhfkit.evaluate import policy
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.resolve import resolve_model_path
 from rlhfkit.rollout import sample_responses
 from rlhfkit.stages import demo, dpo, pairs, reward, sft
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rlhfkit.config import STAGE_CONFIGS, config_template
+from rlhfkit.config import config_template
+from rlhfkit.stages import STAGES, command_name
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
-COMMANDS = {"reward-train": "reward train", "reward-eval": "reward eval", "reward-noise-sweep": "reward noise-sweep"}
 
 
 def reference() -> str:
     blocks = []
-    for stage, cls in STAGE_CONFIGS.items():
-        lines = "\n".join(config_template(cls))
-        blocks.append(
-            f"#### `rlhfkit {COMMANDS.get(stage, stage)}` (`rlhfkit config show {stage}`)\n\n```yaml\n{lines}\n```"
-        )
+    for stage, entry in STAGES.items():
+        lines = "\n".join(config_template(entry.config))
+        command = " ".join(part for part in command_name(stage) if part)
+        blocks.append(f"#### `rlhfkit {command}` (`rlhfkit config show {stage}`)\n\n```yaml\n{lines}\n```")
     return "\n\n".join(blocks)
 
 

@@ -1,13 +1,15 @@
-"""Directories that appear whole or not at all: write into a temporary sibling, then rename it into place."""
+"""Files and directories that appear whole or not at all: write into a temporary sibling, then rename it into place."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 
 @contextmanager
@@ -31,3 +33,40 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Yield a handle on a fresh temporary file beside PATH; when the block ends without error the file replaces
+    PATH. On error the temporary file is removed and PATH is left as it was (a crash leaves at most a hidden
+    `.NAME.*.tmp`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write PATH whole or not at all (see atomic_file)."""
+    with atomic_file(path, "wb" if isinstance(data, bytes) else "w") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """Indented JSON, written atomically; values JSON cannot hold (paths, dates) as their str()."""
+    return atomic_write(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def replace_link(link: Path, target: str | Path) -> None:
+    """Point the symlink LINK at TARGET atomically (a new link beside it, then a rename over the old one)."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)

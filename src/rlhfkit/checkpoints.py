@@ -1,12 +1,17 @@
 """Resumable training checkpoints: OUTPUT_DIR/checkpoints/step-N, written atomically (a temporary folder, then a
 rename), holding the trainable weights, optimiser and scheduler state, every random-number generator and the
 stage's own position (data batches consumed, best score so far, ...). A crash mid-write leaves only a hidden
-temporary folder, never a half-written step-N; the newest `keep` checkpoints are kept."""
+temporary folder, never a half-written step-N; the newest `keep` checkpoints are kept.
+
+`save` and `resume` are the protocol every stage uses, alone or among N processes: each process hands in its random
+generators (and its own values, such as an online stage's sampler); the main process writes; on resume each process
+takes back its own, or, when the process count changed, keeps the stage's position and reseeds."""
 
 from __future__ import annotations
 
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_dir
+from .console import console
 from .errors import TrainingError
 
 STATE_FILE = "trainer_state.pt"
@@ -118,3 +124,67 @@ def load_checkpoint(
     if restore_rng:
         set_rng_state(saved["rng"])
     return saved["step"], {**saved["state"], "_rng": saved["rng"]}
+
+
+def save(
+    runtime,
+    out: Path,
+    step: int,
+    modules: dict,
+    optimizers: dict,
+    state: dict,
+    keep: int,
+    schedulers: dict | None = None,
+    per_rank: dict | None = None,
+) -> Path | None:
+    """Every process hands in its generators and `per_rank` values; the main process writes OUT/checkpoints/step-N
+    (the modules unwrapped from DDP/FSDP) and all wait for it. Returns the checkpoint (None on other processes)."""
+    ranks = runtime.gather_objects({"rng": rng_state(), **(per_rank or {})})
+    path = None
+    if runtime.is_main:
+        unwrapped = {name: runtime.unwrap(module) for name, module in modules.items()}
+        path = save_checkpoint(
+            out,
+            step,
+            unwrapped,
+            optimizers,
+            {**state, "world": runtime.world},
+            keep=keep,
+            schedulers=schedulers,
+            rng={"ranks": ranks},
+        )
+        console.print(f"checkpoint {path}", highlight=False)
+    runtime.barrier()
+    return path
+
+
+@dataclass
+class Resumed:
+    step: int
+    path: Path
+    state: dict  # what the stage saved
+    mine: dict  # this process's `per_rank` values; empty when the checkpoint had another process count
+
+
+def resume(runtime, out: Path, modules: dict, optimizers: dict, schedulers: dict | None = None) -> Resumed | None:
+    """Restore the newest checkpoint of OUT: modules, optimizers, schedulers and this process's generators. None (and
+    a line saying so) when there is none."""
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
+        return None
+    unwrapped = {name: runtime.unwrap(module) for name, module in modules.items()}
+    step, state = load_checkpoint(checkpoint, unwrapped, optimizers, schedulers, restore_rng=False)
+    ranks = state.pop("_rng").get("ranks", [])
+    written_by = state.pop("world", len(ranks))
+    mine: dict = {}
+    if len(ranks) == runtime.world:
+        mine = dict(ranks[runtime.rank])
+        set_rng_state(mine.pop("rng"))
+    else:
+        console.print(
+            f"resume: the checkpoint was written by {written_by} processes, this run has {runtime.world}; "
+            "data position kept, random generators reseeded"
+        )
+    console.print(f"resuming from {checkpoint} (step {step})")
+    return Resumed(step, checkpoint, state, mine)

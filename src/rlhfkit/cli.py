@@ -11,6 +11,7 @@ import typer
 from . import config as cfg
 from .errors import RlhfkitError
 from .feedback.annotate.cli import app as annotate_app
+from .stages import GROUPS, STAGES, Stage, command_name
 
 STAGE = {"allow_extra_args": True, "ignore_unknown_options": True}
 OVERRIDES = (
@@ -24,12 +25,10 @@ app = typer.Typer(
     add_completion=False,
 )
 data_app = typer.Typer(help="Validate and import data files.", no_args_is_help=True)
-reward_app = typer.Typer(help="Train and evaluate reward models.", no_args_is_help=True)
 default_app = typer.Typer(help="The embedded default task (tiny review model, corpus, prompts).", no_args_is_help=True)
 config_app = typer.Typer(help="Show stage configs.", no_args_is_help=True)
 registry_app = typer.Typer(help="The checkpoint registry of a run root.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-app.add_typer(reward_app, name="reward")
 app.add_typer(default_app, name="default")
 app.add_typer(config_app, name="config")
 app.add_typer(registry_app, name="registry")
@@ -38,113 +37,37 @@ app.add_typer(annotate_app, name="annotate")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; see `rlhfkit config show STAGE`.")
 
 
-def _load(stage: str, config: Path | None, ctx: typer.Context):
-    return cfg.load_config(cfg.STAGE_CONFIGS[stage], config, list(ctx.args))
+def load_stage_config(kind: str, config: Path | None, ctx: typer.Context):
+    return cfg.load_config(STAGES[kind].config, config, list(ctx.args))
 
 
-@app.command(context_settings=STAGE, epilog=OVERRIDES)
-def sft(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """Supervised fine-tuning (loss on response tokens only)."""
-    from .stages import sft as stage
+def stage_command(kind: str, stage: Stage):
+    """The CLI command of one registered stage: load its config (file, then command-line overrides) and run it."""
+    if stage.checkpoint:
 
-    stage.run(_load("sft", config, ctx))
+        def command(
+            ctx: typer.Context,
+            checkpoint: str = typer.Argument(..., help="model directory to check"),
+            config: Path | None = ConfigOpt,
+        ):
+            result = stage.run(load_stage_config(kind, config, ctx), checkpoint)
+            raise typer.Exit(0 if result.passed else 1)
 
+    else:
 
-@app.command(context_settings=STAGE, epilog=OVERRIDES)
-def pairs(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """Sample two responses per prompt and have a simulated annotator panel label them."""
-    from .stages import pairs as stage
+        def command(ctx: typer.Context, config: Path | None = ConfigOpt):
+            stage.run(load_stage_config(kind, config, ctx))
 
-    stage.run(_load("pairs", config, ctx))
-
-
-@app.command(context_settings=STAGE, epilog=OVERRIDES)
-def judge(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """AI judge (RLAIF): label preference pairs with a reward model, a causal LM or an OpenAI-compatible endpoint,
-    both orders asked."""
-    from .stages import judge as stage
-
-    stage.run(_load("judge", config, ctx))
+    return command
 
 
-@reward_app.command("train", context_settings=STAGE, epilog=OVERRIDES)
-def reward_train(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """Train a Bradley-Terry reward model on preference pairs."""
-    from .stages import reward as stage
-
-    stage.train(_load("reward-train", config, ctx))
-
-
-@reward_app.command("eval", context_settings=STAGE, epilog=OVERRIDES)
-def reward_eval(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """Accuracy, calibration (ECE), margins and length bias of a reward model on preference pairs."""
-    from .stages import reward as stage
-
-    stage.evaluate(_load("reward-eval", config, ctx))
-
-
-@reward_app.command("noise-sweep", context_settings=STAGE, epilog=OVERRIDES)
-def reward_noise_sweep(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """Flip a share of the training labels, retrain per share, and plot held-out accuracy against it."""
-    from .stages import noise_sweep as stage
-
-    stage.run(_load("reward-noise-sweep", config, ctx))
-
-
-@app.command(context_settings=STAGE, epilog=OVERRIDES)
-def dpo(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """Direct preference optimisation (sigmoid, ipo, hinge, robust, simpo, orpo)."""
-    from .stages import dpo as stage
-
-    stage.run(_load("dpo", config, ctx))
-
-
-@app.command(context_settings=STAGE, epilog=OVERRIDES)
-def ppo(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """PPO: value head, GAE, clipped updates, KL penalty to the reference folded into the reward."""
-    from .stages import ppo as stage
-
-    stage.run(_load("ppo", config, ctx))
-
-
-@app.command(context_settings=STAGE, epilog=OVERRIDES)
-def grpo(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """GRPO: group-normalised advantages over k samples per prompt, KL to the reference as a loss term."""
-    from .stages import grpo as stage
-
-    stage.run(_load("grpo", config, ctx))
-
-
-@app.command(context_settings=STAGE, epilog=OVERRIDES)
-def rloo(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """RLOO: k samples per prompt, each baselined by the mean of the other k-1."""
-    from .stages import grpo as stage
-
-    stage.run(_load("rloo", config, ctx))
-
-
-@app.command(context_settings=STAGE, epilog=OVERRIDES)
-def bon(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """Best-of-n: sample n, keep the best by reward; `finetune=true` trains on the winners (rejection sampling)."""
-    from .stages import bon as stage
-
-    stage.run(_load("bon", config, ctx))
-
-
-@app.command("bon-sweep", context_settings=STAGE, epilog=OVERRIDES)
-def bon_sweep(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """Best-of-n over-optimisation curve: proxy and gold against KL_bon = log n - (n-1)/n, with the Gao et al. fit."""
-    from .stages import bon_sweep as stage
-
-    stage.run(_load("bon-sweep", config, ctx))
-
-
-@app.command("eval", context_settings=STAGE, epilog=OVERRIDES)
-def eval_(ctx: typer.Context, config: Path | None = ConfigOpt):
-    """Compare policies on held-out prompts: gold, reward, win rate, KL, length, diversity, unsafe rate."""
-    from .evaluate import policy
-
-    policy.run(_load("eval", config, ctx))
+groups = {name: typer.Typer(help=text, no_args_is_help=True) for name, text in GROUPS.items()}
+for group_name, group in groups.items():
+    app.add_typer(group, name=group_name)
+for kind, stage in STAGES.items():
+    group_name, command_text = command_name(kind)
+    target = app if group_name is None else groups[group_name]
+    target.command(command_text, help=stage.help, context_settings=STAGE, epilog=OVERRIDES)(stage_command(kind, stage))
 
 
 @app.command(
@@ -178,9 +101,8 @@ def demo(
     force: list[str] | None = typer.Option(None, "--force", help="rerun this stage even when unchanged (repeatable)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and print the plan; run nothing"),
 ):
-    """The whole loop on the embedded default, as a cached pipeline: SFT, pairs, reward model, DPO, evaluation, gate,
-    report.
-    Exits 1 when the DPO model fails the acceptance gate."""
+    """The whole loop on the embedded default, as a cached pipeline: SFT, pairs, reward model, DPO, evaluation,
+    gate, report. Exits 1 when the DPO model fails the acceptance gate."""
     from .stages import demo as stage
 
     if show:
@@ -221,19 +143,6 @@ def data_import(
     typer.echo(f"{report.summary()}; wrote {out}")
 
 
-@app.command(context_settings=STAGE, epilog=OVERRIDES)
-def gate(
-    ctx: typer.Context,
-    checkpoint: str = typer.Argument(..., help="model directory to check"),
-    config: Path | None = ConfigOpt,
-):
-    """Check a checkpoint against the acceptance envelope; record it in the registry; exit 1 when it fails."""
-    from .stages import gate as stage
-
-    result = stage.run(cfg.load_config(stage.GateConfig, config, list(ctx.args)), checkpoint)
-    raise typer.Exit(0 if result.passed else 1)
-
-
 @registry_app.command("list")
 def registry_list(root: Path = typer.Option(Path("runs/demo"), "--root", help="run root holding registry.sqlite")):
     """Every registered checkpoint with its gate result; * marks the current one."""
@@ -247,8 +156,7 @@ def registry_list(root: Path = typer.Option(Path("runs/demo"), "--root", help="r
 @app.command()
 def rollback(root: Path = typer.Option(Path("runs/demo"), "--root", help="run root holding registry.sqlite")):
     """Make the last passing checkpoint before the current one current (ROOT/current points to it)."""
-    from .evaluate.registry import Registry
-    from .stages.gate import update_current_link
+    from .evaluate.registry import Registry, update_current_link
 
     if not (root / "registry.sqlite").is_file():
         raise cfg.ConfigError(f"{root}: no registry.sqlite here; `rlhfkit gate CHECKPOINT` creates it")
@@ -298,7 +206,7 @@ def agreement(
     report = agreement_report(path)
     typer.echo(format_report(report))
     if json_out:
-        from .train import write_json
+        from .atomic import write_json
 
         write_json(json_out, report)
 
@@ -306,9 +214,9 @@ def agreement(
 @default_app.command("build")
 def default_build(force: bool = typer.Option(False, help="rebuild even when a cached build exists")):
     """Build (once) the embedded default: corpus, BPE tokenizer, tiny GPT-2, prompts."""
-    from .demo.build import ensure_default
+    from .resolve import default_task
 
-    task = ensure_default(force=force)
+    task = default_task(force=force)
     info = task.info
     typer.echo(
         f"default task at {task.root}: {info['parameters']:,} parameters, pre-training loss "
@@ -320,19 +228,19 @@ def default_build(force: bool = typer.Option(False, help="rebuild even when a ca
 @default_app.command("info")
 def default_info():
     """Where the embedded default lives and whether it is built."""
-    from .demo.build import default_dir
+    from .resolve import default_task_dir
 
-    root = default_dir()
+    root = default_task_dir()
     built = (root / "build.json").is_file()
     typer.echo(f"{root} ({'built' if built else 'not built yet: run `rlhfkit default build`'})")
 
 
 @config_app.command("show")
-def config_show(stage: str = typer.Argument(..., help=" | ".join(cfg.STAGE_CONFIGS))):
+def config_show(stage: str = typer.Argument(..., help=" | ".join(STAGES))):
     """Print a stage's keys with their defaults and meaning, as a YAML template."""
-    if stage not in cfg.STAGE_CONFIGS:
-        raise cfg.ConfigError(f"unknown stage '{stage}'; expected one of {', '.join(cfg.STAGE_CONFIGS)}")
-    typer.echo("\n".join(cfg.config_template(cfg.STAGE_CONFIGS[stage])))
+    if stage not in STAGES:
+        raise cfg.ConfigError(f"unknown stage '{stage}'; expected one of {', '.join(STAGES)}")
+    typer.echo("\n".join(cfg.config_template(STAGES[stage].config)))
 
 
 def main() -> None:

@@ -488,9 +488,8 @@ class PipelineConfig(Strict):
     )
     stages: list[dict[str, Any]] = Field(
         ...,
-        description="in order, each {name, stage: sft|pairs|reward-train|reward-eval|dpo|ppo|grpo|rloo|bon|eval|"
-        "bon-sweep|gate|judge, config: {stage keys}, checkpoint (gate only)}; a string "
-        "may name an earlier stage's output_dir as ${NAME}",
+        description="in order, each {name, stage: a stage kind (`rlhfkit config show --help` lists them), config: "
+        "{stage keys}, checkpoint (gate only)}; a string may name an earlier stage's output_dir as ${NAME}",
     )
     force: list[str] = Field(
         default_factory=list, description="stage names to rerun even when their inputs and config are unchanged"
@@ -658,24 +657,6 @@ class JudgeConfig(Strict):
         ):
             raise ValueError(f"answer_labels {self.answer_labels}: give two different, non-empty labels, e.g. [A, B]")
         return self
-
-
-STAGE_CONFIGS: dict[str, type[Strict]] = {
-    "sft": SFTConfig,
-    "pairs": PairsConfig,
-    "reward-train": RewardTrainConfig,
-    "reward-eval": RewardEvalConfig,
-    "reward-noise-sweep": NoiseSweepConfig,
-    "dpo": DPOConfig,
-    "eval": EvalConfig,
-    "ppo": PPOConfig,
-    "grpo": GRPOConfig,
-    "rloo": RLOOConfig,
-    "bon": BoNConfig,
-    "bon-sweep": BonSweepConfig,
-    "gate": GateConfig,
-    "judge": JudgeConfig,
-}
 
 
 def describe(cls: type[BaseModel], key: str) -> str | None:

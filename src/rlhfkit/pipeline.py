@@ -11,7 +11,6 @@ that crashed resumes from its own checkpoints.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -26,28 +25,14 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from .config import STAGE_CONFIGS, PipelineConfig, Strict, build_config, deep_merge, parse_overrides, read_yaml
+from .atomic import write_json
+from .config import PipelineConfig, Strict, build_config, deep_merge, parse_overrides, read_yaml
+from .console import console, say
 from .errors import ConfigError
-from .train import console, write_json
+from .stages import STAGES
 
 MARKER = ".rlhfkit-stage.json"
 RUNNING = ".rlhfkit-running.json"
-# stage kind -> (module, function); each is called exactly as its CLI command calls it
-DISPATCH = {
-    "sft": (".stages.sft", "run"),
-    "pairs": (".stages.pairs", "run"),
-    "reward-train": (".stages.reward", "train"),
-    "reward-eval": (".stages.reward", "evaluate"),
-    "dpo": (".stages.dpo", "run"),
-    "ppo": (".stages.ppo", "run"),
-    "grpo": (".stages.grpo", "run"),
-    "rloo": (".stages.grpo", "run"),
-    "bon": (".stages.bon", "run"),
-    "eval": (".evaluate.policy", "run"),
-    "bon-sweep": (".stages.bon_sweep", "run"),
-    "gate": (".stages.gate", "run"),
-    "judge": (".stages.judge", "run"),
-}
 NOT_INPUTS = ("output_dir", "registry")  # keys naming where a stage writes, never what it reads
 SUMMARY_FILES = ("summary.json", "eval.json", "sweep.json", "gate.json", "judge.json")
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
@@ -56,7 +41,7 @@ STAGE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 class StageEntry(Strict):
     name: str = Field(..., description="unique name; the stage's folder (OUTPUT_DIR/NAME) and its ${NAME}")
-    stage: str = Field(..., description="stage kind: " + ", ".join(DISPATCH))
+    stage: str = Field(..., description="stage kind: " + ", ".join(STAGES))
     config: dict[str, Any] = Field(
         default_factory=dict, description="the stage's keys, as in `rlhfkit config show STAGE`"
     )
@@ -128,12 +113,12 @@ def load_pipeline(path: str | Path, overrides: list[str] | dict | None = None, f
     order = {entry.name: i for i, entry in enumerate(entries)}
     for i, entry in enumerate(entries):
         where = f"{source}: stage '{entry.name}' ({entry.stage})"
-        if (entry.stage == "gate") != (entry.checkpoint is not None):
+        if STAGES[entry.stage].checkpoint != (entry.checkpoint is not None):
             raise ConfigError(
                 f"{where}: "
                 + (
                     "a gate needs checkpoint: MODEL_DIR (e.g. ${dpo}/model)"
-                    if entry.stage == "gate"
+                    if STAGES[entry.stage].checkpoint
                     else "checkpoint is a gate key; put this stage's keys under config"
                 )
             )
@@ -151,7 +136,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | dict | None = None, f
             if entry.checkpoint is not None
             else None
         )
-        config = build_config(STAGE_CONFIGS[entry.stage], values, source=where)
+        config = build_config(STAGES[entry.stage].config, values, source=where)
         outputs[entry.name] = str(config.output_dir)
         stages.append(Stage(entry.name, entry.stage, config, checkpoint, uses))
 
@@ -194,10 +179,10 @@ def check_entries(source: str, entries: list[StageEntry]) -> None:
                 "must be unique"
             )
         seen[entry.name] = i
-        if entry.stage not in DISPATCH:
+        if entry.stage not in STAGES:
             raise ConfigError(
                 f"{source}: stage '{entry.name}': unknown stage kind '{entry.stage}'; expected one of "
-                f"{', '.join(DISPATCH)}"
+                f"{', '.join(STAGES)}"
             )
 
 
@@ -215,7 +200,7 @@ def apply_stage_overrides(entries: list[StageEntry], overrides: dict[str, Any]) 
         if not isinstance(value, dict):
             raise ConfigError(f"override '{key}={value}': stage '{entry.name}' takes {key}.KEY=VALUE")
         value = dict(value)
-        if entry.stage == "gate" and "checkpoint" in value:
+        if STAGES[entry.stage].checkpoint and "checkpoint" in value:
             entry.checkpoint = str(value.pop("checkpoint"))
         entry.config = deep_merge(entry.config, value)
 
@@ -372,15 +357,6 @@ def read_json(path: Path) -> dict | None:
 # ------------------------------------------------------------------------------------------ running
 
 
-def say(text: str) -> None:
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-def stage_function(kind: str):
-    module, function = DISPATCH[kind]
-    return getattr(importlib.import_module(module, __package__), function)
-
-
 def why_run(
     stage: Stage,
     fingerprint: str,
@@ -494,10 +470,10 @@ def run(pipeline: Pipeline, dry_run: bool = False) -> dict[str, Any]:
             console.rule(f"{index}/{total} {stage.label}: {reason}")
             config = prepare(stage, record.fingerprint)
             try:
-                if stage.kind == "gate":
-                    record.passed = bool(stage_function(stage.kind)(config, stage.checkpoint).passed)
+                if STAGES[stage.kind].checkpoint:
+                    record.passed = bool(STAGES[stage.kind].run(config, stage.checkpoint).passed)
                 else:
-                    stage_function(stage.kind)(config)
+                    STAGES[stage.kind].run(config)
             except BaseException:
                 record.status, record.reason, record.seconds = "failed", reason, time.time() - start
                 finish(pipeline, records, passed=False, report=False)
@@ -517,7 +493,7 @@ def run(pipeline: Pipeline, dry_run: bool = False) -> dict[str, Any]:
                     "finished_at": now(),
                     "seconds": round(record.seconds, 2),
                     "summary": record.summary,
-                    **({"passed": record.passed} if stage.kind == "gate" else {}),
+                    **({"passed": record.passed} if STAGES[stage.kind].checkpoint else {}),
                 },
             )
             (stage.out / RUNNING).unlink(missing_ok=True)

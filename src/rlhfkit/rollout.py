@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .console import console, progress_bar
 from .data.records import PromptValue
 from .data.tokenize import Encoder, pad_left
 from .decode import LeanDecoder
-from .losses import entropy_from_logits
+from .forward import takes_logits_to_keep
 from .models.loading import base_model
-from .train import console, progress_bar, response_logits
 
 TRUNCATION_WARNING = 0.2
 
@@ -64,11 +64,6 @@ def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None = None)
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
-def _takes_logits_to_keep(model) -> bool:
-    base = base_model(model)
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
 def cache_kwarg(model) -> str:
     """The forward's name for the KV cache: `cache` in transformers >= 5.24 (`past_key_values` is deprecated there
     and goes in 5.40), `past_key_values` before."""
@@ -113,7 +108,7 @@ def generate(
     batch = input_ids.shape[0]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     # The prompt forward needs logits at its last position only: no LM-head work on the other prompt positions.
-    keep = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
     group = _group_size(input_ids, attention_mask)
     # A prompt repeated in `group` consecutive rows (GRPO/RLOO groups) is run forward once; its cache is then copied.
     out = model(
@@ -276,35 +271,3 @@ def sample_responses(
     samples = Samples(prompts=rendered, responses=responses, truncated=truncated)
     warn_if_truncated(samples.truncated_share, max_new_tokens, f" ({description})")
     return samples
-
-
-def token_logps(
-    model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0, with_entropy: bool = False
-):
-    """Per-token log-probs [B, R] of the response part (columns from prompt_len) under logits / temperature, and
-    their entropies; positions skip left padding. Padding-free where the model allows (prompt padding and the padding
-    after each response never reach the matmuls; the output layer runs on response positions only); there the
-    positions the attention mask leaves out get 0."""
-    rows = range(input_ids.shape[0])
-    prompts = [input_ids[i, :prompt_len][attention_mask[i, :prompt_len].bool()].tolist() for i in rows]
-    responses = [input_ids[i, prompt_len:][attention_mask[i, prompt_len:].bool()].tolist() for i in rows]
-    packed = response_logits(model, prompts, responses, pad_id=0) if all(prompts) and all(responses) else None
-    if packed is None:
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        keep = {"logits_to_keep": input_ids.shape[1] - prompt_len + 1} if _takes_logits_to_keep(model) else {}
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **keep).logits
-        # Logits at t predict token t+1: the response starts at prompt_len.
-        logits = logits[:, -(input_ids.shape[1] - prompt_len) - 1 : -1].float() / temperature
-        logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
-        return logps, (entropy_from_logits(logits) if with_entropy else None)
-    logits, labels, owner, slot = packed
-    logits = logits / temperature
-    shape = (input_ids.shape[0], input_ids.shape[1] - prompt_len)
-    flat = torch.log_softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1)
-    logps = torch.zeros(shape, dtype=flat.dtype, device=flat.device).index_put((owner, slot), flat)
-    if not with_entropy:
-        return logps, None
-    entropy = torch.zeros(shape, dtype=flat.dtype, device=flat.device).index_put(
-        (owner, slot), entropy_from_logits(logits)
-    )
-    return logps, entropy

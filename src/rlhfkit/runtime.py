@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from . import checkpoints
+from .console import console
 from .errors import ConfigError
 from .models.loading import base_model
-from .train import check_finite, console, forever
+from .train import check_finite, forever
 
 
 @dataclass
@@ -219,49 +220,31 @@ def save(
     state: dict,
     keep: int,
 ) -> None:
-    """Every process hands in its generators; the main process writes checkpoints/step-N atomically."""
-    rngs = runtime.gather_objects(rng_state())
-    if runtime.is_main:
-        path = save_checkpoint(
-            out,
-            step,
-            {"model": runtime.unwrap(model)},
-            {"adamw": optimizer},
-            {**state, "batches_taken": stream.taken, "world": runtime.world},
-            keep=keep,
-            schedulers={"schedule": scheduler},
-            rng={"ranks": rngs},
-        )
-        console.print(f"checkpoint {path}", highlight=False)
-    runtime.barrier()
+    """An offline stage's checkpoint (checkpoints.save): weights, optimiser, schedule, and the data position."""
+    checkpoints.save(
+        runtime,
+        out,
+        step,
+        {"model": model},
+        {"adamw": optimizer},
+        {**state, "batches_taken": stream.taken},
+        keep,
+        schedulers={"schedule": scheduler},
+    )
 
 
 def resume(
     runtime: Runtime, config, out, model: torch.nn.Module, optimizer, scheduler, stream: BatchStream
 ) -> tuple[int, dict]:
-    """With `resume`, restore the newest checkpoint: weights, optimiser, schedule, data position and every process's
-    generators (a different process count keeps the data position and reseeds). Returns (step, the stage's state)."""
+    """With `resume`, restore the newest checkpoint (checkpoints.resume) and move the batch stream to its position.
+    Returns (step, the stage's state); (0, {}) when starting afresh."""
     if not config.resume:
         return 0, {}
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None:
-        console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
+    resumed = checkpoints.resume(runtime, out, {"model": model}, {"adamw": optimizer}, {"schedule": scheduler})
+    if resumed is None:
         return 0, {}
-    step, state = load_checkpoint(
-        checkpoint, {"model": runtime.unwrap(model)}, {"adamw": optimizer}, {"schedule": scheduler}, restore_rng=False
-    )
-    ranks = state.pop("_rng").get("ranks", [])
-    if len(ranks) == runtime.world:
-        set_rng_state(ranks[runtime.rank])
-    else:
-        console.print(
-            f"resume: the checkpoint was written by {len(ranks)} processes, this run has {runtime.world}; "
-            "data position kept, random generators reseeded"
-        )
-    stream.skip_to(state.pop("batches_taken"))
-    state.pop("world", None)
-    console.print(f"resuming from {checkpoint} (step {step})")
-    return step, state
+    stream.skip_to(resumed.state.pop("batches_taken"))
+    return resumed.step, resumed.state
 
 
 def should_save(config, step: int, steps: int) -> bool:

@@ -1,11 +1,21 @@
-"""Scoring callables named as `module:function`, with the signature f(prompts, responses) -> list[float]."""
+"""Scoring responses: callables named as `module:function` with the signature f(prompts, responses) -> list[float],
+and reward models (an HF sequence-classification directory, one scalar head per objective) with one input layout
+(`RewardEncoder`), one padding-free forward (`score_sequences`) and one truncation rule (`RewardModelScorer`) for
+every caller: reward training and evaluation, online rewards, policy evaluation and the reward-model judge."""
 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
+from pathlib import Path
 
-from .errors import ConfigError
+import torch
+
+from .data.records import PreferencePair
+from .data.tokenize import Encoder
+from .errors import ConfigError, ModelError
+from .forward import decoder_parts, packed_hidden
 
 Scorer = Callable[[list[str], list[str]], list[float]]
 DEFAULT_GOLD = "rlhfkit.demo.gold:score"
@@ -32,3 +42,154 @@ def call_scorer(scorer: Scorer, prompts: list[str], responses: list[str], option
     if len(scores) != len(responses):
         raise ConfigError(f"{option}: the scorer returned {len(scores)} scores for {len(responses)} responses")
     return [float(s) for s in scores]
+
+
+class RewardEncoder:
+    """prompt + response -> model inputs; encoders get their [CLS]/[SEP] pair layout, causal LMs an EOS."""
+
+    def __init__(self, tokenizer, max_length: int, max_prompt_length: int):
+        self.tokenizer = tokenizer
+        self.pair_style = tokenizer.cls_token is not None
+        special = tokenizer.num_special_tokens_to_add(pair=True) if self.pair_style else 0
+        self.encoder = Encoder(tokenizer, max_length - special, max_prompt_length, add_eos=not self.pair_style)
+
+    def encode_pair(self, pair: PreferencePair) -> tuple[list[int], list[int]] | None:
+        out = self.encoder.encode(pair.prompt, [pair.chosen, pair.rejected])
+        if out is None:
+            return None
+        prompt_ids, (chosen_ids, rejected_ids) = out
+        return self.join(prompt_ids, chosen_ids), self.join(prompt_ids, rejected_ids)
+
+    def encode_response(self, prompt, response: str) -> list[int] | None:
+        out = self.encoder.encode(prompt, [response])
+        return None if out is None else self.join(out[0], out[1][0])
+
+    def join(self, prompt_ids: list[int], response_ids: list[int]) -> list[int]:
+        if self.pair_style:
+            # Encoder pair layout: [CLS] prompt [SEP] response [SEP] (RoBERTa-style tokenizers double the middle
+            # separator).
+            cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+            middle = [sep, sep] if self.tokenizer.num_special_tokens_to_add(pair=True) >= 4 else [sep]
+            return [cls] + prompt_ids + middle + response_ids + [sep]
+        return prompt_ids + response_ids
+
+
+def score_sequences(model, sequences: list[list[int]], pad_id: int, head: int = 0) -> torch.Tensor:
+    """Rewards of one head for token sequences, shape [n]: padding-free where decoder_parts allows (the score head
+    reads each sequence's last hidden state), else one right-padded batch through the whole model."""
+    parts = decoder_parts(model, head="score")
+    if parts is not None:
+        backbone, score = parts
+        hidden, starts = packed_hidden(backbone, sequences, pad_id)
+        # the last token that is not padding, as the HF heads pick it (a tokenizer whose pad is its EOS scores before
+        # the EOS)
+        ends = [next((j for j in range(len(s) - 1, -1, -1) if s[j] != pad_id), 0) for s in sequences]
+        last = torch.tensor([start + end for start, end in zip(starts, ends)], device=hidden.device)
+        return score(hidden[last])[:, head].float()
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    device = next(model.parameters()).device
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, head].float()
+
+
+def pair_rewards(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected rewards from one concatenated forward pass."""
+    rewards = score_sequences(model, [c for c, _ in batch] + [r for _, r in batch], pad_id)
+    return rewards[: len(batch)], rewards[len(batch) :]
+
+
+@torch.no_grad()
+def margins_of(
+    model, encoded: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int
+) -> tuple[list[float], list[float], list[float]]:
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for i in range(0, len(encoded), batch_size):
+        c, r = pair_rewards(model, encoded[i : i + batch_size], pad_id)
+        chosen += c.tolist()
+        rejected += r.tolist()
+    model.train(was_training)
+    return [c - r for c, r in zip(chosen, rejected)], chosen, rejected
+
+
+def encode_pairs(pairs: list[PreferencePair], encoder: RewardEncoder) -> tuple[list, list[PreferencePair]]:
+    encoded, kept = [], []
+    for pair in pairs:
+        out = encoder.encode_pair(pair)
+        if out is not None:
+            encoded.append(out)
+            kept.append(pair)
+    return encoded, kept
+
+
+# Scoring budget of a reward model outside its training run (online rewards, eval, the reward-model judge), in
+# tokens of prompt + response and of the prompt alone; capped by the model's context.
+SCORING_MAX_LENGTH = 1024
+SCORING_MAX_PROMPT_LENGTH = 512
+
+
+class RewardModelScorer:
+    """A reward-model directory loaded once, scoring (prompt, response) texts with one head. Inputs are cut by the
+    training rule (prompt from the left, then the response from the right) to `max_length` tokens, capped by the
+    model's context; a response with no room left scores NaN."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        max_length: int = SCORING_MAX_LENGTH,
+        max_prompt_length: int = SCORING_MAX_PROMPT_LENGTH,
+        batch_size: int = 64,
+    ):
+        from .models.loading import load_reward_model, load_tokenizer
+        from .resolve import resolve_model_path
+
+        self.path = resolve_model_path(str(model))
+        self.tokenizer = load_tokenizer(self.path)
+        self.model = load_reward_model(self.path, self.tokenizer).eval()
+        context = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+            self.model.config, "n_positions", None
+        )
+        if context:
+            max_length = min(max_length, context)
+            max_prompt_length = min(max_prompt_length, max_length // 2)
+        self.encoder = RewardEncoder(self.tokenizer, max_length, max_prompt_length)
+        self.batch_size = batch_size
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.config.num_labels
+
+    def check_head(self, head: int, option: str) -> None:
+        if head >= self.num_heads:
+            raise ConfigError(f"{option}={head}: the reward model {self.path} has {self.num_heads} head(s)")
+
+    @torch.no_grad()
+    def score(self, prompts: list, responses: list[str], head: int = 0, on_batch=None) -> list[float]:
+        """One score per response; `on_batch(n)` is told after each forward pass of n sequences."""
+        sequences = [self.encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
+        kept = [i for i, s in enumerate(sequences) if s is not None]
+        scores = [math.nan] * len(sequences)
+        for start in range(0, len(kept), self.batch_size):
+            chunk = kept[start : start + self.batch_size]
+            values = score_sequences(self.model, [sequences[i] for i in chunk], self.tokenizer.pad_token_id, head)
+            for i, value in zip(chunk, values.tolist()):
+                scores[i] = value
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return scores
+
+
+def is_reward_model(path: Path) -> bool:
+    from .models.loading import model_info
+
+    return any(a.endswith("ForSequenceClassification") for a in model_info(path)["architectures"] or [])
+
+
+def require_reward_model(path: Path, name: str, hint: str) -> None:
+    if not is_reward_model(path):
+        raise ModelError(f"model '{name}' is not a reward model (no *ForSequenceClassification head); {hint}")

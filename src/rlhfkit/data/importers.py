@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .records import PreferencePair, _messages, _prompt, _type_name, _Where, parse_record, read_jsonl
+from .records import PreferencePair, Where, parse_messages, parse_prompt, parse_record, read_jsonl, type_name
 
 FORMATS = ("trl", "hh", "ultrafeedback")
 
@@ -77,16 +77,16 @@ def _content_problem(chosen: str, rejected: str) -> str | None:
     return None
 
 
-def _string_field(obj: dict, key: str, where: _Where) -> str:
+def _string_field(obj: dict, key: str, where: Where) -> str:
     if key not in obj:
         raise where.fail(key, "missing")
     value = obj[key]
     if not isinstance(value, str):
-        raise where.fail(key, f"expected a string, got {_type_name(value)}")
+        raise where.fail(key, f"expected a string, got {type_name(value)}")
     return value
 
 
-def split_hh(chosen: str, rejected: str, where: _Where) -> tuple[str, str, str]:
+def split_hh(chosen: str, rejected: str, where: Where) -> tuple[str, str, str]:
     """(prompt, chosen reply, rejected reply) from two HH-RLHF transcripts."""
     n, limit = 0, min(len(chosen), len(rejected))
     while n < limit and chosen[n] == rejected[n]:
@@ -107,13 +107,13 @@ def split_hh(chosen: str, rejected: str, where: _Where) -> tuple[str, str, str]:
     return prompt, reply(chosen), reply(rejected)
 
 
-def _import_trl(obj: Any, where: _Where, report: ImportReport) -> PreferencePair | None:
+def _import_trl(obj: Any, where: Where, report: ImportReport) -> PreferencePair | None:
     return parse_record(obj, "preference", where)  # type: ignore[return-value]
 
 
-def _import_hh(obj: Any, where: _Where, report: ImportReport) -> PreferencePair | None:
+def _import_hh(obj: Any, where: Where, report: ImportReport) -> PreferencePair | None:
     if not isinstance(obj, dict):
-        raise where.fail(None, f"expected a JSON object with chosen and rejected, got {_type_name(obj)}")
+        raise where.fail(None, f"expected a JSON object with chosen and rejected, got {type_name(obj)}")
     chosen_text = _string_field(obj, "chosen", where)
     rejected_text = _string_field(obj, "rejected", where)
     prompt, chosen, rejected = split_hh(chosen_text, rejected_text, where)
@@ -126,18 +126,18 @@ def _import_hh(obj: Any, where: _Where, report: ImportReport) -> PreferencePair 
     )
 
 
-def _score(obj: dict, key: str, where: _Where) -> float:
+def _score(obj: dict, key: str, where: Where) -> float:
     if key not in obj:
         raise where.fail(key, "missing")
     value = obj[key]
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise where.fail(key, f"expected a number, got {_type_name(value)}")
+        raise where.fail(key, f"expected a number, got {type_name(value)}")
     if not math.isfinite(value):
         raise where.fail(key, f"expected a finite number, got {value}")
     return value
 
 
-def _uf_reply(obj: dict, key: str, where: _Where) -> str:
+def _uf_reply(obj: dict, key: str, where: Where) -> str:
     """A reply given as text or as messages (user then assistant); the text of the last assistant turn."""
     if key not in obj:
         raise where.fail(key, "missing")
@@ -145,24 +145,24 @@ def _uf_reply(obj: dict, key: str, where: _Where) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        msgs = _messages(value, key, where)
+        msgs = parse_messages(value, key, where)
         if msgs[-1]["role"] != "assistant":
             raise where.fail(key, "the last message must be the assistant's reply")
         return msgs[-1]["content"]
-    raise where.fail(key, f"expected a string or a list of messages, got {_type_name(value)}")
+    raise where.fail(key, f"expected a string or a list of messages, got {type_name(value)}")
 
 
-def _import_ultrafeedback(obj: Any, where: _Where, report: ImportReport) -> PreferencePair | None:
+def _import_ultrafeedback(obj: Any, where: Where, report: ImportReport) -> PreferencePair | None:
     if not isinstance(obj, dict):
-        raise where.fail(None, f"expected a JSON object, got {_type_name(obj)}")
-    prompt = _prompt(obj, where)
+        raise where.fail(None, f"expected a JSON object, got {type_name(obj)}")
+    prompt = parse_prompt(obj, where)
     chosen = _uf_reply(obj, "chosen", where)
     rejected = _uf_reply(obj, "rejected", where)
     score_chosen = _score(obj, "score_chosen", where)
     score_rejected = _score(obj, "score_rejected", where)
     pair_id = obj.get("prompt_id")
     if pair_id is not None and (not isinstance(pair_id, (str, int)) or isinstance(pair_id, bool)):
-        raise where.fail("prompt_id", f"expected a string or integer, got {_type_name(pair_id)}")
+        raise where.fail("prompt_id", f"expected a string or integer, got {type_name(pair_id)}")
     if score_chosen == score_rejected:
         report.skipped.append((where.line, "tie"))  # type: ignore[arg-type]
         return None
@@ -205,7 +205,7 @@ def import_preferences(path: str | Path, fmt: str) -> tuple[list[PreferencePair]
     pairs: list[PreferencePair] = []
     for lineno, obj in read_jsonl(path):
         report.read += 1
-        pair = convert(obj, _Where(source, lineno), report)
+        pair = convert(obj, Where(source, lineno), report)
         if pair is not None:
             pairs.append(pair)
     report.imported = len(pairs)

@@ -13,13 +13,14 @@ MESSAGES is a list of {"role": "system"|"user"|"assistant", "content": TEXT}.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import random
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_file
 from ..errors import DataError
 
 Message = dict[str, str]
@@ -66,7 +67,7 @@ def record_to_dict(record: Record) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None and v != {}}
 
 
-class _Where:
+class Where:
     """Names a place in a file for error messages: `file.jsonl:12: field 'chosen'`."""
 
     def __init__(self, source: str, line: int | None):
@@ -80,7 +81,8 @@ class _Where:
         return DataError(f"{where}: {problem}")
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The JSON name of a value's type, for error messages ("a number", "null", ...)."""
     return {
         dict: "object",
         list: "list",
@@ -92,37 +94,39 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _text(obj: dict, key: str, where: _Where, required: bool = True) -> str | None:
+def _text(obj: dict, key: str, where: Where, required: bool = True) -> str | None:
     if key not in obj:
         if required:
             raise where.fail(key, "missing")
         return None
     value = obj[key]
     if not isinstance(value, str):
-        raise where.fail(key, f"expected a string, got {_type_name(value)}")
+        raise where.fail(key, f"expected a string, got {type_name(value)}")
     if not value.strip():
         raise where.fail(key, "is empty")
     return value
 
 
-def _messages(value: Any, key: str, where: _Where) -> list[Message]:
+def parse_messages(value: Any, key: str, where: Where) -> list[Message]:
+    """Validate a chat `messages` list (role and content per turn) at `where`."""
     if not isinstance(value, list) or not value:
         raise where.fail(key, "expected a non-empty list of messages")
     out = []
     for i, msg in enumerate(value):
         name = f"{key}[{i}]"
         if not isinstance(msg, dict):
-            raise where.fail(name, f"expected an object with role and content, got {_type_name(msg)}")
+            raise where.fail(name, f"expected an object with role and content, got {type_name(msg)}")
         role, content = msg.get("role"), msg.get("content")
         if role not in ROLES:
             raise where.fail(f"{name}.role", f"expected one of {', '.join(ROLES)}, got {role!r}")
         if not isinstance(content, str):
-            raise where.fail(f"{name}.content", f"expected a string, got {_type_name(content)}")
+            raise where.fail(f"{name}.content", f"expected a string, got {type_name(content)}")
         out.append({"role": role, "content": content})
     return out
 
 
-def _prompt(obj: dict, where: _Where) -> PromptValue:
+def parse_prompt(obj: dict, where: Where) -> PromptValue:
+    """The record's `prompt`: plain text or chat messages, validated."""
     if "prompt" not in obj:
         raise where.fail("prompt", "missing")
     value = obj["prompt"]
@@ -131,11 +135,11 @@ def _prompt(obj: dict, where: _Where) -> PromptValue:
             raise where.fail("prompt", "is empty")
         return value
     if isinstance(value, list):
-        return _messages(value, "prompt", where)
-    raise where.fail("prompt", f"expected a string or a list of messages, got {_type_name(value)}")
+        return parse_messages(value, "prompt", where)
+    raise where.fail("prompt", f"expected a string or a list of messages, got {type_name(value)}")
 
 
-def _response(obj: dict, key: str, where: _Where) -> str | list[Message]:
+def parse_response(obj: dict, key: str, where: Where) -> str | list[Message]:
     """A response: plain text, or messages whose last turn is the assistant's reply."""
     if key not in obj:
         raise where.fail(key, "missing")
@@ -145,35 +149,34 @@ def _response(obj: dict, key: str, where: _Where) -> str | list[Message]:
             raise where.fail(key, "is empty")
         return value
     if isinstance(value, list):
-        msgs = _messages(value, key, where)
+        msgs = parse_messages(value, key, where)
         if msgs[-1]["role"] != "assistant":
             raise where.fail(key, "the last message must be the assistant's reply")
         if not msgs[-1]["content"].strip():
             raise where.fail(key, "the assistant's reply is empty")
         return msgs
-    raise where.fail(key, f"expected a string or a list of messages, got {_type_name(value)}")
+    raise where.fail(key, f"expected a string or a list of messages, got {type_name(value)}")
 
 
-def _common(obj: dict, where: _Where) -> dict[str, Any]:
+def parse_common(obj: dict, where: Where) -> dict[str, Any]:
+    """The optional keys every record kind shares (id, category, metadata), validated."""
     out: dict[str, Any] = {}
     if "id" in obj and obj["id"] is not None:
         if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
-            raise where.fail("id", f"expected a string or integer, got {_type_name(obj['id'])}")
+            raise where.fail("id", f"expected a string or integer, got {type_name(obj['id'])}")
         out["id"] = obj["id"]
     if "category" in obj and obj["category"] is not None:
         if not isinstance(obj["category"], str):
-            raise where.fail("category", f"expected a string, got {_type_name(obj['category'])}")
+            raise where.fail("category", f"expected a string, got {type_name(obj['category'])}")
         out["category"] = obj["category"]
     if "metadata" in obj and obj["metadata"] is not None:
         if not isinstance(obj["metadata"], dict):
-            raise where.fail("metadata", f"expected an object, got {_type_name(obj['metadata'])}")
+            raise where.fail("metadata", f"expected an object, got {type_name(obj['metadata'])}")
         out["metadata"] = obj["metadata"]
     return out
 
 
-def _split_conversation(
-    chosen: list[Message], rejected: list[Message], where: _Where
-) -> tuple[list[Message], str, str]:
+def _split_conversation(chosen: list[Message], rejected: list[Message], where: Where) -> tuple[list[Message], str, str]:
     """Implicit prompt: the turns both conversations share; each reply is its last assistant turn."""
     shared = 0
     while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
@@ -185,29 +188,29 @@ def _split_conversation(
     return chosen[:shared], chosen[-1]["content"], rejected[-1]["content"]
 
 
-def parse_record(obj: Any, kind: str, where: _Where) -> Record:
+def parse_record(obj: Any, kind: str, where: Where) -> Record:
     """Validate one decoded JSON value as `kind`; raise DataError naming the place and field."""
     if not isinstance(obj, dict):
-        raise where.fail(None, f"expected a JSON object, got {_type_name(obj)}")
-    common = _common(obj, where)
+        raise where.fail(None, f"expected a JSON object, got {type_name(obj)}")
+    common = parse_common(obj, where)
     if kind == "prompt":
-        return PromptRecord(prompt=_prompt(obj, where), **common)
+        return PromptRecord(prompt=parse_prompt(obj, where), **common)
     if kind == "sft":
         if "messages" in obj and "prompt" not in obj:
-            msgs = _messages(obj["messages"], "messages", where)
+            msgs = parse_messages(obj["messages"], "messages", where)
             if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
                 raise where.fail("messages", "must end with an assistant turn that follows at least one other turn")
             if not msgs[-1]["content"].strip():
                 raise where.fail("messages", "the assistant's reply is empty")
             return SFTExample(prompt=msgs[:-1], response=msgs[-1]["content"], **common)
-        prompt = _prompt(obj, where)
+        prompt = parse_prompt(obj, where)
         response = _text(obj, "response", where)
         return SFTExample(prompt=prompt, response=response, **common)
     if kind == "preference":
-        chosen = _response(obj, "chosen", where)
-        rejected = _response(obj, "rejected", where)
+        chosen = parse_response(obj, "chosen", where)
+        rejected = parse_response(obj, "rejected", where)
         if "prompt" in obj:
-            prompt = _prompt(obj, where)
+            prompt = parse_prompt(obj, where)
             chosen = chosen[-1]["content"] if isinstance(chosen, list) else chosen
             rejected = rejected[-1]["content"] if isinstance(rejected, list) else rejected
         elif isinstance(chosen, list) and isinstance(rejected, list):
@@ -220,11 +223,11 @@ def parse_record(obj: Any, kind: str, where: _Where) -> Record:
         if "margin" in obj and obj["margin"] is not None:
             margin = obj["margin"]
             if not isinstance(margin, (int, float)) or isinstance(margin, bool):
-                raise where.fail("margin", f"expected a number, got {_type_name(margin)}")
+                raise where.fail("margin", f"expected a number, got {type_name(margin)}")
             pair.margin = float(margin)
         if "annotator" in obj and obj["annotator"] is not None:
             if not isinstance(obj["annotator"], str):
-                raise where.fail("annotator", f"expected a string, got {_type_name(obj['annotator'])}")
+                raise where.fail("annotator", f"expected a string, got {type_name(obj['annotator'])}")
             pair.annotator = obj["annotator"]
         return pair
     raise DataError(f"unknown record kind '{kind}'; expected one of {', '.join(KINDS)}")
@@ -258,7 +261,7 @@ def jsonl_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, Any]]:
 
 def load_records(path: str | Path, kind: str) -> list[Record]:
     """Read and validate a whole JSONL file; the first bad record stops with its file, line and field."""
-    records = [parse_record(obj, kind, _Where(str(path), lineno)) for lineno, obj in read_jsonl(path)]
+    records = [parse_record(obj, kind, Where(str(path), lineno)) for lineno, obj in read_jsonl(path)]
     if not records:
         raise DataError(f"{path}: no records")
     return records
@@ -279,19 +282,29 @@ def detect_kind(path: str | Path) -> str:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Record | dict[str, Any]]) -> int:
-    """Write atomically: a temporary file in the same folder, renamed into place when complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write atomically (atomic_file): the old file, or the whole new one, never a part."""
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                obj = row if isinstance(row, dict) else record_to_dict(row)
-                handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        for row in rows:
+            obj = row if isinstance(row, dict) else record_to_dict(row)
+            handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            count += 1
     return count
+
+
+def split_pairs(
+    pairs: list[PreferencePair], val_fraction: float, seed: int
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Seeded split; pairs that share a prompt stay on one side so validation prompts are unseen."""
+    by_prompt: dict[str, list[PreferencePair]] = defaultdict(list)
+    for pair in pairs:
+        by_prompt[str(pair.prompt)].append(pair)
+    keys = sorted(by_prompt)
+    random.Random(seed).shuffle(keys)
+    n_val_target = int(round(len(pairs) * val_fraction))
+    val, train = [], []
+    for key in keys:
+        (val if len(val) < n_val_target else train).extend(by_prompt[key])
+    if not train or not val:
+        raise DataError(f"cannot split {len(pairs)} pairs into train and validation with val_fraction={val_fraction}")
+    return train, val

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, write_json
+from ..console import console, progress_bar
 from ..data.records import PromptRecord, SFTExample, write_jsonl
-from ..train import console, make_optimizer, progress_bar, setup_torch, write_json
+from ..train import make_optimizer, setup_torch
 from . import corpus
 
 
@@ -95,9 +96,9 @@ def ensure_default(force: bool = False, recipe: Recipe = Recipe()) -> DefaultTas
 
 
 def build(out: Path, recipe: Recipe) -> None:
-    from ..models.loading import _quiet_transformers
+    from ..models.loading import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     start = time.time()
     setup_torch(recipe.seed)
     train_openings, heldout_openings = corpus.split_openings(seed=recipe.seed)

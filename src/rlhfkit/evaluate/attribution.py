@@ -17,6 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..console import progress_bar
+from ..data.records import PreferencePair
+from ..scoring import RewardEncoder
+
 
 @dataclass
 class TokenAttributions:
@@ -147,3 +151,33 @@ def top_words(attributed: list[list[tuple[str, float]]], k: int = 10) -> dict[st
         "positive": [row for row in reversed(means) if row[1] > 0][:k],
         "negative": [row for row in means if row[1] < 0][:k],
     }
+
+
+def response_positions(encoder: RewardEncoder, prompt, input_ids: list[int]) -> range:
+    """Token positions of the response (and its closing special token) in a sequence built by `encoder`."""
+    prompt_ids, _ = encoder.encoder.prompt_ids(prompt)
+    # join with an empty response: the prompt part, plus the closing [SEP] in the encoder layout.
+    start = len(encoder.join(prompt_ids, [])) - (1 if encoder.pair_style else 0)
+    return range(start, len(input_ids))
+
+
+def attribute_pairs(
+    model, tokenizer, encoder: RewardEncoder, pairs: list[PreferencePair], encoded: list, steps: int
+) -> tuple[list[dict], dict, float]:
+    """Word attributions of each pair's chosen and rejected response (the prompt held fixed in the baseline); the words
+    with the highest and lowest mean attribution over all of them; the largest completeness error."""
+    rows, attributed, worst = [], [], 0.0
+    with progress_bar("attributions", len(pairs)) as advance:
+        for pair, sequences in zip(pairs, encoded):
+            row: dict = {"id": pair.id, "prompt": pair.prompt}
+            for side, ids in zip(("chosen", "rejected"), sequences):
+                span = response_positions(encoder, pair.prompt, ids)
+                result = integrated_gradients(model, tokenizer, ids, steps=steps, positions=span)
+                words = word_attributions(tokenizer, ids[span.start :], result.values[span.start :])
+                attributed.append(words)
+                worst = max(worst, result.completeness_error)
+                row[side] = [[word, round(value, 5)] for word, value in words]
+                row[f"reward_{side}"] = round(result.score, 5)
+            rows.append(row)
+            advance()
+    return rows, top_words(attributed), worst

@@ -18,13 +18,16 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_json
 from ..config import EvalConfig, save_config
+from ..console import console
 from ..data.records import load_records, write_jsonl
 from ..errors import ConfigError
-from ..models.loading import load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path
+from ..models.loading import load_causal_lm, load_tokenizer
+from ..resolve import resolve_model_path
 from ..rollout import Samples, sample_responses
-from ..scoring import call_scorer, load_scorer
-from ..train import console, setup_torch, write_json
+from ..scoring import RewardModelScorer, call_scorer, load_scorer
+from ..train import setup_torch
 from . import safety
 from .diversity import distinct_n, ead_n, self_bleu
 
@@ -80,7 +83,7 @@ def sample_and_kl(
 ) -> EvalSamples:
     """rollout.sample_responses, keeping each response's tokens and, given a reference model, its sampled KL.
     Both log-probs are taken at the sampling temperature, before top-p filtering."""
-    from ..stages.online import token_logps
+    from ..forward import token_logps
 
     token_ids, kl = [], []
 
@@ -120,29 +123,19 @@ def sample_and_kl(
     )
 
 
-@torch.no_grad()
 def reward_scores(
     model_path: Path, prompts: list[str], responses: list[str], batch_size: int = 64
 ) -> list[list[float]]:
     """Scores of every head of the reward model: one list per head, one score per response."""
-    from ..stages.reward import RewardEncoder, score_sequences
-
-    tokenizer = load_tokenizer(model_path)
-    model = load_reward_model(model_path, tokenizer).eval()
-    encoder = RewardEncoder(tokenizer, max_length=512, max_prompt_length=256)
-    seqs = [encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
-    heads: list[list[float]] = [[] for _ in range(model.config.num_labels)]
-    for i in range(0, len(seqs), batch_size):
-        for head, scores in enumerate(heads):
-            scores += score_sequences(model, seqs[i : i + batch_size], tokenizer.pad_token_id, head=head).tolist()
-    return heads
+    scorer = RewardModelScorer(model_path, batch_size=batch_size)
+    return [scorer.score(prompts, responses, head) for head in range(scorer.num_heads)]
 
 
 # ---------------------------------------------------------------- the stage
 
 
 def run(config: EvalConfig) -> dict:
-    from ..stages.pairs import resolve_prompts
+    from ..resolve import resolve_prompts
 
     out = Path(config.output_dir)
     setup_torch(config.seed, config.threads)

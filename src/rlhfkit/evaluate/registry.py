@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..atomic import replace_link
 from ..errors import RlhfkitError
 from .gate import GateResult
 
@@ -241,3 +242,8 @@ def format_registry(rows: list[Checkpoint]) -> str:
         table.append(("*" if c.current else "", str(c.id), c.created, gate, c.path, metrics))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
+
+
+def update_current_link(root: Path, target: str) -> None:
+    """ROOT/current -> the current checkpoint (a symlink replaced atomically)."""
+    replace_link(root / "current", target)

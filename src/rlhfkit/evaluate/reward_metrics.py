@@ -60,3 +60,23 @@ def longer_preferred_share(margins: list[float], len_chosen: list[int], len_reje
     """Among pairs of unequal length, the share where the model scores the longer response higher."""
     picks = [(m > 0) == (lc > lr) for m, lc, lr in zip(margins, len_chosen, len_rejected) if lc != lr and m != 0]
     return sum(picks) / len(picks) if picks else float("nan")
+
+
+def length_controlled(margins: list[float], len_chosen: list[int], len_rejected: list[int], tolerance: float) -> dict:
+    """Accuracy where length cannot explain the label: pairs whose word counts differ by at most `tolerance` of the
+    longer one; and accuracy split by whether the chosen response is the shorter or the longer one (None: no pairs)."""
+
+    def accuracy(selected: list[float]) -> float | None:
+        return preference_accuracy(selected) if selected else None
+
+    close = [m for m, c, r in zip(margins, len_chosen, len_rejected) if abs(c - r) <= tolerance * max(c, r)]
+    shorter = [m for m, c, r in zip(margins, len_chosen, len_rejected) if c < r]
+    longer = [m for m, c, r in zip(margins, len_chosen, len_rejected) if c > r]
+    return {
+        "length_controlled_accuracy": accuracy(close),
+        "length_controlled_pairs": len(close),
+        "accuracy_chosen_shorter": accuracy(shorter),
+        "chosen_shorter_pairs": len(shorter),
+        "accuracy_chosen_longer": accuracy(longer),
+        "chosen_longer_pairs": len(longer),
+    }

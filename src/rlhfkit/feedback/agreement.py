@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.records import _type_name, _Where, read_jsonl
+from ..data.records import Where, read_jsonl, type_name
 from ..errors import DataError
 
 CHOICES = ("a", "b", "tie", "both_bad")
@@ -204,53 +204,55 @@ class Judgment:
     line: int
 
 
-def _choice(value: Any, field_name: str, where: _Where) -> str:
+def parse_choice(value: Any, field_name: str, where: Where) -> str:
+    """A judgment's choice, one of CHOICES, or a DataError naming the field."""
     if not isinstance(value, str) or value not in CHOICES:
-        shown = repr(value) if isinstance(value, str) else _type_name(value)
+        shown = repr(value) if isinstance(value, str) else type_name(value)
         raise where.fail(field_name, f"expected one of {', '.join(repr(c) for c in CHOICES)}, got {shown}")
     return value
 
 
-def _identifier(obj: dict, key: str, where: _Where) -> str | int:
+def parse_identifier(obj: dict, key: str, where: Where) -> str | int:
+    """A required id field: a non-empty string or an integer."""
     if key not in obj:
         raise where.fail(key, "missing")
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
-        raise where.fail(key, f"expected a non-empty string or an integer, got {_type_name(value)}")
+        raise where.fail(key, f"expected a non-empty string or an integer, got {type_name(value)}")
     return value
 
 
-def _judgment_row(obj: dict, where: _Where, line: int) -> list[Judgment]:
-    pair_id = _identifier(obj, "pair_id", where)
+def _judgment_row(obj: dict, where: Where, line: int) -> list[Judgment]:
+    pair_id = parse_identifier(obj, "pair_id", where)
     annotator = obj.get("annotator")
     if "annotator" not in obj:
         raise where.fail("annotator", "missing")
     if not isinstance(annotator, str) or not annotator.strip():
-        raise where.fail("annotator", f"expected a non-empty string, got {_type_name(annotator)}")
+        raise where.fail("annotator", f"expected a non-empty string, got {type_name(annotator)}")
     if "choice" in obj:
-        choice: Hashable = _choice(obj["choice"], "choice", where)
+        choice: Hashable = parse_choice(obj["choice"], "choice", where)
     elif "label" in obj:
         choice = obj["label"]
         if isinstance(choice, bool) or not isinstance(choice, (str, int)):
-            raise where.fail("label", f"expected a string or an integer, got {_type_name(choice)}")
+            raise where.fail("label", f"expected a string or an integer, got {type_name(choice)}")
     else:
         raise where.fail("choice", "missing (give 'choice': 'a', 'b', 'tie' or 'both_bad', or a 'label')")
     return [Judgment(pair_id, annotator, choice, line)]
 
 
-def _preference_row(obj: dict, where: _Where, line: int) -> list[Judgment]:
+def _preference_row(obj: dict, where: Where, line: int) -> list[Judgment]:
     # each row is one pair, so a row without an id is still its own item
-    pair_id = _identifier(obj, "id", where) if obj.get("id") is not None else f"line-{line}"
+    pair_id = parse_identifier(obj, "id", where) if obj.get("id") is not None else f"line-{line}"
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):
-        problem = "missing" if metadata is None else f"expected an object, got {_type_name(metadata)}"
+        problem = "missing" if metadata is None else f"expected an object, got {type_name(metadata)}"
         raise where.fail("metadata", f"{problem} (a preference file needs metadata.votes to measure agreement)")
     votes = metadata.get("votes")
     if not isinstance(votes, dict):
-        problem = "missing" if votes is None else f"expected an object {{annotator: choice}}, got {_type_name(votes)}"
+        problem = "missing" if votes is None else f"expected an object {{annotator: choice}}, got {type_name(votes)}"
         raise where.fail("metadata.votes", problem)
     return [
-        Judgment(pair_id, name, _choice(choice, f"metadata.votes.{name}", where), line)
+        Judgment(pair_id, name, parse_choice(choice, f"metadata.votes.{name}", where), line)
         for name, choice in votes.items()
     ]
 
@@ -272,9 +274,9 @@ def load_judgments(path: str | Path) -> list[Judgment]:
     file_format = None
     seen: dict[tuple, int] = {}
     for lineno, obj in read_jsonl(path):
-        where = _Where(str(path), lineno)
+        where = Where(str(path), lineno)
         if not isinstance(obj, dict):
-            raise where.fail(None, f"expected a JSON object, got {_type_name(obj)}")
+            raise where.fail(None, f"expected a JSON object, got {type_name(obj)}")
         if file_format is None:
             file_format = _file_format(obj)
             if file_format is None:

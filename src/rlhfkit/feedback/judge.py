@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..data.records import PromptValue
-from ..errors import ConfigError, JudgeError, ModelError
+from ..errors import ConfigError, JudgeError
 
 
 @dataclass
@@ -195,7 +195,7 @@ def summarize(verdicts: list[PairVerdict], known_labels: bool) -> dict[str, Any]
 
 
 def _progress(description: str, total: int):
-    from ..train import progress_bar
+    from ..console import progress_bar
 
     return progress_bar(description, total)
 
@@ -223,26 +223,23 @@ class RewardModelJudge:
         max_length: int = 1024,
         max_prompt_length: int = 512,
     ):
-        from ..models.loading import load_reward_model, load_tokenizer, model_info, resolve_model_path
-        from ..stages.reward import RewardEncoder
+        from ..resolve import resolve_model_path
+        from ..scoring import RewardModelScorer, require_reward_model
 
-        path = resolve_model_path(model)
-        if not any(a.endswith("ForSequenceClassification") for a in model_info(path)["architectures"] or []):
-            raise ModelError(
-                f"model '{model}' is not a reward model (no *ForSequenceClassification head); give the model/ folder "
-                "of `rlhfkit reward train`, or use kind=causal_lm for a language model"
-            )
-        self.tokenizer = load_tokenizer(path)
-        self.model = load_reward_model(path, self.tokenizer).eval()
-        if head >= self.model.config.num_labels:
-            raise ConfigError(f"head={head}: the reward model {path} has {self.model.config.num_labels} head(s)")
-        self.path, self.head, self.tie_threshold, self.batch_size = path, head, tie_threshold, batch_size
-        self.encoder = RewardEncoder(self.tokenizer, max_length, max_prompt_length)
+        require_reward_model(
+            resolve_model_path(model),
+            model,
+            "give the model/ folder of `rlhfkit reward train`, or use kind=causal_lm for a language model",
+        )
+        scorer = RewardModelScorer(model, max_length, max_prompt_length, batch_size)
+        scorer.check_head(head, "head")
+        self.tokenizer, self.model, self.encoder = scorer.tokenizer, scorer.model, scorer.encoder
+        self.path, self.head, self.tie_threshold, self.batch_size = scorer.path, head, tie_threshold, batch_size
 
     def judge(self, questions: list[Question]) -> list[Verdict]:
         import torch
 
-        from ..stages.reward import score_sequences
+        from ..scoring import score_sequences
 
         # each distinct (prompt, response) is scored once, whichever order it was shown in
         keys = list(dict.fromkeys((str(q.prompt), r) for q in questions for r in (q.first, q.second)))
@@ -309,7 +306,8 @@ class CausalLMJudge:
         batch_size: int = 8,
         max_length: int = 1024,
     ):
-        from ..models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+        from ..models.loading import load_causal_lm, load_tokenizer
+        from ..resolve import resolve_model_path
 
         self.path = resolve_model_path(model)
         self.tokenizer = load_tokenizer(self.path, padding_side="left")

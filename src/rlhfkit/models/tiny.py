@@ -100,9 +100,10 @@ def build_tiny(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     weights."""
     from transformers import AutoModelForCausalLM
 
-    from .loading import _quiet_transformers, load_tokenizer, resolve_model_path
+    from ..resolve import resolve_model_path
+    from .loading import load_tokenizer, quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     tokenizer = load_tokenizer(resolve_model_path("default"))
     if arch in CHAT_ARCHS:
         tokenizer.chat_template = CHAT_TEMPLATE

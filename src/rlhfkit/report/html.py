@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from . import plots
 
 SECTIONS = [
@@ -415,7 +416,5 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         f"<p class='muted'>{stamp}; stages: "
         f"{html.escape(', '.join(stages) or 'none')}</p><nav>{nav}</nav>{sections}</body></html>"
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
+    atomic_write(out, page)
     return out

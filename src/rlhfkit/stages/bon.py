@@ -10,18 +10,21 @@ from pathlib import Path
 
 import torch
 
+from .. import online
+from ..atomic import write_json
 from ..config import BoNConfig, SFTConfig, build_config, save_config
+from ..console import console
 from ..data.records import SFTExample, load_records, write_jsonl
 from ..evaluate.diversity import distinct_n
-from ..models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from ..models.loading import load_causal_lm, load_tokenizer
+from ..resolve import resolve_model_path
 from ..rollout import sample_responses
 from ..scoring import call_scorer, load_scorer
-from ..train import console, setup_torch, write_json
-from . import online
+from ..train import RunLog, setup_torch
 
 
 def run(config: BoNConfig) -> dict:
-    from .pairs import resolve_prompts
+    from ..resolve import resolve_prompts
 
     out = Path(config.output_dir)
     sft_config = (
@@ -87,12 +90,7 @@ def run(config: BoNConfig) -> dict:
         gold_all = torch.tensor(call_scorer(gold, samples.prompts, samples.responses)).view(len(records), config.n)
         summary["gold_best"] = gold_all.gather(1, best[:, None]).mean().item()
         summary["gold_mean"] = gold_all.mean().item()
-    with (out / "metrics.jsonl").open("w") as handle:
-        import json
-
-        handle.write(
-            json.dumps({"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}) + "\n"
-        )
+    RunLog(out).log(0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     console.print(
         f"best-of-{config.n}: reward {summary['reward_mean']:.3f} -> {summary['reward_best']:.3f}"
         + (f", gold {summary['gold_mean']:.3f} -> {summary['gold_best']:.3f}" if gold else "")

@@ -21,13 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_json
 from ..config import BonSweepConfig, save_config
+from ..console import console, progress_bar
 from ..data.records import load_records, write_jsonl
 from ..errors import ConfigError
-from ..models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from ..models.loading import load_causal_lm, load_tokenizer
+from ..resolve import resolve_model_path
 from ..rollout import sample_responses
 from ..scoring import call_scorer, load_scorer
-from ..train import console, progress_bar, setup_torch, write_json
+from ..train import setup_torch
 
 # ---------------------------------------------------------------- estimator, KL, fit
 
@@ -119,9 +122,9 @@ def n_for_kl(kl: float) -> float:
 
 
 def run(config: BonSweepConfig) -> dict:
+    from ..online import RewardFunction
     from ..report.plots import plot_overoptimisation
-    from .online import RewardFunction
-    from .pairs import resolve_prompts
+    from ..resolve import resolve_prompts
 
     out = Path(config.output_dir)
     ns = sweep_ns(config.max_n, config.ns)

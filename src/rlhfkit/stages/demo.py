@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import pipeline as runner
-from ..train import console, write_json
+from ..atomic import write_json
+from ..console import console
 
 PIPELINE = Path(__file__).resolve().parent.parent / "demo" / "pipeline.yaml"
 

@@ -15,22 +15,18 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_file
 from ..config import DPOConfig, save_config
+from ..console import console, progress_bar
 from ..data.records import load_records
 from ..data.tokenize import Encoder
 from ..errors import DataError
+from ..forward import response_logps
 from ..losses import dpo_loss, orpo_loss, simpo_loss
-from ..models.loading import (
-    apply_lora,
-    is_peft,
-    load_causal_lm,
-    load_tokenizer,
-    quantization,
-    resolve_model_path,
-    save_model,
-)
+from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization, save_model
+from ..resolve import resolve_model_path
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
-from ..train import RunLog, batches, console, make_optimizer, progress_bar, response_logps, setup_torch, total_steps
+from ..train import RunLog, batches, make_optimizer, setup_torch, total_steps
 
 REFERENCE_FREE = ("simpo", "orpo")
 
@@ -74,9 +70,8 @@ def cached_reference(path: Path, key: str, compute) -> torch.Tensor:
             console.print(f"reusing cached reference log-probs from {path}")
             return saved["logps"]
     logps = compute()
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"key": key, "logps": logps}, tmp)
-    tmp.replace(path)
+    with atomic_file(path, "wb") as handle:
+        torch.save({"key": key, "logps": logps}, handle)
     return logps
 
 

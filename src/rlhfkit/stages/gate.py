@@ -4,30 +4,21 @@ record the checkpoint with its metrics, gate result and lineage in the run root'
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..atomic import write_json
 from ..config import EvalConfig, GateConfig, build_config, save_config
+from ..console import console
 from ..errors import ConfigError
 from ..evaluate.gate import GateResult, GateSettings, evaluate_gate, format_gate
-from ..evaluate.registry import Registry
-from ..train import console, write_json
+from ..evaluate.registry import Registry, update_current_link
 
 
 def registry_root(checkpoint: Path, configured: str | None) -> Path:
     return Path(configured) if configured else checkpoint.resolve().parent.parent
-
-
-def update_current_link(root: Path, target: str) -> None:
-    """ROOT/current -> the current checkpoint (a symlink replaced atomically)."""
-    link = root / "current"
-    tmp = root / ".current.tmp"
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
 
 
 def lineage_of(checkpoint: Path, extra: dict[str, Any]) -> dict[str, Any]:

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 
+from .. import online
 from ..config import GRPOConfig, RLOOConfig, save_config
+from ..console import progress_bar
 from ..errors import ConfigError
+from ..forward import token_logps
 from ..losses import group_advantages, kl_penalty, masked_mean, ppo_policy_loss, rloo_advantages
 from ..runtime import start
-from ..train import progress_bar
-from . import online
+from ..train import adamw, constant_schedule
 
 
 def run(config: GRPOConfig | RLOOConfig) -> dict:
@@ -36,31 +38,19 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
         )
     reward_fn, gold, policy, prompts = online.setup(config)
     params = online.trainable(policy.model)
-    optimizer = torch.optim.AdamW(
-        params, lr=config.lr, eps=1e-5, fused=all(p.device.type in ("cpu", "cuda") for p in params)
-    )
-    scheduler = online.constant_schedule(optimizer, config.warmup_steps)
+    optimizer = adamw(params, config.lr, weight_decay=0.01, eps=1e-5)  # AdamW's default decay, on every weight
+    scheduler = constant_schedule(optimizer, config.warmup_steps)
     # every process draws the same prompts in the same order, and samples its own responses to its share
     generator = torch.Generator().manual_seed(config.seed + runtime.rank)
     modules = {"policy": policy.model}
-    start_step, last_ckpt, _ = online.resume_state(
-        config, out, modules, optimizer, generator, prompts, rank=runtime.rank
-    )
+    start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts, runtime)
     scheduler.last_epoch = start_step
     # gradients flow through the DDP wrapper; sampling uses the plain module (no collectives inside generation)
     trained = runtime.accelerator.prepare_model(policy.model) if runtime.world > 1 else policy.model
     if runtime.is_main:
         save_config(config, out)
-    monitor = (
-        online.Monitor(
-            out / "metrics.jsonl",
-            config.window,
-            resume_step=start_step if last_ckpt else None,
-            max_new_tokens=config.max_new_tokens,
-        )
-        if runtime.is_main
-        else None
-    )
+    log = online.run_log(config, out, resume_step=start_step if last_ckpt else None, enabled=runtime.is_main)
+    alarm = online.TruncationAlarm(config.max_new_tokens)
     row: dict = {}
     with progress_bar(name, config.steps) as advance:
         advance(start_step)
@@ -83,7 +73,7 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             for idx in online.minibatches(
                 len(indices), config.mini_batch_size // runtime.world, config.epochs_per_batch
             ):
-                logps, entropy = online.token_logps(
+                logps, entropy = token_logps(
                     trained, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True
                 )
                 pg_loss, pg_stats = ppo_policy_loss(
@@ -110,15 +100,13 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             stats = {key: v / n_updates for key, v in stats.items()}
             group_std = batch.scores.view(-1, k).std(1).mean().item()
             measured = runtime.mean_stats({**batch.stats, **stats, "group_reward_std": group_std})
-            if monitor is not None:
-                row = monitor.log(
-                    step, {**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
-                )
-                advance(
-                    reward=row["reward_avg"],
-                    **({"gold": row["gold_avg"]} if "gold_avg" in row else {}),
-                    kl=row["kl_avg"],
-                )
+            row = log.log(
+                step, **{**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
+            )
+            alarm.check(step, row.get("truncated_share", 0.0))
+            advance(
+                reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"]
+            )
             if step % config.save_every == 0 or step == config.steps:
-                last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime=runtime)
+                last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime)
     return online.finish(name, config, policy, out, row, runtime=runtime)

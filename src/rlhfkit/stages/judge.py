@@ -14,8 +14,10 @@ import os
 import time
 from pathlib import Path
 
+from ..atomic import write_json
 from ..config import JudgeConfig, save_config
-from ..data.records import PreferencePair, _Where, parse_record, read_jsonl, write_jsonl
+from ..console import console
+from ..data.records import PreferencePair, Where, parse_record, read_jsonl, write_jsonl
 from ..errors import ConfigError, DataError
 from ..feedback.judge import (
     Candidate,
@@ -27,7 +29,7 @@ from ..feedback.judge import (
     judge_both_orders,
     summarize,
 )
-from ..train import console, setup_torch, write_json
+from ..train import setup_torch
 
 
 def load_candidates(path: str | Path, max_pairs: int | None = None) -> tuple[list[Candidate], list[PreferencePair]]:
@@ -35,7 +37,7 @@ def load_candidates(path: str | Path, max_pairs: int | None = None) -> tuple[lis
     `line-N`, as `rlhfkit agreement` names it. Ids must be unique: judgments are keyed by them."""
     candidates, records, seen = [], [], {}
     for lineno, obj in read_jsonl(path):
-        where = _Where(str(path), lineno)
+        where = Where(str(path), lineno)
         record = parse_record(obj, "preference", where)
         pair_id = record.id if record.id is not None else f"line-{lineno}"
         if pair_id in seen:

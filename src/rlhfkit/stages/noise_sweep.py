@@ -13,9 +13,10 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+from ..atomic import write_json
 from ..config import NoiseSweepConfig, RewardEvalConfig, RewardTrainConfig, build_config, save_config
+from ..console import console
 from ..data.records import PreferencePair, load_records, write_jsonl
-from ..train import console, write_json
 from . import reward
 
 

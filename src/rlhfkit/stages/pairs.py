@@ -10,21 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import PairsConfig, save_config
+from ..console import console
 from ..data.records import PreferencePair, load_records, write_jsonl
 from ..feedback.panel import SimulatedPanel, majority
-from ..models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from ..models.loading import load_causal_lm, load_tokenizer
+from ..resolve import resolve_model_path, resolve_prompts
 from ..rollout import sample_responses
 from ..scoring import call_scorer, load_scorer
-from ..train import RunLog, console, setup_torch
-
-
-def resolve_prompts(prompts: str) -> Path:
-    if prompts in ("default", "heldout"):
-        from ..demo.build import ensure_default
-
-        task = ensure_default()
-        return task.prompts if prompts == "default" else task.heldout_prompts
-    return Path(prompts)
+from ..train import RunLog, setup_torch
 
 
 def run(config: PairsConfig) -> dict:

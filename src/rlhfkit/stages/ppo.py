@@ -13,13 +13,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import online
 from ..config import PPOConfig, save_config
+from ..console import progress_bar
 from ..errors import ConfigError
+from ..forward import token_logps
 from ..losses import entropy_from_logits, gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
-from ..models.loading import resolve_model_path
+from ..resolve import resolve_model_path
 from ..runtime import start
-from ..train import progress_bar
-from . import online
+from ..train import adamw, constant_schedule
 
 
 class ValueModel(nn.Module):
@@ -56,7 +58,7 @@ class ValueModel(nn.Module):
             values = self.head(hidden[:, prompt_len - 1 : -1]).squeeze(-1)
             if not with_policy:
                 return None, None, values.float()
-            logps, entropy = online.token_logps(
+            logps, entropy = token_logps(
                 policy.model, input_ids, attention_mask, prompt_len, temperature, with_entropy=True
             )
             return logps, entropy, values.float()
@@ -104,16 +106,12 @@ def run(config: PPOConfig) -> dict:
     reward_fn, gold, policy, prompts = online.setup(config)
     value = ValueModel(config, policy)
     params = online.trainable(policy.model) + [p for p in value.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=config.lr, eps=1e-5, fused=all(p.device.type in ("cpu", "cuda") for p in params)
-    )
-    scheduler = online.constant_schedule(optimizer, config.warmup_steps)
+    optimizer = adamw(params, config.lr, weight_decay=0.01, eps=1e-5)  # AdamW's default decay, on every weight
+    scheduler = constant_schedule(optimizer, config.warmup_steps)
     kl_ctl = AdaptiveKL(config.kl_coef, config.target_kl, config.kl_horizon)
     modules = {"policy": policy.model, "value": value}
     generator = torch.Generator().manual_seed(config.seed + runtime.rank)
-    start_step, last_ckpt, state = online.resume_state(
-        config, out, modules, optimizer, generator, prompts, rank=runtime.rank
-    )
+    start_step, last_ckpt, state = online.resume_state(config, out, modules, optimizer, generator, prompts, runtime)
     scheduler.last_epoch = start_step
     kl_ctl.coef = state.get("kl_coef", kl_ctl.coef)
     actor_critic = ActorCritic(policy, value)
@@ -121,16 +119,8 @@ def run(config: PPOConfig) -> dict:
     trained = runtime.accelerator.prepare_model(actor_critic) if runtime.world > 1 else actor_critic
     if runtime.is_main:
         save_config(config, out)
-    monitor = (
-        online.Monitor(
-            out / "metrics.jsonl",
-            config.window,
-            resume_step=start_step if last_ckpt else None,
-            max_new_tokens=config.max_new_tokens,
-        )
-        if runtime.is_main
-        else None
-    )
+    log = online.run_log(config, out, resume_step=start_step if last_ckpt else None, enabled=runtime.is_main)
+    alarm = online.TruncationAlarm(config.max_new_tokens)
     row: dict = {}
     with progress_bar("ppo", config.steps) as advance:
         advance(start_step)
@@ -189,24 +179,22 @@ def run(config: PPOConfig) -> dict:
             measured = runtime.mean_stats({**batch.stats, **stats})
             if config.adaptive_kl:  # on the mean over every process, so each keeps the same coefficient
                 kl_ctl.update(measured["kl"], config.batch_size)
-            if monitor is not None:
-                row = monitor.log(
-                    step,
-                    {
-                        **measured,
-                        "kl_coef": kl_ctl.coef,
-                        "lr": scheduler.get_last_lr()[0],
-                        "step_seconds": round(time.time() - t0, 3),
-                    },
-                )
-                advance(
-                    reward=row["reward_avg"],
-                    **({"gold": row["gold_avg"]} if "gold_avg" in row else {}),
-                    kl=row["kl_avg"],
-                )
+            row = log.log(
+                step,
+                **{
+                    **measured,
+                    "kl_coef": kl_ctl.coef,
+                    "lr": scheduler.get_last_lr()[0],
+                    "step_seconds": round(time.time() - t0, 3),
+                },
+            )
+            alarm.check(step, row.get("truncated_share", 0.0))
+            advance(
+                reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"]
+            )
             if step % config.save_every == 0 or step == config.steps:
                 last_ckpt = online.checkpoint_now(
-                    out, step, modules, optimizer, generator, prompts, runtime=runtime, kl_coef=kl_ctl.coef
+                    out, step, modules, optimizer, generator, prompts, runtime, kl_coef=kl_ctl.coef
                 )
     if runtime.is_main:
         if not value.shared:

@@ -7,132 +7,25 @@ or encoder backbone; it reads the rendered prompt followed by the response.
 from __future__ import annotations
 
 import copy
-import random
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+from ..atomic import write_json
 from ..config import RewardEvalConfig, RewardTrainConfig, save_config
-from ..data.records import PreferencePair, load_records, write_jsonl
-from ..data.tokenize import Encoder
+from ..console import console, progress_bar
+from ..data.records import load_records, split_pairs, write_jsonl
 from ..errors import DataError
 from ..evaluate import reward_metrics as rm
+from ..evaluate.attribution import attribute_pairs
+from ..evaluate.reward_metrics import length_controlled
 from ..losses import bradley_terry_loss, reward_centering_loss
-from ..models.loading import apply_lora, load_reward_model, load_tokenizer, resolve_model_path, save_model
+from ..models.loading import apply_lora, load_reward_model, load_tokenizer, save_model
+from ..resolve import resolve_model_path
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
-from ..train import (
-    RunLog,
-    console,
-    decoder_parts,
-    make_optimizer,
-    packed_hidden,
-    progress_bar,
-    setup_torch,
-    total_steps,
-    write_json,
-)
-
-
-class RewardEncoder:
-    """prompt + response -> model inputs; encoders get their [CLS]/[SEP] pair layout, causal LMs an EOS."""
-
-    def __init__(self, tokenizer, max_length: int, max_prompt_length: int):
-        self.tokenizer = tokenizer
-        self.pair_style = tokenizer.cls_token is not None
-        special = tokenizer.num_special_tokens_to_add(pair=True) if self.pair_style else 0
-        self.encoder = Encoder(tokenizer, max_length - special, max_prompt_length, add_eos=not self.pair_style)
-
-    def encode_pair(self, pair: PreferencePair) -> tuple[list[int], list[int]] | None:
-        out = self.encoder.encode(pair.prompt, [pair.chosen, pair.rejected])
-        if out is None:
-            return None
-        prompt_ids, (chosen_ids, rejected_ids) = out
-        return self._join(prompt_ids, chosen_ids), self._join(prompt_ids, rejected_ids)
-
-    def encode_response(self, prompt, response: str) -> list[int] | None:
-        out = self.encoder.encode(prompt, [response])
-        return None if out is None else self._join(out[0], out[1][0])
-
-    def _join(self, prompt_ids: list[int], response_ids: list[int]) -> list[int]:
-        if self.pair_style:
-            # Encoder pair layout: [CLS] prompt [SEP] response [SEP] (RoBERTa-style tokenizers double the middle
-            # separator).
-            cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-            middle = [sep, sep] if self.tokenizer.num_special_tokens_to_add(pair=True) >= 4 else [sep]
-            return [cls] + prompt_ids + middle + response_ids + [sep]
-        return prompt_ids + response_ids
-
-
-def score_sequences(model, sequences: list[list[int]], pad_id: int, head: int = 0) -> torch.Tensor:
-    """Rewards of one head for token sequences, shape [n]: padding-free where decoder_parts allows (the score head
-    reads each sequence's last hidden state), else one right-padded batch through the whole model."""
-    parts = decoder_parts(model, head="score")
-    if parts is not None:
-        backbone, score = parts
-        hidden, starts = packed_hidden(backbone, sequences, pad_id)
-        # the last token that is not padding, as the HF heads pick it (a tokenizer whose pad is its EOS scores before
-        # the EOS)
-        ends = [next((j for j in range(len(s) - 1, -1, -1) if s[j] != pad_id), 0) for s in sequences]
-        last = torch.tensor([start + end for start, end in zip(starts, ends)], device=hidden.device)
-        return score(hidden[last])[:, head].float()
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    device = next(model.parameters()).device
-    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, head].float()
-
-
-def pair_rewards(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected rewards from one concatenated forward pass."""
-    rewards = score_sequences(model, [c for c, _ in batch] + [r for _, r in batch], pad_id)
-    return rewards[: len(batch)], rewards[len(batch) :]
-
-
-@torch.no_grad()
-def margins_of(
-    model, encoded: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int
-) -> tuple[list[float], list[float], list[float]]:
-    was_training = model.training
-    model.eval()
-    chosen, rejected = [], []
-    for i in range(0, len(encoded), batch_size):
-        c, r = pair_rewards(model, encoded[i : i + batch_size], pad_id)
-        chosen += c.tolist()
-        rejected += r.tolist()
-    model.train(was_training)
-    return [c - r for c, r in zip(chosen, rejected)], chosen, rejected
-
-
-def encode_pairs(pairs: list[PreferencePair], encoder: RewardEncoder) -> tuple[list, list[PreferencePair]]:
-    encoded, kept = [], []
-    for pair in pairs:
-        out = encoder.encode_pair(pair)
-        if out is not None:
-            encoded.append(out)
-            kept.append(pair)
-    return encoded, kept
-
-
-def split_pairs(
-    pairs: list[PreferencePair], val_fraction: float, seed: int
-) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Seeded split; pairs that share a prompt stay on one side so validation prompts are unseen."""
-    by_prompt: dict[str, list[PreferencePair]] = defaultdict(list)
-    for pair in pairs:
-        by_prompt[str(pair.prompt)].append(pair)
-    keys = sorted(by_prompt)
-    random.Random(seed).shuffle(keys)
-    n_val_target = int(round(len(pairs) * val_fraction))
-    val, train = [], []
-    for key in keys:
-        (val if len(val) < n_val_target else train).extend(by_prompt[key])
-    if not train or not val:
-        raise DataError(f"cannot split {len(pairs)} pairs into train and validation with val_fraction={val_fraction}")
-    return train, val
+from ..scoring import RewardEncoder, encode_pairs, margins_of, pair_rewards
+from ..train import RunLog, make_optimizer, setup_torch, total_steps
 
 
 def train(config: RewardTrainConfig) -> dict:
@@ -261,58 +154,6 @@ def train(config: RewardTrainConfig) -> dict:
         )
     runtime.barrier()
     return summary
-
-
-def length_controlled(margins: list[float], len_chosen: list[int], len_rejected: list[int], tolerance: float) -> dict:
-    """Accuracy where length cannot explain the label: pairs whose word counts differ by at most `tolerance` of the
-    longer one; and accuracy split by whether the chosen response is the shorter or the longer one (None: no pairs)."""
-
-    def accuracy(selected: list[float]) -> float | None:
-        return rm.preference_accuracy(selected) if selected else None
-
-    close = [m for m, c, r in zip(margins, len_chosen, len_rejected) if abs(c - r) <= tolerance * max(c, r)]
-    shorter = [m for m, c, r in zip(margins, len_chosen, len_rejected) if c < r]
-    longer = [m for m, c, r in zip(margins, len_chosen, len_rejected) if c > r]
-    return {
-        "length_controlled_accuracy": accuracy(close),
-        "length_controlled_pairs": len(close),
-        "accuracy_chosen_shorter": accuracy(shorter),
-        "chosen_shorter_pairs": len(shorter),
-        "accuracy_chosen_longer": accuracy(longer),
-        "chosen_longer_pairs": len(longer),
-    }
-
-
-def response_positions(encoder: RewardEncoder, prompt, input_ids: list[int]) -> range:
-    """Token positions of the response (and its closing special token) in a sequence built by `encoder`."""
-    prompt_ids, _ = encoder.encoder.prompt_ids(prompt)
-    # _join with an empty response: the prompt part, plus the closing [SEP] in the encoder layout.
-    start = len(encoder._join(prompt_ids, [])) - (1 if encoder.pair_style else 0)
-    return range(start, len(input_ids))
-
-
-def attribute_pairs(
-    model, tokenizer, encoder: RewardEncoder, pairs: list[PreferencePair], encoded: list, steps: int
-) -> tuple[list[dict], dict, float]:
-    """Word attributions of each pair's chosen and rejected response (the prompt held fixed in the baseline); the words
-    with the highest and lowest mean attribution over all of them; the largest completeness error."""
-    from ..evaluate.attribution import integrated_gradients, top_words, word_attributions
-
-    rows, attributed, worst = [], [], 0.0
-    with progress_bar("attributions", len(pairs)) as advance:
-        for pair, sequences in zip(pairs, encoded):
-            row: dict = {"id": pair.id, "prompt": pair.prompt}
-            for side, ids in zip(("chosen", "rejected"), sequences):
-                span = response_positions(encoder, pair.prompt, ids)
-                result = integrated_gradients(model, tokenizer, ids, steps=steps, positions=span)
-                words = word_attributions(tokenizer, ids[span.start :], result.values[span.start :])
-                attributed.append(words)
-                worst = max(worst, result.completeness_error)
-                row[side] = [[word, round(value, 5)] for word, value in words]
-                row[f"reward_{side}"] = round(result.score, 5)
-            rows.append(row)
-            advance()
-    return rows, top_words(attributed), worst
 
 
 def evaluate(config: RewardEvalConfig) -> dict:

@@ -8,20 +8,15 @@ from pathlib import Path
 import torch
 
 from ..config import SFTConfig, save_config
+from ..console import console, progress_bar
 from ..data.records import SFTExample, load_records
 from ..data.tokenize import Encoder
 from ..errors import DataError
-from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, quantization, resolve_model_path, save_model
+from ..forward import response_logps
+from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, quantization, save_model
+from ..resolve import resolve_model_path, resolve_sft_data
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
-from ..train import RunLog, console, make_optimizer, progress_bar, response_logps, setup_torch, total_steps
-
-
-def resolve_sft_data(data: str) -> Path:
-    if data == "default":
-        from ..demo.build import ensure_default
-
-        return ensure_default().sft_data
-    return Path(data)
+from ..train import RunLog, make_optimizer, setup_torch, total_steps
 
 
 def encode_examples(examples: list[SFTExample], encoder: Encoder) -> list[tuple[list[int], list[int]]]:

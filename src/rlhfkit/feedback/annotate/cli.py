@@ -267,7 +267,7 @@ def stats(
     json_out: Path | None = typer.Option(None, "--json", help="also write the whole dashboard as JSON here"),
 ):
     """The dashboard as text: progress, agreement, kappas, position bias, per-annotator accuracy and drift."""
-    from ...train import write_json
+    from ...atomic import write_json
     from . import service
 
     database = _open(db)

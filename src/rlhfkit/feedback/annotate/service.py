@@ -41,9 +41,18 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from ...config import Strict
-from ...data.records import PreferencePair, _common, _prompt, _response, _type_name, _Where, jsonl_lines, parse_record
+from ...data.records import (
+    PreferencePair,
+    Where,
+    jsonl_lines,
+    parse_common,
+    parse_prompt,
+    parse_record,
+    parse_response,
+    type_name,
+)
 from ...errors import DataError
-from ..agreement import _choice, _identifier, agreement_report, cohen_kappa, percent_agreement
+from ..agreement import agreement_report, cohen_kappa, parse_choice, parse_identifier, percent_agreement
 from .db import AnnotateError
 from .models import Admin, Annotator, Assignment, CalibrationOverride, Judgment, Pair, Project, utcnow
 
@@ -276,26 +285,26 @@ def _last_reply(value: str | list) -> str:
     return value[-1]["content"] if isinstance(value, list) else value
 
 
-def _optional_number(obj: dict, key: str, where: _Where) -> float | None:
+def _optional_number(obj: dict, key: str, where: Where) -> float | None:
     value = obj.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise where.fail(key, f"expected a finite number, got {_type_name(value)}")
+        raise where.fail(key, f"expected a finite number, got {type_name(value)}")
     return float(value)
 
 
-def parse_pair_row(obj: Any, where: _Where, lineno: int, role: str) -> PairRow:
+def parse_pair_row(obj: Any, where: Where, lineno: int, role: str) -> PairRow:
     """A pair to label: {prompt, response_a, response_b} or a preference record {prompt, chosen, rejected} (chosen
     becomes a, rejected b; as a calibration or anchor pair its known answer is then 'a'). Optional: id, category,
     metadata, answer ('a'|'b'|'tie'|'both_bad'), reward_margin (r(a) - r(b) from a reward model)."""
     if not isinstance(obj, dict):
-        raise where.fail(None, f"expected a JSON object, got {_type_name(obj)}")
+        raise where.fail(None, f"expected a JSON object, got {type_name(obj)}")
     if "response_a" in obj or "response_b" in obj:
-        common = _common(obj, where)
-        prompt = _prompt(obj, where)
-        response_a = _last_reply(_response(obj, "response_a", where))
-        response_b = _last_reply(_response(obj, "response_b", where))
+        common = parse_common(obj, where)
+        prompt = parse_prompt(obj, where)
+        response_a = _last_reply(parse_response(obj, "response_a", where))
+        response_b = _last_reply(parse_response(obj, "response_b", where))
         if response_a.strip() == response_b.strip():
             raise where.fail("response_b", "identical to response_a; a pair needs two different responses")
         implied = None
@@ -304,7 +313,7 @@ def parse_pair_row(obj: Any, where: _Where, lineno: int, role: str) -> PairRow:
         common = {k: getattr(record, k) for k in ("id", "category", "metadata") if getattr(record, k) not in (None, {})}
         prompt, response_a, response_b = record.prompt, record.chosen, record.rejected
         implied = "a" if role in ("calibration", "anchor") else None
-    answer = _choice(obj["answer"], "answer", where) if obj.get("answer") is not None else implied
+    answer = parse_choice(obj["answer"], "answer", where) if obj.get("answer") is not None else implied
     if role == "anchor" and answer is None:
         raise where.fail("answer", "missing: an anchor pair needs its known answer ('a', 'b', 'tie' or 'both_bad')")
     external_id = str(common["id"]) if "id" in common else f"line-{lineno}"
@@ -330,7 +339,7 @@ def import_pairs(s: Session, project: Project, rows: Iterable[tuple[int, Any]], 
     parsed: list[PairRow] = []
     first_line: dict[str, int] = {}
     for lineno, obj in rows:
-        where = _Where(source, lineno)
+        where = Where(source, lineno)
         row = parse_pair_row(obj, where, lineno, role)
         if row.external_id in first_line:
             raise where.fail(
@@ -345,9 +354,7 @@ def import_pairs(s: Session, project: Project, rows: Iterable[tuple[int, Any]], 
     )
     for row in parsed:
         if row.external_id in existing:
-            raise _Where(source, row.line).fail(
-                "id", f"pair '{row.external_id}' is already in project '{project.name}'"
-            )
+            raise Where(source, row.line).fail("id", f"pair '{row.external_id}' is already in project '{project.name}'")
     s.add_all(
         Pair(
             project_id=project.id,
@@ -376,10 +383,10 @@ def import_margins(s: Session, project: Project, rows: Iterable[tuple[int, Any]]
     pairs = _pairs_by_external_id(s, project)
     count = 0
     for lineno, obj in rows:
-        where = _Where(source, lineno)
+        where = Where(source, lineno)
         if not isinstance(obj, dict):
-            raise where.fail(None, f"expected a JSON object, got {_type_name(obj)}")
-        pair_id = str(_identifier(obj, "pair_id", where))
+            raise where.fail(None, f"expected a JSON object, got {type_name(obj)}")
+        pair_id = str(parse_identifier(obj, "pair_id", where))
         if pair_id not in pairs:
             raise where.fail("pair_id", f"no pair '{pair_id}' in project '{project.name}'")
         if "margin" not in obj:
@@ -413,18 +420,18 @@ def import_judgments(
     seen: dict[tuple[str, str], int] = {}
     new: list[tuple[dict, Any]] = []
     for lineno, obj in rows:
-        where = _Where(source, lineno)
+        where = Where(source, lineno)
         if not isinstance(obj, dict):
-            raise where.fail(None, f"expected a JSON object, got {_type_name(obj)}")
-        pair_id = str(_identifier(obj, "pair_id", where))
+            raise where.fail(None, f"expected a JSON object, got {type_name(obj)}")
+        pair_id = str(parse_identifier(obj, "pair_id", where))
         name = obj.get("annotator")
         if not isinstance(name, str) or not name.strip():
             raise where.fail(
-                "annotator", "missing" if name is None else f"expected a non-empty string, got {_type_name(name)}"
+                "annotator", "missing" if name is None else f"expected a non-empty string, got {type_name(name)}"
             )
         if "choice" not in obj:
             raise where.fail("choice", "missing")
-        choice = _choice(obj["choice"], "choice", where)
+        choice = parse_choice(obj["choice"], "choice", where)
         shown_first = obj.get("shown_first")
         if shown_first is not None and shown_first not in ("a", "b"):
             raise where.fail("shown_first", f"expected 'a' or 'b', got {shown_first!r}")
@@ -443,7 +450,7 @@ def import_judgments(
             )
         rationale = obj.get("rationale")
         if rationale is not None and not isinstance(rationale, str):
-            raise where.fail("rationale", f"expected a string, got {_type_name(rationale)}")
+            raise where.fail("rationale", f"expected a string, got {type_name(rationale)}")
         if pair_id not in pairs:
             raise where.fail("pair_id", f"no pair '{pair_id}' in project '{project.name}'")
         if name in annotators and annotators[name].kind == "human":

@@ -1,27 +1,28 @@
-"""Parts shared by the online RL stages (ppo, grpo, rloo, bon): policy and reference, rewards, rollouts,
+"""Parts shared by the online RL stages (ppo, grpo, rloo, bon, bon-sweep): policy and reference, rewards, rollouts,
 per-token log-probs, monitoring with rolling windows, guards, and atomic checkpoints that resume."""
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from ..config import OnlineRLConfig, RewardSpec
-from ..data.records import load_records
-from ..data.tokenize import Encoder, pad_left
-from ..errors import ConfigError, TrainingError
-from ..evaluate.diversity import distinct_n
-from ..models.loading import apply_lora, load_causal_lm, load_reward_model, load_tokenizer, resolve_model_path
-from ..rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, token_logps, warn_if_truncated
-from ..scoring import call_scorer, load_scorer
-from ..train import console
+from . import checkpoints
+from .config import OnlineRLConfig, RewardSpec
+from .console import console
+from .data.records import load_records
+from .data.tokenize import Encoder, pad_left
+from .errors import TrainingError
+from .evaluate.diversity import distinct_n
+from .forward import token_logps
+from .models.loading import apply_lora, load_causal_lm, load_tokenizer
+from .resolve import resolve_model_path
+from .rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, warn_if_truncated
+from .scoring import RewardModelScorer, call_scorer, load_scorer
+from .train import RunLog
 
 # ---------------------------------------------------------------- rewards
 
@@ -30,41 +31,24 @@ class RewardFunction:
     """Weighted sum of reward sources: reward-model directories (a chosen head) and `module:function` callables."""
 
     def __init__(self, specs: list[RewardSpec]):
-        from .reward import RewardEncoder
-
         self.sources = []
         for i, spec in enumerate(specs):
             if spec.model:
-                path = resolve_model_path(spec.model)
-                tokenizer = load_tokenizer(path)
-                model = load_reward_model(path, tokenizer).eval()
-                if spec.head >= model.config.num_labels:
-                    raise ConfigError(
-                        f"rewards[{i}].head={spec.head}: the reward model {path} has {model.config.num_labels} head(s)"
-                    )
-                encoder = RewardEncoder(tokenizer, max_length=1024, max_prompt_length=512)
-                self.sources.append((f"rm{i}", spec, (model, tokenizer, encoder)))
+                scorer = RewardModelScorer(spec.model)
+                scorer.check_head(spec.head, f"rewards[{i}].head")
+                self.sources.append((f"rm{i}", spec, scorer))
             else:
                 self.sources.append((f"fn{i}", spec, load_scorer(spec.function, option=f"rewards[{i}].function")))
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
-        from .reward import score_sequences
-
         total = torch.zeros(len(responses))
         parts = {}
         for name, spec, source in self.sources:
-            if callable(source):
-                scores = torch.tensor(call_scorer(source, prompts, responses, option=name))
+            if isinstance(source, RewardModelScorer):
+                scores = torch.tensor(source.score(prompts, responses, spec.head))
             else:
-                model, tokenizer, encoder = source
-                seqs = [encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
-                scores = torch.cat(
-                    [
-                        score_sequences(model, seqs[i : i + 64], tokenizer.pad_token_id, spec.head).float()
-                        for i in range(0, len(seqs), 64)
-                    ]
-                )
+                scores = torch.tensor(call_scorer(source, prompts, responses, option=name))
             parts[f"reward_{name}"] = scores.mean().item()
             total += spec.weight * scores
         return total, parts
@@ -109,8 +93,8 @@ def load_policy(config: OnlineRLConfig) -> Policy:
 def setup(config: OnlineRLConfig):
     """Seed, then load everything an online stage needs: (reward function, gold judge or None, policy, prompt
     stream)."""
-    from ..train import setup_torch
-    from .pairs import resolve_prompts
+    from .resolve import resolve_prompts
+    from .train import setup_torch
 
     setup_torch(config.seed, config.threads)
     reward_fn = RewardFunction(config.rewards)
@@ -210,44 +194,26 @@ def sample_batch(
 # ---------------------------------------------------------------- monitoring and guards
 
 
-class Monitor:
-    """metrics.jsonl rows with rolling-window means (`*_avg`) of the headline metrics."""
+HEADLINE = ("reward", "gold", "kl", "entropy", "response_length", "distinct_2")  # logged with rolling means
 
-    HEADLINE = ("reward", "gold", "kl", "entropy", "response_length", "distinct_2")
 
-    def __init__(self, path: Path, window: int, resume_step: int | None, max_new_tokens: int = 0):
-        """A fresh log, or (resuming) the rows up to the checkpoint's step; rows logged after it are dropped."""
-        self.path = path
+def run_log(config: OnlineRLConfig, out: Path, resume_step: int | None, enabled: bool) -> RunLog:
+    """metrics.jsonl of an online run: a row per iteration, with rolling-window means (`*_avg`) of HEADLINE."""
+    return RunLog(out, keep_until=resume_step, enabled=enabled, rolling=HEADLINE, window=config.window)
+
+
+class TruncationAlarm:
+    """Warns loudly when over TRUNCATION_WARNING of an iteration's responses hit max_new_tokens, at most once every
+    10 steps."""
+
+    def __init__(self, max_new_tokens: int):
         self.max_new_tokens = max_new_tokens
         self.warned_at: int | None = None
-        self.windows: dict[str, deque] = {k: deque(maxlen=window) for k in self.HEADLINE}
-        kept = []
-        if resume_step is not None and path.is_file():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step
-            ]
-        path.write_text("".join(line + "\n" for line in kept))
-        for line in kept[-window:]:
-            row = json.loads(line)
-            for k in self.HEADLINE:
-                if k in row:
-                    self.windows[k].append(row[k])
 
-    def log(self, step: int, row: dict) -> dict:
-        share = row.get("truncated_share", 0.0)
+    def check(self, step: int, share: float) -> None:
         if share > TRUNCATION_WARNING and (self.warned_at is None or step - self.warned_at >= 10):
-            self.warned_at = step  # loud, but at most once every 10 steps
+            self.warned_at = step
             warn_if_truncated(share, self.max_new_tokens, f" at step {step}")
-        for k in self.HEADLINE:
-            if k in row and row[k] is not None:
-                self.windows[k].append(row[k])
-        full = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}}
-        full.update({f"{k}_avg": round(sum(w) / len(w), 6) for k, w in self.windows.items() if w})
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(full) + "\n")
-        return full
 
 
 def guard(step: int, loss: torch.Tensor, kl: float, config: OnlineRLConfig, last_checkpoint: Path | None) -> None:
@@ -271,23 +237,17 @@ def resume_state(
     optimizer,
     generator: torch.Generator,
     prompts: PromptStream,
-    rank: int = 0,
+    runtime,
 ) -> tuple[int, Path | None, dict]:
-    """With `resume`, restore modules, optimizer, sampler RNG (this process's) and prompt position from the newest
-    checkpoint."""
-    if not config.resume:
+    """With `resume`, restore the newest checkpoint (checkpoints.resume): modules, optimizer, this process's sampler
+    and the prompt position. Returns (step, the checkpoint, the stage's state); (0, None, {}) when starting afresh."""
+    resumed = checkpoints.resume(runtime, out, modules, {"adamw": optimizer}) if config.resume else None
+    if resumed is None:
         return 0, None, {}
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None:
-        console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
-        return 0, None, {}
-    step, state = load_checkpoint(checkpoint, modules, {"adamw": optimizer})
-    prompts.position = state["prompt_position"]
-    generators = state["generator"] if isinstance(state["generator"], list) else [state["generator"]]
-    if rank < len(generators):
-        generator.set_state(generators[rank])
-    console.print(f"resuming from {checkpoint} (step {step})")
-    return step, checkpoint, state
+    prompts.position = resumed.state["prompt_position"]
+    if "generator" in resumed.mine:
+        generator.set_state(resumed.mine["generator"])
+    return resumed.step, resumed.path, resumed.state
 
 
 def checkpoint_now(
@@ -297,30 +257,21 @@ def checkpoint_now(
     optimizer,
     generator: torch.Generator,
     prompts: PromptStream,
-    runtime=None,
+    runtime,
     **extra,
 ) -> Path | None:
-    """Main process writes; `generator` holds every process's sampler state (gathered) so each resumes its own
-    stream."""
-    generators = runtime.gather_objects(generator.get_state()) if runtime is not None else [generator.get_state()]
-    path = None
-    if runtime is None or runtime.is_main:
-        path = save_checkpoint(
-            out,
-            step,
-            modules,
-            {"adamw": optimizer},
-            {"prompt_position": prompts.position, "generator": generators, **extra},
-        )
-    if runtime is not None:
-        runtime.barrier()
-    return path
+    """An online stage's checkpoint (checkpoints.save): modules, optimizer, the prompt position, and every process's
+    sampler, so each resumes its own stream."""
+    state = {"prompt_position": prompts.position, **extra}
+    return checkpoints.save(
+        runtime, out, step, modules, {"adamw": optimizer}, state, keep=2, per_rank={"generator": generator.get_state()}
+    )
 
 
 def finish(name: str, config: OnlineRLConfig, policy: Policy, out: Path, row: dict, runtime=None) -> dict:
     """Save the final policy as a plain HF directory and write summary.json (the main process, when distributed)."""
-    from ..models.loading import save_model
-    from ..train import write_json
+    from .atomic import write_json
+    from .models.loading import save_model
 
     if runtime is not None and not runtime.is_main:
         runtime.barrier()
@@ -353,10 +304,6 @@ def minibatches(n: int, size: int, epochs: int):
         order = torch.randperm(n)
         for i in range(0, n, size):
             yield order[i : i + size]
-
-
-def constant_schedule(optimizer, warmup: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
 
 
 def trainable(model) -> list[torch.nn.Parameter]:
