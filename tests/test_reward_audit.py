@@ -20,9 +20,11 @@ from rlhfkit.evaluate.attribution import (
     top_words,
     word_attributions,
 )
+from rlhfkit.evaluate.reward_metrics import length_controlled
 from rlhfkit.models.loading import load_reward_model, load_tokenizer, save_model
 from rlhfkit.report.plots import png_base64
 from rlhfkit.resolve import resolve_model_path
+from rlhfkit.scoring import score_sequences
 from rlhfkit.stages import noise_sweep, reward
 
 PROMPT = "We had dinner at the little Italian place downtown last week."
@@ -90,7 +92,7 @@ def test_length_controlled_accuracy_hand_computed():
     # Within 10% of the longer: pairs 0 (0 <= 1), 1 (1 <= 1.1), 4 (9 <= 10.9), 5 (equal); correct: 0 and 4 (a zero
     # margin is wrong).
     # Chosen shorter: pairs 1, 2, 4 -> 2 of 3 correct; chosen longer: pair 3 -> 0 of 1.
-    got = reward.length_controlled(margins, len_chosen, len_rejected, 0.1)
+    got = length_controlled(margins, len_chosen, len_rejected, 0.1)
     assert got == {
         "length_controlled_accuracy": 0.5,
         "length_controlled_pairs": 4,
@@ -99,9 +101,9 @@ def test_length_controlled_accuracy_hand_computed():
         "accuracy_chosen_longer": 0.0,
         "chosen_longer_pairs": 1,
     }
-    exact = reward.length_controlled(margins, len_chosen, len_rejected, 0.0)
+    exact = length_controlled(margins, len_chosen, len_rejected, 0.0)
     assert (exact["length_controlled_accuracy"], exact["length_controlled_pairs"]) == (0.5, 2)  # pairs 0 and 5
-    none = reward.length_controlled([1.0], [5], [5], 0.1)
+    none = length_controlled([1.0], [5], [5], 0.1)
     assert none["accuracy_chosen_shorter"] is None and none["chosen_shorter_pairs"] == 0
 
 
@@ -135,7 +137,7 @@ def test_integrated_gradients_completeness_and_parity(random_head_model):
     model, tokenizer = random_head_model
     ids, start = sequence(tokenizer)
     result = integrated_gradients(model, tokenizer, ids, steps=64)
-    assert result.score == pytest.approx(reward.score_sequences(model, [ids], tokenizer.pad_token_id).item(), abs=1e-5)
+    assert result.score == pytest.approx(score_sequences(model, [ids], tokenizer.pad_token_id).item(), abs=1e-5)
     difference = result.score - result.baseline_score
     assert abs(difference) > 0.05  # the random head makes the check non-trivial
     assert sum(result.values) == pytest.approx(difference, abs=1e-3 + 1e-3 * abs(difference))
