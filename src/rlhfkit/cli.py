@@ -249,7 +249,6 @@ def main() -> None:
 
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         app()
     except RlhfkitError as exc:

@@ -37,7 +37,19 @@ class LoraSettings(Strict):
     )
 
 
-class TrainConfig(Strict):
+class TrackingSettings(Strict):
+    """Keys of every stage that logs metrics.jsonl over training steps."""
+
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=list,
+        description="experiment trackers that get the metrics.jsonl rows, the resolved config, run name and tags: "
+        "any of tensorboard, wandb, mlflow, trackio (none by default; see docs/trackers.md)",
+    )
+    run_name: str | None = Field(None, description="the run's name in the trackers (default: output_dir's folder name)")
+    tags: list[str] = Field(default_factory=list, description="the run's tags in the trackers")
+
+
+class TrainConfig(TrackingSettings):
     """Keys shared by every training stage."""
 
     output_dir: str = Field(..., description="run folder: model/, metrics.jsonl, summary.json, config.yaml")
@@ -278,7 +290,7 @@ class RewardSpec(Strict):
         return self
 
 
-class OnlineRLConfig(Strict):
+class OnlineRLConfig(TrackingSettings):
     """Keys shared by ppo, grpo and rloo."""
 
     model: str = Field("default", description="policy to start from (usually the SFT model)")

@@ -199,7 +199,7 @@ HEADLINE = ("reward", "gold", "kl", "entropy", "response_length", "distinct_2") 
 
 def run_log(config: OnlineRLConfig, out: Path, resume_step: int | None, enabled: bool) -> RunLog:
     """metrics.jsonl of an online run: a row per iteration, with rolling-window means (`*_avg`) of HEADLINE."""
-    return RunLog(out, keep_until=resume_step, enabled=enabled, rolling=HEADLINE, window=config.window)
+    return RunLog(out, keep_until=resume_step, enabled=enabled, rolling=HEADLINE, window=config.window, config=config)
 
 
 class TruncationAlarm:
@@ -268,8 +268,13 @@ def checkpoint_now(
     )
 
 
-def finish(name: str, config: OnlineRLConfig, policy: Policy, out: Path, row: dict, runtime=None) -> dict:
-    """Save the final policy as a plain HF directory and write summary.json (the main process, when distributed)."""
+def finish(
+    name: str, config: OnlineRLConfig, policy: Policy, out: Path, row: dict, runtime=None, log: RunLog | None = None
+) -> dict:
+    """Save the final policy as a plain HF directory, write summary.json (the main process, when distributed) and
+    close the run log's trackers."""
+    if log is not None:
+        log.close()
     from .atomic import write_json
     from .models.loading import save_model
 

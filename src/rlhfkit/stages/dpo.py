@@ -154,7 +154,7 @@ def run(config: DPOConfig) -> dict:
     sft_coef = config.sft_coef or (1.0 if config.loss_type == "orpo" else 0.0)
     stream = BatchStream(train_idx, config.batch_size, config.seed)
     first_step, state = resume(runtime, config, out, model, optimizer, scheduler, stream)
-    log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main)
+    log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main, config=config)
     model.train()
 
     def loss_sum(idx: list[int], on=None) -> tuple[torch.Tensor, dict]:

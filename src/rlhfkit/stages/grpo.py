@@ -109,4 +109,4 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             )
             if step % config.save_every == 0 or step == config.steps:
                 last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime)
-    return online.finish(name, config, policy, out, row, runtime=runtime)
+    return online.finish(name, config, policy, out, row, runtime=runtime, log=log)

@@ -200,4 +200,4 @@ def run(config: PPOConfig) -> dict:
         if not value.shared:
             value.backbone.save_pretrained(str(out / "value_model"))
         torch.save(value.head.state_dict(), out / "value_head.pt")
-    return online.finish("ppo", config, policy, out, row, runtime=runtime)
+    return online.finish("ppo", config, policy, out, row, runtime=runtime, log=log)

@@ -58,7 +58,7 @@ def train(config: RewardTrainConfig) -> dict:
     model, optimizer = prepare(runtime, model, optimizer, config)
     stream = BatchStream(items, config.batch_size, config.seed)
     first_step, state = resume(runtime, config, out, model, optimizer, scheduler, stream)
-    log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main)
+    log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main, config=config)
     pad = tokenizer.pad_token_id
 
     def validate() -> dict:
