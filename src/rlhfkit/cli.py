@@ -115,7 +115,9 @@ def demo(
 
 @data_app.command("validate")
 def data_validate(
-    path: Path = typer.Argument(..., help="JSONL file (.gz allowed)"),
+    path: str = typer.Argument(
+        ..., help="JSONL (.gz allowed), Parquet, CSV, JSON or Arrow file, save_to_disk folder, or Hub dataset id"
+    ),
     kind: str | None = typer.Option(None, help="sft, prompt or preference (default: guessed from the first record)"),
 ):
     """Check every record of a file against its schema; the first problem is reported with line and field."""
@@ -130,7 +132,7 @@ def data_validate(
 
 @data_app.command("import")
 def data_import(
-    path: Path = typer.Argument(..., help="file to import (.jsonl or .jsonl.gz)"),
+    path: str = typer.Argument(..., help="file to import (JSONL, or any source `data validate` reads)"),
     format: str = typer.Option(..., "--format", "-f", help="trl, hh (Anthropic HH-RLHF) or ultrafeedback"),
     out: Path = typer.Option(..., "--out", "-o", help="preference JSONL to write"),
 ):

@@ -37,6 +37,16 @@ class LoraSettings(Strict):
     )
 
 
+class DataColumns(Strict):
+    """The `columns` key of every stage that reads records."""
+
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="schema field -> column name, for data whose columns are named otherwise (e.g. {prompt: question, "
+        "chosen: answer_good}); applies to every record source the stage reads (docs/data.md#sources)",
+    )
+
+
 class TrackingSettings(Strict):
     """Keys of every stage that logs metrics.jsonl over training steps."""
 
@@ -49,7 +59,7 @@ class TrackingSettings(Strict):
     tags: list[str] = Field(default_factory=list, description="the run's tags in the trackers")
 
 
-class TrainConfig(TrackingSettings):
+class TrainConfig(TrackingSettings, DataColumns):
     """Keys shared by every training stage."""
 
     output_dir: str = Field(..., description="run folder: model/, metrics.jsonl, summary.json, config.yaml")
@@ -113,7 +123,7 @@ class PanelSettings(Strict):
     seed: int = Field(0, description="seed for annotator traits and their choices")
 
 
-class PairsConfig(Strict):
+class PairsConfig(DataColumns):
     model: str = Field("default", description="policy that writes the candidate responses")
     prompts: str = Field("default", description="prompt JSONL, or 'default' for the embedded training prompts")
     output_dir: str = Field(
@@ -158,7 +168,7 @@ class RewardTrainConfig(TrainConfig):
     epochs: float = 2.0
 
 
-class RewardEvalConfig(Strict):
+class RewardEvalConfig(DataColumns):
     model: str = Field(..., description="reward-model directory")
     data: str = Field(..., description="preference JSONL to score")
     output_dir: str = Field("runs/reward_eval", description="writes summary.json and scores.jsonl")
@@ -214,7 +224,7 @@ class DPOConfig(TrainConfig):
     lr: float = 5e-5
 
 
-class EvalConfig(Strict):
+class EvalConfig(DataColumns):
     models: dict[str, str] = Field(..., description="name -> policy directory ('default' allowed)")
     prompts: str = Field("heldout", description="prompt JSONL, or 'heldout' for the embedded held-out prompts")
     reward_model: str | None = Field(None, description="reward-model directory to score responses with")
@@ -290,7 +300,7 @@ class RewardSpec(Strict):
         return self
 
 
-class OnlineRLConfig(TrackingSettings):
+class OnlineRLConfig(TrackingSettings, DataColumns):
     """Keys shared by ppo, grpo and rloo."""
 
     model: str = Field("default", description="policy to start from (usually the SFT model)")
@@ -389,7 +399,7 @@ class RLOOConfig(OnlineRLConfig):
     output_dir: str = "runs/rloo"
 
 
-class SamplingSettings(Strict):
+class SamplingSettings(DataColumns):
     """Sampling keys of the best-of-n stages."""
 
     max_new_tokens: int = Field(48, gt=0, description="response token limit")
@@ -511,7 +521,7 @@ class PipelineConfig(Strict):
     )
 
 
-class NoiseSweepConfig(Strict):
+class NoiseSweepConfig(DataColumns):
     """`rlhfkit reward noise-sweep`: how reward-model accuracy degrades as training labels are flipped."""
 
     model: str = Field("default", description="backbone of every reward model, as in reward train")

@@ -100,15 +100,17 @@ def setup(config: OnlineRLConfig):
     reward_fn = RewardFunction(config.rewards)
     gold = load_scorer(config.gold) if config.gold else None
     policy = load_policy(config)
-    prompts = PromptStream(resolve_prompts(config.prompts), policy.tokenizer, config.max_prompt_length, config.seed)
+    prompts = PromptStream(
+        resolve_prompts(config.prompts), policy.tokenizer, config.max_prompt_length, config.seed, config.columns
+    )
     return reward_fn, gold, policy, prompts
 
 
 class PromptStream:
     """Endless, seeded, epoch-shuffled prompts; `position` makes it resumable."""
 
-    def __init__(self, prompts_path: Path, tokenizer, max_prompt_length: int, seed: int):
-        records = load_records(prompts_path, "prompt")
+    def __init__(self, prompts_path: Path, tokenizer, max_prompt_length: int, seed: int, columns=None):
+        records = load_records(prompts_path, "prompt", columns)
         encoder = Encoder(tokenizer, max_length=max_prompt_length + 1, max_prompt_length=max_prompt_length)
         self.ids = [encoder.prompt_ids(r.prompt)[0] for r in records]
         self.texts = [tokenizer.decode(i) for i in self.ids]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .records import PreferencePair, Where, parse_messages, parse_prompt, parse_record, read_jsonl, type_name
+from .records import PreferencePair, Where, parse_messages, parse_prompt, parse_record, read_rows, type_name
 
 FORMATS = ("trl", "hh", "ultrafeedback")
 
@@ -203,7 +203,7 @@ def import_preferences(path: str | Path, fmt: str) -> tuple[list[PreferencePair]
     source = str(path)
     report = ImportReport(source=source, format=fmt)
     pairs: list[PreferencePair] = []
-    for lineno, obj in read_jsonl(path):
+    for lineno, obj in read_rows(path):
         report.read += 1
         pair = convert(obj, Where(source, lineno), report)
         if pair is not None:

@@ -70,7 +70,7 @@ def record_to_dict(record: Record) -> dict[str, Any]:
 class Where:
     """Names a place in a file for error messages: `file.jsonl:12: field 'chosen'`."""
 
-    def __init__(self, source: str, line: int | None):
+    def __init__(self, source: str, line: int | str | None):
         self.source, self.line = source, line
 
     def __str__(self) -> str:
@@ -259,9 +259,21 @@ def jsonl_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{source}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
 
 
-def load_records(path: str | Path, kind: str) -> list[Record]:
-    """Read and validate a whole JSONL file; the first bad record stops with its file, line and field."""
-    records = [parse_record(obj, kind, Where(str(path), lineno)) for lineno, obj in read_jsonl(path)]
+def read_rows(source: str | Path, columns: dict[str, str] | None = None) -> Iterator[tuple[int | str, Any]]:
+    """(place, decoded value) of each record of a source: a JSONL file (place: line number), or anything
+    rlhfkit.data.sources reads through `datasets` (place: `row N`); `columns` renames source columns to schema
+    fields first."""
+    from .sources import is_jsonl, rename_columns, source_rows
+
+    path = Path(source).expanduser()
+    rows = read_jsonl(path) if is_jsonl(path) else source_rows(str(source))
+    for place, obj in rows:
+        yield place, rename_columns(obj, columns or {}, f"{source}:{place}")
+
+
+def load_records(path: str | Path, kind: str, columns: dict[str, str] | None = None) -> list[Record]:
+    """Read and validate a whole source (read_rows); the first bad record stops with its source, line and field."""
+    records = [parse_record(obj, kind, Where(str(path), place)) for place, obj in read_rows(path, columns)]
     if not records:
         raise DataError(f"{path}: no records")
     return records
@@ -269,7 +281,7 @@ def load_records(path: str | Path, kind: str) -> list[Record]:
 
 def detect_kind(path: str | Path) -> str:
     """Guess the record kind from the first record's keys."""
-    for _, obj in read_jsonl(path):
+    for _, obj in read_rows(path):
         if isinstance(obj, dict):
             if "chosen" in obj or "rejected" in obj:
                 return "preference"

@@ -149,7 +149,7 @@ def run(config: EvalConfig) -> dict:
     safety_path = safety.resolve_safety_prompts(config.safety_prompts) if config.safety_prompts else None
     detector = safety.load_detector(config.safety_detector) if safety_path else None
     prompt_path = resolve_prompts(config.prompts)
-    records = load_records(prompt_path, "prompt")[: config.num_prompts]
+    records = load_records(prompt_path, "prompt", config.columns)[: config.num_prompts]
     prompts = [r.prompt for r in records for _ in range(config.samples_per_prompt)]
     safety_prompts = (
         [r.prompt for r in load_records(safety_path, "prompt") for _ in range(config.samples_per_prompt)]

@@ -40,7 +40,7 @@ def run(config: BoNConfig) -> dict:
     reward_fn = online.RewardFunction(config.rewards)
     gold = load_scorer(config.gold) if config.gold else None
     path = resolve_model_path(config.model)
-    records = load_records(resolve_prompts(config.prompts), "prompt")[: config.num_prompts]
+    records = load_records(resolve_prompts(config.prompts), "prompt", config.columns)[: config.num_prompts]
     tokenizer = load_tokenizer(path, padding_side="left")
     model = load_causal_lm(path)
     save_config(config, out)

@@ -133,7 +133,7 @@ def run(config: BonSweepConfig) -> dict:
     gold_fn = load_scorer(config.gold)
     path = resolve_model_path(config.model)
     prompt_path = resolve_prompts(config.prompts)
-    records = load_records(prompt_path, "prompt")[: config.num_prompts]
+    records = load_records(prompt_path, "prompt", config.columns)[: config.num_prompts]
     if not records:
         raise ConfigError(f"prompts: {prompt_path} has no prompts")
     tokenizer = load_tokenizer(path, padding_side="left")

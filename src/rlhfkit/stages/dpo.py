@@ -98,7 +98,7 @@ def run(config: DPOConfig) -> dict:
     runtime = start(config)  # joins the launcher's processes; checks device, precision and batch split first
     model_path = resolve_model_path(config.model)
     ref_path = resolve_model_path(config.ref_model) if config.ref_model else model_path
-    pairs = load_records(config.data, "preference")
+    pairs = load_records(config.data, "preference", config.columns)
     tokenizer = load_tokenizer(model_path)
     encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length, add_eos=True)
     items = []

@@ -43,7 +43,7 @@ def run(config: NoiseSweepConfig) -> dict:
     from ..report.plots import line_plot
 
     out = Path(config.output_dir)
-    pairs = load_records(config.data, "preference")
+    pairs = load_records(config.data, "preference", config.columns)
     train_pairs, val_pairs = reward.split_pairs(pairs, config.val_fraction, config.seed)
     save_config(config, out)
     val_file = out / "val_pairs.jsonl"

@@ -26,7 +26,7 @@ def run(config: PairsConfig) -> dict:
     gold = load_scorer(config.gold)
     model_path = resolve_model_path(config.model)
     prompt_path = resolve_prompts(config.prompts)
-    records = load_records(prompt_path, "prompt")[: config.num_prompts]
+    records = load_records(prompt_path, "prompt", config.columns)[: config.num_prompts]
     tokenizer = load_tokenizer(model_path, padding_side="left")
     model = load_causal_lm(model_path)
     save_config(config, out)

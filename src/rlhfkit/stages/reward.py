@@ -33,7 +33,7 @@ def train(config: RewardTrainConfig) -> dict:
     setup_torch(config.seed, config.threads)
     runtime = start(config)  # joins the launcher's processes; checks device, precision and batch split first
     model_path = resolve_model_path(config.model)
-    pairs = load_records(config.data, "preference")
+    pairs = load_records(config.data, "preference", config.columns)
     train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.seed)
     tokenizer = load_tokenizer(model_path)
     encoder = RewardEncoder(tokenizer, config.max_length, config.max_prompt_length)
@@ -160,7 +160,7 @@ def evaluate(config: RewardEvalConfig) -> dict:
     out = Path(config.output_dir)
     setup_torch(0, config.threads)
     model_path = resolve_model_path(config.model)
-    pairs = load_records(config.data, "preference")
+    pairs = load_records(config.data, "preference", config.columns)
     tokenizer = load_tokenizer(model_path)
     encoder = RewardEncoder(tokenizer, config.max_length, config.max_prompt_length)
     encoded, pairs = encode_pairs(pairs, encoder)

@@ -46,7 +46,7 @@ def run(config: SFTConfig) -> dict:
     runtime = start(config)  # joins the launcher's processes; checks device, precision and batch split first
     model_path = resolve_model_path(config.model)
     data_path = resolve_sft_data(config.data)
-    examples = load_records(data_path, "sft")
+    examples = load_records(data_path, "sft", config.columns)
     tokenizer = load_tokenizer(model_path)
     encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length, add_eos=True)
     encoded = encode_examples(examples, encoder)
