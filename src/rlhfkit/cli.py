@@ -156,6 +156,27 @@ def registry_list(root: Path = typer.Option(Path("runs/demo"), "--root", help="r
 
 
 @app.command()
+def export(
+    checkpoint: Path = typer.Argument(
+        ..., help="model directory (a stage's OUTPUT_DIR/model, or an adapter-only save)"
+    ),
+    out: Path = typer.Argument(..., help="folder to write the clean HF directory into"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
+    root: Path | None = typer.Option(
+        None,
+        "--root",
+        help="run root whose registry has the checkpoint (default: two folders up, as the gate records it)",
+    ),
+    push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="also upload it to this Hub repo (online)"),
+):
+    """A checkpoint as a clean HF directory: LoRA merged, one dtype, the model card with its registry record."""
+    from .release import export_checkpoint
+
+    written = export_checkpoint(checkpoint, out, dtype, root, push_to_hub)
+    typer.echo(f"exported {checkpoint} to {written}" + (f" and pushed to {push_to_hub}" if push_to_hub else ""))
+
+
+@app.command()
 def rollback(root: Path = typer.Option(Path("runs/demo"), "--root", help="run root holding registry.sqlite")):
     """Make the last passing checkpoint before the current one current (ROOT/current points to it)."""
     from .evaluate.registry import Registry, update_current_link

@@ -278,14 +278,12 @@ def finish(
     if log is not None:
         log.close()
     from .atomic import write_json
+    from .cards import model_card
     from .models.loading import save_model
 
     if runtime is not None and not runtime.is_main:
         runtime.barrier()
         return {"stage": name, "final": row}
-    save_model(
-        policy.model, load_tokenizer(policy.path), out / "model", merge_lora=config.lora.merge if config.lora else True
-    )
     summary = {
         "stage": name,
         "model": str(policy.path),
@@ -294,6 +292,13 @@ def finish(
         "final": row,
         "model_dir": str(out / "model"),
     }
+    save_model(
+        policy.model,
+        load_tokenizer(policy.path),
+        out / "model",
+        merge_lora=config.lora.merge if config.lora else True,
+        card=model_card(name, config, {**summary, **row}),
+    )
     write_json(out / "summary.json", summary)
     console.print(
         f"{name}: {config.steps} steps; last-window reward {row.get('reward_avg', float('nan')):.3f}, "

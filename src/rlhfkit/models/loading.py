@@ -177,8 +177,9 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True) -> Path:
-    """Save a plain HF directory atomically: write into a temporary folder, then rename it into place."""
+def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True, card: str | None = None) -> Path:
+    """Save a plain HF directory atomically: write into a temporary folder, then rename it into place. `card` is
+    the model card, written as README.md (rlhfkit.cards.model_card)."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         to_save = model
@@ -188,6 +189,8 @@ def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True) -
             to_save = copy.deepcopy(model).merge_and_unload()
         to_save.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        if card is not None:
+            (tmp / "README.md").write_text(card)
     return out_dir
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_file
+from ..cards import model_card
 from ..config import DPOConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import load_records
@@ -232,7 +233,11 @@ def run(config: DPOConfig) -> dict:
     }
     if runtime.is_main:
         save_model(
-            runtime.unwrap(model), tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True
+            runtime.unwrap(model),
+            tokenizer,
+            out / "model",
+            merge_lora=config.lora.merge if config.lora else True,
+            card=model_card("dpo", config, summary),
         )
         summary = log.summary(**summary)
         acc = last.get("val_reward_accuracy")

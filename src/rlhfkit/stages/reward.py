@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_json
+from ..cards import model_card
 from ..config import RewardEvalConfig, RewardTrainConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import load_records, split_pairs, write_jsonl
@@ -145,7 +146,13 @@ def train(config: RewardTrainConfig) -> dict:
         "model_dir": str(out / "model"),
     }
     if runtime.is_main:
-        save_model(plain, tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True)
+        save_model(
+            plain,
+            tokenizer,
+            out / "model",
+            merge_lora=config.lora.merge if config.lora else True,
+            card=model_card("reward-train", config, summary),
+        )
         summary = log.summary(**summary)
         console.print(
             f"reward train: best validation accuracy {best['val_accuracy']:.3f} (ECE {best['val_ece']:.3f}) at "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..cards import model_card
 from ..config import SFTConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import SFTExample, load_records
@@ -131,7 +132,11 @@ def run(config: SFTConfig) -> dict:
     }
     if runtime.is_main:
         save_model(
-            runtime.unwrap(model), tokenizer, out / "model", merge_lora=config.lora.merge if config.lora else True
+            runtime.unwrap(model),
+            tokenizer,
+            out / "model",
+            merge_lora=config.lora.merge if config.lora else True,
+            card=model_card("sft", config, summary),
         )
         summary = log.summary(**summary)
         console.print(f"sft: {steps} steps, validation loss {first_val} -> {val_loss}; model saved to {out / 'model'}")
