@@ -531,3 +531,63 @@ def test_sigkill_under_load_loses_no_acknowledged_response(tmp_path):
         assert response_id in rows, f"acknowledged {response_id} is missing after kill -9"
         assert rows[response_id].response == text
     assert len(acks) == len({a for a, _ in acks})  # ids are unique; the log's primary key keeps each once
+
+
+# ------------------------------------------------------------------------------------------- the docs
+
+
+def config_keys(cls, prefix: str = "") -> list[str]:
+    """Every key of a config model, nested ones dotted (routes.NAME.split.share_b)."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    keys = []
+    for name, field in cls.model_fields.items():
+        nested = [
+            candidate
+            for inner in (field.annotation, *get_args(field.annotation))
+            for candidate in (inner, *get_args(inner))
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel)
+        ]
+        if not nested or name in ("routes", "split"):  # sections (routing, limits, ...) are their keys
+            keys.append(prefix + name)
+        for model in nested:
+            keys += config_keys(model, prefix + (f"{name}.NAME." if name == "routes" else f"{name}."))
+    return sorted(set(keys))
+
+
+def test_docs_name_every_config_key_and_their_example_config_loads(tmp_path):
+    from pathlib import Path
+
+    from rlhfkit.config import load_config
+    from rlhfkit.serve.config import ServeConfig
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    missing = [key for key in config_keys(ServeConfig) if f"| `{key}` |" not in page]
+    assert not missing, f"docs/serving.md does not document: {missing}"
+    example = page.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "serve.yaml").write_text(example)
+    config = load_config(ServeConfig, tmp_path / "serve.yaml", ["routes.rlhf.model=default"])
+    assert set(config.route_settings()) == {"fast", "rlhf", "ab"} and config.routing.tiers == {"rlhf": "rlhf"}
+
+
+def test_load_benchmark_at_test_size():
+    """bench/serve_load.py for 3 s with 4 clients: answers, batches, every acknowledged response logged once (the
+    full run, 16 clients for 60 s, is in BENCHMARKS.md)."""
+    import subprocess
+    from pathlib import Path
+
+    result = subprocess.run(
+        [sys.executable, "bench/serve_load.py", "--clients", "4", "--duration", "3", "--threads", "1"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = dict(line.strip("| ").rsplit(" | ", 1) for line in result.stdout.splitlines() if line.startswith("| "))
+    assert int(table["requests answered (200)"]) > 0 and float(table["generated tokens/s"]) > 0
+    assert table["audit entries of the run"] == table["acknowledged responses"]
+    assert table["acknowledged but not logged"] == table["logged more than once"] == "0"
+    assert table["errors (non-200 or broken)"] == "0" and float(table["mean batch size"]) >= 1

@@ -431,7 +431,10 @@ def create_app(config: ServeConfig, database: Database | None = None) -> FastAPI
             gateway.limits.charge(who, len(plain) // 4 + max_tokens, *key_limits)  # no tokenizer here: ~4 chars a token
             entry.checkpoint = route.checkpoint
             headers["X-Rlhfkit-Checkpoint"] = route.checkpoint
+            metrics.in_flight.labels(choice.route).inc()  # down again in finish_entry, whatever the outcome
             request_body = body.model_dump(exclude_none=True)
+            if asked_tokens is None:  # the cap holds upstream too: the upstream's own default may be far larger
+                request_body["max_tokens"] = max_tokens
             path = "/chat/completions" if endpoint == "chat.completions" else "/completions"
             if body.stream:
                 return StreamingResponse(
@@ -457,6 +460,7 @@ def create_app(config: ServeConfig, database: Database | None = None) -> FastAPI
             gateway.limits.charge(who, len(ids) + max_tokens, *key_limits)
             generation = Generation(ids, max_tokens, params["temperature"], params["top_p"], asyncio.get_running_loop())
             if model.submit(generation):
+                metrics.in_flight.labels(choice.route).inc()
                 break
         entry.prompt_text, entry.prompt_tokens, entry.checkpoint = text, len(ids), generation.checkpoint
         headers["X-Rlhfkit-Checkpoint"] = generation.checkpoint
@@ -476,6 +480,7 @@ def create_app(config: ServeConfig, database: Database | None = None) -> FastAPI
     # ------------------------------------------------------------------------------------------ local answers
 
     def finish_entry(entry: Entry, arrived: float, first_at: float | None, status: str, error: str | None = None):
+        metrics.in_flight.labels(entry.route).dec()
         entry.latency_ms = round((time.monotonic() - arrived) * 1000, 3)
         entry.ttft_ms = None if first_at is None else round((first_at - arrived) * 1000, 3)
         entry.status, entry.error = status, error
@@ -528,6 +533,9 @@ def create_app(config: ServeConfig, database: Database | None = None) -> FastAPI
             raise
         except asyncio.CancelledError:
             generation.cancelled = True
+            local_entry(generation, entry, "")
+            finish_entry(entry, arrived, generation.first_token_at, "cancelled")
+            write_later(entry)
             raise
         local_entry(generation, entry, text)
         finish_entry(entry, arrived, generation.first_token_at, "ok")
@@ -576,14 +584,14 @@ def create_app(config: ServeConfig, database: Database | None = None) -> FastAPI
             except ServeError as exc:
                 local_entry(generation, entry, "".join(pieces))
                 finish_entry(entry, arrived, generation.first_token_at, "error", str(exc))
+                logged = True  # before the await: a cancelled task's write still finishes in its thread
                 await run_in_threadpool(store.append, database, entry)
-                logged = True
                 yield sse(error_body(str(exc), 503))
                 return
             local_entry(generation, entry, "".join(pieces))
             finish_entry(entry, arrived, generation.first_token_at, "ok")
-            await run_in_threadpool(store.append, database, entry)  # committed before the client sees the end
             logged = True
+            await run_in_threadpool(store.append, database, entry)  # committed before the client sees the end
             yield sse(chunk(entry, endpoint, None, generation.finish_reason))
             if include_usage:
                 yield sse({**chunk(entry, endpoint, None), "choices": [], "usage": usage(entry)})
@@ -605,15 +613,21 @@ def create_app(config: ServeConfig, database: Database | None = None) -> FastAPI
     async def upstream_once(route: UpstreamRoute, path: str, body: dict, entry: Entry, arrived: float) -> dict:
         try:
             data = await route.complete(path, body)
-            first = (data.get("choices") or [{}])[0]
-            text = (first.get("message") or {}).get("content") if "message" in first else first.get("text")
+            try:
+                first = (data.get("choices") or [{}])[0]
+                text = (first.get("message") or {}).get("content") if "message" in first else first.get("text")
+            except (AttributeError, TypeError, IndexError) as exc:
+                raise ServeError(f"upstream {route.url} answered an unexpected body ({exc})", status=502) from None
         except ServeError as exc:
             upstream_entry(entry, "", None, None, 0)
             finish_entry(entry, arrived, None, "error", str(exc))
             await run_in_threadpool(store.append, database, entry)
             raise
-        except (AttributeError, TypeError) as exc:
-            raise ServeError(f"upstream {route.url} answered an unexpected body ({exc})", status=502) from None
+        except asyncio.CancelledError:
+            upstream_entry(entry, "", None, None, 0)
+            finish_entry(entry, arrived, None, "cancelled")
+            write_later(entry)
+            raise
         upstream_entry(entry, text or "", data.get("usage"), first.get("finish_reason"), 0)
         finish_entry(entry, arrived, None, "ok")
         await run_in_threadpool(store.append, database, entry)
@@ -635,14 +649,14 @@ def create_app(config: ServeConfig, database: Database | None = None) -> FastAPI
             except ServeError as exc:
                 upstream_entry(entry, "".join(pieces), usage_row, finish_reason, len(pieces))
                 finish_entry(entry, arrived, first_at, "error", str(exc))
-                await run_in_threadpool(store.append, database, entry)
                 logged = True
+                await run_in_threadpool(store.append, database, entry)
                 yield sse(error_body(str(exc), exc.status))
                 return
             upstream_entry(entry, "".join(pieces), usage_row, finish_reason, len(pieces))
             finish_entry(entry, arrived, first_at, "ok")
-            await run_in_threadpool(store.append, database, entry)
             logged = True
+            await run_in_threadpool(store.append, database, entry)
             yield sse("[DONE]")
         finally:
             if not logged:
