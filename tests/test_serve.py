@@ -233,6 +233,18 @@ def test_metrics_count_requests_tokens_latency_and_first_tokens_per_route(world)
     assert metric(world, "rlhfkit_serve_time_to_first_token_seconds", labels)["_count"] >= 2
 
 
+def test_a_stream_whose_client_goes_away_stops_generating_and_is_logged_as_cancelled(world):
+    body = {"model": "fast", "prompt": "Leave early", "max_tokens": 64, "stream": True, "temperature": 0}
+    headers = {"Authorization": f"Bearer {world['keys']['basic']}"}
+    with httpx.stream("POST", world["base"] + "/v1/completions", json=body, headers=headers, timeout=30) as response:
+        first = json.loads(next(response.iter_lines())[6:])  # one token, then hang up
+    deadline = time.time() + 10
+    while store.get_entry(world["db"], first["id"]) is None and time.time() < deadline:
+        time.sleep(0.05)
+    entry = logged(world, first["id"])
+    assert entry.status == "cancelled" and entry.completion_tokens < 64
+
+
 # ------------------------------------------------------------------------------------------- limits and refusals
 
 

@@ -252,7 +252,13 @@ class LocalRoute:
         self.root = Path(spec).expanduser() if spec not in ("default", "minilm") else None
         self.follows = self.root is not None and is_run_root(self.root)
         self.reload_lock = threading.Lock()
-        path = current_checkpoint(self.root) if self.follows else resolve_model_path(spec)
+        try:
+            path = current_checkpoint(self.root) if self.follows else resolve_model_path(spec)
+        except ModelError as exc:
+            raise ModelError(
+                f"route {name}: {exc}; a route's model is a model directory, 'default', or a run root (a folder "
+                "with a current link or registry.sqlite, as `rlhfkit demo` makes in runs/demo)"
+            ) from None
         self.model = make_model(path, self.label(path))
 
     def label(self, path: Path) -> str:
