@@ -444,6 +444,7 @@ def create_app(config: ServeConfig, database: Database | None = None) -> FastAPI
                 )
             return JSONResponse(await upstream_once(route, path, request_body, entry, arrived), headers=headers)
         refuse_unsupported(body, choice.route)
+        charged = False
         while True:  # a hot reload may retire the model between rendering and queueing: render again on the new one
             model = route.model
             text = model.render(prompt)
@@ -457,7 +458,9 @@ def create_app(config: ServeConfig, database: Database | None = None) -> FastAPI
                     param=where,
                     code="context_length_exceeded",
                 )
-            gateway.limits.charge(who, len(ids) + max_tokens, *key_limits)
+            if not charged:
+                gateway.limits.charge(who, len(ids) + max_tokens, *key_limits)
+                charged = True
             generation = Generation(ids, max_tokens, params["temperature"], params["top_p"], asyncio.get_running_loop())
             if model.submit(generation):
                 metrics.in_flight.labels(choice.route).inc()
