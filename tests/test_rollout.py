@@ -181,6 +181,40 @@ def test_generation_stops_early_when_every_row_has_ended(lm):
     assert rollout.response_mask.sum(1).tolist() == [p + 1 for p in eos_positions]
 
 
+def test_the_token_hook_sees_every_token_as_drawn_and_can_end_rows(lm):
+    model, tokenizer = lm
+    seen: dict[int, list[int]] = {row: [] for row in range(len(PROMPTS))}
+
+    def watch(step, rows, tokens):
+        for row, token in zip(rows.tolist(), tokens.tolist()):
+            assert len(seen[row]) == step  # one token per live row per step, in order
+            seen[row].append(token)
+
+    rollout = sample(lm, seed=4, max_new_tokens=24, on_token=watch)
+    plain = sample(lm, seed=4, max_new_tokens=24)
+    assert torch.equal(rollout.response_ids, plain.response_ids)  # watching changes nothing
+    for row in seen:
+        assert seen[row] == rollout.response_ids[row][rollout.response_mask[row].bool()].tolist()
+
+    limits = [3, 5, 24, 1]  # per-row token limits, as a server batching requests of different max_tokens has
+
+    def cut(step, rows, tokens):
+        return [row for row in rows.tolist() if step + 1 >= limits[row]]
+
+    # greedy, so that the rows leaving the batch (which changes how many random numbers a step draws) change nothing
+    plain = sample(lm, seed=4, max_new_tokens=24, top_k=1)
+    ended = sample(lm, seed=4, max_new_tokens=24, top_k=1, on_token=cut)
+    lengths = ended.response_mask.sum(1).tolist()
+    for row, limit in enumerate(limits):
+        assert lengths[row] <= limit
+        assert ended.response_ids[row][: lengths[row]].tolist() == plain.response_ids[row][: lengths[row]].tolist()
+        assert ended.response_mask[row].tolist() == [1] * lengths[row] + [0] * (
+            ended.response_ids.shape[1] - lengths[row]
+        )
+        last = ended.response_ids[row][lengths[row] - 1]
+        assert bool(ended.truncated[row]) == (last != tokenizer.eos_token_id)  # ended by the hook: no EOS, truncated
+
+
 # ------------------------------------------------------------------------------------ seeding and decoding rules
 
 

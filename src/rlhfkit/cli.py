@@ -11,6 +11,7 @@ import typer
 from . import config as cfg
 from .errors import RlhfkitError
 from .feedback.annotate.cli import app as annotate_app
+from .serve.cli import app as serve_app
 from .stages import GROUPS, STAGES, Stage, command_name
 
 STAGE = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -33,6 +34,7 @@ app.add_typer(default_app, name="default")
 app.add_typer(config_app, name="config")
 app.add_typer(registry_app, name="registry")
 app.add_typer(annotate_app, name="annotate")
+app.add_typer(serve_app, name="serve")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; see `rlhfkit config show STAGE`.")
 

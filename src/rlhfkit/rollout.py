@@ -8,6 +8,7 @@ before top-k / top-p filtering, which is the distribution the RL losses train.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,10 @@ from .forward import takes_logits_to_keep
 from .models.loading import base_model
 
 TRUNCATION_WARNING = 0.2
+
+# on_token(step, rows, tokens): the batch rows still generating and the token each just sampled; returns the rows to
+# end after this token (a stream cancelled, a per-request token limit reached), or None
+TokenHook = Callable[[int, torch.Tensor, torch.Tensor], Sequence[int] | torch.Tensor | None]
 
 
 @dataclass
@@ -101,10 +106,13 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    on_token: TokenHook | None = None,
 ) -> Rollout:
     """Sample continuations of left-padded prompts with the KV cache; stops early once every row has hit EOS.
 
-    Rows that have hit EOS leave the batch (their cache rows are dropped), so later steps compute only live rows."""
+    Rows that have hit EOS leave the batch (their cache rows are dropped), so later steps compute only live rows.
+    `on_token` sees every sampled token as it is drawn (for streaming) and may end rows early; a row it ends keeps
+    the tokens up to that one and counts as truncated (no EOS)."""
     batch = input_ids.shape[0]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     # The prompt forward needs logits at its last position only: no LM-head work on the other prompt positions.
@@ -155,6 +163,12 @@ def generate(
         ended = live & (token == eos_id)
         lengths[rows[ended]] = step + 1
         finished[rows[ended]] = True
+        if on_token is not None:
+            stop = on_token(step, rows[live], token[live])
+            if stop is not None and len(stop):
+                cut = live & ~ended & torch.isin(rows, torch.as_tensor(stop, dtype=torch.long))
+                lengths[rows[cut]] = step + 1
+                ended = ended | cut
         live = live & ~ended
         if not bool(live.any()):
             width = step + 1

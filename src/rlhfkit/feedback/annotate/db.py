@@ -1,4 +1,4 @@
-"""Opening the annotation store: database URLs, engines, sessions and schema upgrades (alembic).
+"""Opening the annotation store: schema upgrades (alembic) over the shared SQL store (rlhfkit.sqlstore).
 
 `--db` takes a SQLAlchemy URL or a plain file path (a SQLite file). `postgresql://` URLs use psycopg 3.
 SQLite runs in WAL mode with synchronous=FULL (a commit is on disk before the response goes out) and every
@@ -7,19 +7,16 @@ transaction starts with BEGIN IMMEDIATE, so concurrent writers queue on the busy
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import sessionmaker
 
+from ... import sqlstore
 from ...errors import RlhfkitError
+from ...sqlstore import Database, StoreError, database_url, shown_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DEFAULT_DB = "annotate.sqlite"
@@ -31,75 +28,15 @@ class AnnotateError(RlhfkitError):
     status = 422
 
 
-class DatabaseError(AnnotateError):
+class DatabaseError(AnnotateError, StoreError):
     status = 503
-
-
-def database_url(db: str) -> str:
-    """A SQLAlchemy URL from `--db`: a URL is kept (postgresql:// gets the psycopg 3 driver), a path becomes SQLite."""
-    if "://" not in db:
-        return f"sqlite:///{Path(db).expanduser().resolve()}"
-    for prefix in ("postgresql://", "postgres://"):
-        if db.startswith(prefix):
-            return "postgresql+psycopg://" + db[len(prefix) :]
-    return db
-
-
-def shown_url(url: str) -> str:
-    """The URL with any password hidden, for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
-def _sqlite_pragmas(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below), not the sqlite3 module
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def on_begin(connection):
-        # take the write lock up front: a read transaction upgraded to a write one can fail with "database is locked"
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
     try:
-        if url.startswith("sqlite"):
-            engine = create_engine(
-                url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20, max_overflow=40
-            )
-            _sqlite_pragmas(engine)
-            return engine
-        return create_engine(
-            url, pool_size=20, max_overflow=40, pool_pre_ping=True, connect_args={"connect_timeout": 5}
-        )
-    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise DatabaseError(f"--db {shown_url(url)}: not a database URL this tool can open ({exc})") from None
-
-
-@dataclass
-class Database:
-    url: str
-    engine: Engine
-    sessions: sessionmaker
-    # SQLite has one writer at a time; threads of this process queue here, in order, rather than in SQLite's busy
-    # handler, which sleeps in growing steps (up to 100 ms) and makes the slowest requests much slower
-    writer: Any = field(default_factory=threading.Lock)
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self.writer if self.url.startswith("sqlite") else nullcontext(), self.sessions() as session:
-            yield session
-
-    def close(self) -> None:
-        self.engine.dispose()
+        return sqlstore.make_engine(url)
+    except StoreError as exc:
+        raise DatabaseError(str(exc)) from None
 
 
 def _alembic_config(connection):

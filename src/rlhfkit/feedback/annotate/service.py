@@ -22,7 +22,6 @@ Rules worth knowing (also in README, "Annotation app"):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -52,6 +51,7 @@ from ...data.records import (
     type_name,
 )
 from ...errors import DataError
+from ...sqlstore import hash_token, new_token
 from ..agreement import agreement_report, cohen_kappa, parse_choice, parse_identifier, percent_agreement
 from .db import AnnotateError
 from .models import Admin, Annotator, Assignment, CalibrationOverride, Judgment, Pair, Project, utcnow
@@ -74,16 +74,6 @@ class Conflict(AnnotateError):
 
 
 # ------------------------------------------------------------------------------------------------ tokens
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def new_token() -> tuple[str, str]:
-    """(token, its sha256); only the hash is stored."""
-    token = secrets.token_urlsafe(32)
-    return token, hash_token(token)
 
 
 def create_admin(s: Session, name: str = "admin") -> str:
