@@ -76,17 +76,23 @@ def cached_reference(path: Path, key: str, compute) -> torch.Tensor:
     return logps
 
 
-def preference_loss(config: DPOConfig, pc, pr, cc, cr, ref):
-    """Per-example loss, chosen rewards, rejected rewards for the configured loss_type."""
+def preference_loss(
+    config: DPOConfig, chosen_logps, rejected_logps, chosen_tokens, rejected_tokens, ref_logps
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example loss, chosen rewards, rejected rewards for the configured loss_type. `*_logps` are summed
+    response log-probs, `*_tokens` their token counts (SimPO and ORPO use the per-token mean), `ref_logps` [N, 2]
+    the reference's chosen and rejected log-probs."""
     if config.loss_type == "simpo":
-        return simpo_loss(pc / cc, pr / cr, beta=config.beta, gamma=config.simpo_gamma)
+        return simpo_loss(
+            chosen_logps / chosen_tokens, rejected_logps / rejected_tokens, beta=config.beta, gamma=config.simpo_gamma
+        )
     if config.loss_type == "orpo":
-        return orpo_loss(pc / cc, pr / cr, beta=config.beta)
+        return orpo_loss(chosen_logps / chosen_tokens, rejected_logps / rejected_tokens, beta=config.beta)
     return dpo_loss(
-        pc,
-        pr,
-        ref[:, 0],
-        ref[:, 1],
+        chosen_logps,
+        rejected_logps,
+        ref_logps[:, 0],
+        ref_logps[:, 1],
         beta=config.beta,
         loss_type=config.loss_type,
         label_smoothing=config.label_smoothing,
@@ -160,18 +166,22 @@ def run(config: DPOConfig) -> dict:
 
     def loss_sum(idx: list[int], on=None) -> tuple[torch.Tensor, dict]:
         chunk = [items[i] for i in idx]
-        pc, pr, cc, cr = pair_logps(on if on is not None else model, chunk, pad)
-        losses, r_c, r_r = preference_loss(config, pc, pr, cc, cr, ref[idx].to(pc.device))
+        chosen_logps, rejected_logps, chosen_tokens, rejected_tokens = pair_logps(
+            on if on is not None else model, chunk, pad
+        )
+        losses, chosen_rewards, rejected_rewards = preference_loss(
+            config, chosen_logps, rejected_logps, chosen_tokens, rejected_tokens, ref[idx].to(chosen_logps.device)
+        )
         loss = losses.sum()
         if sft_coef:
-            loss = loss + sft_coef * (-(pc / cc).sum())
+            loss = loss + sft_coef * (-(chosen_logps / chosen_tokens).sum())
         stats = {
-            "reward_chosen": r_c.sum().item(),
-            "reward_rejected": r_r.sum().item(),
-            "reward_accuracy": (r_c > r_r).float().sum().item(),
-            "reward_margin": (r_c - r_r).sum().item(),
-            "logp_chosen": (pc / cc).sum().item(),
-            "logp_rejected": (pr / cr).sum().item(),
+            "reward_chosen": chosen_rewards.sum().item(),
+            "reward_rejected": rejected_rewards.sum().item(),
+            "reward_accuracy": (chosen_rewards > rejected_rewards).float().sum().item(),
+            "reward_margin": (chosen_rewards - rejected_rewards).sum().item(),
+            "logp_chosen": (chosen_logps / chosen_tokens).sum().item(),
+            "logp_rejected": (rejected_logps / rejected_tokens).sum().item(),
         }
         return loss, stats
 
