@@ -32,7 +32,9 @@ class PromptSettings(Strict):
 class AnnotateSource(Strict):
     db: str = Field("annotate.sqlite", description="the annotation app's store (path or URL), made by `annotate init`")
     project: str = Field("flywheel", description="project name prefix; round N uses PROJECT-round-N")
-    rubric: str = Field("Which review is the better one: coherent, on topic, pleasant to read?", description="rubric")
+    rubric: str = Field(
+        "Which review is the better one: coherent, on topic, pleasant to read?", description="rubric shown to people"
+    )
     pairs: int = Field(50, gt=0, description="candidate pairs imported into the round's project")
     judgments: int = Field(50, gt=0, description="human judgments to wait for")
     timeout: float = Field(3600.0, gt=0, description="seconds to wait for them; then the round fails (rerun resumes)")

@@ -108,6 +108,12 @@ STAGES: dict[str, Stage] = {
         "A round's labels from every source, split train / held-out, and the rolling window of labels.",
         command=False,
     ),
+    "annotations": Stage(
+        "annotations",
+        "AnnotationsConfig",
+        "A round's labels from people in the annotation app: import the pairs, wait for N judgments, export.",
+        command=False,
+    ),
     "shift": Stage("shift", "ShiftConfig", "Distribution-shift checks of a round's labels (pluggable).", command=False),
 }
 
