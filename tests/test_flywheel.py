@@ -171,3 +171,48 @@ def test_the_docs_name_every_key_and_their_example_loads():
     assert not missing, f"docs/flywheel.md does not describe {missing}"
     example = page.split("# my-flywheel.yaml\n", 1)[1].split("```", 1)[0]
     assert build_config(FlywheelConfig, yaml.safe_load(example)).rounds == 2
+
+
+def test_people_label_a_round_in_the_annotation_app(tmp_path):
+    """The annotations stage creates the round's project and waits; two annotators label it through the app's API;
+    the stage then exports their majority labels."""
+    import threading
+
+    from rlhfkit.data.records import write_jsonl
+    from rlhfkit.feedback.annotate.app import create_app as annotation_app
+    from rlhfkit.feedback.annotate.db import open_database
+    from rlhfkit.feedback.annotate.service import create_admin
+    from rlhfkit.stages.annotations import AnnotationsConfig
+    from rlhfkit.stages.annotations import run as annotations
+
+    db = str(tmp_path / "annotate.sqlite")
+    database = open_database(db, create=True)
+    with database.session() as s:
+        admin = {"Authorization": f"Bearer {create_admin(s, 'ada')}"}
+        s.commit()
+    rows = [
+        {"id": f"p{i}", "prompt": f"Review {i}:", "chosen": f"Good {i}.", "rejected": f"Bad {i}."} for i in range(4)
+    ]
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    config = AnnotationsConfig(
+        data=str(tmp_path / "pairs.jsonl"), db=db, project="fw-round-1", judgments=8, timeout=60, poll=0.2,
+        output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    result: dict = {}
+    waiting = threading.Thread(target=lambda: result.update(annotations(config)))
+    waiting.start()
+    with TestClient(annotation_app(database)) as client:
+        while client.get("/api/projects", headers=admin).json() == [] and waiting.is_alive():
+            time.sleep(0.1)
+        for name in ("ann", "bob"):
+            token = client.post("/api/projects/fw-round-1/annotators", json={"name": name}, headers=admin).json()
+            who = {"Authorization": f"Bearer {token['token']}"}
+            while (item := client.post("/api/projects/fw-round-1/next", headers=who).json())["state"] == "assignment":
+                side = "left" if item["assignment"]["left"].startswith("Good") else "right"
+                url = f"/api/projects/fw-round-1/assignments/{item['assignment']['id']}/judgment"
+                assert client.post(url, json={"choice": side}, headers=who).status_code == 200
+    waiting.join(timeout=60)
+    database.close()
+    assert result["judgments"] == 8 and result["pairs"] == 4
+    labelled = load_records(tmp_path / "out" / "pairs.jsonl", "preference")
+    assert all(p.chosen.startswith("Good") for p in labelled)
