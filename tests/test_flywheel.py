@@ -216,3 +216,24 @@ def test_people_label_a_round_in_the_annotation_app(tmp_path):
     assert result["judgments"] == 8 and result["pairs"] == 4
     labelled = load_records(tmp_path / "out" / "pairs.jsonl", "preference")
     assert all(p.chosen.startswith("Good") for p in labelled)
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "ppo", "grpo"])
+def test_a_round_plan_is_a_valid_pipeline_for_every_policy_algorithm(tmp_path, algorithm):
+    from rlhfkit import pipeline as runner
+    from rlhfkit.flywheel.config import FlywheelConfig
+    from rlhfkit.flywheel.rounds import round_plan
+
+    config = FlywheelConfig(
+        output_dir=str(tmp_path),
+        policy={"algorithm": algorithm},
+        sources={"judge": {"kind": "causal_lm", "model": "default"}},
+    )
+    facts = {"db": "serve.sqlite", "since": None, "until": "2026-12-01T00:00:00+00:00", "label_rounds": [1],
+             "aged_out": [], "parent": {"id": 1, "path": str(tmp_path / "parent")}}  # fmt: skip
+    (tmp_path / "round-2").mkdir()
+    (tmp_path / "round-2" / "round.yaml").write_text(yaml.safe_dump(round_plan(config, tmp_path, 2, facts)))
+    pipeline = runner.load_pipeline(tmp_path / "round-2" / "round.yaml")
+    kinds = {stage.name: stage.kind for stage in pipeline.stages}
+    assert kinds["policy"] == algorithm and kinds["judge"] == "judge" and list(kinds)[-1] == "gate"
+    assert set(pipeline.stages[[*kinds].index("labels")].config.sources) == {"panel", "feedback", "judge"}
