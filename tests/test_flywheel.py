@@ -237,3 +237,28 @@ def test_a_round_plan_is_a_valid_pipeline_for_every_policy_algorithm(tmp_path, a
     kinds = {stage.name: stage.kind for stage in pipeline.stages}
     assert kinds["policy"] == algorithm and kinds["judge"] == "judge" and list(kinds)[-1] == "gate"
     assert set(pipeline.stages[[*kinds].index("labels")].config.sources) == {"panel", "feedback", "judge"}
+
+
+def test_simulated_users_use_the_real_gateway_and_their_interests_drift(tmp_path):
+    from rlhfkit.demo.corpus import all_openings
+    from rlhfkit.evaluate.registry import update_current_link
+    from rlhfkit.flywheel.config import WorldSettings
+    from rlhfkit.flywheel.world import World
+    from rlhfkit.resolve import resolve_model_path
+
+    update_current_link(tmp_path, str(resolve_model_path("default")))  # a run root whose current is the tiny model
+    settings = WorldSettings(users=2, requests=4, topics=[["hotel"], ["hotel", "camera"]], side_by_side_rate=0.5)
+    world = World(settings, tmp_path, str(tmp_path / "serve.sqlite"))
+    try:
+        first, second = world.live_round(1), world.live_round(2)
+    finally:
+        world.stop()
+    assert first["topics"] == ["hotel"] and second["topics"] == ["hotel", "camera"]
+    assert first["served_checkpoints"] == [str(resolve_model_path("default"))]
+    rows = store.window(str(tmp_path / "serve.sqlite"), datetime.now(timezone.utc) - timedelta(hours=1),
+                        datetime.now(timezone.utc) + timedelta(minutes=1))  # fmt: skip
+    assert len(rows) == first["requests"] + second["requests"] >= 16
+    topic_of = {text: topic for topic, text in all_openings()}
+    assert {topic_of[row["prompt"]] for row in rows} <= {"hotel", "camera"}
+    given = sum(len(row["feedback"]) for row in rows)
+    assert given >= first["thumbs"] + second["thumbs"] + first["choices"] + second["choices"] > 0

@@ -105,7 +105,7 @@ def run(config: TrafficConfig) -> dict:
 
 
 class LiveUnique:
-    """The distinct prompts of a window, oldest first, each with the category a client sent in the metadata."""
+    """The distinct prompts of a window's answered entries, in the order they first arrived."""
 
     def __init__(self, rows: list[dict]):
         found: dict[str, PromptRecord] = {}
