@@ -68,26 +68,40 @@ def build_report(root: Path, rounds: list[dict[str, Any]]) -> Path:
 
     parts = []
     if xs:
-        plots.line_plot(
-            {"candidate": series("gold_candidate"), "parent": series("gold_parent")},
-            figures / "gold.png", xlabel="round", ylabel="mean gold", title="gold per round",
-        )  # fmt: skip
-        plots.line_plot(
-            {"accuracy (labels)": series("rm_accuracy_newest"), "accuracy (gold)": series("rm_gold_accuracy_newest")},
-            figures / "rm_newest.png", xlabel="round", ylabel="accuracy", title="reward model on the newest prompts",
-        )  # fmt: skip
-        plots.line_plot(
-            {"new share": series("new_share")}, figures / "new_share.png", xlabel="round",
-            ylabel="share of the window", title="this round's labels in the training window",
-        )  # fmt: skip
-        for name, caption in (
-            ("gold", "Mean gold of the parent and of the candidate, per round"),
-            ("rm_newest", "Retrained reward model's accuracy on the newest round's held-out pairs"),
-            ("new_share", "Share of the reward model's training window that is the round's own labels"),
-        ):
+        shift_series: dict[str, tuple[list, list]] = {}
+        for r in done:
+            for c in r.get("shift", {}).get("checks", []):
+                for key, side in (("value", "newest"), ("reference", "older")):
+                    if c.get(key) is not None:
+                        xs_, ys_ = shift_series.setdefault(f"{c['check']} ({side})", ([], []))
+                        xs_.append(r["round"])
+                        ys_.append(c[key])
+        figures_made = [
+            ("gold", {"candidate": series("gold_candidate"), "parent": series("gold_parent")}, "mean gold",
+             "Mean gold of the parent and of the candidate, per round"),
+            ("rm_newest", {"accuracy (labels)": series("rm_accuracy_newest"),
+                           "accuracy (gold)": series("rm_gold_accuracy_newest")}, "accuracy",
+             "Retrained reward model's accuracy on the newest round's held-out pairs"),
+            ("new_share", {"new share": series("new_share")}, "share of the window",
+             "Share of the reward model's training window that is the round's own labels"),
+            ("shift", shift_series, "measure",
+             "Shift checks: the production reward model's accuracy (newest vs older pairs), prompt embedding distance"),
+        ]  # fmt: skip
+        for name, lines, ylabel, caption in figures_made:
+            if not any(points[0] for points in lines.values()):
+                continue
+            figure, ax = plots.new_figure(6.0, 3.8)
+            for label, (px, py) in lines.items():
+                ax.plot(px, py, marker="o", label=label)
+            ax.set_xticks(xs)
+            ax.set_xlabel("round")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend()
+            plots.save_figure(figure, figures / f"{name}.png")
             parts.append(
-                f'<figure><img alt="{caption}" src="{plots.png_base64(figures / f"{name}.png")}">'
-                f"<figcaption>{caption}</figcaption></figure>"
+                f'<figure><img alt="{html.escape(caption)}" src="{plots.png_base64(figures / f"{name}.png")}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows(rounds))
