@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -249,12 +250,17 @@ def test_simulated_users_use_the_real_gateway_and_their_interests_drift(tmp_path
     update_current_link(tmp_path, str(resolve_model_path("default")))  # a run root whose current is the tiny model
     settings = WorldSettings(users=2, requests=4, topics=[["hotel"], ["hotel", "camera"]], side_by_side_rate=0.5)
     world = World(settings, tmp_path, str(tmp_path / "serve.sqlite"))
+    promoted = tmp_path / "round-1" / "policy" / "model"
+    shutil.copytree(resolve_model_path("default"), promoted)
     try:
-        first, second = world.live_round(1), world.live_round(2)
+        first = world.live_round(1)
+        update_current_link(tmp_path, str(promoted))  # what a gate's promotion does
+        second = world.live_round(2)
     finally:
         world.stop()
     assert first["topics"] == ["hotel"] and second["topics"] == ["hotel", "camera"]
     assert first["served_checkpoints"] == [str(resolve_model_path("default"))]
+    assert second["served_checkpoints"] == [str(promoted)]  # hot reload: round 2's users meet the promoted model
     rows = store.window(str(tmp_path / "serve.sqlite"), datetime.now(timezone.utc) - timedelta(hours=1),
                         datetime.now(timezone.utc) + timedelta(minutes=1))  # fmt: skip
     assert len(rows) == first["requests"] + second["requests"] >= 16

@@ -57,6 +57,20 @@ class World:
             self.thread.join(timeout=30)
             self.server = None
 
+    def wait_for_current(self, timeout: float = 120.0) -> None:
+        """Until the gateway serves the run root's current checkpoint: hot reload loads a promoted model in the
+        background, and the users of the next round should meet the one the last round released."""
+        import httpx
+
+        wanted = (self.root / "current").resolve()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            served = httpx.get(f"{self.base}/healthz", timeout=10).json().get("routes", {}).values()
+            if any(Path(str(checkpoint)).resolve() == wanted for checkpoint in served):
+                return
+            time.sleep(0.2)
+        say(f"world: the gateway still does not serve {wanted} after {timeout:.0f} s; the users go ahead")
+
     def topics(self, number: int) -> list[str]:
         return self.settings.topics[min(number, len(self.settings.topics)) - 1]
 
@@ -70,6 +84,7 @@ class World:
 
         if self.server is None:
             self.start()
+        self.wait_for_current()
         s = self.settings
         topics = self.topics(number)
         openings = [text for topic, text in split_openings()[0] if topic in topics]
