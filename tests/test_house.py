@@ -13,8 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rlhfkit"
 
 # who may import a top-layer module (prefix match on the importer)
 TOP_LAYER = {
-    "rlhfkit.stages": ("rlhfkit.stages", "rlhfkit.cli", "rlhfkit.pipeline"),
-    "rlhfkit.pipeline": ("rlhfkit.stages", "rlhfkit.cli"),
+    "rlhfkit.stages": ("rlhfkit.stages", "rlhfkit.cli", "rlhfkit.pipeline", "rlhfkit.flywheel"),
+    "rlhfkit.pipeline": ("rlhfkit.stages", "rlhfkit.cli", "rlhfkit.flywheel"),
+    "rlhfkit.flywheel": ("rlhfkit.flywheel", "rlhfkit.cli"),
     "rlhfkit.cli": (),
 }
 # the core imports nothing of rlhfkit but the core

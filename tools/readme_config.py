@@ -30,7 +30,8 @@ def reference() -> str:
     for stage, entry in STAGES.items():
         lines = "\n".join(config_template(entry.config))
         command = " ".join(part for part in command_name(stage) if part)
-        blocks.append(f"## `rlhfkit {command}` (`rlhfkit config show {stage}`)\n\n```yaml\n{lines}\n```")
+        title = f"`rlhfkit {command}`" if entry.command else f"`{stage}` (a step of `rlhfkit flywheel` rounds)"
+        blocks.append(f"## {title} (`rlhfkit config show {stage}`)\n\n```yaml\n{lines}\n```")
     return "\n\n".join(blocks)
 
 

@@ -67,6 +67,8 @@ groups = {name: typer.Typer(help=text, no_args_is_help=True) for name, text in G
 for group_name, group in groups.items():
     app.add_typer(group, name=group_name)
 for kind, stage in STAGES.items():
+    if not stage.command:
+        continue
     group_name, command_text = command_name(kind)
     target = app if group_name is None else groups[group_name]
     target.command(command_text, help=stage.help, context_settings=STAGE, epilog=OVERRIDES)(stage_command(kind, stage))
@@ -113,6 +115,40 @@ def demo(
         return
     summary = stage.run(list(ctx.args), force=force or [], dry_run=dry_run)
     raise typer.Exit(0 if dry_run or summary["gate_passed"] else 1)
+
+
+@app.command(
+    context_settings=STAGE, epilog="Override any key after the file: rounds=5 window.rounds=3 policy.algorithm=grpo"
+)
+def flywheel(
+    ctx: typer.Context,
+    config: str | None = typer.Argument(None, help="flywheel YAML (keys: docs/flywheel.md)"),
+    demo: bool = typer.Option(
+        False, "--demo", help="the packaged example: 3 small rounds on the default task with simulated users"
+    ),
+    show: bool = typer.Option(False, "--show", help="print the packaged example file and exit"),
+):
+    """Rounds of gateway traffic -> pairs -> labels -> reward model -> shift check -> policy -> gate -> promote or
+    roll back; each round a cached, resumable pipeline in OUTPUT_DIR/round-N. Rerun to resume after a kill."""
+    from .flywheel import DEMO
+    from .flywheel.config import FlywheelConfig
+    from .flywheel.rounds import run as run_rounds
+
+    overrides = list(ctx.args)
+    if config is not None and "=" in config and not Path(config).exists():
+        overrides.insert(0, config)  # `rlhfkit flywheel --demo rounds=2`: an override, not a file
+        config = None
+    if show:
+        typer.echo(f"# {DEMO}")
+        typer.echo(DEMO.read_text().rstrip())
+        return
+    if config is None and not demo:
+        raise cfg.ConfigError("give a flywheel YAML file, or --demo for the packaged example (--show prints it)")
+    settings = cfg.load_config(FlywheelConfig, DEMO if config is None else Path(config), overrides)
+    summary = run_rounds(settings)
+    typer.echo(
+        f"flywheel: {len(summary['rounds']) - 1} rounds in {summary['output_dir']}; report {summary.get('report')}"
+    )
 
 
 @data_app.command("validate")

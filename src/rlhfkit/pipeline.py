@@ -33,7 +33,9 @@ from .stages import STAGES
 
 MARKER = ".rlhfkit-stage.json"
 RUNNING = ".rlhfkit-running.json"
-NOT_INPUTS = ("output_dir", "registry")  # keys naming where a stage writes, never what it reads
+# keys naming where a stage writes, never what it reads; `db` is a live store that a flywheel stage reads through a
+# window fixed in its config, so its bytes changing (new traffic, new judgments) does not make the stage rerun
+NOT_INPUTS = ("output_dir", "registry", "db")
 SUMMARY_FILES = ("summary.json", "eval.json", "sweep.json", "gate.json", "judge.json")
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 STAGE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")

@@ -22,6 +22,7 @@ class Stage:
     help: str  # what `rlhfkit --help` says of it
     function: str = "run"  # the function of that module that runs the stage
     checkpoint: bool = False  # run(config, checkpoint): the stage checks a model directory named on the command line
+    command: bool = True  # False: a step of `rlhfkit flywheel` rounds, no command of its own (pipelines may use it)
 
     def load(self) -> ModuleType:
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -94,6 +95,26 @@ STAGES: dict[str, Stage] = {
         "Check a checkpoint against the acceptance envelope; record it in the registry; exit 1 when it fails.",
         checkpoint=True,
     ),
+    # the steps of a flywheel round (`rlhfkit flywheel`): pipeline stages without a command of their own
+    "traffic": Stage(
+        "traffic",
+        "TrafficConfig",
+        "A round's prompts and live feedback: the gateway's audit log in a window, plus base prompts.",
+        command=False,
+    ),
+    "labels": Stage(
+        "labels",
+        "LabelsConfig",
+        "A round's labels from every source, split train / held-out, and the rolling window of labels.",
+        command=False,
+    ),
+    "annotations": Stage(
+        "annotations",
+        "AnnotationsConfig",
+        "A round's labels from people in the annotation app: import the pairs, wait for N judgments, export.",
+        command=False,
+    ),
+    "shift": Stage("shift", "ShiftConfig", "Distribution-shift checks of a round's labels (pluggable).", command=False),
 }
 
 
