@@ -17,7 +17,7 @@ from rlhfkit.rollout import sample_responses
 PROMPT = "I bought this camera for a trip last week."
 FLUENT = " The pictures were superb and lovely. Luckily, the video was really great. Highly recommended!"
 # Samples of KL-free PPO against a length-loving reward model: docs/online-rl.md's worked example at full size
-# (60 steps), then tests/test_hacking_detection.py's run (seed 2, 30 steps). The old judge gave each 0.87-1.0.
+# (60 steps), then tests/test_hacking_detection.py's run (seed 2, 30 steps). The old judge gave them 0.80-1.00.
 SALAD = [
     (
         "I upgraded to this phone last month.",
