@@ -30,12 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..bodylimit import BodyLimit
 from ..errors import RlhfkitError
 from ..sqlstore import Database, StoreError, hash_token
 from . import store
 from .backends import Generation, LocalModel, LocalRoute, SplitRoute, UpstreamRoute
 from .config import AUTO, ServeConfig
-from .limits import BodyLimit, RateLimits
+from .limits import RateLimits, body_limit
 from .metrics import Metrics
 from .routing import Router
 from .store import ApiKey, Entry, Feedback, ServeError
@@ -280,7 +281,7 @@ def create_app(config: ServeConfig, database: Database | None = None) -> FastAPI
     metrics = gateway.metrics
     app.add_middleware(
         BodyLimit,
-        max_bytes=config.limits.max_body_bytes,
+        limit=body_limit(config.limits.max_body_bytes),
         on_refused=lambda: metrics.refused.labels("413").inc(),
     )
 

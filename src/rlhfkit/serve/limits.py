@@ -14,7 +14,6 @@ import time
 from limits import RateLimitItem
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
-from starlette.responses import JSONResponse
 
 from .config import parse_limit
 from .store import ServeError
@@ -64,47 +63,8 @@ class RateLimits:
                 self.limiter.hit(item, kind, who, cost=cost)
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413 before the app reads it."""
-
-    class TooLarge(Exception):
-        pass
-
-    def __init__(self, app, max_bytes: int, on_refused=None):
-        self.app, self.max_bytes, self.on_refused = app, max_bytes, on_refused
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        detail = f"request body over the limit of {self.max_bytes} bytes (limits.max_body_bytes sets it)"
-        body = {"error": {"message": detail, "type": "invalid_request_error", "param": None, "code": "too_large"}}
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            if self.on_refused:
-                self.on_refused()
-            return await JSONResponse(body, status_code=413)(scope, receive, send)
-        received = 0
-        started = False
-
-        async def counted_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyLimit.TooLarge()
-            return message
-
-        async def tracked_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyLimit.TooLarge:
-            if not started:
-                if self.on_refused:
-                    self.on_refused()
-                await JSONResponse(body, status_code=413)(scope, receive, send)
+def body_limit(max_bytes: int):
+    """The gateway's rule for rlhfkit.bodylimit.BodyLimit: one limit, refused with an OpenAI-style error body."""
+    detail = f"request body over the limit of {max_bytes} bytes (limits.max_body_bytes sets it)"
+    body = {"error": {"message": detail, "type": "invalid_request_error", "param": None, "code": "too_large"}}
+    return lambda scope: (max_bytes, body)

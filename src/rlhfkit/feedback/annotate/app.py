@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ...bodylimit import BodyLimit
 from ...data.records import record_to_dict
 from ...errors import RlhfkitError
 from . import service
@@ -62,49 +63,16 @@ class JudgmentIn(BaseModel):
     criteria: dict[str, str] | None = None
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over the limit gets 413 before the app reads it (imports have their own
-    limit)."""
+def body_limit(max_request_bytes: int, max_import_bytes: int):
+    """The annotation app's rule for rlhfkit.bodylimit.BodyLimit: imports have their own, larger limit."""
 
-    class TooLarge(Exception):
-        pass
-
-    def __init__(self, app, max_request_bytes: int, max_import_bytes: int):
-        self.app, self.max_request_bytes, self.max_import_bytes = app, max_request_bytes, max_import_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    def limit(scope) -> tuple[int, dict]:
         is_import = scope["method"] == "POST" and scope["path"].endswith(IMPORT_PATHS)
-        limit = self.max_import_bytes if is_import else self.max_request_bytes
+        max_bytes = max_import_bytes if is_import else max_request_bytes
         option = "--max-import-mb" if is_import else "--max-request-kb"
-        detail = f"request body over the limit of {limit} bytes ({option} sets it)"
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-        received = 0
-        started = False
+        return max_bytes, {"detail": f"request body over the limit of {max_bytes} bytes ({option} sets it)"}
 
-        async def counted_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyLimit.TooLarge()
-            return message
-
-        async def tracked_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyLimit.TooLarge:
-            if not started:
-                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+    return limit
 
 
 def _bearer(request: Request) -> str | None:
@@ -166,7 +134,7 @@ def create_app(
     )
     app.state.db = database
     app.state.max_rationale = max_rationale
-    app.add_middleware(BodyLimit, max_request_bytes=max_request_bytes, max_import_bytes=max_import_bytes)
+    app.add_middleware(BodyLimit, limit=body_limit(max_request_bytes, max_import_bytes))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(RlhfkitError)
