@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .resolve import HUB_ID
+from .resolve import is_hub_id
 
 DATA_KEYS = ("data", "prompts")
 START_KEYS = ("model", "ref_model")
@@ -19,7 +19,7 @@ START_KEYS = ("model", "ref_model")
 
 def hub_id(name: Any) -> str | None:
     """`name` without its revision when it reads as a Hub id and is not a local path, else None."""
-    if not isinstance(name, str) or Path(name).expanduser().exists() or not HUB_ID.fullmatch(name):
+    if not isinstance(name, str) or not is_hub_id(name):
         return None
     return name.partition("@")[0]
 

@@ -17,8 +17,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def load_for_export(checkpoint: Path):
     """(model, tokenizer) of a model directory, an adapter-only LoRA save merged into its base."""
-    from .models.loading import load_causal_lm, load_reward_model, load_tokenizer, model_info
+    from .models.loading import load_causal_lm, load_reward_model, load_tokenizer
     from .resolve import resolve_model_path
+    from .scoring import is_reward_model
 
     adapter_config = checkpoint / "adapter_config.json"
     if adapter_config.is_file():
@@ -32,7 +33,7 @@ def load_for_export(checkpoint: Path):
         return PeftModel.from_pretrained(base, str(checkpoint)).merge_and_unload(), tokenizer
     path = resolve_model_path(str(checkpoint))
     tokenizer = load_tokenizer(path)
-    if any(a.endswith("ForSequenceClassification") for a in model_info(path)["architectures"] or []):
+    if is_reward_model(path):
         return load_reward_model(path, tokenizer), tokenizer
     return load_causal_lm(path), tokenizer
 

