@@ -278,6 +278,8 @@ HOSTILE = [
     ({"model": "fast", "prompt": "x", "stop": ["."]}, {}, 400, "stop"),
     ({"model": "fast", "prompt": "x", "n": 3}, {}, 400, "n="),
     ({"model": "fast", "prompt": "x"}, {"X-Rlhfkit-Route": "nowhere"}, 404, "'nowhere' is not a route"),
+    # a lone surrogate is valid JSON (scraped text has them) but not Unicode a tokenizer takes
+    (b'{"model": "fast", "prompt": "p \\ud800 x"}', {"content-type": "application/json"}, 422, "unpaired surrogate"),
 ]
 
 

@@ -21,12 +21,12 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -48,16 +48,28 @@ LOCAL_IGNORED = {"user", "seed", "presence_penalty", "frequency_penalty", "logit
 # ------------------------------------------------------------------------------------------------ request bodies
 
 
+def encodable(text: str) -> str:
+    """Text a tokenizer can take: JSON allows lone surrogates (\\ud800), UTF-8 and the tokenizers do not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holds an unpaired surrogate at character {exc.start}; send valid Unicode text") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(encodable)]
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text"] = Field(..., description="only text parts are supported")
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -72,7 +84,7 @@ class StreamOptions(BaseModel):
 
 class Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")  # other OpenAI fields: passed upstream; local routes refuse what they lack
-    model: str = Field(..., min_length=1, max_length=200)
+    model: Text = Field(..., min_length=1, max_length=200)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -90,7 +102,7 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
 
     @model_validator(mode="after")
     def one_prompt(self):
@@ -108,7 +120,7 @@ class FeedbackIn(BaseModel):
     rating: Literal["up", "down"] | None = Field(None, description="thumbs: up or down")
     chosen: str | None = Field(None, max_length=64, description="choice: the response preferred")
     rejected: str | None = Field(None, max_length=64, description="choice: the other response shown beside it")
-    text: str | None = Field(None, max_length=4000, description="optional comment")
+    text: Text | None = Field(None, max_length=4000, description="optional comment")
 
     @model_validator(mode="after")
     def one_kind(self):
