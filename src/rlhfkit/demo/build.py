@@ -1,7 +1,9 @@
 """Build the embedded default: review corpus -> BPE tokenizer -> tiny GPT-2 pre-trained on it -> task files.
 
-Built once into the cache (`$RLHFKIT_HOME`, default `~/.cache/rlhfkit`) under a folder named by the
-build recipe's hash, so a changed recipe builds anew and an unchanged one is reused. The build writes
+Built once into the cache (`$RLHFKIT_HOME`, default `~/.cache/rlhfkit`) under a folder named by a hash of
+the build recipe *and of the code that builds it* (this module and the corpus generator), so a changed recipe
+or a changed builder builds anew and an unchanged one is reused: a cache written by older code is never
+taken for what this code would build. The build writes
 into a temporary folder and renames it into place, under a file lock, so a crash or two concurrent
 builds never leave a half-built default behind.
 """
@@ -43,7 +45,14 @@ class Recipe:
     seed: int = 0
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        for source in BUILDER_SOURCES:
+            digest.update(source.read_bytes())
+        return digest.hexdigest()[:10]
+
+
+# The code whose output the cache holds: editing either (even a comment) gives a new cache folder.
+BUILDER_SOURCES = (Path(__file__), Path(corpus.__file__))
 
 
 @dataclass
