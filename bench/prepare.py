@@ -76,7 +76,7 @@ def build_reward_init(causal_dir: Path, out_dir: Path) -> Path:
     tokenizer = load_tokenizer(causal_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = load_reward_model(causal_dir, tokenizer)
+        model = load_reward_model(causal_dir, tokenizer, new_head=True)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))

@@ -33,7 +33,7 @@ def reward_model_dir(tmp_path_factory):
     """The default backbone with a random (seeded) reward head: untrained, but its scores differ per response."""
     path = resolve_model_path("default")
     tokenizer = load_tokenizer(path)
-    model = load_reward_model(path, tokenizer)
+    model = load_reward_model(path, tokenizer, new_head=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         torch.nn.init.normal_(_score_head(model).weight, std=1.0)

@@ -183,7 +183,7 @@ def test_eval_against_itself(tmp_path):
 def test_eval_reports_every_reward_head(tmp_path):
     path = resolve_model_path("default")
     tokenizer = load_tokenizer(path)
-    load_reward_model(path, tokenizer, num_labels=2).save_pretrained(tmp_path / "rm")
+    load_reward_model(path, tokenizer, num_labels=2, new_head=True).save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
     results = policy.run(
         EvalConfig(

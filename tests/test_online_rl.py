@@ -394,7 +394,7 @@ def test_reward_function_weights_and_sums_sources(tmp_path, monkeypatch):
 def test_reward_function_with_a_reward_model_directory(tmp_path):
     # A reward-model directory (random head so scores are not ~0) combined with a function.
     tokenizer = load_tokenizer(DEFAULT)
-    rm = load_reward_model(DEFAULT, tokenizer)
+    rm = load_reward_model(DEFAULT, tokenizer, new_head=True)
     torch.manual_seed(0)
     with torch.no_grad():
         rm.score.weight.normal_(std=0.5)

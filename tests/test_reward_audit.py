@@ -76,7 +76,7 @@ def random_head_model():
     zero."""
     path = resolve_model_path("default")
     tokenizer = load_tokenizer(path)
-    model = load_reward_model(path, tokenizer)
+    model = load_reward_model(path, tokenizer, new_head=True)
     torch.manual_seed(0)
     torch.nn.init.normal_(model.score.weight, std=0.3)
     return model.eval(), tokenizer

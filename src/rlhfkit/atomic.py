@@ -70,3 +70,41 @@ def replace_link(link: Path, target: str | Path) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+def check_writable(path: str | Path, option: str, folder: bool = True) -> Path:
+    """Refuse, before any work is done, an output PATH that cannot be written: a folder that is a file (a file
+    that is a folder), a parent that is a file, or a place this user cannot write in. OPTION names the setting in
+    the message. The nearest existing folder is probed by making (and removing) a temporary folder in it."""
+    from .errors import ConfigError
+
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} '{path}' is a file, not a folder; give a folder (or remove the file)")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{option} '{path}' is a folder; give a file name")
+    nearest = path if folder else path.parent
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise ConfigError(f"{option} '{path}': '{nearest}' is a file, so no folder can be made under it")
+    try:
+        shutil.rmtree(tempfile.mkdtemp(prefix=".rlhfkit-write-check.", dir=nearest))
+    except OSError as exc:
+        raise ConfigError(f"{option} '{path}': cannot write in '{nearest}' ({exc.strerror})") from None
+    return path
+
+
+@contextmanager
+def run_folder(path: str | Path) -> Iterator[Path]:
+    """A run writing into the folder PATH: when the block fails and PATH did not exist before it, what the run
+    made is removed (no partial run folder that looks like a result), unless it holds checkpoints/, which
+    `resume=true` continues from. A PATH that existed before is left as it is."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        yield path
+    except BaseException:
+        if not existed and path.is_dir() and not (path / "checkpoints").is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        raise

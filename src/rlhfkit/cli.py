@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from . import config as cfg
+from .atomic import check_writable
 from .errors import RlhfkitError
 from .feedback.annotate.cli import app as annotate_app
 from .serve.cli import app as serve_app
@@ -43,6 +44,19 @@ def load_stage_config(kind: str, config: Path | None, ctx: typer.Context):
     return cfg.load_config(STAGES[kind].config, config, list(ctx.args))
 
 
+def run_stage(stage: Stage, config, *args):
+    """Run a stage into its output_dir: refused up front when that cannot be written; a failed run into a new
+    folder leaves none behind (atomic.run_folder)."""
+    from .atomic import run_folder
+
+    out = getattr(config, "output_dir", None)
+    if out is None:
+        return stage.run(config, *args)
+    check_writable(out, "output_dir")
+    with run_folder(out):
+        return stage.run(config, *args)
+
+
 def stage_command(kind: str, stage: Stage):
     """The CLI command of one registered stage: load its config (file, then command-line overrides) and run it."""
     if stage.checkpoint:
@@ -52,13 +66,13 @@ def stage_command(kind: str, stage: Stage):
             checkpoint: str = typer.Argument(..., help="model directory to check"),
             config: Path | None = ConfigOpt,
         ):
-            result = stage.run(load_stage_config(kind, config, ctx), checkpoint)
+            result = run_stage(stage, load_stage_config(kind, config, ctx), checkpoint)
             raise typer.Exit(0 if result.passed else 1)
 
     else:
 
         def command(ctx: typer.Context, config: Path | None = ConfigOpt):
-            stage.run(load_stage_config(kind, config, ctx))
+            run_stage(stage, load_stage_config(kind, config, ctx))
 
     return command
 
@@ -175,12 +189,16 @@ def data_import(
     out: Path = typer.Option(..., "--out", "-o", help="preference JSONL to write"),
 ):
     """Convert preference data to the rlhfkit preference schema (written atomically; nothing on error)."""
+    from .atomic import write_json
     from .data.importers import import_preferences
     from .data.records import write_jsonl
 
+    check_writable(out, "--out", folder=False)
     pairs, report = import_preferences(path, format)
     write_jsonl(out, pairs)
-    typer.echo(f"{report.summary()}; wrote {out}")
+    report_file = out.with_name(out.name.removesuffix(".gz").removesuffix(".jsonl") + ".import.json")
+    write_json(report_file, report.as_dict())
+    typer.echo(f"{report.summary()}; wrote {out}; every skipped line in {report_file}")
 
 
 @registry_app.command("list")
@@ -210,6 +228,7 @@ def export(
     """A checkpoint as a clean HF directory: LoRA merged, one dtype, the model card with its registry record."""
     from .release import export_checkpoint
 
+    check_writable(out, "OUT")
     written = export_checkpoint(checkpoint, out, dtype, root, push_to_hub)
     typer.echo(f"exported {checkpoint} to {written}" + (f" and pushed to {push_to_hub}" if push_to_hub else ""))
 
@@ -250,6 +269,7 @@ def report(
 
     if not run_dir.is_dir():
         raise cfg.ConfigError(f"run folder '{run_dir}' not found")
+    check_writable(out or run_dir / "report.html", "--out", folder=False)
     typer.echo(f"wrote {build_report(run_dir, out)}")
 
 
@@ -264,6 +284,8 @@ def agreement(
     alpha."""
     from .feedback.agreement import agreement_report, format_report
 
+    if json_out:
+        check_writable(json_out, "--json", folder=False)
     report = agreement_report(path)
     typer.echo(format_report(report))
     if json_out:
@@ -317,6 +339,12 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the file system refused (disk full, permissions changed mid-run): not a bug of ours
+        if os.environ.get("RLHFKIT_TRACEBACK") == "1":
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (set RLHFKIT_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

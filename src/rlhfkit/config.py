@@ -12,12 +12,20 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from .errors import ConfigError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no NaN or infinity in any number: `lr=.inf` or `beta=.nan` passes every bound and cannot train
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def inherit(base: type[BaseModel], name: str, default: Any) -> Any:
+    """Field `name` of `base` with another default: a subclass keeps its bounds and meaning (a bare
+    `lr: float = 3e-4` in a subclass would drop `gt=0`, and a negative learning rate would reach the optimizer)."""
+    return FieldInfo.merge_field_infos(base.model_fields[name], default=default)
 
 
 class LoraSettings(Strict):
@@ -107,8 +115,8 @@ class SFTConfig(TrainConfig):
         "default", description="SFT JSONL (prompt/response or messages), or 'default' for the embedded review task"
     )
     val_fraction: float = Field(0.05, ge=0, lt=1, description="share held out for validation loss")
-    output_dir: str = "runs/sft"
-    lr: float = 3e-4
+    output_dir: str = inherit(TrainConfig, "output_dir", "runs/sft")
+    lr: float = inherit(TrainConfig, "lr", 3e-4)
 
 
 class PanelSettings(Strict):
@@ -163,9 +171,9 @@ class RewardTrainConfig(TrainConfig):
     early_stop_metric: Literal["accuracy", "ece", "loss"] = Field(
         "accuracy", description="validation metric for early stopping and best-model selection"
     )
-    output_dir: str = "runs/reward"
-    lr: float = 1e-4
-    epochs: float = 2.0
+    output_dir: str = inherit(TrainConfig, "output_dir", "runs/reward")
+    lr: float = inherit(TrainConfig, "lr", 1e-4)
+    epochs: float = inherit(TrainConfig, "epochs", 2.0)
 
 
 class RewardEvalConfig(DataColumns):
@@ -220,8 +228,8 @@ class DPOConfig(TrainConfig):
         0.0, ge=0, description="weight of an NLL term on chosen responses (ORPO uses 1.0 when this is 0)"
     )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of pairs held out for validation reward accuracy")
-    output_dir: str = "runs/dpo"
-    lr: float = 5e-5
+    output_dir: str = inherit(TrainConfig, "output_dir", "runs/dpo")
+    lr: float = inherit(TrainConfig, "lr", 5e-5)
 
 
 class EvalConfig(DataColumns):
@@ -368,10 +376,10 @@ class PPOConfig(OnlineRLConfig):
     adaptive_kl: bool = Field(False, description="adapt kl_coef toward target_kl (Ziegler et al. 2019)")
     target_kl: float = Field(6.0, gt=0, description="adaptive controller's target sequence KL")
     kl_horizon: int = Field(10000, gt=0, description="adaptive controller's horizon in sequences")
-    epochs_per_batch: int = 4
-    mini_batch_size: int = 16
-    lr: float = 3e-5
-    output_dir: str = "runs/ppo"
+    epochs_per_batch: int = inherit(OnlineRLConfig, "epochs_per_batch", 4)
+    mini_batch_size: int = inherit(OnlineRLConfig, "mini_batch_size", 16)
+    lr: float = inherit(OnlineRLConfig, "lr", 3e-5)
+    output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/ppo")
 
 
 class GRPOConfig(OnlineRLConfig):
@@ -382,10 +390,10 @@ class GRPOConfig(OnlineRLConfig):
         "k3", description="KL to the reference as a loss term (k3, as in GRPO)"
     )
     kl_coef: float = Field(0.04, ge=0, description="weight of the KL loss term")
-    batch_size: int = 8
-    mini_batch_size: int = 64
-    lr: float = 3e-5
-    output_dir: str = "runs/grpo"
+    batch_size: int = inherit(OnlineRLConfig, "batch_size", 8)
+    mini_batch_size: int = inherit(OnlineRLConfig, "mini_batch_size", 64)
+    lr: float = inherit(OnlineRLConfig, "lr", 3e-5)
+    output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/grpo")
 
 
 class RLOOConfig(OnlineRLConfig):
@@ -393,10 +401,10 @@ class RLOOConfig(OnlineRLConfig):
         4, gt=1, description="responses sampled per prompt; each one's baseline is the mean of the other k-1"
     )
     clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
-    batch_size: int = 16
-    mini_batch_size: int = 64
-    lr: float = 3e-5
-    output_dir: str = "runs/rloo"
+    batch_size: int = inherit(OnlineRLConfig, "batch_size", 16)
+    mini_batch_size: int = inherit(OnlineRLConfig, "mini_batch_size", 64)
+    lr: float = inherit(OnlineRLConfig, "lr", 3e-5)
+    output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/rloo")
 
 
 class SamplingSettings(DataColumns):
@@ -777,12 +785,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is fine
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
     return data

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from .atomic import write_json
+from .atomic import check_writable, write_json
 from .config import PipelineConfig, Strict, build_config, deep_merge, parse_overrides, read_yaml
 from .console import console, say
 from .errors import ConfigError
@@ -417,6 +417,9 @@ def run(pipeline: Pipeline, dry_run: bool = False) -> dict[str, Any]:
     records = [StageRecord(s.name, s.kind, str(s.out)) for s in pipeline.stages]
     root = pipeline.output_dir
     if not dry_run:
+        check_writable(root, "output_dir")
+        for stage in pipeline.stages:
+            check_writable(stage.out, f"stage '{stage.name}': output_dir")
         root.mkdir(parents=True, exist_ok=True)
         (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline.resolved, sort_keys=False))
     if dry_run:

@@ -83,8 +83,11 @@ def resolve_sft_data(data: str) -> Path:
 
 def default_task(force: bool = False):
     """The embedded default task (tiny model, corpus, prompts), built once into the cache; `force` rebuilds it."""
-    from .demo.build import ensure_default
+    from .atomic import check_writable
+    from .demo.build import default_dir, ensure_default
 
+    if force or not (default_dir() / "build.json").is_file():
+        check_writable(default_dir().parent, "RLHFKIT_HOME (where the default is built)")
     return ensure_default(force=force)
 
 

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .records import PreferencePair, Where, parse_messages, parse_prompt, parse_record, read_rows, type_name
+from .records import (
+    PreferencePair,
+    UniqueIds,
+    Where,
+    parse_messages,
+    parse_prompt,
+    parse_record,
+    read_rows,
+    type_name,
+)
 
 FORMATS = ("trl", "hh", "ultrafeedback")
 
@@ -42,8 +51,20 @@ class ImportReport:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     swapped: list[int] = field(default_factory=list)  # lines whose chosen/rejected were swapped (ultrafeedback)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Everything, every skipped and swapped line included: what `data import` writes beside its output."""
+        return {
+            "source": self.source,
+            "format": self.format,
+            "read": self.read,
+            "imported": self.imported,
+            "skipped": [{"line": line, "reason": reason} for line, reason in self.skipped],
+            "swapped": self.swapped,
+        }
+
     def summary(self) -> str:
-        """One line: what was imported, and which lines were skipped or swapped and why."""
+        """One line: what was imported, and which lines were skipped or swapped and why (at most
+        _MAX_LINES_SHOWN per reason; as_dict has them all)."""
         text = f"imported {self.imported} of {self.read} records from {self.source}"
         notes = []
         if self.skipped:
@@ -203,10 +224,13 @@ def import_preferences(path: str | Path, fmt: str) -> tuple[list[PreferencePair]
     source = str(path)
     report = ImportReport(source=source, format=fmt)
     pairs: list[PreferencePair] = []
+    ids = UniqueIds()
     for lineno, obj in read_rows(path):
         report.read += 1
-        pair = convert(obj, Where(source, lineno), report)
+        where = Where(source, lineno)
+        pair = convert(obj, where, report)
         if pair is not None:
+            ids.check(pair.id, where)
             pairs.append(pair)
     report.imported = len(pairs)
     if report.read == 0:

@@ -12,8 +12,11 @@ MESSAGES is a list of {"role": "system"|"user"|"assistant", "content": TEXT}.
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import random
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -224,6 +227,8 @@ def parse_record(obj: Any, kind: str, where: Where) -> Record:
             margin = obj["margin"]
             if not isinstance(margin, (int, float)) or isinstance(margin, bool):
                 raise where.fail("margin", f"expected a number, got {type_name(margin)}")
+            if not math.isfinite(margin):
+                raise where.fail("margin", f"expected a finite number, got {margin}")
             pair.margin = float(margin)
         if "annotator" in obj and obj["annotator"] is not None:
             if not isinstance(obj["annotator"], str):
@@ -233,30 +238,96 @@ def parse_record(obj: Any, kind: str, where: Where) -> Record:
     raise DataError(f"unknown record kind '{kind}'; expected one of {', '.join(KINDS)}")
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, decoded value) for each non-blank line; broken JSON is a DataError."""
+def read_jsonl(path: str | Path, allow_nan: bool = False) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, decoded value) for each non-blank line of a UTF-8 JSONL file (`.gz`: gzip-compressed);
+    a UTF-8 byte-order mark is skipped. Bytes that are not UTF-8, a broken or truncated gzip stream and broken
+    JSON are a DataError naming the file and line (jsonl_lines says what else is refused)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    opener = open
-    if path.suffix == ".gz":
-        import gzip
+    compressed = path.suffix == ".gz"
+    if compressed:
+        with open(path, "rb") as raw:
+            if raw.read(2) != b"\x1f\x8b":
+                raise DataError(f"{path}: named .gz but not gzip-compressed; rename it or compress it with gzip")
+    opener = gzip.open if compressed else open
+    broken = (EOFError, OSError, zlib.error) if compressed else ()  # a truncated or corrupt gzip stream
+    lineno = 0
+    with opener(path, "rb") as handle:
+        try:
+            for lineno, raw_line in enumerate(handle, start=1):
+                yield from jsonl_lines([decode_line(raw_line, str(path), lineno)], str(path), allow_nan, lineno)
+        except broken as exc:
+            raise DataError(
+                f"{path}: the gzip stream is broken after line {lineno} ({exc}); the file is truncated or corrupt, "
+                "copy or download it again"
+            ) from None
 
-        opener = gzip.open  # type: ignore[assignment]
-    with opener(path, "rt", encoding="utf-8") as handle:
-        yield from jsonl_lines(handle, str(path))
+
+def decode_line(raw: bytes, source: str, lineno: int) -> str:
+    """One line of a file as text: UTF-8 (a byte-order mark on line 1 skipped), or a DataError naming the column."""
+    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{source}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file "
+            "as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
 
 
-def jsonl_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded value) for each non-blank line of JSONL text; broken JSON is a DataError naming
-    `source` and the line."""
-    for lineno, line in enumerate(lines, start=1):
+def jsonl_lines(
+    lines: Iterable[str], source: str, allow_nan: bool = False, first_line: int = 1
+) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) for each non-blank line of JSONL text. A DataError names `source` and the line
+    for: broken JSON, nesting too deep to be a record, a string with a lone surrogate (`"\\ud800"`: valid JSON
+    that no tokenizer or UTF-8 writer takes) and, unless `allow_nan` (metrics), NaN or Infinity (not JSON; strict
+    readers refuse them)."""
+    for lineno, line in enumerate(lines, start=first_line):
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{source}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise DataError(f"{source}:{lineno}: JSON nested too deeply to be a record") from None
+        suspect = "\\u" in line or (not allow_nan and ("NaN" in line or "Infinity" in line))
+        problem = bad_value(value, allow_nan) if suspect else None
+        if problem:
+            raise Where(source, lineno).fail(*problem)
+        yield lineno, value
+
+
+def bad_value(value: Any, allow_nan: bool = False) -> tuple[str | None, str] | None:
+    """(field, problem) of the first string with a lone surrogate or, unless `allow_nan`, non-finite number in a
+    decoded JSON value (walked without recursion: any depth json accepts is fine), or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        name, item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in reversed(list(item.items())):
+                if not _encodable(key):
+                    return name or None, f"key {key!r} holds a lone surrogate; remove or replace it"
+                stack.append((f"{name}.{key}" if name else key, child))
+        elif isinstance(item, list):
+            stack.extend((f"{name}[{i}]", child) for i, child in reversed(list(enumerate(item))))
+        elif isinstance(item, str) and not _encodable(item):
+            return name or None, "holds a lone surrogate (an unpaired \\ud800-\\udfff escape); remove it"
+        elif isinstance(item, float) and not allow_nan and not math.isfinite(item):
+            return name or None, f"{item} is not a JSON number; give a finite number or null"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_rows(source: str | Path, columns: dict[str, str] | None = None) -> Iterator[tuple[int | str, Any]]:
@@ -273,10 +344,31 @@ def read_rows(source: str | Path, columns: dict[str, str] | None = None) -> Iter
 
 def load_records(path: str | Path, kind: str, columns: dict[str, str] | None = None) -> list[Record]:
     """Read and validate a whole source (read_rows); the first bad record stops with its source, line and field."""
-    records = [parse_record(obj, kind, Where(str(path), place)) for place, obj in read_rows(path, columns)]
+    records = []
+    ids = UniqueIds()
+    for place, obj in read_rows(path, columns):
+        where = Where(str(path), place)
+        records.append(parse_record(obj, kind, where))
+        ids.check(records[-1].id, where)
     if not records:
         raise DataError(f"{path}: no records")
     return records
+
+
+class UniqueIds:
+    """Refuses a record id seen before in the same source (ids name records in judgments, margins and reports)."""
+
+    def __init__(self):
+        self.first: dict[str | int, Where] = {}
+
+    def check(self, record_id: str | int | None, where: Where) -> None:
+        if record_id is None:
+            return
+        if record_id in self.first:
+            raise where.fail(
+                "id", f"id {record_id!r} appears twice (first at {self.first[record_id]}); ids must be unique"
+            )
+        self.first[record_id] = where
 
 
 def detect_kind(path: str | Path) -> str:
@@ -294,13 +386,17 @@ def detect_kind(path: str | Path) -> str:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Record | dict[str, Any]]) -> int:
-    """Write atomically (atomic_file): the old file, or the whole new one, never a part."""
+    """Write atomically (atomic_file): the old file, or the whole new one, never a part; gzip-compressed when
+    PATH ends in `.gz`, as read_jsonl reads it."""
     count = 0
-    with atomic_file(path) as handle:
+    with atomic_file(path, "wb") as raw:
+        handle = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if str(path).endswith(".gz") else raw
         for row in rows:
             obj = row if isinstance(row, dict) else record_to_dict(row)
-            handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            handle.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
             count += 1
+        if handle is not raw:
+            handle.close()
     return count
 
 

@@ -3,7 +3,8 @@
 Truncation rule (counted and reported, never silent): the prompt keeps its last `max_prompt_length`
 tokens; then, if prompt + response exceed `max_length`, the response keeps its first tokens up to the
 budget, and a cut response gets no EOS (the model must not learn to stop mid-sentence). A record whose
-response budget is under 1 token, or whose responses become identical once cut, is dropped and counted.
+response budget is under 1 token, or whose responses become identical once cut, is dropped and counted; training stages
+refuse settings that drop more than half of the records (TruncationReport.check).
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import DataError
 from .records import PromptValue
+
+# more records dropped than this share is an error, not a note: the settings leave no room for the responses
+MAX_DROPPED_SHARE = 0.5
 
 
 def render_prompt(tokenizer, prompt: PromptValue) -> str:
@@ -41,6 +46,17 @@ class TruncationReport:
             "responses_truncated": self.responses_cut,
             "dropped": self.dropped,
         }
+
+    def check(self, source: str, max_length: int, max_prompt_length: int) -> None:
+        """Refuse settings that drop more than MAX_DROPPED_SHARE of the records (or all): they leave no room for
+        the responses, and training on what is left would not be training on this data."""
+        if self.records and self.dropped <= self.records * MAX_DROPPED_SHARE:
+            return
+        raise DataError(
+            f"{source}: {self.dropped} of {self.records} records dropped by truncation (max_length={max_length}, "
+            f"max_prompt_length={max_prompt_length}: no room left for a response, or responses identical once cut); "
+            f"at most {MAX_DROPPED_SHARE:.0%} may be dropped: raise max_length or lower max_prompt_length"
+        )
 
     def summary(self, max_length: int, max_prompt_length: int) -> str:
         return (

@@ -95,7 +95,7 @@ class DetectorSettings(Strict):
 def load_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl; a broken line or a row that is not an object is a DataError naming file and line."""
     rows = []
-    for lineno, obj in read_jsonl(path):
+    for lineno, obj in read_jsonl(path, allow_nan=True):  # a run that blew up logs NaN
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object of metrics, got {type(obj).__name__}")
         rows.append(obj)

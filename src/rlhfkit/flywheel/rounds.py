@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .. import pipeline as runner
-from ..atomic import write_json
+from ..atomic import check_writable, write_json
 from ..console import console, say
 from ..evaluate.registry import Registry, update_current_link
 from ..resolve import resolve_model_path
@@ -322,7 +322,7 @@ def run(config: FlywheelConfig) -> dict[str, Any]:
     """Run (or resume) every round; returns what OUTPUT_DIR/flywheel.json holds."""
     from ..demo.build import ensure_default
 
-    root = Path(config.output_dir)
+    root = check_writable(config.output_dir, "output_dir")
     root.mkdir(parents=True, exist_ok=True)
     ensure_default()
     world = None

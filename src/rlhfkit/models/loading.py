@@ -35,6 +35,12 @@ def load_tokenizer(path: str | Path, padding_side: str = "right"):
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise ModelError(f"model directory '{path}': cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
+    if not tokenizer("hello", add_special_tokens=False)["input_ids"]:
+        # transformers builds an empty tokenizer from config.json alone: every text would become no tokens
+        raise ModelError(
+            f"model directory '{path}' has no tokenizer (no tokenizer.json or vocabulary files); copy its base "
+            "model's tokenizer there: AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR)"
+        )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelError(f"model directory '{path}': the tokenizer has neither a pad nor an EOS token")
@@ -80,6 +86,14 @@ def fuse_activations(config):
     return config
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a model directory raises for a broken or mismatched one: missing files, bad config, weights
+    that are not a safetensors file or do not fit the architecture."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
+
+
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, quantization_config=None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -89,27 +103,36 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, quantiz
     try:
         config = fuse_activations(AutoConfig.from_pretrained(str(path)))
         model = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype, **extra)
-    except (OSError, ValueError, KeyError) as exc:
+    except _load_errors() as exc:
         raise ModelError(f"model directory '{path}': cannot load a causal LM ({str(exc).splitlines()[0]})") from None
     return model
 
 
-def load_reward_model(path: str | Path, tokenizer, num_labels: int = 1):
+def load_reward_model(path: str | Path, tokenizer, num_labels: int = 1, new_head: bool = False):
     """A sequence-scoring model: the backbone (causal LM or encoder) with a scalar head per objective.
 
-    A directory that is already a reward model keeps its head; a plain backbone gets a new, zero-initialised one.
+    A directory that is already a reward model keeps its head. A plain backbone gets a new, near-zero one only
+    with `new_head` (reward training); elsewhere it is refused, as its scores would be noise.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
         config = AutoConfig.from_pretrained(str(path))
         is_reward_model = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+        if not is_reward_model and not new_head:
+            raise ModelError(
+                f"model directory '{path}' is not a reward model ({', '.join(config.architectures or ['no head'])}, "
+                "no trained score head: its rewards would be random); train one first with `rlhfkit reward train "
+                f"model={path} data=PAIRS.jsonl` and give its OUTPUT_DIR/model"
+            )
         config.num_labels = config.num_labels if is_reward_model else num_labels
         config.pad_token_id = tokenizer.pad_token_id
         config.problem_type = "regression"
         fuse_activations(config)
         model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as exc:
+    except ModelError:
+        raise
+    except _load_errors() as exc:
         raise ModelError(
             f"model directory '{path}': cannot load as a reward model ({str(exc).splitlines()[0]})"
         ) from None

@@ -21,7 +21,6 @@ from ..config import DPOConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import load_records
 from ..data.tokenize import Encoder
-from ..errors import DataError
 from ..forward import response_logps
 from ..losses import dpo_loss, orpo_loss, simpo_loss
 from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization, save_model
@@ -114,8 +113,7 @@ def run(config: DPOConfig) -> dict:
         if enc is not None:
             items.append((enc[0], enc[1][0], enc[1][1]))
     console.print(encoder.report.summary(config.max_length, config.max_prompt_length))
-    if not items:
-        raise DataError(f"{config.data}: no pair left after truncation; raise max_length")
+    encoder.report.check(config.data, config.max_length, config.max_prompt_length)
     if runtime.is_main:
         save_config(config, out)
 

@@ -41,14 +41,15 @@ def train(config: RewardTrainConfig) -> dict:
     train_enc, train_pairs = encode_pairs(train_pairs, encoder)
     val_enc, val_pairs = encode_pairs(val_pairs, encoder)
     console.print(encoder.encoder.report.summary(config.max_length, config.max_prompt_length))
+    encoder.encoder.report.check(config.data, config.max_length, config.max_prompt_length)
     if not train_enc or not val_enc:
-        raise DataError(f"{config.data}: no pair left after truncation; raise max_length")
+        raise DataError(f"{config.data}: no {'training' if not train_enc else 'validation'} pair left after truncation")
     if runtime.is_main:
         save_config(config, out)
         write_jsonl(out / "train_pairs.jsonl", train_pairs)
         write_jsonl(out / "val_pairs.jsonl", val_pairs)
 
-    model = load_reward_model(model_path, tokenizer)
+    model = load_reward_model(model_path, tokenizer, new_head=True)
     if config.lora:
         model = apply_lora(model, config.lora, task_type="SEQ_CLS")
     model.train()
@@ -171,8 +172,7 @@ def evaluate(config: RewardEvalConfig) -> dict:
     tokenizer = load_tokenizer(model_path)
     encoder = RewardEncoder(tokenizer, config.max_length, config.max_prompt_length)
     encoded, pairs = encode_pairs(pairs, encoder)
-    if not encoded:
-        raise DataError(f"{config.data}: no pair left after truncation; raise max_length")
+    encoder.encoder.report.check(config.data, config.max_length, config.max_prompt_length)
     model = load_reward_model(model_path, tokenizer)
     save_config(config, out)
     margins, chosen, rejected = margins_of(model, encoded, tokenizer.pad_token_id, config.batch_size)

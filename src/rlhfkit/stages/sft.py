@@ -12,7 +12,6 @@ from ..config import SFTConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import SFTExample, load_records
 from ..data.tokenize import Encoder
-from ..errors import DataError
 from ..forward import response_logps
 from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, quantization, save_model
 from ..resolve import resolve_model_path, resolve_sft_data
@@ -52,8 +51,7 @@ def run(config: SFTConfig) -> dict:
     encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length, add_eos=True)
     encoded = encode_examples(examples, encoder)
     console.print(encoder.report.summary(config.max_length, config.max_prompt_length))
-    if not encoded:
-        raise DataError(f"{data_path}: no example left after truncation; raise max_length")
+    encoder.report.check(str(data_path), config.max_length, config.max_prompt_length)
     random.Random(config.seed).shuffle(encoded)
     n_val = int(len(encoded) * config.val_fraction)
     val, train = encoded[:n_val], encoded[n_val:]

@@ -267,9 +267,11 @@ def stats(
     json_out: Path | None = typer.Option(None, "--json", help="also write the whole dashboard as JSON here"),
 ):
     """The dashboard as text: progress, agreement, kappas, position bias, per-annotator accuracy and drift."""
-    from ...atomic import write_json
+    from ...atomic import check_writable, write_json
     from . import service
 
+    if json_out:
+        check_writable(json_out, "--json", folder=False)
     database = _open(db)
     with database.session() as s:
         board = service.dashboard(s, service.get_project(s, project))
@@ -327,10 +329,14 @@ def export(
 ):
     """Majority labels as preference pairs; pairs whose majority is tie or both_bad, or that have none, are left
     out and counted."""
+    from ...atomic import check_writable
     from ...data.records import write_jsonl
     from ...errors import DataError
     from . import service
 
+    check_writable(out, "--out", folder=False)
+    if judgments:
+        check_writable(judgments, "--judgments", folder=False)
     database = _open(db)
     with database.session() as s:
         target = service.get_project(s, project)
