@@ -15,6 +15,7 @@ from rlhfkit.evaluate import diversity
 from rlhfkit.evaluate.detectors import (
     DetectorSettings,
     Verdict,
+    eval_detectors,
     format_verdicts,
     kl_blowup,
     length_drift,
@@ -323,6 +324,40 @@ def test_stock_phrase_on_eval_rows_of_the_demo_models():
     v = stock_phrase([dpo], reference=sft["stock_phrase_share"])
     assert v.fired and v.evidence["phrase"] == "best of all" and "('best of all') is in 52%" in v.summary, v.summary
     assert not stock_phrase([sft], reference=sft["stock_phrase_share"]).fired
+
+
+def demo_eval(**dpo) -> dict:
+    """An eval.json of the demo's shape: the SFT model is the baseline; DPO's figures are given."""
+    sft = {"distinct_2": 0.151, "stock_phrase": "on top of", "stock_phrase_share": 0.2448}
+    ppo = {"distinct_2": 0.140, "stock_phrase": "i loved the", "stock_phrase_share": 0.30}
+    return {"baseline": "sft", "results": {"sft": sft, "ppo": ppo, "dpo": {"distinct_2": 0.106, **dpo}}}
+
+
+def test_eval_detectors_judge_each_model_against_the_baseline():
+    found = eval_detectors(demo_eval(stock_phrase="best of all", stock_phrase_share=0.5243))
+    assert set(found) == {"ppo", "dpo"}  # the baseline is not judged against itself
+    assert fired(found["dpo"]) == {"stock_phrase"} and not fired(found["ppo"])
+    assert "'best of all'" in found["dpo"][1].summary
+    # a collapse of distinct-2 to under half the baseline's fires mode_collapse
+    collapsed = demo_eval(stock_phrase="best of all", stock_phrase_share=0.2)
+    collapsed["results"]["dpo"]["distinct_2"] = 0.05
+    assert fired(eval_detectors(collapsed)["dpo"]) == {"mode_collapse"}
+    # an eval without these figures (older eval.json) judges nothing, and an unknown baseline nothing at all
+    assert eval_detectors({"baseline": "sft", "results": {"sft": {}, "dpo": {}}}) == {"dpo": []}
+    assert eval_detectors({"baseline": "gone", "results": {"dpo": {}}}) == {}
+
+
+def test_detect_command_on_an_eval_folder(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "eval.json").write_text(json.dumps(demo_eval(stock_phrase="best of all", stock_phrase_share=0.52)))
+    command = [sys.executable, "-m", "rlhfkit.cli", "detect", str(tmp_path)]
+    shown = subprocess.run(command, capture_output=True, text=True)
+    assert shown.returncode == 0 and "dpo:\nok     mode_collapse" in shown.stdout, shown.stdout + shown.stderr
+    assert "FIRED  stock_phrase: yes, the top trigram ('best of all') is in 52%" in shown.stdout
+    strict = subprocess.run([*command, "--strict"], capture_output=True, text=True)
+    assert strict.returncode == 1
 
 
 def test_stock_phrase_share_by_hand():

@@ -396,6 +396,33 @@ def run_detectors(rows: list[dict], settings: DetectorSettings | None = None) ->
     ]
 
 
+def eval_detectors(eval_result: dict, settings: DetectorSettings | None = None) -> dict[str, list[Verdict]]:
+    """Mode collapse and stock phrase of every evaluated model against the eval's baseline (`rlhfkit eval`'s
+    eval.json), measured on the same held-out prompts with the same number of samples, so the two are comparable.
+
+    Each candidate's row is the only row and the baseline's figure the reference: the DPO model that opened most
+    answers with "Best of all," (52% of 576 samples, against the SFT model's top trigram in 24%) fires stock_phrase.
+    """
+    s = settings or DetectorSettings()
+    results = eval_result.get("results", {})
+    baseline = eval_result.get("baseline") or next(iter(results), None)
+    if baseline not in results:
+        return {}
+    base = results[baseline]
+    verdicts = {}
+    for name, row in results.items():
+        if name == baseline:
+            continue
+        found = []
+        if _finite(row.get("distinct_2")) and _finite(base.get("distinct_2")) and base["distinct_2"] > 0:
+            found.append(mode_collapse([row], 1, s.collapse_fraction, base["distinct_2"]))
+        if _finite(row.get("stock_phrase_share")) and _finite(base.get("stock_phrase_share")):
+            reference = max(base["stock_phrase_share"], 1e-9)
+            found.append(stock_phrase([row], 1, s.max_stock_phrase_share, s.stock_phrase_growth, reference))
+        verdicts[name] = found
+    return verdicts
+
+
 def format_verdicts(verdicts: list[Verdict]) -> str:
     """One line per detector: FIRED or ok, then its summary."""
     return "\n".join(f"{'FIRED' if v.fired else 'ok':<5}  {v.summary}" for v in verdicts)

@@ -306,7 +306,7 @@ def section_overoptimisation(stages: dict[str, Path]) -> str:
 
 
 def section_detectors(stages: dict[str, Path]) -> str:
-    from ..evaluate.detectors import load_metrics, run_detectors
+    from ..evaluate.detectors import eval_detectors, load_metrics, run_detectors
 
     rows = []
     for name, folder in stages.items():
@@ -315,8 +315,16 @@ def section_detectors(stages: dict[str, Path]) -> str:
         if first and "kl" in first[0] and "reward" in first[0]:
             for verdict in run_detectors(load_metrics(metrics)):
                 rows.append([name, verdict.name, "FIRED" if verdict.fired else "ok", verdict.summary])
+    for name, folder in stages.items():
+        evaluation = _read_json(folder / "eval.json")
+        if isinstance(evaluation, dict):
+            baseline = evaluation.get("baseline")
+            for model, verdicts in eval_detectors(evaluation).items():
+                for verdict in verdicts:
+                    run = f"{name}: {model} against {baseline}"
+                    rows.append([run, verdict.name, "FIRED" if verdict.fired else "ok", verdict.summary])
     if not rows:
-        return _missing("an online RL stage (ppo, grpo, rloo) to judge")
+        return _missing("an online RL stage (ppo, grpo, rloo) or an evaluation to judge")
     body = _table(["run", "detector", "verdict", "evidence"], rows)
     return body.replace("<td>FIRED</td>", '<td class="fail">FIRED</td>').replace(
         "<td>ok</td>", '<td class="pass">ok</td>'
