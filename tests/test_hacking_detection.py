@@ -27,7 +27,7 @@ SETTINGS = DetectorSettings(window=5, noise_z=3.0)
 HACKING = ("reward_hacking", "length_drift", "kl_blowup")
 # What fires on the KL-free run for every seed checked (0-5, a fresh build of the default, 2026-12-01):
 # length_drift fired on only 2 of them (the length grew less than 1.6x on the others), so it is not asserted there.
-ALWAYS_FIRE = ("reward_hacking", "kl_blowup")
+ALWAYS_FIRE = ("reward_hacking", "kl_blowup")  # and on the KL-penalised run none of HACKING, seeds 0-5
 
 
 @pytest.fixture(scope="module")

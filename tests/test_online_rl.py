@@ -153,9 +153,11 @@ def test_ppo_learns_an_easy_reward(tmp_path):
             **TINY,
         )
     )
+    # One batch of 8 is noisy (single steps swing by 0.5): the last 10 steps' mean against the first 5's. Seeds 0-5
+    # on a fresh build of the default (2026-12-01): gains of 0.26-0.43.
     rewards = [r["reward"] for r in rows(out / "metrics.jsonl")]
-    first, last = statistics.mean(rewards[:3]), statistics.mean(rewards[-3:])
-    assert last > first + 0.2, rewards
+    first, last = statistics.mean(rewards[:5]), statistics.mean(rewards[-10:])
+    assert last > first + 0.15, rewards
     assert rows(out / "metrics.jsonl")[-1]["kl"] > 0.1  # it got there by moving away from the reference
 
 
