@@ -152,17 +152,23 @@ def plot_frontier(points: list[dict], fronts: dict[str, list[str]], path: str | 
                 ax.plot(p["kl"], p["gold"], "*", color="black", markersize=12, label=f"{p['name']} (reference)")
             continue
         color, marker = FRONTIER_STYLE.get(method, ("tab:purple", "D"))
-        ax.errorbar(
-            [p["kl"] for p in mine],
-            [p["gold"] for p in mine],
-            xerr=[p.get("kl_stderr") or 0.0 for p in mine],
-            yerr=[p.get("gold_stderr") or 0.0 for p in mine],
-            fmt=marker,
-            color=color,
-            capsize=2,
-            alpha=0.85,
-            label=f"{method} (±1 standard error)",
-        )
+        on_front = set(fronts.get(method, []))
+        for filled in (True, False):  # front points filled, the points it beats hollow
+            group = [p for p in mine if (p["name"] in on_front) == filled]
+            if not group:
+                continue
+            ax.errorbar(
+                [p["kl"] for p in group],
+                [p["gold"] for p in group],
+                xerr=[p.get("kl_stderr") or 0.0 for p in group],
+                yerr=[p.get("gold_stderr") or 0.0 for p in group],
+                fmt=marker,
+                color=color,
+                markerfacecolor=color if filled else "white",
+                capsize=2,
+                alpha=0.85,
+                label=f"{method} (±1 standard error; hollow: off its front)" if filled else None,
+            )
         for p in mine:
             ax.annotate(
                 f"{p['strength']:g}", (p["kl"], p["gold"]), fontsize=7, textcoords="offset points", xytext=(4, 4)

@@ -93,8 +93,10 @@ def run(config: FrontierConfig) -> dict:
             name = point_name(method, strength)
             point = measured(name, method, FRONTIER_STRENGTH[method], strength, results[name])
             point["run_dir"] = str(out / name)
-            point["trained"] = status[name]["status"]  # ran or skipped (reused)
-            point["train_seconds"] = status[name]["seconds"]
+            point["trained"] = status[name]["status"]  # ran, or skipped: reused
+            # a reused policy's training time is the one its marker recorded when it ran
+            marker = pipeline.read_json(out / name / pipeline.MARKER) or {}
+            point["train_seconds"] = marker.get("seconds", status[name]["seconds"])
             if method == "ppo":
                 try:
                     rl_fits[name] = rl_fit_from_metrics(out / name / "metrics.jsonl")
@@ -171,7 +173,7 @@ def measured(name: str, method: str, key: str | None, strength: float | None, ro
 
 def format_table(points: list[dict], rl_fits: dict[str, dict] | None = None) -> str:
     def number(value, digits: int = 3) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
+        return "-" if value is None else f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.000"
 
     lines = [
         "| method | strength | KL to reference ± se | gold ± se | proxy reward | words | distinct-2 | on the front "
