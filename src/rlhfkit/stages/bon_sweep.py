@@ -26,6 +26,7 @@ from ..config import BonSweepConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import load_records, write_jsonl
 from ..errors import ConfigError
+from ..evaluate.overoptimisation import fit_gain
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..resolve import resolve_model_path
 from ..rollout import sample_responses
@@ -65,20 +66,6 @@ def best_of_n_weights(proxy: np.ndarray, n: int) -> np.ndarray:
 def expected_best_of_n(proxy: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     """Per prompt, the expected `values` of the best-of-n (selected by `proxy`) from N samples; both [P, N] -> [P]."""
     return np.array([best_of_n_weights(p, n) @ v for p, v in zip(proxy, values)])
-
-
-def fit_gain(d: np.ndarray, gain: np.ndarray) -> tuple[float, float]:
-    """Least squares of gain = d (alpha - beta d) = alpha d - beta d^2 (no intercept: zero gain at d = 0); (alpha,
-    beta)."""
-    d, gain = np.asarray(d, float), np.asarray(gain, float)
-    x1, x2 = d, -(d**2)
-    # Normal equations of the two-feature regression, solved in closed form.
-    s11, s12, s22 = x1 @ x1, x1 @ x2, x2 @ x2
-    t1, t2 = x1 @ gain, x2 @ gain
-    det = s11 * s22 - s12 * s12
-    if det <= 1e-12 * max(s11 * s22, 1e-300):
-        raise ValueError("the fit needs at least two distinct d > 0")
-    return float((s22 * t1 - s12 * t2) / det), float((s11 * t2 - s12 * t1) / det)
 
 
 def describe_fit(alpha: float, beta: float, d: np.ndarray, gain: np.ndarray) -> dict:
