@@ -105,6 +105,19 @@ def n_for_kl(kl: float) -> float:
     return (low + high) / 2
 
 
+def fall_from_peak(ns: list[int], means: np.ndarray, boot: np.ndarray | None) -> tuple[int, float, float | None]:
+    """(n of the highest mean, its mean minus the last n's, the bootstrap std of that fall).
+
+    `boot` is [resamples, len(ns)]: each row the means over one resample of the prompts. The fall is taken on the
+    same resample at both n (paired), so the prompt-to-prompt spread the two means share cancels: a fall can be
+    clear while each mean's own std is larger than it.
+    """
+    best = int(np.argmax(means))
+    drop = float(means[best] - means[-1])
+    drop_std = float((boot[:, best] - boot[:, -1]).std(ddof=1)) if boot is not None else None
+    return ns[best], drop, drop_std
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -194,7 +207,8 @@ def run(config: BonSweepConfig) -> dict:
         row["words"] = float(means["words"][j])
         rows.append(row)
 
-    gold_best = max(rows, key=lambda r: r["gold"])
+    best_n, drop, drop_std = fall_from_peak(ns, means["gold"], boot["gold"] if boot is not None else None)
+    gold_best = rows[ns.index(best_n)]
     result = {
         "stage": "bon-sweep",
         "model": str(path),
@@ -211,7 +225,10 @@ def run(config: BonSweepConfig) -> dict:
         "fits": fits,
         "proxy_monotone": all(b["proxy"] >= a["proxy"] - 1e-12 for a, b in zip(rows, rows[1:])),
         "gold_best_n": gold_best["n"],
-        "gold_drop_from_best": gold_best["gold"] - rows[-1]["gold"],
+        "gold_drop_from_best": drop,
+        "gold_drop_std": drop_std,
+        # the published shape: gold peaks inside the sweep and falls by more than two standard errors of the fall
+        "gold_peaks_and_falls": bool(drop_std is not None and drop > 0 and drop > 2 * drop_std),
     }
     table = format_table(rows, fits)
     (out / "sweep.md").write_text(
@@ -244,10 +261,17 @@ def shape_line(result: dict) -> str:
             f"from n={before['n']}, first step {rows[1]['gold'] - rows[0]['gold']:+.4f}): no peak inside the sweep"
         )
     else:
-        std = f", bootstrap std {last['gold_std']:.4f}" if last["gold_std"] is not None else ""
+        std = result.get("gold_drop_std")
+        if std is None:
+            verdict = ""
+        elif result["gold_peaks_and_falls"]:
+            sigmas = result["gold_drop_from_best"] / std
+            verdict = f", {sigmas:.1f} standard errors of the fall ({std:.4f}): a real fall"
+        else:
+            verdict = f", within two standard errors of the fall ({std:.4f}): not a clear fall"
         gold = (
             f"gold peaks at n={best['n']} ({best['gold']:.4f}) and falls to {last['gold']:.4f} at n={last['n']} "
-            f"({result['gold_drop_from_best']:.4f} below its peak{std})"
+            f"({result['gold_drop_from_best']:.4f} below its peak{verdict})"
         )
     return f"measured: proxy {proxy} with n; {gold}"
 
