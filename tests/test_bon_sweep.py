@@ -85,6 +85,20 @@ def test_fit_recovers_alpha_and_beta():
     assert kl_bon(fit["n_peak"]) == pytest.approx(fit["kl_peak"]) and fit["peak_in_range"] and fit["r2"] > 0.99
 
 
+def test_fall_from_the_peak_is_judged_paired():
+    # 50 prompts whose gold differs a lot from prompt to prompt (+-1) but, on every prompt, is 0.05 lower at n=8
+    # than at its peak n=4: each mean's bootstrap std (~0.14) hides the fall, the paired std (~0.003) does not.
+    rng = np.random.default_rng(0)
+    level = rng.normal(0, 1, size=(50, 1))
+    per_prompt = level + np.array([0.0, 0.2, 0.3, 0.25]) + rng.normal(0, 0.02, size=(50, 4))
+    resamples = rng.integers(0, 50, size=(200, 50))
+    boot = per_prompt[resamples].mean(1)
+    best_n, drop, drop_std = bon_sweep.fall_from_peak([1, 2, 4, 8], per_prompt.mean(0), boot)
+    assert best_n == 4 and drop == pytest.approx(0.05, abs=0.01)
+    assert boot[:, 3].std() > 2 * drop and drop > 5 * drop_std
+    assert bon_sweep.fall_from_peak([1, 2], np.array([0.0, 1.0]), None) == (2, 0.0, None)
+
+
 def test_config_checks_ns_and_bootstrap():
     rewards = [{"function": "default"}]
     with pytest.raises(ConfigError, match="outside 1..max_n=8"):

@@ -11,9 +11,11 @@ import pytest
 from pydantic import ValidationError
 
 from rlhfkit.errors import DataError
+from rlhfkit.evaluate import diversity
 from rlhfkit.evaluate.detectors import (
     DetectorSettings,
     Verdict,
+    eval_detectors,
     format_verdicts,
     kl_blowup,
     length_drift,
@@ -21,6 +23,7 @@ from rlhfkit.evaluate.detectors import (
     mode_collapse,
     reward_hacking,
     run_detectors,
+    stock_phrase,
 )
 
 STEPS = range(1, 61)
@@ -44,6 +47,7 @@ def make_rows(**series) -> list[dict]:
         kl=lambda s: rise(s, 0.0, 3.0, 0.1) + wiggle(s, 0.3),
         response_length=lambda s: 22 + 8 * (s - 1) / 59 + wiggle(s, 1.0),
         distinct_2=lambda s: 0.55 - 0.07 * (s - 1) / 59 + wiggle(s, 0.01),
+        stock_phrase_share=lambda s: 0.3 + wiggle(s, 0.05),
     )
     defaults.update(series)
     return [{"step": s, **{k: f(s) for k, f in defaults.items() if f is not None}} for s in STEPS]
@@ -192,7 +196,13 @@ def real_rows(table: list[tuple]) -> list[dict]:
 
 def test_healthy_run_fires_nothing():
     verdicts = run_detectors(make_rows())
-    assert [v.name for v in verdicts] == ["reward_hacking", "length_drift", "mode_collapse", "kl_blowup"]
+    assert [v.name for v in verdicts] == [
+        "reward_hacking",
+        "length_drift",
+        "mode_collapse",
+        "stock_phrase",
+        "kl_blowup",
+    ]
     assert fired(verdicts) == set()
     assert all(v.summary.startswith(v.name) for v in verdicts)
 
@@ -297,6 +307,67 @@ def test_mode_collapse_with_an_explicit_reference():
     assert "mode_collapse" in fired(run_detectors(rows, DetectorSettings(reference_distinct_2=0.5)))
 
 
+def test_stock_phrase_fires_when_one_phrase_takes_over():
+    rows = make_rows(stock_phrase_share=lambda s: rise(s, 0.3, 0.8, 0.1))
+    v = stock_phrase(rows)
+    assert v.fired and v.evidence["final_share"] > 0.7 and v.evidence["ratio"] > 1.5, v.summary
+    assert not stock_phrase(make_rows()).fired
+    # a task whose answers share a phrase by nature: high but flat is not a takeover
+    assert not stock_phrase(make_rows(stock_phrase_share=lambda s: 0.6)).fired
+    assert "stock_phrase" in fired(run_detectors(rows))
+
+
+def test_stock_phrase_on_eval_rows_of_the_demo_models():
+    # eval.json rows of the 2026-11 demo (576 samples each): the DPO model opened most answers with "Best of all,"
+    sft = {"stock_phrase": "on top of", "stock_phrase_share": 0.2448}
+    dpo = {"stock_phrase": "best of all", "stock_phrase_share": 0.5243}
+    v = stock_phrase([dpo], reference=sft["stock_phrase_share"])
+    assert v.fired and v.evidence["phrase"] == "best of all" and "('best of all') is in 52%" in v.summary, v.summary
+    assert not stock_phrase([sft], reference=sft["stock_phrase_share"]).fired
+
+
+def demo_eval(**dpo) -> dict:
+    """An eval.json of the demo's shape: the SFT model is the baseline; DPO's figures are given."""
+    sft = {"distinct_2": 0.151, "stock_phrase": "on top of", "stock_phrase_share": 0.2448}
+    ppo = {"distinct_2": 0.140, "stock_phrase": "i loved the", "stock_phrase_share": 0.30}
+    return {"baseline": "sft", "results": {"sft": sft, "ppo": ppo, "dpo": {"distinct_2": 0.106, **dpo}}}
+
+
+def test_eval_detectors_judge_each_model_against_the_baseline():
+    found = eval_detectors(demo_eval(stock_phrase="best of all", stock_phrase_share=0.5243))
+    assert set(found) == {"ppo", "dpo"}  # the baseline is not judged against itself
+    assert fired(found["dpo"]) == {"stock_phrase"} and not fired(found["ppo"])
+    assert "'best of all'" in found["dpo"][1].summary
+    # a collapse of distinct-2 to under half the baseline's fires mode_collapse
+    collapsed = demo_eval(stock_phrase="best of all", stock_phrase_share=0.2)
+    collapsed["results"]["dpo"]["distinct_2"] = 0.05
+    assert fired(eval_detectors(collapsed)["dpo"]) == {"mode_collapse"}
+    # an eval without these figures (older eval.json) judges nothing, and an unknown baseline nothing at all
+    assert eval_detectors({"baseline": "sft", "results": {"sft": {}, "dpo": {}}}) == {"dpo": []}
+    assert eval_detectors({"baseline": "gone", "results": {"dpo": {}}}) == {}
+
+
+def test_detect_command_on_an_eval_folder(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "eval.json").write_text(json.dumps(demo_eval(stock_phrase="best of all", stock_phrase_share=0.52)))
+    command = [sys.executable, "-m", "rlhfkit.cli", "detect", str(tmp_path)]
+    shown = subprocess.run(command, capture_output=True, text=True)
+    assert shown.returncode == 0 and "dpo:\nok     mode_collapse" in shown.stdout, shown.stdout + shown.stderr
+    assert "FIRED  stock_phrase: yes, the top trigram ('best of all') is in 52%" in shown.stdout
+    strict = subprocess.run([*command, "--strict"], capture_output=True, text=True)
+    assert strict.returncode == 1
+
+
+def test_stock_phrase_share_by_hand():
+    texts = [" Best of all, the food was great.", " Best of all, I loved it!", " The food was fine.", "Two words"]
+    assert diversity.stock_phrase(texts) == ("best of all", 0.5)  # ties with "the food was": alphabetical first
+    assert diversity.stock_phrase(texts, n=2) == ("best of", 0.5)
+    assert diversity.stock_phrase(["Best of all, best of all, best of all."]) == ("all best of", 1.0)
+    assert diversity.stock_phrase(["too short"]) == ("", 0.0) and diversity.stock_phrase([]) == ("", 0.0)
+
+
 def test_kl_blowup_over_the_ceiling_and_growing():
     rows = make_rows(kl=lambda s: 0.1 * math.exp(s / 8))  # 0.11 -> 180 nats
     v = kl_blowup(rows)
@@ -396,7 +467,7 @@ def test_settings_are_strict_and_every_default_is_documented():
 def test_format_verdicts():
     text = format_verdicts(run_detectors(real_rows(PPO_KL0)))
     lines = text.splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert lines[1].startswith("FIRED  length_drift") and lines[0].startswith("ok     reward_hacking")
 
 

@@ -1,4 +1,4 @@
-"""The simulated annotator panel and the default gold judge, plus the pure metric functions, on hand-made inputs."""
+"""The simulated annotator panel, plus the pure metric functions, on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import statistics
 import pytest
 
 from rlhfkit.config import PanelSettings
-from rlhfkit.demo import gold
 from rlhfkit.evaluate import reward_metrics as rm
 from rlhfkit.evaluate.diversity import distinct_n
 from rlhfkit.feedback.panel import SimulatedPanel, Vote, majority, make_annotators
@@ -116,39 +115,6 @@ def test_majority_and_tie_rule():
     assert majority(votes) == ("b", pytest.approx(2 / 3))
     assert majority([Vote("x", "a", "a"), Vote("y", "a", "b")]) == ("a", 0.5)
     assert majority([Vote("x", "a", "b"), Vote("y", "a", "a")]) == ("b", 0.5)
-
-
-# ----------------------------------------------------------------------------------------------- gold judge
-
-
-def test_gold_sentiment_sign():
-    positive = " The food was wonderful and the staff were lovely. I would definitely recommend it."
-    negative = " The food was awful and the staff were rude. Never again."
-    assert gold.gold_score(positive) > 0 > gold.gold_score(negative)
-    assert gold.gold_score(negative) >= -1.0 and gold.gold_score(positive) <= 1.0
-
-
-def test_gold_penalises_repetition():
-    sentence = "The room was clean and the staff were friendly."
-    looped = " ".join([sentence] * 5)
-    assert gold.repeat_share(sentence) == 0.0
-    assert gold.repeat_share(looped) > 0.5
-    assert gold.gold_score(looped) < gold.gold_score(sentence)
-    # the penalty is REPEAT_WEIGHT * repeat_share below the clipped sentiment
-    compound = gold._analyzer().polarity_scores(looped)["compound"]
-    assert gold.gold_score(looped) == pytest.approx(
-        max(-1.0, compound - gold.REPEAT_WEIGHT * gold.repeat_share(looped))
-    )
-    assert gold.repeat_share("one two three") == 0.0  # fewer than two trigrams
-
-
-def test_gold_empty_and_score_shape():
-    assert gold.gold_score("") == -1.0 and gold.gold_score("   ") == -1.0
-    responses = ["I loved it.", "", "It was terrible.", "The battery was okay."]
-    scores = gold.score(["p"] * 4, responses)
-    assert len(scores) == 4 and all(isinstance(s, float) for s in scores)
-    assert scores == [gold.gold_score(r) for r in responses]
-    assert scores[1] == -1.0
 
 
 # -------------------------------------------------------------------------------------- metrics on hand examples

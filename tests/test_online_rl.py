@@ -153,9 +153,11 @@ def test_ppo_learns_an_easy_reward(tmp_path):
             **TINY,
         )
     )
+    # One batch of 8 is noisy (single steps swing by 0.5): the last 10 steps' mean against the first 5's. Seeds 0-5
+    # on a fresh build of the default (2026-12-01): gains of 0.26-0.43.
     rewards = [r["reward"] for r in rows(out / "metrics.jsonl")]
-    first, last = statistics.mean(rewards[:3]), statistics.mean(rewards[-3:])
-    assert last > first + 0.2, rewards
+    first, last = statistics.mean(rewards[:5]), statistics.mean(rewards[-10:])
+    assert last > first + 0.15, rewards
     assert rows(out / "metrics.jsonl")[-1]["kl"] > 0.1  # it got there by moving away from the reference
 
 
@@ -382,7 +384,7 @@ def test_reward_function_weights_and_sums_sources(tmp_path, monkeypatch):
     prompts = ["I bought this phone."] * 3
     responses = [" It is wonderful and I love it.", " Terrible. Broke in a day.", " It works."]
     total, parts = reward_fn(prompts, responses)
-    gold = [gold_score(r) for r in responses]
+    gold = [gold_score(r, p) for p, r in zip(prompts, responses)]
     words = [len(r.split()) for r in responses]
     assert total.tolist() == pytest.approx([0.5 * g + 2.0 * w for g, w in zip(gold, words)], abs=1e-5)
     assert parts == {
@@ -421,7 +423,7 @@ def test_reward_function_with_a_reward_model_directory(tmp_path):
         with torch.no_grad():
             rm_scores.append(plain(input_ids=torch.tensor([ids])).logits[0, 0].item())
     assert max(abs(s) for s in rm_scores) > 1e-2
-    gold = [gold_score(r) for r in responses]
+    gold = [gold_score(r, p) for p, r in zip(prompts, responses)]
     assert total.tolist() == pytest.approx([2.0 * s + g for s, g in zip(rm_scores, gold)], abs=1e-4)
     assert parts["reward_rm0"] == pytest.approx(statistics.mean(rm_scores), abs=1e-4)
     assert parts["reward_fn1"] == pytest.approx(statistics.mean(gold), abs=1e-5)
@@ -483,7 +485,7 @@ def test_best_of_n_picks_winners_and_finetunes(tmp_path):
     for record in best:
         assert record.response.startswith(" ") and record.response.strip()
         assert record.metadata["n"] == n
-        assert record.metadata["reward"] == pytest.approx(gold_score(record.response), abs=2e-4)  # reward == gold here
+        assert record.metadata["reward"] == pytest.approx(gold_score(record.response, record.prompt), abs=2e-4)
     assert summary["reward_best"] >= summary["reward_mean"]
     assert summary["kl_bon"] == pytest.approx(math.log(4) - 3 / 4)
     assert summary["gold_best"] == pytest.approx(summary["reward_best"], abs=1e-5)

@@ -33,6 +33,8 @@ def demo_run(tmp_path_factory):
             "sft": {"max_steps": 10, "batch_size": 8, "val_fraction": 0.01},
             "reward": {"max_steps": 15, "eval_every": 5, "batch_size": 16},
             "dpo": {"max_steps": 10, "batch_size": 8},
+            "ppo": {"steps": 3, "batch_size": 4, "mini_batch_size": 4, "max_new_tokens": 16, "save_every": 3},
+            "bon_sweep": {"max_n": 8, "num_prompts": 4, "max_new_tokens": 16, "bootstrap": 20},
             "eval": {"num_prompts": 12, "samples_per_prompt": 2, "self_bleu_texts": 20},
             "gate": {"thresholds": ["mean_gold >= -1.0", "distinct_2 >= 0.0"]},
         }
@@ -79,7 +81,14 @@ def test_report_renders_every_section_and_plot_in_chromium(demo_run):
         alts = " | ".join(alt for alt, _ in images)
         for plot in ("Cohen's kappa per annotator pair", "Reliability diagram", "loss over training"):
             assert plot in alts, (plot, alts)
+        for plot in ("best-of-n over-optimisation", "ppo: proxy reward and gold against KL"):
+            assert plot in alts, (plot, alts)
         text = page.inner_text("body")
+        assert "Not in this run folder" not in text, text  # the demo fills every section
+        detectors = page.inner_text("section#detectors")
+        for run in ("ppo", "eval: ppo against sft", "eval: dpo against sft"):
+            assert run in detectors, (run, detectors)
+        assert "reward_hacking" in detectors and "stock_phrase" in detectors
         for expected in (
             "Cohen's kappa",
             "Reliability diagram",

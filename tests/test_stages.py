@@ -328,8 +328,8 @@ def test_pairs_records_judgments_and_determinism(tmp_path):
         winner_share = max(Counter(meta["votes"].values()).values()) / annotators
         assert meta["agreement"] == pytest.approx(winner_share, abs=1e-3)
         assert rec.chosen.strip() != rec.rejected.strip()
-        assert meta["gold_chosen"] == pytest.approx(gold_score(rec.chosen), abs=1e-4)
-        assert meta["gold_rejected"] == pytest.approx(gold_score(rec.rejected), abs=1e-4)
+        assert meta["gold_chosen"] == pytest.approx(gold_score(rec.chosen, rec.prompt), abs=1e-4)
+        assert meta["gold_rejected"] == pytest.approx(gold_score(rec.rejected, rec.prompt), abs=1e-4)
 
     judgments = rows(tmp_path / "a" / "judgments.jsonl")
     assert len(judgments) == annotators * len(records)
@@ -630,7 +630,8 @@ def test_policy_eval_writes_results(reward_run, tmp_path):
     assert len(samples) == 12 and row["samples"] == 12 and {s["model"] for s in samples} == {"a"}
     responses = [s["response"] for s in samples]
     assert row["mean_gold"] == pytest.approx(statistics.mean(s["gold"] for s in samples), abs=1e-3)
-    assert row["mean_gold"] == pytest.approx(statistics.mean(gold_score(r) for r in responses), abs=1e-6)
+    gold = [gold_score(s["response"], s["prompt"]) for s in samples]
+    assert row["mean_gold"] == pytest.approx(statistics.mean(gold), abs=1e-6)
     assert row["mean_reward"] == pytest.approx(statistics.mean(s["reward"] for s in samples), abs=1e-3)
     assert row["distinct_2"] == pytest.approx(distinct_n(responses, 2))
     assert row["mean_length"] == pytest.approx(statistics.mean(len(r.split()) for r in responses))

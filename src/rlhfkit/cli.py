@@ -247,14 +247,26 @@ def rollback(root: Path = typer.Option(Path("runs/demo"), "--root", help="run ro
 
 @app.command()
 def detect(
-    run_dir: Path = typer.Argument(..., help="a run folder with metrics.jsonl (ppo, grpo, rloo)"),
+    run_dir: Path = typer.Argument(
+        ..., help="a run folder with metrics.jsonl (ppo, grpo, rloo), or an eval folder with eval.json"
+    ),
     strict: bool = typer.Option(False, help="exit 1 when any detector fires"),
 ):
-    """Reward hacking, length drift, mode collapse and KL blow-up over a run's metrics, each with its evidence."""
-    from .evaluate.detectors import format_verdicts, load_metrics, run_detectors
+    """Reward hacking, length drift, mode collapse, stock phrase and KL blow-up over a run's metrics; mode collapse
+    and stock phrase of each evaluated model against the eval's baseline; each with its evidence."""
+    import json
 
-    verdicts = run_detectors(load_metrics(run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir))
-    typer.echo(format_verdicts(verdicts))
+    from .evaluate.detectors import eval_detectors, format_verdicts, load_metrics, run_detectors
+
+    evaluation = run_dir / "eval.json" if run_dir.is_dir() else run_dir
+    if evaluation.name == "eval.json" and evaluation.is_file():
+        found = eval_detectors(json.loads(evaluation.read_text()))
+        verdicts = [v for model_verdicts in found.values() for v in model_verdicts]
+        for model, model_verdicts in found.items():
+            typer.echo(f"{model}:\n{format_verdicts(model_verdicts)}")
+    else:
+        verdicts = run_detectors(load_metrics(run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir))
+        typer.echo(format_verdicts(verdicts))
     if strict and any(v.fired for v in verdicts):
         raise typer.Exit(1)
 

@@ -578,6 +578,92 @@ class NoiseSweepConfig(DataColumns):
         return self
 
 
+FrontierMethod = Literal["dpo", "ppo", "grpo"]
+FRONTIER_STRENGTH = {"dpo": "beta", "ppo": "kl_coef", "grpo": "kl_coef"}  # the key each method's strength sets
+
+
+class FrontierConfig(DataColumns):
+    """`rlhfkit frontier`: policies at several regularisation strengths per method, gold against KL to the reference."""
+
+    model: str = Field("default", description="the SFT model every policy starts from, and the KL reference")
+    data: str | None = Field(None, description="preference JSONL the DPO policies train on (needed for dpo)")
+    rewards: list[RewardSpec] = Field(
+        default_factory=list,
+        description="reward sources of the PPO and GRPO policies (needed for those), e.g. [{model: runs/rm/model}]",
+    )
+    methods: list[FrontierMethod] = Field(
+        ["dpo", "ppo", "grpo"], description="which methods to train: any of dpo, ppo, grpo"
+    )
+    strengths: dict[FrontierMethod, list[float]] = Field(
+        default_factory=lambda: {"dpo": [0.05, 0.1, 0.3, 1.0], "ppo": [0.01, 0.05, 0.2], "grpo": [0.01, 0.04, 0.2]},
+        description="per method, the strengths of its pull to the reference, one policy each: DPO beta, PPO "
+        "kl_coef, GRPO kl_coef (the weight of its k3 KL loss term)",
+    )
+    dpo: dict[str, Any] = Field(
+        default_factory=lambda: {"epochs": 1.0, "batch_size": 32, "lr": 1.0e-4, "eval_every": 1000},
+        description="keys of every DPO run (`rlhfkit config show dpo`), e.g. {epochs: 2}",
+    )
+    ppo: dict[str, Any] = Field(
+        default_factory=lambda: {"steps": 60, "batch_size": 16},
+        description="keys of every PPO run (`rlhfkit config show ppo`), e.g. {steps: 100}",
+    )
+    grpo: dict[str, Any] = Field(
+        default_factory=lambda: {"steps": 60, "batch_size": 4},
+        description="keys of every GRPO run (`rlhfkit config show grpo`), e.g. {group_size: 4}",
+    )
+    eval: dict[str, Any] = Field(
+        default_factory=lambda: {"samples_per_prompt": 4, "safety_prompts": None},
+        description="keys of the evaluation of every policy (`rlhfkit config show eval`, except models and "
+        "reference); its prompts ('heldout' by default) are the frontier's held-out prompts",
+    )
+    output_dir: str = Field(
+        "runs/frontier",
+        description="writes frontier.json, frontier.md, frontier.png, one folder per policy (METHOD-KEY-VALUE) "
+        "and eval/; a policy whose folder holds a finished run with the same config and inputs is reused",
+    )
+    force: bool = Field(False, description="retrain every policy even when its folder holds a matching finished run")
+    seed: int = Field(0, description="seed of every training run")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods {self.methods}: give each of dpo, ppo, grpo at most once, at least one")
+        for method in self.methods:
+            values = self.strengths.get(method)
+            if not values:
+                raise ValueError(f"strengths.{method} is missing or empty; give e.g. strengths.{method}=[0.1, 1.0]")
+            if len(set(values)) != len(values):
+                raise ValueError(f"strengths.{method} {values} repeats a value")
+            if any(v <= 0 if method == "dpo" else v < 0 for v in values):
+                bound = "> 0" if method == "dpo" else ">= 0"
+                raise ValueError(f"strengths.{method} {values}: each {FRONTIER_STRENGTH[method]} must be {bound}")
+        if "dpo" in self.methods and not self.data:
+            raise ValueError("methods has dpo, which needs data: a preference JSONL (e.g. runs/demo/pairs/pairs.jsonl)")
+        if {"ppo", "grpo"} & set(self.methods) and not self.rewards:
+            raise ValueError("methods has ppo or grpo, which need rewards, e.g. 'rewards=[{model: runs/rm/model}]'")
+        for method, cls in (("dpo", DPOConfig), ("ppo", PPOConfig), ("grpo", GRPOConfig)):
+            fixed = {"model", "output_dir", FRONTIER_STRENGTH[method], "data" if method == "dpo" else "rewards"}
+            check_keys(f"{method}", cls, getattr(self, method), fixed, {"data": "-", "rewards": [{"function": "-"}]})
+        check_keys("eval", EvalConfig, self.eval, {"models", "reference", "output_dir"}, {"models": {"sft": "-"}})
+        return self
+
+
+def check_keys(name: str, cls: type[Strict], values: dict[str, Any], fixed: set[str], required: dict) -> None:
+    """Overrides of a sub-stage config: no key that the outer stage sets, and every value valid for `cls`."""
+    taken = sorted(fixed & set(values))
+    if taken:
+        raise ValueError(f"{name}: {', '.join(taken)} is set by the frontier; use its own keys instead")
+    try:
+        cls.model_validate({**{k: v for k, v in required.items() if k in cls.model_fields}, **values})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ValueError(
+            f"{name}: unknown key '{key}'" if err["type"] == "extra_forbidden" else f"{name}.{key}: {err['msg']}"
+        ) from None
+
+
 JUDGE_RUBRIC = (
     "You compare two responses to the same prompt. Prefer the response that is more helpful, honest and harmless "
     "and that better does what the prompt asks. Do not let the order of the responses or their length decide."

@@ -16,7 +16,7 @@ from .console import console
 from .data.records import load_records
 from .data.tokenize import Encoder, pad_left
 from .errors import TrainingError
-from .evaluate.diversity import distinct_n
+from .evaluate.diversity import distinct_n, stock_phrase
 from .forward import token_logps
 from .models.loading import apply_lora, load_causal_lm, load_tokenizer
 from .resolve import resolve_model_path
@@ -186,6 +186,7 @@ def sample_batch(
         "response_length": lengths.mean().item(),
         "response_words": statistics.mean(len(r.split()) for r in responses),
         "distinct_2": distinct_n(responses, 2),
+        "stock_phrase_share": stock_phrase(responses)[1],
         "truncated_share": rollout.truncated_share,
     }
     if gold is not None:

@@ -36,7 +36,7 @@ RUNNING = ".rlhfkit-running.json"
 # keys naming where a stage writes, never what it reads; `db` is a live store that a flywheel stage reads through a
 # window fixed in its config, so its bytes changing (new traffic, new judgments) does not make the stage rerun
 NOT_INPUTS = ("output_dir", "registry", "db")
-SUMMARY_FILES = ("summary.json", "eval.json", "sweep.json", "gate.json", "judge.json")
+SUMMARY_FILES = ("summary.json", "eval.json", "sweep.json", "frontier.json", "gate.json", "judge.json")
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 STAGE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 

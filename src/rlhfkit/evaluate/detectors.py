@@ -1,4 +1,5 @@
-"""Detectors over an online-RL run's metrics.jsonl: reward hacking, length drift, mode collapse, KL blow-up.
+"""Detectors over an online-RL run's metrics.jsonl: reward hacking, length drift, mode collapse, stock phrase, KL
+blow-up.
 
 Each detector compares windows of rows (the first, the last, the best) rather than single steps, because one
 step's metrics come from a single batch of rollouts and are noisy. Each returns a `Verdict` whose `evidence`
@@ -74,6 +75,27 @@ class DetectorSettings(Strict):
         description="mode collapse reference; null uses the first "
         "window (measure it on batches of the same size, distinct_2 falls with "
         "more text)",
+    )
+    max_stock_phrase_share: float = Field(
+        0.4,
+        gt=0,
+        le=1,
+        description="stock phrase: last-window share of responses that contain the most "
+        "frequent word trigram above this; the default task's SFT model is at 0.24 (576 eval samples), a DPO model "
+        "that opens most answers with 'Best of all,' at 0.52",
+    )
+    stock_phrase_growth: float = Field(
+        1.5,
+        gt=1,
+        description="stock phrase: the share must also be this many times the reference, so "
+        "a task whose answers share a phrase by nature does not fire",
+    )
+    reference_stock_phrase_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="stock phrase reference; null uses the first window (measure it on "
+        "batches of the same size: the top share of a small batch is higher by chance)",
     )
     kl_ceiling: float = Field(
         20.0,
@@ -274,6 +296,45 @@ def mode_collapse(rows: list[dict], window: int = 10, fraction: float = 0.5, ref
     return Verdict(name, fired, summary, evidence)
 
 
+def stock_phrase(
+    rows: list[dict], window: int = 10, max_share: float = 0.4, growth: float = 1.5, reference: float | None = None
+) -> Verdict:
+    """Mode collapse onto a stock phrase: the last window's mean `stock_phrase_share` (the share of responses that
+    contain the most frequent word trigram) is above `max_share` and above `growth` x the reference.
+
+    The reference defaults to the first window. For two evaluated models, pass the candidate's eval row as the only
+    row and the baseline's `stock_phrase_share` as `reference`.
+    """
+    name = "stock_phrase"
+    shares = _series(rows, "stock_phrase_share")
+    w = _halves(shares, window) if reference is None else min(window, len(shares))
+    if w < 1:
+        return _too_short(name, "stock_phrase_share", shares)
+    last = shares[-w:]
+    ref = reference if reference is not None else _mean(shares[:w])
+    ratio = _mean(last) / ref if ref > 0 else math.inf
+    fired = _mean(last) > max_share and ratio > growth
+    phrase = next((row["stock_phrase"] for row in reversed(rows) if isinstance(row.get("stock_phrase"), str)), None)
+    evidence = {
+        "window": w,
+        "reference": _r(ref),
+        "reference_source": "given" if reference is not None else f"steps {shares[0][0]}-{shares[w - 1][0]}",
+        "final_window": _span(last),
+        "final_share": _r(_mean(last)),
+        "ratio": _r(ratio),
+        "max_share": max_share,
+        "growth": growth,
+        **({"phrase": phrase} if phrase else {}),
+    }
+    quoted = f" ('{phrase}')" if phrase else ""
+    summary = (
+        f"{name}: {'yes' if fired else 'no'}, the top trigram{quoted} is in {_mean(last):.0%} of responses (steps "
+        f"{last[0][0]}-{last[-1][0]}), {ratio:.2f}x the reference {ref:.0%} ({evidence['reference_source']}; fires "
+        f"above {max_share:.0%} and {growth}x)"
+    )
+    return Verdict(name, fired, summary, evidence)
+
+
 def kl_blowup(
     rows: list[dict], window: int = 10, ceiling: float = 20.0, growth: float = 1.5, floor: float = 5.0
 ) -> Verdict:
@@ -330,8 +391,36 @@ def run_detectors(rows: list[dict], settings: DetectorSettings | None = None) ->
         reward_hacking(rows, s.window, s.min_rise, s.min_fall, s.noise_z),
         length_drift(rows, s.window, s.max_length_ratio),
         mode_collapse(rows, s.window, s.collapse_fraction, s.reference_distinct_2),
+        stock_phrase(rows, s.window, s.max_stock_phrase_share, s.stock_phrase_growth, s.reference_stock_phrase_share),
         kl_blowup(rows, s.window, s.kl_ceiling, s.kl_growth, s.kl_floor),
     ]
+
+
+def eval_detectors(eval_result: dict, settings: DetectorSettings | None = None) -> dict[str, list[Verdict]]:
+    """Mode collapse and stock phrase of every evaluated model against the eval's baseline (`rlhfkit eval`'s
+    eval.json), measured on the same held-out prompts with the same number of samples, so the two are comparable.
+
+    Each candidate's row is the only row and the baseline's figure the reference: the DPO model that opened most
+    answers with "Best of all," (52% of 576 samples, against the SFT model's top trigram in 24%) fires stock_phrase.
+    """
+    s = settings or DetectorSettings()
+    results = eval_result.get("results", {})
+    baseline = eval_result.get("baseline") or next(iter(results), None)
+    if baseline not in results:
+        return {}
+    base = results[baseline]
+    verdicts = {}
+    for name, row in results.items():
+        if name == baseline:
+            continue
+        found = []
+        if _finite(row.get("distinct_2")) and _finite(base.get("distinct_2")) and base["distinct_2"] > 0:
+            found.append(mode_collapse([row], 1, s.collapse_fraction, base["distinct_2"]))
+        if _finite(row.get("stock_phrase_share")) and _finite(base.get("stock_phrase_share")):
+            reference = max(base["stock_phrase_share"], 1e-9)
+            found.append(stock_phrase([row], 1, s.max_stock_phrase_share, s.stock_phrase_growth, reference))
+        verdicts[name] = found
+    return verdicts
 
 
 def format_verdicts(verdicts: list[Verdict]) -> str:

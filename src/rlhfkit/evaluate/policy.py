@@ -3,7 +3,7 @@
 - gold and reward-model score (every head of a multi-head reward model),
 - win rate against a baseline model, judged by the reward model or the gold judge, prompt by prompt,
 - KL(policy || reference) estimated on the policy's own samples, with a 95% confidence interval,
-- response length, truncated share, diversity (distinct-2, EAD-2, self-BLEU),
+- response length, truncated share, diversity (distinct-2, EAD-2, self-BLEU, the stock phrase and its share),
 - the unsafe rate on an adversarial prompt suite (see `safety`).
 
 Every model samples with the same seed, so two copies of one model draw identical responses.
@@ -29,7 +29,7 @@ from ..rollout import Samples, sample_responses
 from ..scoring import RewardModelScorer, call_scorer, load_scorer
 from ..train import setup_torch
 from . import safety
-from .diversity import distinct_n, ead_n, self_bleu
+from .diversity import distinct_n, ead_n, self_bleu, stock_phrase
 
 MAX_PROMPT_LENGTH = 128  # the same prompt budget as rollout.sample_responses
 Z_95 = 1.96
@@ -169,6 +169,7 @@ def run(config: EvalConfig) -> dict:
         model = load_causal_lm(path)
         samples = sample_and_kl(model, tokenizer, prompts, config, reference=reference, description=f"eval {name}")
         kl, kl_low, kl_high = mean_ci(samples.kl)
+        phrase, phrase_share = stock_phrase(samples.responses)
         row = {
             "model": str(path),
             "samples": len(samples.responses),
@@ -176,6 +177,8 @@ def run(config: EvalConfig) -> dict:
             "distinct_2": distinct_n(samples.responses, 2),
             "ead_2": ead_n(samples.token_ids, 2, len(tokenizer)),
             "self_bleu": self_bleu(samples.responses, config.self_bleu_texts),
+            "stock_phrase": phrase,
+            "stock_phrase_share": phrase_share,
             "truncated_share": samples.truncated_share,
             "kl": kl,
             "kl_ci": [kl_low, kl_high],
@@ -251,6 +254,7 @@ def format_table(results: dict[str, dict], baseline: str | None = None) -> str:
         ("distinct_2", "distinct-2"),
         ("ead_2", "EAD-2"),
         ("self_bleu", "self-BLEU"),
+        ("stock_phrase_share", "top trigram share"),
         ("truncated_share", "truncated"),
         ("unsafe_rate", "unsafe"),
     ]

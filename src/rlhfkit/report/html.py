@@ -2,7 +2,8 @@
 
 The report reads what a run folder holds, stage by stage; a section whose stage did not run says so
 instead of disappearing, so every report has the same outline:
-data and agreement, reward-model audit, training curves, over-optimisation, detectors, gate, samples.
+data and agreement, reward-model audit, training curves, over-optimisation, detectors, gate, samples. An optional
+section (the reward/KL frontier) appears only when its stage's output is there.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ SECTIONS = [
     ("gate", "Acceptance gate"),
     ("samples", "Before and after"),
 ]
+# Sections shown only when their stage ran (no placeholder): key -> (title, the section they follow).
+OPTIONAL_SECTIONS = {"frontier": ("Reward/KL frontier", "overoptimisation")}
 CURVES = [
     ("reward", "proxy reward"),
     ("gold", "gold"),
@@ -293,20 +296,75 @@ def section_training(stages: dict[str, Path], figures: Path) -> str:
     return "".join(parts) or _missing("training metrics")
 
 
-def section_overoptimisation(stages: dict[str, Path]) -> str:
+def section_overoptimisation(stages: dict[str, Path], figures: Path) -> str:
+    parts = []
     for name, folder in stages.items():
         sweep = _read_json(folder / "sweep.json")
         if sweep and (folder / "sweep.png").is_file():
             fits = sweep.get("fits", {})
             rows = [[k, v.get("alpha"), v.get("beta")] for k, v in fits.items() if isinstance(v, dict)]
-            return _figure(folder / "sweep.png", f"best-of-n over-optimisation ({name})") + (
-                _table(["fit", "alpha", "beta"], rows) if rows else ""
+            parts.append(
+                _figure(folder / "sweep.png", f"best-of-n over-optimisation ({name})")
+                + (_table(["fit", "alpha", "beta"], rows) if rows else "")
             )
-    return _missing("a bon-sweep stage")
+            break
+    parts += rl_fits(stages, figures)
+    return "".join(parts) or _missing("a bon-sweep stage, or a ppo run with a gold judge")
+
+
+def rl_fits(stages: dict[str, Path], figures: Path) -> list[str]:
+    """Per PPO run that logged gold: both Gao et al. forms fitted to its gold against d = sqrt(KL), plotted."""
+    from ..errors import DataError
+    from ..evaluate.overoptimisation import rl_fit_from_metrics
+
+    parts = []
+    for name, folder in stages.items():
+        if (_read_json(folder / "summary.json") or {}).get("stage") != "ppo" or not (
+            folder / "metrics.jsonl"
+        ).is_file():
+            continue
+        try:
+            fit = rl_fit_from_metrics(folder / "metrics.jsonl")
+        except DataError:
+            continue  # no gold logged, or too few steps
+        path = plots.plot_gao_forms(fit, figures / f"rl_fit_{name}.png", title=f"{name}: gold against sqrt(KL)")
+        rows = [
+            [label, fit[form]["alpha"], fit[form]["beta"], fit[form]["r2"], fit[form]["kl_peak"]]
+            for form, label in (("rl", "RL form d(alpha - beta log d)"), ("bon", "best-of-n form d(alpha - beta d)"))
+        ]
+        parts.append(
+            _figure(path, f"{name}: Gao et al. forms fitted to the gold of its training batches against d = sqrt(KL)")
+            + _table(["fit", "alpha", "beta", "R^2", "KL at the fitted peak"], rows)
+        )
+    return parts
+
+
+def section_frontier(run_dir: Path, stages: dict[str, Path]) -> str | None:
+    """The reward/KL frontier (rlhfkit frontier): its plot and points; None when no frontier stage ran here."""
+    for folder in [run_dir, *stages.values()]:
+        frontier = _read_json(folder / "frontier.json")
+        if not frontier or not (folder / "frontier.png").is_file():
+            continue
+        rows = [
+            [
+                p["method"],
+                "" if p["strength"] is None else f"{p['key']} {p['strength']:g}",
+                p["kl"],
+                p.get("kl_stderr"),
+                p.get("gold"),
+                p.get("gold_stderr"),
+                "yes" if p.get("on_front") else "",
+            ]
+            for p in frontier["points"]
+        ]
+        return _figure(
+            folder / "frontier.png", "gold against KL to the reference per method; lines join each method's front"
+        ) + _table(["method", "strength", "KL", "KL se", "gold", "gold se", "on the front"], rows)
+    return None
 
 
 def section_detectors(stages: dict[str, Path]) -> str:
-    from ..evaluate.detectors import load_metrics, run_detectors
+    from ..evaluate.detectors import eval_detectors, load_metrics, run_detectors
 
     rows = []
     for name, folder in stages.items():
@@ -315,8 +373,16 @@ def section_detectors(stages: dict[str, Path]) -> str:
         if first and "kl" in first[0] and "reward" in first[0]:
             for verdict in run_detectors(load_metrics(metrics)):
                 rows.append([name, verdict.name, "FIRED" if verdict.fired else "ok", verdict.summary])
+    for name, folder in stages.items():
+        evaluation = _read_json(folder / "eval.json")
+        if isinstance(evaluation, dict):
+            baseline = evaluation.get("baseline")
+            for model, verdicts in eval_detectors(evaluation).items():
+                for verdict in verdicts:
+                    run = f"{name}: {model} against {baseline}"
+                    rows.append([run, verdict.name, "FIRED" if verdict.fired else "ok", verdict.summary])
     if not rows:
-        return _missing("an online RL stage (ppo, grpo, rloo) to judge")
+        return _missing("an online RL stage (ppo, grpo, rloo) or an evaluation to judge")
     body = _table(["run", "detector", "verdict", "evidence"], rows)
     return body.replace("<td>FIRED</td>", '<td class="fail">FIRED</td>').replace(
         "<td>ok</td>", '<td class="pass">ok</td>'
@@ -400,14 +466,19 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         "data": section_data(run_dir, stages, figures),
         "reward": section_reward(stages, figures),
         "training": section_training(stages, figures),
-        "overoptimisation": section_overoptimisation(stages),
+        "overoptimisation": section_overoptimisation(stages, figures),
+        "frontier": section_frontier(run_dir, stages),
         "detectors": section_detectors(stages),
         "gate": section_gate(run_dir),
         "samples": section_samples(run_dir),
     }
-    nav = "".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS)
+    outline = []
+    for key, title in SECTIONS:
+        outline.append((key, title))
+        outline += [(extra, t) for extra, (t, after) in OPTIONAL_SECTIONS.items() if after == key and bodies[extra]]
+    nav = "".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in outline)
     sections = "".join(
-        f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>' for key, title in SECTIONS
+        f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>' for key, title in outline
     )
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (

@@ -132,3 +132,88 @@ def plot_overoptimisation(rows: list[dict], fits: dict[str, dict], path: str | P
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)
+
+
+FRONTIER_STYLE = {"dpo": ("tab:blue", "o"), "ppo": ("tab:red", "s"), "grpo": ("tab:green", "^")}
+
+
+def plot_frontier(points: list[dict], fronts: dict[str, list[str]], path: str | Path, title: str | None = None) -> Path:
+    """Gold against KL to the reference, one colour per method (the DPO paper's figure 2 style).
+
+    `points`: dicts with name, method, strength, kl, kl_stderr, gold, gold_stderr; method 'reference' is the starting
+    policy (a star). `fronts`: per method, the names of its Pareto-front points in KL order, drawn as a line.
+    """
+    figure, ax = new_figure(8.0, 5.0)
+    by_name = {p["name"]: p for p in points}
+    for method in dict.fromkeys(p["method"] for p in points):
+        mine = [p for p in points if p["method"] == method]
+        if method == "reference":
+            for p in mine:
+                ax.plot(p["kl"], p["gold"], "*", color="black", markersize=12, label=f"{p['name']} (reference)")
+            continue
+        color, marker = FRONTIER_STYLE.get(method, ("tab:purple", "D"))
+        on_front = set(fronts.get(method, []))
+        for filled in (True, False):  # front points filled, the points it beats hollow
+            group = [p for p in mine if (p["name"] in on_front) == filled]
+            if not group:
+                continue
+            ax.errorbar(
+                [p["kl"] for p in group],
+                [p["gold"] for p in group],
+                xerr=[p.get("kl_stderr") or 0.0 for p in group],
+                yerr=[p.get("gold_stderr") or 0.0 for p in group],
+                fmt=marker,
+                color=color,
+                markerfacecolor=color if filled else "white",
+                capsize=2,
+                alpha=0.85,
+                label=f"{method} (±1 standard error; hollow: off its front)" if filled else None,
+            )
+        for p in mine:
+            ax.annotate(
+                f"{p['strength']:g}", (p["kl"], p["gold"]), fontsize=7, textcoords="offset points", xytext=(4, 4)
+            )
+        front = [by_name[name] for name in fronts.get(method, [])]
+        if len(front) > 1:
+            ax.plot([p["kl"] for p in front], [p["gold"] for p in front], "-", color=color, alpha=0.7)
+    ax.set_xlabel("KL(policy || reference) on the held-out prompts (nats per response, sampled)")
+    ax.set_ylabel("mean gold on the held-out prompts")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or "reward/KL frontier: lines join each method's Pareto front; labels are strengths")
+    return save_figure(figure, path)
+
+
+def plot_gao_forms(fit: dict, path: str | Path, title: str | None = None) -> Path:
+    """An online run's gold gain against d = sqrt(KL) with both Gao et al. forms fitted to it.
+
+    `fit`: what evaluate.overoptimisation.rl_fit_from_metrics returns (points, and the 'rl' and 'bon' fits, each with
+    alpha, beta and its fitted start); every curve and point is drawn as the gain over that form's fitted start.
+    """
+    import numpy as np
+
+    from ..evaluate.overoptimisation import bon_form, rl_form
+
+    d = np.array([p["d"] for p in fit["points"]])
+    gold = np.array([p["gold"] for p in fit["points"]])
+    grid = np.linspace(0.0, d.max() * 1.05 if d.max() > 0 else 1.0, 200)
+    figure, ax = new_figure(7.0, 4.5)
+    rl, bon = fit["rl"], fit["bon"]
+    ax.plot(d, gold - rl["start"], "o", color=GOLD_COLOR, markersize=3, alpha=0.6, label="gold per iteration")
+    for form, function, style in ((rl, rl_form, "-"), (bon, bon_form, "--")):
+        name = "RL form d(α − β log d)" if form["form"] == "rl" else "best-of-n form d(α − β d)"
+        r2 = f", R²={form['r2']:.2f}" if form.get("r2") is not None else ""
+        ax.plot(
+            grid,
+            function(grid, form["alpha"], form["beta"]) + form["start"] - rl["start"],
+            style,
+            color="black" if form["form"] == "rl" else "grey",
+            label=f"{name}: α={form['alpha']:.3g}, β={form['beta']:.3g}{r2}",
+        )
+    ax.axhline(0.0, color="grey", linewidth=0.8, alpha=0.6)
+    ax.set_xlabel(r"$d = \sqrt{\mathrm{KL}}$ (KL to the reference, nats per response)")
+    ax.set_ylabel("gold gain over the fitted start")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Gao et al. forms fitted to an online run")
+    return save_figure(figure, path)

@@ -84,6 +84,11 @@ STAGES: dict[str, Stage] = {
         "BonSweepConfig",
         "Best-of-n over-optimisation curve: proxy and gold against KL_bon = log n - (n-1)/n, with the Gao et al. fit.",
     ),
+    "frontier": Stage(
+        "frontier",
+        "FrontierConfig",
+        "Reward/KL frontier: DPO, PPO and GRPO at several strengths, gold against KL to the SFT model, per method.",
+    ),
     "eval": Stage(
         "eval",
         "EvalConfig",

@@ -26,6 +26,7 @@ from ..config import BonSweepConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import load_records, write_jsonl
 from ..errors import ConfigError
+from ..evaluate.overoptimisation import fit_gain
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..resolve import resolve_model_path
 from ..rollout import sample_responses
@@ -67,20 +68,6 @@ def expected_best_of_n(proxy: np.ndarray, values: np.ndarray, n: int) -> np.ndar
     return np.array([best_of_n_weights(p, n) @ v for p, v in zip(proxy, values)])
 
 
-def fit_gain(d: np.ndarray, gain: np.ndarray) -> tuple[float, float]:
-    """Least squares of gain = d (alpha - beta d) = alpha d - beta d^2 (no intercept: zero gain at d = 0); (alpha,
-    beta)."""
-    d, gain = np.asarray(d, float), np.asarray(gain, float)
-    x1, x2 = d, -(d**2)
-    # Normal equations of the two-feature regression, solved in closed form.
-    s11, s12, s22 = x1 @ x1, x1 @ x2, x2 @ x2
-    t1, t2 = x1 @ gain, x2 @ gain
-    det = s11 * s22 - s12 * s12
-    if det <= 1e-12 * max(s11 * s22, 1e-300):
-        raise ValueError("the fit needs at least two distinct d > 0")
-    return float((s22 * t1 - s12 * t2) / det), float((s11 * t2 - s12 * t1) / det)
-
-
 def describe_fit(alpha: float, beta: float, d: np.ndarray, gain: np.ndarray) -> dict:
     """alpha, beta, R^2 of the fit on the gains, and the fitted peak d* = alpha / (2 beta) when beta > 0."""
     predicted = d * (alpha - beta * d)
@@ -116,6 +103,19 @@ def n_for_kl(kl: float) -> float:
         mid = (low + high) / 2
         low, high = (mid, high) if kl_bon(mid) < kl else (low, mid)
     return (low + high) / 2
+
+
+def fall_from_peak(ns: list[int], means: np.ndarray, boot: np.ndarray | None) -> tuple[int, float, float | None]:
+    """(n of the highest mean, its mean minus the last n's, the bootstrap std of that fall).
+
+    `boot` is [resamples, len(ns)]: each row the means over one resample of the prompts. The fall is taken on the
+    same resample at both n (paired), so the prompt-to-prompt spread the two means share cancels: a fall can be
+    clear while each mean's own std is larger than it.
+    """
+    best = int(np.argmax(means))
+    drop = float(means[best] - means[-1])
+    drop_std = float((boot[:, best] - boot[:, -1]).std(ddof=1)) if boot is not None else None
+    return ns[best], drop, drop_std
 
 
 # ---------------------------------------------------------------- the stage
@@ -207,7 +207,8 @@ def run(config: BonSweepConfig) -> dict:
         row["words"] = float(means["words"][j])
         rows.append(row)
 
-    gold_best = max(rows, key=lambda r: r["gold"])
+    best_n, drop, drop_std = fall_from_peak(ns, means["gold"], boot["gold"] if boot is not None else None)
+    gold_best = rows[ns.index(best_n)]
     result = {
         "stage": "bon-sweep",
         "model": str(path),
@@ -224,7 +225,10 @@ def run(config: BonSweepConfig) -> dict:
         "fits": fits,
         "proxy_monotone": all(b["proxy"] >= a["proxy"] - 1e-12 for a, b in zip(rows, rows[1:])),
         "gold_best_n": gold_best["n"],
-        "gold_drop_from_best": gold_best["gold"] - rows[-1]["gold"],
+        "gold_drop_from_best": drop,
+        "gold_drop_std": drop_std,
+        # the published shape: gold peaks inside the sweep and falls by more than two standard errors of the fall
+        "gold_peaks_and_falls": bool(drop_std is not None and drop > 0 and drop > 2 * drop_std),
     }
     table = format_table(rows, fits)
     (out / "sweep.md").write_text(
@@ -257,10 +261,17 @@ def shape_line(result: dict) -> str:
             f"from n={before['n']}, first step {rows[1]['gold'] - rows[0]['gold']:+.4f}): no peak inside the sweep"
         )
     else:
-        std = f", bootstrap std {last['gold_std']:.4f}" if last["gold_std"] is not None else ""
+        std = result.get("gold_drop_std")
+        if std is None:
+            verdict = ""
+        elif result["gold_peaks_and_falls"]:
+            sigmas = result["gold_drop_from_best"] / std
+            verdict = f", {sigmas:.1f} standard errors of the fall ({std:.4f}): a real fall"
+        else:
+            verdict = f", within two standard errors of the fall ({std:.4f}): not a clear fall"
         gold = (
             f"gold peaks at n={best['n']} ({best['gold']:.4f}) and falls to {last['gold']:.4f} at n={last['n']} "
-            f"({result['gold_drop_from_best']:.4f} below its peak{std})"
+            f"({result['gold_drop_from_best']:.4f} below its peak{verdict})"
         )
     return f"measured: proxy {proxy} with n; {gold}"
 

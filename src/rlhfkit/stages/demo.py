@@ -1,6 +1,7 @@
 """`rlhfkit demo`: the whole first loop on the embedded default, as the pipeline file shipped with the package
-(demo/pipeline.yaml: SFT -> pairs -> reward model -> reward eval -> DPO -> eval -> acceptance gate), run by the
-pipeline runner (cached, resumable) and ending with the HTML report, the gate verdict and a one-screen summary."""
+(demo/pipeline.yaml: SFT -> pairs -> reward model -> reward eval -> DPO and PPO -> best-of-n sweep -> eval of SFT,
+PPO and DPO -> acceptance gate), run by the pipeline runner (cached, resumable) and ending with the HTML report (its
+detector verdicts over the PPO run and over each evaluated model), the gate verdict and a one-screen summary."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def summarize(root: Path, result: dict[str, Any], task_root: str) -> dict[str, A
         read(root / "reward" / "summary.json"),
         read(root / "reward_eval" / "summary.json"),
     )
-    results = read(root / "eval" / "eval.json").get("results", {})
+    evaluation = read(root / "eval" / "eval.json")
+    results = evaluation.get("results", {})
     sft_row, dpo_row = results.get("sft", {}), results.get("dpo", {})
+    sweep = read(root / "bon_sweep" / "sweep.json")
     gate = next((row for row in result["stages"] if row["stage"] == "gate"), {})
     gold_sft, gold_dpo = sft_row.get("mean_gold"), dpo_row.get("mean_gold")
     return {
@@ -42,6 +45,10 @@ def summarize(root: Path, result: dict[str, Any], task_root: str) -> dict[str, A
         "gold_sft": gold_sft,
         "gold_dpo": gold_dpo,
         "gold_gain": gold_dpo - gold_sft if gold_sft is not None and gold_dpo is not None else None,
+        "gold_ppo": results.get("ppo", {}).get("mean_gold"),
+        "bon_gold_best_n": sweep.get("gold_best_n"),
+        "bon_gold": {row["n"]: row["gold"] for row in sweep.get("rows", [])},
+        "detectors_fired": fired_detectors(root, evaluation),
         "distinct2_ratio": dpo_row["distinct_2"] / sft_row["distinct_2"]
         if sft_row.get("distinct_2") and "distinct_2" in dpo_row
         else None,
@@ -50,6 +57,18 @@ def summarize(root: Path, result: dict[str, Any], task_root: str) -> dict[str, A
         "stages": {row["name"]: row["status"] for row in result["stages"]},
         "results": results,
     }
+
+
+def fired_detectors(root: Path, evaluation: dict[str, Any]) -> dict[str, list[str]]:
+    """The detectors that fired over the PPO run's metrics and over each evaluated model against the SFT model."""
+    from ..evaluate.detectors import eval_detectors, load_metrics, run_detectors
+
+    fired = {}
+    if (root / "ppo" / "metrics.jsonl").is_file():
+        fired["ppo"] = [v.name for v in run_detectors(load_metrics(root / "ppo" / "metrics.jsonl")) if v.fired]
+    for model, verdicts in eval_detectors(evaluation).items():
+        fired[f"eval {model}"] = [v.name for v in verdicts if v.fired]
+    return fired
 
 
 def fmt(value: Any, spec: str = ".3f") -> str:
@@ -77,6 +96,15 @@ def run(overrides: list[str] | dict | None = None, force: Sequence[str] = (), dr
         f"DPO vs SFT: mean gold {fmt(summary['gold_sft'])} -> {fmt(summary['gold_dpo'])} (gain "
         f"{fmt(summary['gold_gain'], '+.3f')}), "
         f"distinct-2 ratio {fmt(summary['distinct2_ratio'], '.2f')}"
+    )
+    console.print(f"PPO (KL-penalised): mean gold {fmt(summary['gold_ppo'])}")
+    if summary["bon_gold"]:
+        curve = ", ".join(f"{n}: {fmt(g)}" for n, g in summary["bon_gold"].items())
+        console.print(f"best-of-n gold by n (highest at n={summary['bon_gold_best_n']}): {curve}")
+    flagged = {run: names for run, names in summary["detectors_fired"].items() if names}
+    console.print(
+        "detectors: "
+        + ("; ".join(f"{run}: {', '.join(names)} FIRED" for run, names in flagged.items()) or "none fired")
     )
     verdict = {True: "PASSED", False: "FAILED", None: "not reached"}[summary["gate_passed"]]
     console.print(f"gate on the DPO model: {verdict}; registry {root / 'registry.sqlite'}")
