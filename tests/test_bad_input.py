@@ -194,6 +194,7 @@ READERS = {
     "rloo": ("prompt", lambda f, o, p: ["rloo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
     "bon": ("prompt", lambda f, o, p: ["bon", f"prompts={f}", REWARD_FN, f"output_dir={o}"]),
     "bon-sweep": ("prompt", lambda f, o, p: ["bon-sweep", f"prompts={f}", REWARD_FN, f"output_dir={o}"]),
+    "frontier": ("preference", lambda f, o, p: ["frontier", "methods=[dpo]", f"data={f}", f"output_dir={o}"]),
     "eval": ("prompt", lambda f, o, p: ["eval", "models={a: default}", f"prompts={f}", f"output_dir={o}"]),
     "eval (safety_prompts)": (
         "prompt",
@@ -389,6 +390,7 @@ STAGE_OUTPUTS = {
     "rloo": ["rloo", REWARD_FN],
     "bon": ["bon", REWARD_FN],
     "bon-sweep": ["bon-sweep", REWARD_FN],
+    "frontier": ["frontier", "methods=[dpo]", "data=PAIRS"],
     "eval": ["eval", "models={a: default}"],
     "gate": ["gate", "DEFAULT", "thresholds={mean_gold: '>= 0'}"],
     "reward train": ["reward", "train", "data=PAIRS"],
