@@ -35,6 +35,7 @@ def demo_run(tmp_path_factory):
             "dpo": {"max_steps": 10, "batch_size": 8},
             "ppo": {"steps": 3, "batch_size": 4, "mini_batch_size": 4, "max_new_tokens": 16, "save_every": 3},
             "bon_sweep": {"max_n": 8, "num_prompts": 4, "max_new_tokens": 16, "bootstrap": 20},
+            "bon_sweep_length": {"max_n": 8, "num_prompts": 4, "max_new_tokens": 16, "bootstrap": 20},
             "eval": {"num_prompts": 12, "samples_per_prompt": 2, "self_bleu_texts": 20},
             "gate": {"thresholds": ["mean_gold >= -1.0", "distinct_2 >= 0.0"]},
         }

@@ -37,6 +37,13 @@ def load_scorer(spec: str, option: str = "gold") -> Scorer:
     return scorer
 
 
+def word_count(prompts: list[str], responses: list[str]) -> list[float]:
+    """A length reward: each response's number of words. With a small weight next to a reward model
+    (`{function: rlhfkit.scoring:word_count, weight: 0.05}`) it makes the length-biased proxy that over-optimises
+    under best-of-n in the demo: gold peaks at n = 8 and falls after it."""
+    return [float(len(response.split())) for response in responses]
+
+
 def call_scorer(scorer: Scorer, prompts: list[str], responses: list[str], option: str = "gold") -> list[float]:
     scores = list(scorer(prompts, responses))
     if len(scores) != len(responses):

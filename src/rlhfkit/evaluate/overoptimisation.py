@@ -135,3 +135,29 @@ def describe(fit: dict) -> str:
     else:
         text += "; no peak (still rising)"
     return text
+
+
+def shape_line(result: dict) -> str:
+    """What the measured points (not the fit) show: does the proxy rise with n, where is the gold highest."""
+    rows = result["rows"]
+    best, last, before = next(r for r in rows if r["n"] == result["gold_best_n"]), rows[-1], rows[-2]
+    proxy = "rises monotonically" if result["proxy_monotone"] else "does not rise monotonically"
+    if best is last:
+        gold = (
+            f"gold is highest at the largest n={last['n']} ({last['gold']:.4f}; {last['gold'] - before['gold']:+.4f} "
+            f"from n={before['n']}, first step {rows[1]['gold'] - rows[0]['gold']:+.4f}): no peak inside the sweep"
+        )
+    else:
+        std = result.get("gold_drop_std")
+        if std is None:
+            verdict = ""
+        elif result["gold_peaks_and_falls"]:
+            sigmas = result["gold_drop_from_best"] / std
+            verdict = f", {sigmas:.1f} standard errors of the fall ({std:.4f}): a real fall"
+        else:
+            verdict = f", within two standard errors of the fall ({std:.4f}): not a clear fall"
+        gold = (
+            f"gold peaks at n={best['n']} ({best['gold']:.4f}) and falls to {last['gold']:.4f} at n={last['n']} "
+            f"({result['gold_drop_from_best']:.4f} below its peak{verdict})"
+        )
+    return f"measured: proxy {proxy} with n; {gold}"

@@ -297,6 +297,8 @@ def section_training(stages: dict[str, Path], figures: Path) -> str:
 
 
 def section_overoptimisation(stages: dict[str, Path], figures: Path) -> str:
+    from ..evaluate.overoptimisation import shape_line
+
     parts = []
     for name, folder in stages.items():
         sweep = _read_json(folder / "sweep.json")
@@ -306,8 +308,8 @@ def section_overoptimisation(stages: dict[str, Path], figures: Path) -> str:
             parts.append(
                 _figure(folder / "sweep.png", f"best-of-n over-optimisation ({name})")
                 + (_table(["fit", "alpha", "beta"], rows) if rows else "")
+                + (f"<p>{html.escape(shape_line(sweep))}</p>" if sweep.get("rows") and "gold_best_n" in sweep else "")
             )
-            break
     parts += rl_fits(stages, figures)
     return "".join(parts) or _missing("a bon-sweep stage, or a ppo run with a gold judge")
 

@@ -31,7 +31,7 @@ def summarize(root: Path, result: dict[str, Any], task_root: str) -> dict[str, A
     evaluation = read(root / "eval" / "eval.json")
     results = evaluation.get("results", {})
     sft_row, dpo_row = results.get("sft", {}), results.get("dpo", {})
-    sweep = read(root / "bon_sweep" / "sweep.json")
+    sweep, length_sweep = read(root / "bon_sweep" / "sweep.json"), read(root / "bon_sweep_length" / "sweep.json")
     gate = next((row for row in result["stages"] if row["stage"] == "gate"), {})
     gold_sft, gold_dpo = sft_row.get("mean_gold"), dpo_row.get("mean_gold")
     return {
@@ -48,6 +48,9 @@ def summarize(root: Path, result: dict[str, Any], task_root: str) -> dict[str, A
         "gold_ppo": results.get("ppo", {}).get("mean_gold"),
         "bon_gold_best_n": sweep.get("gold_best_n"),
         "bon_gold": {row["n"]: row["gold"] for row in sweep.get("rows", [])},
+        "bon_length_gold": {row["n"]: row["gold"] for row in length_sweep.get("rows", [])},
+        "bon_length_gold_best_n": length_sweep.get("gold_best_n"),
+        "bon_length_peaks_and_falls": length_sweep.get("gold_peaks_and_falls"),
         "detectors_fired": fired_detectors(root, evaluation),
         "distinct2_ratio": dpo_row["distinct_2"] / sft_row["distinct_2"]
         if sft_row.get("distinct_2") and "distinct_2" in dpo_row
@@ -98,9 +101,10 @@ def run(overrides: list[str] | dict | None = None, force: Sequence[str] = (), dr
         f"distinct-2 ratio {fmt(summary['distinct2_ratio'], '.2f')}"
     )
     console.print(f"PPO (KL-penalised): mean gold {fmt(summary['gold_ppo'])}")
-    if summary["bon_gold"]:
-        curve = ", ".join(f"{n}: {fmt(g)}" for n, g in summary["bon_gold"].items())
-        console.print(f"best-of-n gold by n (highest at n={summary['bon_gold_best_n']}): {curve}")
+    for key, proxy in (("bon", "the reward model"), ("bon_length", "the reward model + 0.05 per word")):
+        if summary[f"{key}_gold"]:
+            curve = ", ".join(f"{n}: {fmt(g)}" for n, g in summary[f"{key}_gold"].items())
+            console.print(f"best-of-n by {proxy}, gold by n (highest at n={summary[f'{key}_gold_best_n']}): {curve}")
     flagged = {run: names for run, names in summary["detectors_fired"].items() if names}
     console.print(
         "detectors: "
