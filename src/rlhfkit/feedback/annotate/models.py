@@ -12,6 +12,7 @@ Words used throughout:
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 
@@ -88,7 +89,9 @@ class Annotator(Base):
     )  # human, or machine-made: ai (a judge model) or panel (simulated)
     token_hash: Mapped[str | None] = mapped_column(
         String(64), unique=True, nullable=True
-    )  # machine annotators have none
+    )  # machine annotators have none; revoked tokens are set to none
+    # the secret the places of anchors in this annotator's queue are drawn from; never shown
+    queue_seed: Mapped[str | None] = mapped_column(String(32), nullable=True, default=lambda: secrets.token_hex(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
