@@ -1141,3 +1141,49 @@ def test_the_export_is_strict_json_even_over_old_non_finite_values(app_harness, 
     assert export.status_code == 200
     rows = [strict_loads(line) for line in export.text.splitlines()]
     assert len(rows) == 2 and rows[0]["metadata"]["score"] is None and rows[0]["metadata"]["reward_margin"] is None
+
+
+def test_revoked_tokens_get_401_at_once(app_harness, monkeypatch, capsys):
+    """`rlhfkit annotate revoke` while the app serves the same store: the annotator's and the admin's next request
+    gets 401; a new invitation gives the annotator a working link again, with their judgments kept."""
+    import sys
+
+    from rlhfkit.cli import main
+
+    def cli(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["rlhfkit", "annotate", *args, "--db", h.db.url])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        captured = capsys.readouterr()
+        return stop.value.code or 0, captured.out + captured.err
+
+    h = app_harness
+    project = h.project(anchor_rate=0)
+    h.pairs(project, pair_rows(3))
+    ann, bob = h.invite(project, "ann"), h.invite(project, "bob")
+    h.label_all(project, ann, good, limit=1)
+    code, out = cli("revoke", "ann", "--project", project)
+    assert code == 0 and "revoked the token of annotator 'ann'" in out, out
+    assert h.client.post(f"/api/projects/{project}/next", headers=ann).status_code == 401
+    assert h.client.get("/api/whoami", headers=ann).status_code == 401
+    assert h.next(project, bob)["state"] == "assignment"  # others are untouched
+    assert cli("revoke", "ann", "--project", project)[0] == 2  # revoked already: an error, not a traceback
+    again = h.invite(project, "ann")
+    assert h.client.get(f"/api/projects/{project}/my-judgments", headers=again).json()[0]["choice"] in SIDES_SHOWN
+    # by the admin page: POST .../annotators/NAME/revoke
+    assert h.client.post(f"/api/projects/{project}/annotators/bob/revoke", headers=h.admin).status_code == 200
+    assert h.client.post(f"/api/projects/{project}/next", headers=bob).status_code == 401
+    # a leaked token itself, then every admin token of a name
+    code, out = cli("revoke", "--token", again["Authorization"].split()[1])
+    assert code == 0 and "annotator 'ann'" in out and h.client.get("/api/whoami", headers=again).status_code == 401
+    with h.db.session() as s:
+        other = {"Authorization": f"Bearer {create_admin(s, 'ada')}"}
+        s.commit()
+    code, out = cli("revoke", "--admin", "ada")
+    assert code == 0 and "revoked 2 admin tokens of 'ada'" in out, out
+    for admin in (h.admin, other):
+        assert h.client.get("/api/projects", headers=admin).status_code == 401
+    assert cli("revoke", "--admin", "nobody")[0] == 2 and cli("revoke")[0] == 2
+
+
+SIDES_SHOWN = ("left", "right", "tie", "both_bad")

@@ -363,6 +363,14 @@ def create_app(
                 "url": str(request.base_url).rstrip("/") + path,
             }
 
+    @app.post("/api/projects/{name}/annotators/{annotator}/revoke")
+    def revoke(name: str, annotator: str, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            revoked = service.revoke_annotator(s, service.get_project(s, name), annotator)
+            s.commit()
+            return {"name": revoked.name, "revoked": True}
+
     @app.post("/api/projects/{name}/annotators/{annotator}/override")
     def override(name: str, annotator: str, body: OverrideIn, request: Request):
         with session() as s:

@@ -227,7 +227,8 @@ def invite(
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="where the app is served, for the printed link"),
     db: str = DbOpt,
 ):
-    """Create an annotator with their own token and print their link (the token is shown once)."""
+    """Create an annotator with their own token and print their link (the token is shown once); for an annotator
+    whose token was revoked, a new token."""
     from . import service
 
     database = _open(db)
@@ -236,6 +237,37 @@ def invite(
         s.commit()
     typer.echo(f"annotator '{annotator.name}' invited to '{project}'; token (shown once): {token}")
     typer.echo(f"link: {url.rstrip('/')}/annotate/{project}#token={token}")
+
+
+@app.command()
+def revoke(
+    name: str | None = typer.Argument(None, help="the annotator whose token to revoke (with --project)"),
+    project: str | None = typer.Option(None, "--project", "-p", help="the annotator's project"),
+    admin: str | None = typer.Option(None, "--admin", help="revoke every admin token of this name instead"),
+    token: str | None = typer.Option(None, "--token", help="revoke this token instead, an admin's or an annotator's"),
+    db: str = DbOpt,
+):
+    """Revoke a token (a leaked link): it gets 401 from the next request on. An annotator keeps their judgments
+    and `invite` with the same name gives them a new link; `init` makes a new admin token."""
+    from ...config import ConfigError
+    from . import service
+
+    if sum(x is not None for x in (name, admin, token)) != 1:
+        raise ConfigError("give one of: NAME --project P (an annotator), --admin NAME, --token TOKEN")
+    if name is not None and project is None:
+        raise ConfigError(f"annotator '{name}': give their project with --project P")
+    database = _open(db)
+    with database.session() as s:
+        if name is not None:
+            service.revoke_annotator(s, service.get_project(s, project), name)
+            done = f"revoked the token of annotator '{name}' of '{project}'; `invite {name}` gives them a new one"
+        elif admin is not None:
+            count = service.revoke_admins(s, admin)
+            done = f"revoked {count} admin token{'s' if count > 1 else ''} of '{admin}'"
+        else:
+            done = f"revoked the token of {service.revoke_token(s, token)}"
+        s.commit()
+    typer.echo(done)
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """The annotation workflow as plain functions over a SQLAlchemy session; the web app and the CLI both call them.
 
-- projects and tokens: `create_project`, `create_admin`, `invite` (tokens are returned once, stored as sha256)
+- projects and tokens: `create_project`, `create_admin`, `invite` (tokens are returned once, stored as sha256),
+  `revoke_annotator`, `revoke_admins`, `revoke_token`
 - imports: `import_pairs`, `import_margins`, `import_judgments` (machine judgments), each validating every row
   with an error naming file, line and field
 - the queue: `next_assignment` serves, in order, the calibration pairs, then (once calibration passed) main
@@ -236,16 +237,65 @@ def list_projects(s: Session) -> list[dict[str, Any]]:
 
 
 def invite(s: Session, project: Project, name: str) -> tuple[Annotator, str]:
+    """A new annotator and their token; an annotator whose token was revoked gets a new one (their judgments stay
+    theirs)."""
     name = name.strip()
     if not name or len(name) > 100:
         raise AnnotateError("annotator name: give 1 to 100 characters")
-    if s.scalar(select(Annotator).where(Annotator.project_id == project.id, Annotator.name == name)):
-        raise Conflict(f"project '{project.name}' already has an annotator named '{name}'")
+    if text_problem(name):
+        raise AnnotateError(f"annotator name {text_problem(name)}")
     token, digest = new_token()
+    existing = s.scalar(select(Annotator).where(Annotator.project_id == project.id, Annotator.name == name))
+    if existing is not None and existing.kind == "human" and existing.token_hash is None:
+        existing.token_hash = digest
+        s.flush()
+        return existing, token
+    if existing is not None:
+        raise Conflict(f"project '{project.name}' already has an annotator named '{name}'")
     annotator = Annotator(project_id=project.id, name=name, kind="human", token_hash=digest)
     s.add(annotator)
     s.flush()
     return annotator, token
+
+
+def revoke_annotator(s: Session, project: Project, name: str) -> Annotator:
+    """Revoke an annotator's token: from the next request on it gets 401. Their judgments stay; `invite` with the
+    same name gives them a new token."""
+    annotator = get_annotator(s, project, name)
+    if annotator.kind != "human":
+        raise AnnotateError(f"'{name}' is a machine annotator; it has no token to revoke")
+    if annotator.token_hash is None:
+        raise Conflict(f"the token of '{name}' in project '{project.name}' is revoked already")
+    annotator.token_hash = None
+    s.flush()
+    return annotator
+
+
+def revoke_admins(s: Session, name: str) -> int:
+    """Revoke every admin token of `name` (they get 401 from the next request on); returns how many."""
+    admins = s.scalars(select(Admin).where(Admin.name == name)).all()
+    if not admins:
+        names = sorted(set(s.scalars(select(Admin.name))))
+        raise NotFound(f"no admin token for '{name}' (admins: {', '.join(names) or 'none'})")
+    for admin in admins:
+        s.delete(admin)
+    s.flush()
+    return len(admins)
+
+
+def revoke_token(s: Session, token: str) -> str:
+    """Revoke one token, an admin's or an annotator's; returns whose it was."""
+    admin = admin_for_token(s, token)
+    if admin is not None:
+        s.delete(admin)
+        s.flush()
+        return f"admin '{admin.name}'"
+    annotator = annotator_for_token(s, token)
+    if annotator is None:
+        raise NotFound("no such token here (never issued, or revoked already)")
+    annotator.token_hash = None
+    s.flush()
+    return f"annotator '{annotator.name}' of project '{s.get(Project, annotator.project_id).name}'"
 
 
 def get_annotator(s: Session, project: Project, name: str) -> Annotator:
