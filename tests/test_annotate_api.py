@@ -1117,7 +1117,7 @@ def test_pages_send_a_content_security_policy(app_harness):
         assert "default-src 'self'" in policy and "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
 
 
-def test_the_export_is_strict_json_even_over_old_non_finite_values(app_harness, tmp_path):
+def test_the_export_is_strict_json_even_over_old_non_finite_values(app_harness, tmp_path, monkeypatch, capsys):
     """Stores filled before NaN was refused may hold it (SQLite keeps NaN in JSON and float columns): the export
     writes null instead, the project list still answers, and strict readers read the export."""
     from sqlalchemy import update
@@ -1141,6 +1141,17 @@ def test_the_export_is_strict_json_even_over_old_non_finite_values(app_harness, 
     assert export.status_code == 200
     rows = [strict_loads(line) for line in export.text.splitlines()]
     assert len(rows) == 2 and rows[0]["metadata"]["score"] is None and rows[0]["metadata"]["reward_margin"] is None
+    # `rlhfkit annotate export` writes the same
+    import sys
+
+    from rlhfkit.cli import main
+
+    out = tmp_path / "preferences.jsonl"
+    monkeypatch.setattr(sys, "argv", ["rlhfkit", "annotate", "export", "-p", project, "-o", str(out), "--db", h.db.url])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert (stop.value.code or 0) == 0, capsys.readouterr().err
+    assert [strict_loads(line) for line in out.read_text().splitlines()] == rows
 
 
 def test_revoked_tokens_get_401_at_once(app_harness, monkeypatch, capsys):
@@ -1187,3 +1198,20 @@ def test_revoked_tokens_get_401_at_once(app_harness, monkeypatch, capsys):
 
 
 SIDES_SHOWN = ("left", "right", "tie", "both_bad")
+
+
+def test_text_the_store_cannot_keep_in_the_path_gets_4xx(app_harness):
+    h = app_harness
+    project = h.project(anchor_rate=0)
+    h.pairs(project, pair_rows(2))
+    who = h.invite(project, "ann")
+    for path, headers in (
+        ("/api/projects/a%00b/dashboard", h.admin),
+        (f"/api/projects/{project}/annotators/a%00b/override", h.admin),
+        ("/api/projects/a%ED%A0%80b/dashboard", h.admin),
+        ("/api/projects/a%00b/me", who),
+    ):
+        method = "POST" if path.endswith("override") else "GET"
+        response = h.client.request(method, path, json={"reason": "x"} if method == "POST" else None, headers=headers)
+        assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
+    assert h.client.get("/api/projects", headers=h.admin).status_code == 200

@@ -114,8 +114,9 @@ class StrictJSONRequest(Request):
 
 
 def route_class(check_rights):
-    """API routes that call `check_rights(request, access)` (401/403) before the body is read, then read it with
-    strict_json: an anonymous caller never reaches the body parser, whatever the body holds."""
+    """API routes that call `check_rights(request, access)` (401/403) before the body is read, refuse path text the
+    store cannot keep (NUL, lone surrogates), then read the body with strict_json: an anonymous caller never reaches
+    the body parser, whatever the body holds."""
 
     class CheckedRoute(APIRoute):
         def get_route_handler(self):
@@ -128,6 +129,9 @@ def route_class(check_rights):
 
             async def checked(request: Request) -> Response:
                 await run_in_threadpool(check_rights, request, access)
+                for key, value in request.path_params.items():
+                    if isinstance(value, str) and service.text_problem(value):
+                        raise HTTPException(422, f"{key} in the path {service.text_problem(value)}")
                 return await handler(StrictJSONRequest(request.scope, request.receive))
 
             return checked
