@@ -1215,3 +1215,35 @@ def test_text_the_store_cannot_keep_in_the_path_gets_4xx(app_harness):
         response = h.client.request(method, path, json={"reason": "x"} if method == "POST" else None, headers=headers)
         assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
     assert h.client.get("/api/projects", headers=h.admin).status_code == 200
+
+
+def test_serve_with_two_workers_on_postgresql_hands_out_safely(postgres_server):
+    """`rlhfkit annotate serve --workers 2` on PostgreSQL under bench/annotate_load.py: every acknowledged judgment
+    stored once, no pair past max_judgments, no pair given to one annotator twice (the queue's row lock holds
+    across processes)."""
+    import sys
+
+    import psycopg
+
+    name = f"annotate_workers_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    args = ["--annotators", "8", "--duration", "4", "--pairs", "60", "--overlap", "2", "--workers", "2"]
+    result = subprocess.run(
+        [sys.executable, "bench/annotate_load.py", "--db", f"{postgres_server}/{name}", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = dict(
+        line.strip("| ").rsplit(" | ", 1)
+        for line in result.stdout.splitlines()
+        if line.startswith("| ") and line.count("|") == 3
+    )
+    assert "2 server workers" in result.stdout and int(table["judgments acknowledged (200)"]) > 0
+    assert table["judgment rows in the store"] == table["judgments acknowledged (200)"]
+    assert table["acknowledged but lost"] == table["duplicated rows"] == table["errors (non-200)"] == "0"
+    assert table["pairs given to more than max_judgments (4) annotators"] == table["pairs given to one annotator twice"]
+    assert table["pairs given to one annotator twice"] == "0"

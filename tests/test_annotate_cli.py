@@ -352,3 +352,6 @@ def test_hostile_files_and_settings_get_one_line_errors(store, tmp_path, monkeyp
         assert setting.split(":")[0] in error("annotate", "create-project", str(tmp_path / "bad.yaml"), "--db", db)
     code, out, _ = run_cli(monkeypatch, capsys, "annotate", "stats", "--project", "reviews", "--db", db)
     assert "0 of 8 pairs" in out
+    assert error("annotate", "serve", "--workers", "4", "--db", db).startswith(
+        "error: --workers 4: SQLite has one writer at a time"
+    )

@@ -13,6 +13,7 @@ committed before its response is sent.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -482,9 +483,23 @@ def create_app(
     return app
 
 
-def serve_in_background(db: str, port: int | None = None, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
-    """Start `rlhfkit annotate serve --db DB` as a child process on 127.0.0.1 (a free port unless given) and wait until
-    /healthz answers; returns (the process, its base URL). For scripts and tests; stop it with terminate() or kill()."""
+SERVE_ENV = "RLHFKIT_ANNOTATE_SERVE"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one `rlhfkit annotate serve --workers N` worker process: the store and limits come from the
+    environment variable SERVE_ENV (JSON, set by the serve command), the schema is already upgraded."""
+    settings = json.loads(os.environ[SERVE_ENV])
+    database = open_database(settings.pop("db"), connections=settings.pop("connections"))
+    return create_app(database, **settings)
+
+
+def serve_in_background(
+    db: str, port: int | None = None, timeout: float = 60.0, workers: int = 1
+) -> tuple[subprocess.Popen, str]:
+    """Start `rlhfkit annotate serve --db DB [--workers N]` as a child process on 127.0.0.1 (a free port unless given)
+    and wait until /healthz answers; returns (the process, its base URL). For scripts and tests; stop it with
+    terminate() or kill()."""
     import httpx
 
     if port is None:
@@ -492,7 +507,8 @@ def serve_in_background(db: str, port: int | None = None, timeout: float = 60.0)
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", db, "--port", str(port)],
+        [sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", db, "--port", str(port)]
+        + (["--workers", str(workers)] if workers > 1 else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

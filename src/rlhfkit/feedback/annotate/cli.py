@@ -58,25 +58,56 @@ def serve(
     max_rationale: int = typer.Option(
         2000, "--max-rationale", min=1, help="longest rationale in characters (longer: 422)"
     ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        max=64,
+        help="worker processes (PostgreSQL only: SQLite has one writer at a time); 60 database connections in all",
+    ),
 ):
     """Serve the annotation app (upgrades the schema first). Pages: /admin, /annotate/PROJECT,
     /admin/PROJECT/dashboard."""
+    import json
+    import os
+
     import uvicorn
 
-    from .app import create_app
+    from ...config import ConfigError
+    from .app import SERVE_ENV, create_app
     from .db import shown_url
 
     database = _open(db)
-    application = create_app(
-        database,
-        max_request_bytes=max_request_kb * 1024,
-        max_import_bytes=max_import_mb * 1024 * 1024,
-        max_rationale=max_rationale,
-    )
+    if workers > 1 and database.url.startswith("sqlite"):
+        database.close()
+        raise ConfigError(
+            f"--workers {workers}: SQLite has one writer at a time, so only one process may serve it; use a "
+            "PostgreSQL store (--db postgresql://...) for several workers"
+        )
+    limits = {
+        "max_request_bytes": max_request_kb * 1024,
+        "max_import_bytes": max_import_mb * 1024 * 1024,
+        "max_rationale": max_rationale,
+    }
     typer.echo(
-        f"serving {shown_url(database.url)} on http://{host}:{port}/  (admin page: /admin#token=ADMIN_TOKEN)", err=True
+        f"serving {shown_url(database.url)} on http://{host}:{port}/ with {workers} worker"
+        f"{'s' if workers > 1 else ''}  (admin page: /admin#token=ADMIN_TOKEN)",
+        err=True,
     )
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    if workers == 1:
+        uvicorn.run(create_app(database, **limits), host=host, port=port, log_level="warning")
+        return
+    # each worker opens its own connections (the queue's row lock keeps hand-outs safe between them)
+    database.close()
+    os.environ[SERVE_ENV] = json.dumps({"db": db, "connections": max(4, 60 // workers), **limits})
+    uvicorn.run(
+        "rlhfkit.feedback.annotate.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
+    )
 
 
 @app.command("create-project")
