@@ -109,7 +109,8 @@ class CalibrationOverride(Base):
 
 class Assignment(Base):
     __tablename__ = "assignments"
-    # one assignment per annotator and pair; only anchors come back, each time with the next `repeat`
+    # one assignment per annotator and pair: no pair, anchors included, is shown to an annotator twice (`repeat`
+    # stays 0; stores made before anchors stopped coming back may hold higher ones)
     __table_args__ = (
         UniqueConstraint("annotator_id", "pair_id", "repeat", name="uq_assignments_annotator_pair_repeat"),
         Index("ix_assignments_annotator_done", "annotator_id", "done"),

@@ -891,15 +891,13 @@ def _items_to_come(project: Project, annotator: Annotator, position: int, mains:
     return mains + coming
 
 
-def _assign(
-    s: Session, project: Project, annotator: Annotator, pair_id: int, phase: str, repeat: int = 0
-) -> Assignment:
+def _assign(s: Session, project: Project, annotator: Annotator, pair_id: int, phase: str) -> Assignment:
     assignment = Assignment(
         project_id=project.id,
         pair_id=pair_id,
         annotator_id=annotator.id,
         phase=phase,
-        repeat=repeat,
+        repeat=0,
         shown_first=secrets.choice("ab"),
         done=False,
     )
