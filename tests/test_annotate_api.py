@@ -968,6 +968,8 @@ def test_text_that_cannot_be_stored_is_refused_at_import_naming_the_row(app_harn
         ({"response_b": "bad \x00 one"}, "pairs.jsonl:2: field 'response_b'", "NUL"),
         ({"metadata": {"source": {"score": float("nan")}}}, "pairs.jsonl:2: field 'metadata.source.score'", "NaN"),
         ({"category": "x \udc80"}, "pairs.jsonl:2: field 'category'", "surrogate"),
+        ({"reward_margin": 10**400}, "pairs.jsonl:2: field 'reward_margin'", "2^63"),
+        ({"metadata": {"big": -(10**30)}}, "pairs.jsonl:2: field 'metadata.big'", "2^63"),
     ]
     for change, where, what in cases:
         rows = pair_rows(3)
@@ -1082,6 +1084,13 @@ def test_a_deeply_nested_json_line_is_an_error_naming_the_line(app_harness):
         response = h.client.post(f"/api/projects/{project}/{route}", json=body, headers=h.admin)
         assert response.status_code == 422, (route, response.text[:200])
         assert response.json()["detail"].startswith("deep.jsonl:2: "), response.text[:200]
+    # an integer of 5,000 digits, in a line and as a whole body
+    lines = ['{"pair_id": "p0", "margin": 0.5}', '{"pair_id": "p0", "margin": ' + "9" * 5000 + "}"]
+    body = {"jsonl": "\n".join(lines), "filename": "big.jsonl"}
+    response = h.client.post(f"/api/projects/{project}/margins", json=body, headers=h.admin)
+    assert response.status_code == 422 and response.json()["detail"].startswith("big.jsonl:2: "), response.text[:200]
+    response = raw(h.client, "POST", f"/api/projects/{project}/pairs", '{"jsonl": ' + "9" * 5000 + "}", h.admin)
+    assert response.status_code == 422, response.text[:200]
     # a whole request body nested as deep (the import limit lets it in)
     response = raw(h.client, "POST", f"/api/projects/{project}/pairs", '{"jsonl": ' + deep + "}", h.admin)
     assert response.status_code == 422, response.text[:200]

@@ -259,6 +259,8 @@ def jsonl_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{source}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         except RecursionError:
             raise DataError(f"{source}:{lineno}: JSON nested too deeply to be a record") from None
+        except ValueError as exc:  # an integer of more digits than Python converts (4300)
+            raise DataError(f"{source}:{lineno}: not valid JSON ({exc})") from None
 
 
 def read_rows(source: str | Path, columns: dict[str, str] | None = None) -> Iterator[tuple[int | str, Any]]:

@@ -98,6 +98,8 @@ def strict_json(body: bytes) -> Any:
         raise HTTPException(422, f"the body is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
     except UnicodeDecodeError:
         raise HTTPException(422, "the body is not UTF-8 text") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4300)
+        raise HTTPException(422, f"the body is not JSON ({exc})") from None
     except RecursionError:
         raise HTTPException(422, f"the body is nested too deeply (at most {service.MAX_DEPTH} levels)") from None
     problem = service.json_problem(value)

@@ -347,8 +347,9 @@ def text_problem(text: str) -> str | None:
 
 def json_problem(value: Any) -> tuple[str | None, str] | None:
     """(field, what is wrong) for the first part of a decoded JSON value that the store cannot keep or strict JSON
-    readers cannot read back: text with NUL or a lone surrogate (values and keys), NaN or Infinity, nesting deeper
-    than MAX_DEPTH. None when all is well. Walked without recursion."""
+    readers cannot read back: text with NUL or a lone surrogate (values and keys), NaN or Infinity, an integer
+    beyond +-2^63 (no column or float holds it), nesting deeper than MAX_DEPTH. None when all is well. Walked
+    without recursion."""
     stack: list[tuple[str | None, Any, int]] = [(None, value, 0)]
     while stack:
         name, item, depth = stack.pop()
@@ -366,6 +367,8 @@ def json_problem(value: Any) -> tuple[str | None, str] | None:
         elif isinstance(item, float) and not math.isfinite(item):
             shown = "NaN" if math.isnan(item) else ("Infinity" if item > 0 else "-Infinity")
             return name, f"{shown} is not a JSON number; give a finite number or null"
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 2**63:
+            return name, f"the integer {str(item)[:20]}... is beyond +-2^63; give a smaller one, or a string"
     return None
 
 
