@@ -5,9 +5,12 @@ judgment is lost or duplicated (client acknowledgements against the rows in the 
     python bench/annotate_load.py                      # 50 annotators, 60 s, SQLite in a temporary folder
     python bench/annotate_load.py --annotators 5 --duration 3
     python bench/annotate_load.py --db postgresql://user@127.0.0.1/bench   # an empty database you own
+    python bench/annotate_load.py --db postgresql://user@127.0.0.1/bench --workers 4   # serve --workers 4
 
 Each annotator loops: POST /next, then POST the judgment; one submission in 20 is sent twice (the second must be
 answered identically and add no row). Think time is 0 unless --think-ms is given: this is a stress test.
+Checked afterwards, in the store: no acknowledged judgment lost or duplicated, no pair given to more annotators than
+max_judgments allows, no pair given to one annotator twice (what racing workers would break).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from sqlalchemy import func, select
 from rlhfkit.feedback.annotate import service
 from rlhfkit.feedback.annotate.app import serve_in_background
 from rlhfkit.feedback.annotate.db import open_database
-from rlhfkit.feedback.annotate.models import Annotator, Judgment
+from rlhfkit.feedback.annotate.models import Annotator, Assignment, Judgment, Project
 
 
 def prepare(db: str, annotators: int, pairs: int, overlap: int) -> list[str]:
@@ -134,6 +137,19 @@ def check_store(db: str, acks: dict) -> dict:
                 select(Judgment.assignment_id, func.count()).group_by(Judgment.assignment_id).having(func.count() > 1)
             ).all()
         )
+        cap = s.scalar(select(Project.max_judgments).where(Project.name == "bench"))
+        # assignments (open or judged) per main pair, and per annotator and pair
+        over_cap = s.execute(
+            select(Assignment.pair_id)
+            .where(Assignment.phase == "main")
+            .group_by(Assignment.pair_id)
+            .having(func.count() > cap)
+        ).all()
+        twice = s.execute(
+            select(Assignment.annotator_id, Assignment.pair_id)
+            .group_by(Assignment.annotator_id, Assignment.pair_id)
+            .having(func.count() > 1)
+        ).all()
     database.close()
     stored = {assignment_id: judgment_id for judgment_id, assignment_id in rows}
     lost = [a for a, ack in acks.items() if stored.get(a) != ack["judgment_id"]]
@@ -142,13 +158,17 @@ def check_store(db: str, acks: dict) -> dict:
         "lost": len(lost),
         "duplicated": len(per_assignment) + max(0, len(rows) - len(stored)),
         "unacknowledged_rows": len(set(stored) - set(acks)),
+        "over_cap": len(over_cap),
+        "cap": cap,
+        "twice": len(twice),
     }
 
 
 def report(args, stats: dict, store: dict) -> str:
     ms = 1000.0
     lines = [
-        f"{args.annotators} simulated annotators, {stats['seconds']:.1f} s, {args.db_kind}, think time "
+        f"{args.annotators} simulated annotators, {stats['seconds']:.1f} s, {args.db_kind}, "
+        f"{args.workers} server worker{'s' if args.workers > 1 else ''}, think time "
         f"{args.think_ms} ms; "
         f"{os.cpu_count()} CPUs, load average {args.load_before:.2f} just before the run (server and clients share "
         "them)",
@@ -172,6 +192,8 @@ def report(args, stats: dict, store: dict) -> str:
         f"| duplicated rows | {store['duplicated']} |",
         f"| rows never acknowledged (client timed out or gave up) | {store['unacknowledged_rows']} |",
         f"| re-submissions (same assignment, must add no row) | {stats['resubmits']} |",
+        f"| pairs given to more than max_judgments ({store['cap']}) annotators | {store['over_cap']} |",
+        f"| pairs given to one annotator twice | {store['twice']} |",
         f"| errors (non-200) | {len(stats['errors'])} |",
     ]
     if stats["ran_dry"]:
@@ -191,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         "--think-ms", type=float, default=0.0, help="mean think time between fetch and submit (default 0)"
     )
     parser.add_argument(
+        "--workers", type=int, default=1, help="server worker processes (`serve --workers`; PostgreSQL only)"
+    )
+    parser.add_argument(
         "--db", default=None, help="database URL or SQLite path (default: a new SQLite file in a temporary folder)"
     )
     args = parser.parse_args(argv)
@@ -198,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     db = args.db or str(Path(folder) / "bench.sqlite")
     args.db_kind = "PostgreSQL" if db.startswith("postgres") else "SQLite (WAL, synchronous=FULL)"
     tokens = prepare(db, args.annotators, args.pairs, args.overlap)
-    server, base = serve_in_background(db)
+    server, base = serve_in_background(db, workers=args.workers)
     args.load_before = os.getloadavg()[0]
     try:
         stats = asyncio.run(drive(base, tokens, args.duration, args.think_ms / 1000))
@@ -209,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(args, stats, store))
     if stats["errors"]:
         print(f"\nfirst errors: {stats['errors'][:5]}", file=sys.stderr)
-    return 1 if store["lost"] or store["duplicated"] or stats["errors"] else 0
+    return 1 if store["lost"] or store["duplicated"] or store["over_cap"] or store["twice"] or stats["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ def server(tmp_path):
 def label_everything(page, link: str, decide, use_keyboard: bool) -> list[str]:
     """Open the annotator's link and label until the queue is empty; returns the prompts seen, in order."""
     page.goto(link)
-    page.wait_for_function("document.body.dataset.state !== undefined")
+    # selectors, not wait_for_function: the page's Content-Security-Policy forbids the eval that one needs
+    page.wait_for_selector("body[data-state]", state="attached")
     assert page.locator("#rubric h3").inner_text() == "Which review helps a traveller more?"
     seen = []
     while page.evaluate("document.body.dataset.state") == "assignment":
@@ -96,8 +97,8 @@ def label_everything(page, link: str, decide, use_keyboard: bool) -> list[str]:
         else:
             page.click(f"#choices button[data-choice={'left' if pick_left else 'right'}]")
             page.click("#submit")
-        page.wait_for_function(
-            f"document.body.dataset.assignment !== '{assignment}' || document.body.dataset.state !== 'assignment'"
+        page.wait_for_selector(
+            f'body:not([data-assignment="{assignment}"]), body:not([data-state="assignment"])', state="attached"
         )
         seen.append(prompt)
     return seen

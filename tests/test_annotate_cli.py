@@ -316,3 +316,42 @@ def test_errors_a_user_can_cause_name_what_is_wrong(store, tmp_path, monkeypatch
     # nothing half-imported: the failed imports above added no pair
     code, out, _ = run_cli(monkeypatch, capsys, "annotate", "stats", "--project", "reviews", "--db", db)
     assert "0 of 8 pairs" in out
+
+
+def test_hostile_files_and_settings_get_one_line_errors(store, tmp_path, monkeypatch, capsys):
+    """What the app refuses, the shell refuses too: a 10,000-deep line, a lone surrogate, NUL or NaN in a row,
+    infinite or boolean settings in a project file; and the export is strict JSON."""
+    db = store["db"]
+
+    def error(*args: str) -> str:
+        code, _, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 2, err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        return err.strip()
+
+    good = json.dumps({"prompt": "p", "response_a": "x", "response_b": "y"})
+    cases = {
+        "[" * 10_000 + "]" * 10_000: ":2: JSON nested too deeply",
+        json.dumps({"prompt": "p \ud800", "response_a": "x", "response_b": "y"}): ":2: field 'prompt': holds a lone",
+        json.dumps({"prompt": "p", "response_a": "x\x00", "response_b": "y"}): ":2: field 'response_a': holds a NUL",
+        json.dumps({"prompt": "p", "response_a": "x", "response_b": "y", "metadata": {"s": float("nan")}}): (
+            ":2: field 'metadata.s': NaN is not a JSON number"
+        ),
+    }
+    for line, expected in cases.items():
+        path = tmp_path / "hostile.jsonl"
+        path.write_text(f"{good}\n{line}\n")
+        assert error("annotate", "import-pairs", str(path), "--project", "reviews", "--db", db).startswith(
+            f"error: {path}{expected}"
+        )
+    margins = tmp_path / "margins.jsonl"
+    margins.write_text('{"pair_id": "pair-0", "margin": Infinity}\n')
+    assert "field 'margin'" in error("annotate", "import-margins", str(margins), "--project", "reviews", "--db", db)
+    for setting in ("margin_below: .inf", "margin_below: .nan", "overlap: true", "batch_size: 100000"):
+        (tmp_path / "bad.yaml").write_text(f"name: hostile\n{setting}\n")
+        assert setting.split(":")[0] in error("annotate", "create-project", str(tmp_path / "bad.yaml"), "--db", db)
+    code, out, _ = run_cli(monkeypatch, capsys, "annotate", "stats", "--project", "reviews", "--db", db)
+    assert "0 of 8 pairs" in out
+    assert error("annotate", "serve", "--workers", "4", "--db", db).startswith(
+        "error: --workers 4: SQLite has one writer at a time"
+    )

@@ -646,6 +646,7 @@ def battery() -> Counter:
     add("rollback")
     for command in ("annotate invite", "annotate override", "annotate stats", "annotate export", "serve keys revoke"):
         add(command)
+    add("annotate revoke", 3)  # missing store; no target; an annotator without a project
     return counts
 
 
@@ -669,5 +670,8 @@ def test_unknown_stage_and_missing_stores(place, tmp_path, monkeypatch, capsys):
         ["annotate", "stats", "-p", "demo"],
         ["annotate", "export", "-p", "demo", "--out", str(tmp_path / "x.jsonl")],
         ["serve", "keys", "revoke", "k"],
+        ["annotate", "revoke", "ann", "-p", "demo"],
     ):
         assert_one_line_error(run_cli(monkeypatch, capsys, *argv, "--db", db))
+    assert_one_line_error(run_cli(monkeypatch, capsys, "annotate", "revoke", "--db", db), "give one of")
+    assert_one_line_error(run_cli(monkeypatch, capsys, "annotate", "revoke", "ann", "--db", db), "--project")

@@ -31,19 +31,25 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > max_bytes:
             return await self.refuse(body, scope, receive, send)
         received = 0
-        started = False
+        started = refused = False
 
         async def counted_receive():
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > max_bytes:
+                    # answer now: the app turns a failed body read into its own 400, which tracked_send then drops
+                    if not started and not refused:
+                        refused = True
+                        await self.refuse(body, scope, receive, send)
                     raise BodyLimit.TooLarge()
             return message
 
         async def tracked_send(message):
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -51,5 +57,5 @@ class BodyLimit:
         try:
             await self.app(scope, counted_receive, tracked_send)
         except BodyLimit.TooLarge:
-            if not started:
+            if not started and not refused:
                 await self.refuse(body, scope, receive, send)

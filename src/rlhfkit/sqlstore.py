@@ -64,17 +64,15 @@ def _sqlite_pragmas(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, connections: int = 60) -> Engine:
+    """An engine holding at most `connections` connections (a third kept open; requests beyond wait for one)."""
+    pool = {"pool_size": max(1, connections // 3), "max_overflow": connections - max(1, connections // 3)}
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(
-                url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20, max_overflow=40
-            )
+            engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
             _sqlite_pragmas(engine)
             return engine
-        return create_engine(
-            url, pool_size=20, max_overflow=40, pool_pre_ping=True, connect_args={"connect_timeout": 5}
-        )
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5}, **pool)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise StoreError(f"--db {shown_url(url)}: not a database URL this tool can open ({exc})") from None
 

@@ -295,6 +295,8 @@ def jsonl_lines(
             raise DataError(f"{source}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         except RecursionError:
             raise DataError(f"{source}:{lineno}: JSON nested too deeply to be a record") from None
+        except ValueError as exc:  # an integer of more digits than Python converts (4300)
+            raise DataError(f"{source}:{lineno}: not valid JSON ({exc})") from None
         suspect = "\\u" in line or (not allow_nan and ("NaN" in line or "Infinity" in line))
         problem = bad_value(value, allow_nan) if suspect else None
         if problem:

@@ -4,13 +4,16 @@ Pages (no login form: the token travels in the URL fragment, which browsers neve
   /annotate/PROJECT#token=T   an annotator's page        /admin#token=T   projects, imports, invitations
   /admin/PROJECT/dashboard#token=T   agreement and annotator statistics
 API: every call sends `Authorization: Bearer TOKEN`. Admin tokens come from `rlhfkit annotate init`; annotator
-tokens from an invitation and are valid for their own project only. No token or an unknown one: 401; a token
-without the right: 403. Every write is committed before its response is sent.
+tokens from an invitation and are valid for their own project only. No token, an unknown or a revoked one: 401; a
+token without the right: 403; both are decided before the body is read. Bodies are strict JSON (no NaN or
+Infinity) whose text can be stored (no NUL, no lone surrogates): else 422 naming the field. Every write is
+committed before its response is sent.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,12 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from ...bodylimit import BodyLimit
 from ...data.records import record_to_dict
@@ -36,6 +43,21 @@ from .models import Admin, Annotator, Judgment, Pair, Project
 
 STATIC = Path(__file__).parent / "static"
 IMPORT_PATHS = ("/pairs", "/margins", "/machine-judgments")
+# who may call each API route; every other /api/ route is for admins
+ANNOTATOR_ROUTES = {
+    "/api/projects/{name}/me",
+    "/api/projects/{name}/next",
+    "/api/projects/{name}/assignments/{assignment_id}",
+    "/api/projects/{name}/assignments/{assignment_id}/judgment",
+    "/api/projects/{name}/my-judgments",
+}
+EITHER_ROUTES = {"/api/whoami", "/api/projects/{name}"}
+# the pages load only their own scripts and styles, talk only to this server and cannot be framed
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+AssignmentId = PathParam(..., ge=1, le=service.MAX_ID, description="an assignment id from POST .../next")
 
 
 class Upload(BaseModel):
@@ -61,6 +83,63 @@ class JudgmentIn(BaseModel):
     choice: str = Field(..., description="left, right, tie or both_bad, as shown")
     rationale: str | None = None
     criteria: dict[str, str] | None = None
+
+
+def strict_json(body: bytes) -> Any:
+    """A request body as JSON, refused (422) unless it is strict JSON (no NaN or Infinity) that the store can keep
+    (service.json_problem: no NUL or lone surrogate in text, not nested too deeply); the message names the field."""
+
+    def refuse(constant: str):
+        raise HTTPException(422, f"the body is not JSON: {constant} is not a JSON number; send a finite number or null")
+
+    try:
+        value = json.loads(body, parse_constant=refuse)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(422, f"the body is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except UnicodeDecodeError:
+        raise HTTPException(422, "the body is not UTF-8 text") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4300)
+        raise HTTPException(422, f"the body is not JSON ({exc})") from None
+    except RecursionError:
+        raise HTTPException(422, f"the body is nested too deeply (at most {service.MAX_DEPTH} levels)") from None
+    problem = service.json_problem(value)
+    if problem:
+        name, what = problem
+        raise HTTPException(422, f"field '{name}': {what}" if name else f"the body {what}")
+    return value
+
+
+class StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = strict_json(await self.body())
+        return self._json
+
+
+def route_class(check_rights):
+    """API routes that call `check_rights(request, access)` (401/403) before the body is read, refuse path text the
+    store cannot keep (NUL, lone surrogates), then read the body with strict_json: an anonymous caller never reaches
+    the body parser, whatever the body holds."""
+
+    class CheckedRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+            if not self.path.startswith("/api/"):
+                return handler
+            access = (
+                "annotator" if self.path in ANNOTATOR_ROUTES else "either" if self.path in EITHER_ROUTES else "admin"
+            )
+
+            async def checked(request: Request) -> Response:
+                await run_in_threadpool(check_rights, request, access)
+                for key, value in request.path_params.items():
+                    if isinstance(value, str) and service.text_problem(value):
+                        raise HTTPException(422, f"{key} in the path {service.text_problem(value)}")
+                return await handler(StrictJSONRequest(request.scope, request.receive))
+
+            return checked
+
+    return CheckedRoute
 
 
 def body_limit(max_request_bytes: int, max_import_bytes: int):
@@ -90,7 +169,7 @@ def require_admin(s: Session, request: Request) -> Admin:
         return admin
     if service.annotator_for_token(s, token) is not None:
         raise HTTPException(403, "this needs an admin token")
-    raise HTTPException(401, "unknown token")
+    raise HTTPException(401, "unknown or revoked token")
 
 
 def require_annotator(s: Session, request: Request, project_name: str) -> tuple[Annotator, Project]:
@@ -102,11 +181,26 @@ def require_annotator(s: Session, request: Request, project_name: str) -> tuple[
     if annotator is None:
         if service.admin_for_token(s, token) is not None:
             raise HTTPException(403, "this is an annotator's endpoint; admins invite themselves to label")
-        raise HTTPException(401, "unknown token")
+        raise HTTPException(401, "unknown or revoked token")
     project = s.get(Project, annotator.project_id)
     if project.name != project_name:
         raise HTTPException(403, f"your token is not for project '{project_name}'")
     return annotator, project
+
+
+def check_rights(database: Database, request: Request, access: str) -> None:
+    """The rights check of a route ('admin', 'annotator' or 'either'): raises 401 or 403, in its own session."""
+    with database.session() as s:
+        if access == "admin":
+            require_admin(s, request)
+        elif access == "annotator":
+            require_annotator(s, request, request.path_params.get("name", ""))
+        else:
+            token = _bearer(request)
+            if service.admin_for_token(s, token) is None and service.annotator_for_token(s, token) is None:
+                raise HTTPException(
+                    401, "missing, unknown or revoked token: send the header 'Authorization: Bearer TOKEN'"
+                )
 
 
 def create_app(
@@ -132,6 +226,7 @@ def create_app(
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
+    app.router.route_class = route_class(lambda request, access: check_rights(database, request, access))
     app.state.db = database
     app.state.max_rationale = max_rationale
     app.add_middleware(BodyLimit, limit=body_limit(max_request_bytes, max_import_bytes))
@@ -142,12 +237,20 @@ def create_app(
         status = exc.status if isinstance(exc, AnnotateError) else 422
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError):
+        # FastAPI's answer without the `input` it echoes: a request's whole body, up to the import limit
+        errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     def session() -> Session:
         return database.session()
 
     # ------------------------------------------------------------------------------------------- pages
     def page(name: str) -> FileResponse:
-        return FileResponse(STATIC / name, media_type="text/html", headers={"Cache-Control": "no-store"})
+        return FileResponse(
+            STATIC / name, media_type="text/html", headers={"Cache-Control": "no-store", "Content-Security-Policy": CSP}
+        )
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -267,6 +370,14 @@ def create_app(
                 "url": str(request.base_url).rstrip("/") + path,
             }
 
+    @app.post("/api/projects/{name}/annotators/{annotator}/revoke")
+    def revoke(name: str, annotator: str, request: Request):
+        with session() as s:
+            require_admin(s, request)
+            revoked = service.revoke_annotator(s, service.get_project(s, name), annotator)
+            s.commit()
+            return {"name": revoked.name, "revoked": True}
+
     @app.post("/api/projects/{name}/annotators/{annotator}/override")
     def override(name: str, annotator: str, body: OverrideIn, request: Request):
         with session() as s:
@@ -293,7 +404,7 @@ def create_app(
         with session() as s:
             require_admin(s, request)
             pairs, counts = service.export_preferences(s, service.get_project(s, name))
-            body = "".join(json.dumps(record_to_dict(p), ensure_ascii=False) + "\n" for p in pairs)
+            body = "".join(json.dumps(record_to_dict(p), ensure_ascii=False, allow_nan=False) + "\n" for p in pairs)
             return Response(
                 body,
                 media_type="application/x-ndjson",
@@ -334,14 +445,14 @@ def create_app(
             return result
 
     @app.get("/api/projects/{name}/assignments/{assignment_id}")
-    def assignment(name: str, assignment_id: int, request: Request):
+    def assignment(name: str, request: Request, assignment_id: int = AssignmentId):
         with session() as s:
             annotator, project = require_annotator(s, request, name)
             item = service.get_own_assignment(s, annotator, assignment_id)
             return service.assignment_view(item, s.get(Pair, item.pair_id), project)
 
     @app.post("/api/projects/{name}/assignments/{assignment_id}/judgment")
-    def submit(name: str, assignment_id: int, body: JudgmentIn, request: Request) -> dict[str, Any]:
+    def submit(name: str, body: JudgmentIn, request: Request, assignment_id: int = AssignmentId) -> dict[str, Any]:
         with session() as s:
             annotator, project = require_annotator(s, request, name)
             try:
@@ -374,9 +485,23 @@ def create_app(
     return app
 
 
-def serve_in_background(db: str, port: int | None = None, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
-    """Start `rlhfkit annotate serve --db DB` as a child process on 127.0.0.1 (a free port unless given) and wait until
-    /healthz answers; returns (the process, its base URL). For scripts and tests; stop it with terminate() or kill()."""
+SERVE_ENV = "RLHFKIT_ANNOTATE_SERVE"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one `rlhfkit annotate serve --workers N` worker process: the store and limits come from the
+    environment variable SERVE_ENV (JSON, set by the serve command), the schema is already upgraded."""
+    settings = json.loads(os.environ[SERVE_ENV])
+    database = open_database(settings.pop("db"), connections=settings.pop("connections"))
+    return create_app(database, **settings)
+
+
+def serve_in_background(
+    db: str, port: int | None = None, timeout: float = 60.0, workers: int = 1
+) -> tuple[subprocess.Popen, str]:
+    """Start `rlhfkit annotate serve --db DB [--workers N]` as a child process on 127.0.0.1 (a free port unless given)
+    and wait until /healthz answers; returns (the process, its base URL). For scripts and tests; stop it with
+    terminate() or kill()."""
     import httpx
 
     if port is None:
@@ -384,7 +509,8 @@ def serve_in_background(db: str, port: int | None = None, timeout: float = 60.0)
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", db, "--port", str(port)],
+        [sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", db, "--port", str(port)]
+        + (["--workers", str(workers)] if workers > 1 else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

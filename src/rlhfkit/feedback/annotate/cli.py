@@ -58,25 +58,56 @@ def serve(
     max_rationale: int = typer.Option(
         2000, "--max-rationale", min=1, help="longest rationale in characters (longer: 422)"
     ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        max=64,
+        help="worker processes (PostgreSQL only: SQLite has one writer at a time); 60 database connections in all",
+    ),
 ):
     """Serve the annotation app (upgrades the schema first). Pages: /admin, /annotate/PROJECT,
     /admin/PROJECT/dashboard."""
+    import json
+    import os
+
     import uvicorn
 
-    from .app import create_app
+    from ...config import ConfigError
+    from .app import SERVE_ENV, create_app
     from .db import shown_url
 
     database = _open(db)
-    application = create_app(
-        database,
-        max_request_bytes=max_request_kb * 1024,
-        max_import_bytes=max_import_mb * 1024 * 1024,
-        max_rationale=max_rationale,
-    )
+    if workers > 1 and database.url.startswith("sqlite"):
+        database.close()
+        raise ConfigError(
+            f"--workers {workers}: SQLite has one writer at a time, so only one process may serve it; use a "
+            "PostgreSQL store (--db postgresql://...) for several workers"
+        )
+    limits = {
+        "max_request_bytes": max_request_kb * 1024,
+        "max_import_bytes": max_import_mb * 1024 * 1024,
+        "max_rationale": max_rationale,
+    }
     typer.echo(
-        f"serving {shown_url(database.url)} on http://{host}:{port}/  (admin page: /admin#token=ADMIN_TOKEN)", err=True
+        f"serving {shown_url(database.url)} on http://{host}:{port}/ with {workers} worker"
+        f"{'s' if workers > 1 else ''}  (admin page: /admin#token=ADMIN_TOKEN)",
+        err=True,
     )
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    if workers == 1:
+        uvicorn.run(create_app(database, **limits), host=host, port=port, log_level="warning")
+        return
+    # each worker opens its own connections (the queue's row lock keeps hand-outs safe between them)
+    database.close()
+    os.environ[SERVE_ENV] = json.dumps({"db": db, "connections": max(4, 60 // workers), **limits})
+    uvicorn.run(
+        "rlhfkit.feedback.annotate.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
+    )
 
 
 @app.command("create-project")
@@ -227,7 +258,8 @@ def invite(
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="where the app is served, for the printed link"),
     db: str = DbOpt,
 ):
-    """Create an annotator with their own token and print their link (the token is shown once)."""
+    """Create an annotator with their own token and print their link (the token is shown once); for an annotator
+    whose token was revoked, a new token."""
     from . import service
 
     database = _open(db)
@@ -236,6 +268,37 @@ def invite(
         s.commit()
     typer.echo(f"annotator '{annotator.name}' invited to '{project}'; token (shown once): {token}")
     typer.echo(f"link: {url.rstrip('/')}/annotate/{project}#token={token}")
+
+
+@app.command()
+def revoke(
+    name: str | None = typer.Argument(None, help="the annotator whose token to revoke (with --project)"),
+    project: str | None = typer.Option(None, "--project", "-p", help="the annotator's project"),
+    admin: str | None = typer.Option(None, "--admin", help="revoke every admin token of this name instead"),
+    token: str | None = typer.Option(None, "--token", help="revoke this token instead, an admin's or an annotator's"),
+    db: str = DbOpt,
+):
+    """Revoke a token (a leaked link): it gets 401 from the next request on. An annotator keeps their judgments
+    and `invite` with the same name gives them a new link; `init` makes a new admin token."""
+    from ...config import ConfigError
+    from . import service
+
+    if sum(x is not None for x in (name, admin, token)) != 1:
+        raise ConfigError("give one of: NAME --project P (an annotator), --admin NAME, --token TOKEN")
+    if name is not None and project is None:
+        raise ConfigError(f"annotator '{name}': give their project with --project P")
+    database = _open(db)
+    with database.session() as s:
+        if name is not None:
+            service.revoke_annotator(s, service.get_project(s, project), name)
+            done = f"revoked the token of annotator '{name}' of '{project}'; `invite {name}` gives them a new one"
+        elif admin is not None:
+            count = service.revoke_admins(s, admin)
+            done = f"revoked {count} admin token{'s' if count > 1 else ''} of '{admin}'"
+        else:
+            done = f"revoked the token of {service.revoke_token(s, token)}"
+        s.commit()
+    typer.echo(done)
 
 
 @app.command()

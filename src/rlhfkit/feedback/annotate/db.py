@@ -32,9 +32,9 @@ class DatabaseError(AnnotateError, StoreError):
     status = 503
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, connections: int = 60) -> Engine:
     try:
-        return sqlstore.make_engine(url)
+        return sqlstore.make_engine(url, connections)
     except StoreError as exc:
         raise DatabaseError(str(exc)) from None
 
@@ -70,9 +70,10 @@ def upgrade_schema(engine: Engine) -> None:
         command.upgrade(_alembic_config(connection), "head")
 
 
-def open_database(db: str = DEFAULT_DB, create: bool = False) -> Database:
+def open_database(db: str = DEFAULT_DB, create: bool = False, connections: int = 60) -> Database:
     """Connect and upgrade the schema to head. Without `create`, the store must exist already (`rlhfkit annotate
-    init` makes it), so a mistyped path or URL is an error instead of a new empty store."""
+    init` makes it), so a mistyped path or URL is an error instead of a new empty store. At most `connections`
+    connections are open at once."""
     url = database_url(db)
     if url.startswith("sqlite") and not create:
         path = make_url(url).database
@@ -84,7 +85,7 @@ def open_database(db: str = DEFAULT_DB, create: bool = False) -> Database:
         path = make_url(url).database
         if path and path != ":memory:" and not Path(path).parent.is_dir():
             raise DatabaseError(f"--db {db}: folder {Path(path).parent} does not exist")
-    engine = make_engine(url)
+    engine = make_engine(url, connections)
     try:
         with engine.connect():
             pass

@@ -12,6 +12,7 @@ Words used throughout:
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 
@@ -88,7 +89,9 @@ class Annotator(Base):
     )  # human, or machine-made: ai (a judge model) or panel (simulated)
     token_hash: Mapped[str | None] = mapped_column(
         String(64), unique=True, nullable=True
-    )  # machine annotators have none
+    )  # machine annotators have none; revoked tokens are set to none
+    # the secret the places of anchors in this annotator's queue are drawn from; never shown
+    queue_seed: Mapped[str | None] = mapped_column(String(32), nullable=True, default=lambda: secrets.token_hex(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -106,7 +109,8 @@ class CalibrationOverride(Base):
 
 class Assignment(Base):
     __tablename__ = "assignments"
-    # one assignment per annotator and pair; only anchors come back, each time with the next `repeat`
+    # one assignment per annotator and pair: no pair, anchors included, is shown to an annotator twice (`repeat`
+    # stays 0; stores made before anchors stopped coming back may hold higher ones)
     __table_args__ = (
         UniqueConstraint("annotator_id", "pair_id", "repeat", name="uq_assignments_annotator_pair_repeat"),
         Index("ix_assignments_annotator_done", "annotator_id", "done"),

@@ -1,6 +1,7 @@
 """The annotation workflow as plain functions over a SQLAlchemy session; the web app and the CLI both call them.
 
-- projects and tokens: `create_project`, `create_admin`, `invite` (tokens are returned once, stored as sha256)
+- projects and tokens: `create_project`, `create_admin`, `invite` (tokens are returned once, stored as sha256),
+  `revoke_annotator`, `revoke_admins`, `revoke_token`
 - imports: `import_pairs`, `import_margins`, `import_judgments` (machine judgments), each validating every row
   with an error naming file, line and field
 - the queue: `next_assignment` serves, in order, the calibration pairs, then (once calibration passed) main
@@ -93,6 +94,9 @@ def annotator_for_token(s: Session, token: str | None) -> Annotator | None:
 
 # ---------------------------------------------------------------------------------------------- projects
 
+# the largest value of an integer setting (overlap, max_judgments, batch_size, anchor_window); booleans are refused
+MAX_SETTING = 1000
+
 
 class ProjectSettings(Strict):
     name: str = Field(
@@ -105,42 +109,62 @@ class ProjectSettings(Strict):
         default_factory=list,
         description="per-criterion choices asked besides the overall one, e.g. [helpfulness, harmlessness]",
     )
-    overlap: int = Field(2, ge=1, description="human judgments wanted per pair")
+    overlap: int = Field(2, ge=1, le=MAX_SETTING, strict=True, description="human judgments wanted per pair")
     max_judgments: int | None = Field(
         None,
         ge=1,
+        le=MAX_SETTING,
+        strict=True,
         description="cap of dynamic sampling: most human judgments a disputed or low-confidence pair gets (default "
         "overlap + 2)",
     )
     agreement_threshold: float = Field(
-        0.65, ge=0, le=1, description="calibration agreement an annotator needs before the main queue opens"
+        0.65,
+        ge=0,
+        le=1,
+        strict=True,
+        description="calibration agreement an annotator needs before the main queue opens",
     )
-    anchor_rate: float = Field(0.1, ge=0, le=1, description="share of each batch that is anchor pairs (known answers)")
+    anchor_rate: float = Field(
+        0.1, ge=0, le=1, strict=True, description="share of each batch that is anchor pairs (known answers)"
+    )
     batch_size: int = Field(
         10,
         ge=1,
+        le=MAX_SETTING,
+        strict=True,
         description="items per batch; every batch gets round(anchor_rate * batch_size) anchors, at least 1 when "
-        "anchor_rate > 0",
+        "anchor_rate > 0 and at most batch_size - 1, at places drawn at random per annotator and batch",
     )
     dispute_below: float = Field(
         0.6,
         ge=0,
         le=1,
+        strict=True,
         description="a pair whose most common human choice has less than this share of its votes is disputed and "
         "gets one more judgment",
     )
     margin_below: float | None = Field(
         None,
         ge=0,
+        strict=True,
+        allow_inf_nan=False,
         description="a pair whose uploaded reward margin |r(a) - r(b)| is below this gets overlap + 1 judgments "
         "(null: off)",
     )
     anchor_window: int = Field(
-        5, ge=1, description="anchor judgments per point of an annotator's accuracy trend (drift)"
+        5,
+        ge=1,
+        le=MAX_SETTING,
+        strict=True,
+        description="anchor judgments per point of an annotator's accuracy trend (drift)",
     )
 
     @model_validator(mode="after")
     def _check(self):
+        for name, value in (("name", self.name), ("rubric", self.rubric), *(("criteria", c) for c in self.criteria)):
+            if text_problem(value):
+                raise ValueError(f"{name} {text_problem(value)}")
         if self.max_judgments is not None and self.max_judgments < self.overlap:
             raise ValueError(f"max_judgments ({self.max_judgments}) must be at least overlap ({self.overlap})")
         names = [c.strip() for c in self.criteria]
@@ -197,7 +221,7 @@ def project_view(project: Project) -> dict[str, Any]:
         "anchor_rate": project.anchor_rate,
         "batch_size": project.batch_size,
         "dispute_below": project.dispute_below,
-        "margin_below": project.margin_below,
+        "margin_below": finite(project.margin_below),
         "anchor_window": project.anchor_window,
     }
 
@@ -213,16 +237,65 @@ def list_projects(s: Session) -> list[dict[str, Any]]:
 
 
 def invite(s: Session, project: Project, name: str) -> tuple[Annotator, str]:
+    """A new annotator and their token; an annotator whose token was revoked gets a new one (their judgments stay
+    theirs)."""
     name = name.strip()
     if not name or len(name) > 100:
         raise AnnotateError("annotator name: give 1 to 100 characters")
-    if s.scalar(select(Annotator).where(Annotator.project_id == project.id, Annotator.name == name)):
-        raise Conflict(f"project '{project.name}' already has an annotator named '{name}'")
+    if text_problem(name):
+        raise AnnotateError(f"annotator name {text_problem(name)}")
     token, digest = new_token()
+    existing = s.scalar(select(Annotator).where(Annotator.project_id == project.id, Annotator.name == name))
+    if existing is not None and existing.kind == "human" and existing.token_hash is None:
+        existing.token_hash = digest
+        s.flush()
+        return existing, token
+    if existing is not None:
+        raise Conflict(f"project '{project.name}' already has an annotator named '{name}'")
     annotator = Annotator(project_id=project.id, name=name, kind="human", token_hash=digest)
     s.add(annotator)
     s.flush()
     return annotator, token
+
+
+def revoke_annotator(s: Session, project: Project, name: str) -> Annotator:
+    """Revoke an annotator's token: from the next request on it gets 401. Their judgments stay; `invite` with the
+    same name gives them a new token."""
+    annotator = get_annotator(s, project, name)
+    if annotator.kind != "human":
+        raise AnnotateError(f"'{name}' is a machine annotator; it has no token to revoke")
+    if annotator.token_hash is None:
+        raise Conflict(f"the token of '{name}' in project '{project.name}' is revoked already")
+    annotator.token_hash = None
+    s.flush()
+    return annotator
+
+
+def revoke_admins(s: Session, name: str) -> int:
+    """Revoke every admin token of `name` (they get 401 from the next request on); returns how many."""
+    admins = s.scalars(select(Admin).where(Admin.name == name)).all()
+    if not admins:
+        names = sorted(set(s.scalars(select(Admin.name))))
+        raise NotFound(f"no admin token for '{name}' (admins: {', '.join(names) or 'none'})")
+    for admin in admins:
+        s.delete(admin)
+    s.flush()
+    return len(admins)
+
+
+def revoke_token(s: Session, token: str) -> str:
+    """Revoke one token, an admin's or an annotator's; returns whose it was."""
+    admin = admin_for_token(s, token)
+    if admin is not None:
+        s.delete(admin)
+        s.flush()
+        return f"admin '{admin.name}'"
+    annotator = annotator_for_token(s, token)
+    if annotator is None:
+        raise NotFound("no such token here (never issued, or revoked already)")
+    annotator.token_hash = None
+    s.flush()
+    return f"annotator '{annotator.name}' of project '{s.get(Project, annotator.project_id).name}'"
 
 
 def get_annotator(s: Session, project: Project, name: str) -> Annotator:
@@ -247,6 +320,74 @@ def override_calibration(s: Session, project: Project, name: str, admin: str, re
     )
     s.flush()
     return calibration_status(s, project, annotator)
+
+
+# ------------------------------------------------------------------------------------------ stored values
+
+# Integer columns are 32-bit on PostgreSQL: no row has a larger id, so a larger one in a request is refused
+MAX_ID = 2**31 - 1
+# deeper JSON than a record needs would only reach the stack limit of the JSON encoder when stored
+MAX_DEPTH = 64
+
+
+def text_problem(text: str) -> str | None:
+    """What keeps `text` out of the store, or None: NUL (PostgreSQL refuses it) and lone surrogates (`\\ud800`:
+    valid JSON, but not Unicode text that UTF-8 can encode)."""
+    if "\x00" in text:
+        return f"holds a NUL character (\\u0000, at character {text.index(chr(0)) + 1}); remove it"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"holds a lone surrogate ({ascii(text[exc.start])[1:-1]}, at character {exc.start + 1}), which is not "
+            "Unicode text; remove or replace it"
+        )
+    return None
+
+
+def json_problem(value: Any) -> tuple[str | None, str] | None:
+    """(field, what is wrong) for the first part of a decoded JSON value that the store cannot keep or strict JSON
+    readers cannot read back: text with NUL or a lone surrogate (values and keys), NaN or Infinity, an integer
+    beyond +-2^63 (no column or float holds it), nesting deeper than MAX_DEPTH. None when all is well. Walked
+    without recursion."""
+    stack: list[tuple[str | None, Any, int]] = [(None, value, 0)]
+    while stack:
+        name, item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return name, f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(item, dict):
+            for key, child in reversed(list(item.items())):
+                if text_problem(key):
+                    return name, f"a key {text_problem(key)}"
+                stack.append((f"{name}.{key}" if name else key, child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((f"{name or ''}[{i}]", child, depth + 1) for i, child in reversed(list(enumerate(item))))
+        elif isinstance(item, str) and text_problem(item):
+            return name, text_problem(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            shown = "NaN" if math.isnan(item) else ("Infinity" if item > 0 else "-Infinity")
+            return name, f"{shown} is not a JSON number; give a finite number or null"
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 2**63:
+            return name, f"the integer {str(item)[:20]}... is beyond +-2^63; give a smaller one, or a string"
+    return None
+
+
+def check_row(obj: Any, where: Where) -> None:
+    """Refuse an imported row json_problem finds fault with, naming its line and field."""
+    problem = json_problem(obj)
+    if problem:
+        raise where.fail(*problem)
+
+
+def finite(value: Any) -> Any:
+    """`value` with NaN and Infinity (which stores filled before they were refused may hold) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return [finite(child) for child in value]
+    return value
 
 
 # ----------------------------------------------------------------------------------------------- imports
@@ -330,6 +471,7 @@ def import_pairs(s: Session, project: Project, rows: Iterable[tuple[int, Any]], 
     first_line: dict[str, int] = {}
     for lineno, obj in rows:
         where = Where(source, lineno)
+        check_row(obj, where)
         row = parse_pair_row(obj, where, lineno, role)
         if row.external_id in first_line:
             raise where.fail(
@@ -374,6 +516,7 @@ def import_margins(s: Session, project: Project, rows: Iterable[tuple[int, Any]]
     count = 0
     for lineno, obj in rows:
         where = Where(source, lineno)
+        check_row(obj, where)
         if not isinstance(obj, dict):
             raise where.fail(None, f"expected a JSON object, got {type_name(obj)}")
         pair_id = str(parse_identifier(obj, "pair_id", where))
@@ -411,6 +554,7 @@ def import_judgments(
     new: list[tuple[dict, Any]] = []
     for lineno, obj in rows:
         where = Where(source, lineno)
+        check_row(obj, where)
         if not isinstance(obj, dict):
             raise where.fail(None, f"expected a JSON object, got {type_name(obj)}")
         pair_id = str(parse_identifier(obj, "pair_id", where))
@@ -703,38 +847,60 @@ def _main_queue(s: Session, project: Project, annotator: Annotator) -> tuple[int
     return (touched[0] if touched else None), count
 
 
-def _anchor_slot(project: Project, annotator: Annotator, position: int) -> bool:
-    """Whether the annotator's `position`-th main-queue item is an anchor: each batch of `batch_size` items gets
-    round(anchor_rate * batch_size) anchors (at least 1) at places drawn per annotator and batch."""
-    if project.anchor_rate <= 0:
-        return False
-    count = min(project.batch_size, max(1, round(project.anchor_rate * project.batch_size)))
-    batch, place = divmod(position, project.batch_size)
-    return place in random.Random(f"{annotator.id}:{batch}").sample(range(project.batch_size), count)
+def _anchors_per_batch(project: Project) -> int:
+    """round(anchor_rate * batch_size), at least 1 when anchor_rate > 0 and at most batch_size - 1 (a batch holds
+    at least one main pair)."""
+    if project.anchor_rate <= 0 or project.batch_size < 2:
+        return 0
+    return min(project.batch_size - 1, max(1, round(project.anchor_rate * project.batch_size)))
 
 
-def _pick_anchor(
-    s: Session, project: Project, annotator: Annotator, mine: list[Assignment], position: int
-) -> tuple[int, int] | None:
-    """(anchor pair id, repeat): the anchor this annotator has seen least often (random among equals)."""
-    anchors = s.scalars(select(Pair.id).where(Pair.project_id == project.id, Pair.role == "anchor")).all()
-    if not anchors:
-        return None
-    seen = Counter(a.pair_id for a in mine)
-    fewest = min(seen[a] for a in anchors)
-    choice = random.Random(f"{annotator.id}:anchor:{position}").choice(sorted(a for a in anchors if seen[a] == fewest))
-    return choice, fewest
+def _anchor_places(project: Project, annotator: Annotator, batch: int) -> set[int]:
+    """The places of anchors in the annotator's `batch`-th batch of main-queue items, drawn from their secret
+    queue_seed: nothing the app shows (ids, positions, counts) tells where they are."""
+    seed = f"{annotator.queue_seed or annotator.id}:{batch}"
+    return set(random.Random(seed).sample(range(project.batch_size), _anchors_per_batch(project)))
 
 
-def _assign(
-    s: Session, project: Project, annotator: Annotator, pair_id: int, phase: str, repeat: int = 0
-) -> Assignment:
+def _unseen_anchors(s: Session, project: Project, mine: list[Assignment]) -> list[int]:
+    """Anchor pairs this annotator has not been given: an anchor is never shown twice, as no main pair is."""
+    seen = {a.pair_id for a in mine}
+    anchors = s.scalars(select(Pair.id).where(Pair.project_id == project.id, Pair.role == "anchor").order_by(Pair.id))
+    return [pair_id for pair_id in anchors if pair_id not in seen]
+
+
+def _items_to_come(project: Project, annotator: Annotator, position: int, mains: int, anchors: int) -> int:
+    """How many items the annotator will still be served from queue position `position` on, with `mains` main pairs
+    and `anchors` unseen anchors open to them: every main pair, plus each anchor place that comes before the last
+    main pair while anchors last. Serving any item, anchor or not, lowers it by one."""
+    per_batch, size = _anchors_per_batch(project), project.batch_size
+    left, coming = mains, 0  # main pairs not yet placed, anchors placed before the last main pair
+    batch, place = divmod(position, size)
+    while left and coming < anchors and per_batch:
+        if place == 0 and left > size - per_batch:
+            # a whole batch before the last main pair: its anchors all come, wherever they are
+            coming += min(per_batch, anchors - coming)
+            left -= size - per_batch
+        else:
+            places = _anchor_places(project, annotator, batch)
+            for slot in range(place, size):
+                if not left or coming == anchors:
+                    break
+                if slot in places:
+                    coming += 1
+                else:
+                    left -= 1
+        batch, place = batch + 1, 0
+    return mains + coming
+
+
+def _assign(s: Session, project: Project, annotator: Annotator, pair_id: int, phase: str) -> Assignment:
     assignment = Assignment(
         project_id=project.id,
         pair_id=pair_id,
         annotator_id=annotator.id,
         phase=phase,
-        repeat=repeat,
+        repeat=0,
         shown_first=secrets.choice("ab"),
         done=False,
     )
@@ -752,32 +918,42 @@ def _progress(mine: list[Assignment], status: dict[str, Any], remaining: int | N
     }
 
 
+def _remaining(s: Session, project: Project, annotator: Annotator, mine: list[Assignment], mains: int) -> int:
+    """Items still to come after those in `mine` (main pairs and anchors alike), `mains` main pairs being open."""
+    position = sum(a.phase in ("main", "anchor") for a in mine)
+    return _items_to_come(project, annotator, position, mains, len(_unseen_anchors(s, project, mine)))
+
+
 def _assignments_of(s: Session, annotator: Annotator) -> list[Assignment]:
     return list(s.scalars(select(Assignment).where(Assignment.annotator_id == annotator.id).order_by(Assignment.id)))
 
 
 def annotator_progress(s: Session, project: Project, annotator: Annotator) -> dict[str, Any]:
     status = calibration_status(s, project, annotator)
-    return _progress(
-        _assignments_of(s, annotator), status, _main_queue(s, project, annotator)[1] if status["open"] else None
+    mine = _assignments_of(s, annotator)
+    remaining = (
+        _remaining(s, project, annotator, mine, _main_queue(s, project, annotator)[1]) if status["open"] else None
     )
+    return _progress(mine, status, remaining)
 
 
 def next_assignment(s: Session, project: Project, annotator: Annotator) -> dict[str, Any]:
     """The annotator's open assignment, or a new one. state: 'assignment', or when none can be given 'waiting',
-    'calibration_failed' or 'done'. progress.remaining counts the main pairs still open to this annotator."""
+    'calibration_failed' or 'done'. progress.remaining counts the items still to come after this one, anchors
+    included, so it falls by one with every item served, whatever it is."""
     if s.get_bind().dialect.name != "sqlite":
         # one queue decision at a time per project (SQLite transactions are serialised already: BEGIN IMMEDIATE)
         s.execute(select(Project.id).where(Project.id == project.id).with_for_update())
     mine = _assignments_of(s, annotator)
     status = calibration_status(s, project, annotator)
-    main, remaining = _main_queue(s, project, annotator) if status["open"] else (None, None)
+    main, mains = _main_queue(s, project, annotator) if status["open"] else (None, None)
     current = next((a for a in mine if not a.done), None)
     if current is None:
         current = _new_assignment(s, project, annotator, mine, status, main)
         if current is not None:
             mine.append(current)
-            remaining = remaining - 1 if current.phase == "main" else remaining
+            mains = mains - 1 if current.phase == "main" else mains
+    remaining = _remaining(s, project, annotator, mine, mains) if status["open"] else None
     out = {
         "project": project.name,
         "annotator": annotator.name,
@@ -793,7 +969,8 @@ def next_assignment(s: Session, project: Project, annotator: Annotator) -> dict[
 def _new_assignment(
     s: Session, project: Project, annotator: Annotator, mine: list[Assignment], status: dict[str, Any], main: int | None
 ) -> Assignment | None:
-    """The first calibration pair not yet seen; else (queue open) the main pair `main`, or an anchor in its place."""
+    """The first calibration pair not yet seen; else (queue open) the main pair `main`, or an unseen anchor in its
+    place when the position is an anchor place."""
     seen = {a.pair_id for a in mine}
     if status["done"] < status["total"]:
         calibration = s.scalars(
@@ -805,10 +982,12 @@ def _new_assignment(
     if not status["open"] or main is None:
         return None  # nothing left to label: no anchor either, they only make sense mixed with real work
     position = sum(a.phase in ("main", "anchor") for a in mine)
-    if _anchor_slot(project, annotator, position):
-        anchor = _pick_anchor(s, project, annotator, mine, position)
-        if anchor is not None:
-            return _assign(s, project, annotator, anchor[0], "anchor", repeat=anchor[1])
+    batch, place = divmod(position, project.batch_size)
+    if place in _anchor_places(project, annotator, batch):
+        anchors = _unseen_anchors(s, project, mine)
+        if anchors:
+            seed = f"{annotator.queue_seed or annotator.id}:anchor:{position}"
+            return _assign(s, project, annotator, random.Random(seed).choice(anchors), "anchor")
     return _assign(s, project, annotator, main, "main")
 
 
@@ -1095,7 +1274,7 @@ def export_preferences(s: Session, project: Project) -> tuple[list[PreferencePai
         if winner in ("tie", "both_bad"):
             counts[winner] += 1
             continue
-        metadata = {k: v for k, v in (pair.extra or {}).items() if k not in ("votes", "agreement")}
+        metadata = {k: finite(v) for k, v in (pair.extra or {}).items() if k not in ("votes", "agreement")}
         metadata.update(
             {
                 "votes": {r.annotator.name: r.judgment.choice for r in humans},
@@ -1112,7 +1291,7 @@ def export_preferences(s: Session, project: Project) -> tuple[list[PreferencePai
                 for name in project.criteria
             }
         if pair.margin is not None:
-            metadata["reward_margin"] = pair.margin
+            metadata["reward_margin"] = finite(pair.margin)
         chosen, rejected = (pair.response_a, pair.response_b) if winner == "a" else (pair.response_b, pair.response_a)
         out.append(
             PreferencePair(
