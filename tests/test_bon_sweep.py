@@ -139,3 +139,38 @@ def test_sweep_end_to_end_with_proxy_equal_to_gold(tmp_path):
         result["plot"] == str(tmp_path / "sweep.png")
         and len((tmp_path / "samples.jsonl").read_text().splitlines()) == 32
     )
+
+
+def test_a_second_proxy_scores_the_same_samples(tmp_path):
+    first = tmp_path / "gold"
+    bon_sweep.run(
+        BonSweepConfig(
+            rewards=[RewardSpec(function="default")],
+            num_prompts=3,
+            max_n=4,
+            max_new_tokens=12,
+            bootstrap=10,
+            output_dir=str(first),
+            threads=1,
+        )
+    )
+    # a length-biased proxy over the same responses: nothing is sampled again, the proxy is the word count
+    second = bon_sweep.run(
+        BonSweepConfig(
+            rewards=[RewardSpec(function="rlhfkit.scoring:word_count")],
+            samples_from=str(first),
+            max_n=4,
+            bootstrap=10,
+            output_dir=str(tmp_path / "length"),
+        )
+    )
+    before = [json.loads(line) for line in (first / "samples.jsonl").read_text().splitlines()]
+    after = [json.loads(line) for line in (tmp_path / "length" / "samples.jsonl").read_text().splitlines()]
+    assert [r["response"] for r in after] == [r["response"] for r in before]
+    assert [r["gold"] for r in after] == [r["gold"] for r in before]
+    assert [r["proxy"] for r in after] == [len(r["response"].split()) for r in before]
+    assert second["num_prompts"] == 3 and second["samples_from"] == str(first)
+    with pytest.raises(ConfigError, match="set max_n=4"):
+        bon_sweep.run(BonSweepConfig(rewards=[RewardSpec(function="default")], samples_from=str(first), max_n=8))
+    with pytest.raises(ConfigError, match="no finished bon-sweep"):
+        bon_sweep.run(BonSweepConfig(rewards=[RewardSpec(function="default")], samples_from=str(tmp_path), max_n=4))

@@ -453,6 +453,11 @@ class BonSweepConfig(SamplingSettings):
         None, description="the n values of the sweep (each in 1..max_n); null: powers of two up to max_n, and max_n"
     )
     num_prompts: int | None = Field(None, gt=0, description="use the first N prompts (null: all)")
+    samples_from: str | None = Field(
+        None,
+        description="an earlier sweep's folder: score its samples.jsonl with this sweep's proxy and gold instead of "
+        "sampling anew (the same responses under two proxies); its model, prompts and sampling settings apply",
+    )
     output_dir: str = Field(
         "runs/bon_sweep", description="writes sweep.json, sweep.md, sweep.png, samples.jsonl, config.yaml"
     )

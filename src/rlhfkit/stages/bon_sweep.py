@@ -16,6 +16,7 @@ broken at random: tied samples share their group's probability equally.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 from ..atomic import write_json
 from ..config import BonSweepConfig, save_config
 from ..console import console, progress_bar
-from ..data.records import load_records, write_jsonl
+from ..data.records import load_records, read_jsonl, write_jsonl
 from ..errors import ConfigError
 from ..evaluate.overoptimisation import fit_gain, shape_line
 from ..models.loading import load_causal_lm, load_tokenizer
@@ -118,6 +119,28 @@ def fall_from_peak(ns: list[int], means: np.ndarray, boot: np.ndarray | None) ->
     return ns[best], drop, drop_std
 
 
+def reuse_samples(folder: Path, max_n: int):
+    """The samples of an earlier sweep (its samples.jsonl, in prompt order) and its sweep.json; refuses a sweep of
+    another max_n or an unfinished one."""
+    from ..rollout import Samples
+
+    summary = folder / "sweep.json"
+    if not summary.is_file():
+        raise ConfigError(f"samples_from: {folder} holds no finished bon-sweep (no sweep.json)")
+    source = json.loads(summary.read_text())
+    if source.get("max_n") != max_n:
+        raise ConfigError(
+            f"samples_from: {folder} sampled max_n={source.get('max_n')}; set max_n={source.get('max_n')}"
+        )
+    rows = [row for _, row in read_jsonl(folder / "samples.jsonl")]
+    if len(rows) != source["num_prompts"] * max_n:
+        raise ConfigError(f"samples_from: {folder / 'samples.jsonl'} has {len(rows)} samples, not {source['samples']}")
+    if "truncated" not in rows[0]:
+        raise ConfigError(f"samples_from: {folder} was written by an older rlhfkit (no 'truncated'); rerun that sweep")
+    samples = Samples([r["prompt"] for r in rows], [r["response"] for r in rows], [bool(r["truncated"]) for r in rows])
+    return samples, source
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -131,29 +154,34 @@ def run(config: BonSweepConfig) -> dict:
     setup_torch(config.seed, config.threads)
     proxy_fn = RewardFunction(config.rewards)
     gold_fn = load_scorer(config.gold)
-    path = resolve_model_path(config.model)
-    prompt_path = resolve_prompts(config.prompts)
-    records = load_records(prompt_path, "prompt", config.columns)[: config.num_prompts]
-    if not records:
-        raise ConfigError(f"prompts: {prompt_path} has no prompts")
-    tokenizer = load_tokenizer(path, padding_side="left")
-    model = load_causal_lm(path)
-    save_config(config, out)
-
+    if config.samples_from:
+        samples, source = reuse_samples(Path(config.samples_from), config.max_n)
+        path, prompt_path, num_prompts = Path(source["model"]), Path(source["prompts"]), source["num_prompts"]
+        save_config(config, out)
+    else:
+        path = resolve_model_path(config.model)
+        prompt_path = resolve_prompts(config.prompts)
+        records = load_records(prompt_path, "prompt", config.columns)[: config.num_prompts]
+        if not records:
+            raise ConfigError(f"prompts: {prompt_path} has no prompts")
+        num_prompts = len(records)
+        tokenizer = load_tokenizer(path, padding_side="left")
+        model = load_causal_lm(path)
+        save_config(config, out)
+        samples = sample_responses(
+            model,
+            tokenizer,
+            [r.prompt for r in records for _ in range(config.max_n)],
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            batch_size=config.batch_size,
+            max_prompt_length=config.max_prompt_length,
+            seed=config.seed,
+            description=f"sampling {config.max_n} per prompt",
+        )
     size = config.max_n
-    samples = sample_responses(
-        model,
-        tokenizer,
-        [r.prompt for r in records for _ in range(size)],
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
-        batch_size=config.batch_size,
-        max_prompt_length=config.max_prompt_length,
-        seed=config.seed,
-        description=f"sampling {size} per prompt",
-    )
     proxy_scores: list[float] = []
     chunk = 256
     with progress_bar("scoring with the proxy", len(samples.responses)) as advance:
@@ -165,12 +193,21 @@ def run(config: BonSweepConfig) -> dict:
     write_jsonl(
         out / "samples.jsonl",
         [
-            {"prompt_index": i // size, "prompt": p, "response": r, "proxy": round(s, 5), "gold": round(g, 5)}
-            for i, (p, r, s, g) in enumerate(zip(samples.prompts, samples.responses, proxy_scores, gold_scores))
+            {
+                "prompt_index": i // size,
+                "prompt": p,
+                "response": r,
+                "truncated": t,
+                "proxy": round(s, 5),
+                "gold": round(g, 5),
+            }
+            for i, (p, r, t, s, g) in enumerate(
+                zip(samples.prompts, samples.responses, samples.truncated, proxy_scores, gold_scores)
+            )
         ],
     )
 
-    shape = (len(records), size)
+    shape = (num_prompts, size)
     proxy = np.array(proxy_scores).reshape(shape)
     gold = np.array(gold_scores).reshape(shape)
     words = np.array([len(r.split()) for r in samples.responses], float).reshape(shape)
@@ -185,7 +222,7 @@ def run(config: BonSweepConfig) -> dict:
         return fit_gain(d, means - means[0])
 
     rng = np.random.default_rng(config.seed)
-    resamples = rng.integers(0, len(records), size=(config.bootstrap, len(records)))
+    resamples = rng.integers(0, num_prompts, size=(config.bootstrap, num_prompts))
     rows, fits = [], {}
     means = {key: values.mean(0) for key, values in per_prompt.items()}
     # Bootstrap over prompts: std of each mean, and of alpha and beta refitted on each resample.
@@ -213,7 +250,8 @@ def run(config: BonSweepConfig) -> dict:
         "stage": "bon-sweep",
         "model": str(path),
         "prompts": str(prompt_path),
-        "num_prompts": len(records),
+        "num_prompts": num_prompts,
+        "samples_from": config.samples_from,
         "max_n": size,
         "samples": len(samples.responses),
         "rewards": [s.model_dump(exclude_none=True) for s in config.rewards],
@@ -232,15 +270,14 @@ def run(config: BonSweepConfig) -> dict:
     }
     table = format_table(rows, fits)
     (out / "sweep.md").write_text(
-        f"# Best-of-n sweep: {path.name} on {len(records)} prompts x {size} samples\n\n{table}\n\n"
-        f"{shape_line(result)}\n"
+        f"# Best-of-n sweep: {path.name} on {num_prompts} prompts x {size} samples\n\n{table}\n\n{shape_line(result)}\n"
     )
     result["plot"] = str(
         plot_overoptimisation(
             rows,
             fits,
             out / "sweep.png",
-            title=f"best-of-n over-optimisation ({len(records)} prompts, {size} samples each)",
+            title=f"best-of-n over-optimisation ({num_prompts} prompts, {size} samples each)",
         )
     )
     write_json(out / "sweep.json", result)
