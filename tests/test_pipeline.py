@@ -200,6 +200,17 @@ def test_cli_runs_the_example_pipeline_end_to_end(tmp_path):
         "reward.eval_every=2",
         "dpo.max_steps=2",
         "dpo.eval_every=2",
+        "ppo.steps=2",
+        "ppo.batch_size=2",
+        "ppo.mini_batch_size=2",
+        "ppo.max_new_tokens=12",
+        "ppo.save_every=2",
+        "bon_sweep.num_prompts=2",
+        "bon_sweep.max_n=4",
+        "bon_sweep.max_new_tokens=12",
+        "bon_sweep.bootstrap=10",
+        "bon_sweep_length.max_n=4",
+        "bon_sweep_length.bootstrap=10",
         "eval.num_prompts=4",
         "eval.samples_per_prompt=1",
         "eval.max_new_tokens=24",
@@ -210,14 +221,14 @@ def test_cli_runs_the_example_pipeline_end_to_end(tmp_path):
     done = cli(example, *tiny)
     assert done.returncode == 0, done.stderr
     result = json.loads((run_dir / "pipeline.json").read_text())
-    assert [row["status"] for row in result["stages"]] == ["ran"] * 7 and result["passed"]
+    assert [row["status"] for row in result["stages"]] == ["ran"] * 10 and result["passed"]
     assert (run_dir / "registry.sqlite").is_file() and (run_dir / "gate" / "gate.json").is_file()
     assert result["report"] == str(run_dir / "report.html") and (run_dir / "report.html").is_file()
 
     plan = cli(example, *tiny, "--force", "gate", "--dry-run")
     assert plan.returncode == 0, plan.stderr
     lines = [line for line in plan.stderr.splitlines() if line[:1].isdigit()]
-    assert len(lines) == 7 and all(" skip " in line for line in lines[:6]) and "run   gate (gate): forced" in lines[6]
+    assert len(lines) == 10 and all(" skip " in line for line in lines[:9]) and "run   gate (gate): forced" in lines[9]
     assert json.loads((run_dir / "pipeline.json").read_text()) == result  # a dry run writes nothing
 
     bad = cli(example, *tiny, "dpo.betaa=0.2")
