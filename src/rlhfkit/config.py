@@ -382,10 +382,39 @@ class PPOConfig(OnlineRLConfig):
     output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/ppo")
 
 
-class GRPOConfig(OnlineRLConfig):
+GRPOLossType = Literal["grpo", "dapo", "dr_grpo", "gspo"]
+
+
+class ClippedRatioSettings(Strict):
+    """The policy loss of grpo and rloo (rlhfkit.losses.grpo_policy_loss)."""
+
+    loss_type: GRPOLossType = Field(
+        "dapo",
+        description="policy-loss normaliser: dapo (token mean over the batch, what grpo always computed), grpo "
+        "(mean per sequence, then over sequences), dr_grpo (sum / (sequences * max_new_tokens)), gspo "
+        "(one sequence-level ratio)",
+    )
+    clip_low: float = Field(0.2, gt=0, description="policy ratio clip below: ratios under 1 - clip_low are clipped")
+    clip_high: float | None = Field(
+        None, gt=0, description="policy ratio clip above (DAPO clip-higher, e.g. 0.28); null: clip_low"
+    )
+    mask_truncated: bool = Field(
+        False, description="DAPO overlong filtering: responses cut at max_new_tokens get no policy gradient"
+    )
+    overlong_buffer: int | None = Field(
+        None,
+        gt=0,
+        description="DAPO soft overlong punishment: a response longer than max_new_tokens - overlong_buffer loses "
+        "up to overlong_penalty, linearly in the extra tokens; null: off",
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="the score a response at max_new_tokens loses")
+
+
+class GRPOConfig(ClippedRatioSettings, OnlineRLConfig):
     group_size: int = Field(8, gt=1, description="responses sampled per prompt (the group)")
-    normalize: bool = Field(True, description="divide group-centred rewards by the group's standard deviation")
-    clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
+    normalize: bool = Field(
+        True, description="divide group-centred rewards by the group's standard deviation (false: Dr. GRPO)"
+    )
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
         "k3", description="KL to the reference as a loss term (k3, as in GRPO)"
     )
@@ -396,11 +425,10 @@ class GRPOConfig(OnlineRLConfig):
     output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/grpo")
 
 
-class RLOOConfig(OnlineRLConfig):
+class RLOOConfig(ClippedRatioSettings, OnlineRLConfig):
     k: int = Field(
         4, gt=1, description="responses sampled per prompt; each one's baseline is the mean of the other k-1"
     )
-    clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
     batch_size: int = inherit(OnlineRLConfig, "batch_size", 16)
     mini_batch_size: int = inherit(OnlineRLConfig, "mini_batch_size", 64)
     lr: float = inherit(OnlineRLConfig, "lr", 3e-5)

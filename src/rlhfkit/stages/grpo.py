@@ -4,7 +4,10 @@ One iteration: take `batch_size` prompts, sample k responses each, score them, t
 per-sequence advantages within each prompt's group, and update with the clipped ratio objective.
 - GRPO: A = (r - group mean) / group std; KL to the reference is a separate loss term (k3 by default).
 - RLOO: the KL penalty is folded into the sequence reward, r' = r - kl_coef * KL(seq); A = r' - mean of the other k-1.
-The loss is the token-level mean over every response token of the batch.
+The policy loss is `losses.grpo_policy_loss` with `loss_type` dapo (the token mean over the batch, the default),
+grpo (per-sequence mean), dr_grpo (a constant n * max_new_tokens normaliser) or gspo (a sequence-level ratio), and
+`clip_low`/`clip_high` (clip-higher). DAPO's overlong shaping: `overlong_buffer` lowers the score of responses near
+max_new_tokens, `mask_truncated` drops the responses cut there from the loss.
 Under torchrun / accelerate launch each process samples and scores its share of the prompts (whole groups, so
 advantages stay exact) and gradients are averaged by DDP.
 """
@@ -21,9 +24,18 @@ from ..config import GRPOConfig, RLOOConfig, save_config
 from ..console import progress_bar
 from ..errors import ConfigError
 from ..forward import token_logps
-from ..losses import group_advantages, kl_penalty, masked_mean, ppo_policy_loss, rloo_advantages
+from ..losses import group_advantages, grpo_policy_loss, kl_penalty, masked_mean, rloo_advantages
 from ..runtime import start
 from ..train import adamw, constant_schedule
+
+
+def overlong_punishment(lengths: torch.Tensor, config: GRPOConfig | RLOOConfig) -> torch.Tensor:
+    """DAPO's soft overlong punishment per response: 0 up to max_new_tokens - overlong_buffer tokens, then rising
+    linearly to overlong_penalty at max_new_tokens."""
+    if config.overlong_buffer is None:
+        return torch.zeros_like(lengths)
+    over = (lengths - (config.max_new_tokens - config.overlong_buffer)).clamp(min=0)
+    return config.overlong_penalty * over / config.overlong_buffer
 
 
 def run(config: GRPOConfig | RLOOConfig) -> dict:
@@ -60,11 +72,15 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             indices = [i for i in runtime.shard(prompts.take(config.batch_size)) for _ in range(k)]
             batch = online.sample_batch(policy, prompts, indices, reward_fn, gold, config, generator)
             mask = batch.mask
+            scores = batch.scores - overlong_punishment(mask.sum(1), config)
             if is_grpo:
-                advantages = group_advantages(batch.scores, k, normalize=config.normalize)
+                advantages = group_advantages(scores, k, normalize=config.normalize)
             else:
                 seq_kl = (kl_penalty(batch.logps, batch.ref_logps, config.kl_estimator) * mask).sum(1)
-                advantages = rloo_advantages(batch.scores - config.kl_coef * seq_kl, k)
+                advantages = rloo_advantages(scores - config.kl_coef * seq_kl, k)
+            if config.mask_truncated:
+                # DAPO overlong filtering: a cut-off response says nothing about its ending, so it gets no gradient
+                mask = mask * (~batch.rollout.truncated).to(mask.dtype)[:, None]
             token_adv = advantages[:, None].expand_as(mask)
             input_ids, attention_mask = batch.rollout.full()
             prompt_len = batch.rollout.prompt_ids.shape[1]
@@ -76,8 +92,15 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
                 logps, entropy = token_logps(
                     trained, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True
                 )
-                pg_loss, pg_stats = ppo_policy_loss(
-                    logps, batch.logps[idx], token_adv[idx], mask[idx], config.clip_range
+                pg_loss, pg_stats = grpo_policy_loss(
+                    logps,
+                    batch.logps[idx],
+                    token_adv[idx],
+                    mask[idx],
+                    loss_type=config.loss_type,
+                    clip_low=config.clip_low,
+                    clip_high=config.clip_high,
+                    max_tokens=config.max_new_tokens,
                 )
                 loss = pg_loss
                 if is_grpo and config.kl_coef:
