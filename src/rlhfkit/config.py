@@ -232,6 +232,29 @@ class DPOConfig(TrainConfig):
     lr: float = inherit(TrainConfig, "lr", 5e-5)
 
 
+class KTOConfig(TrainConfig):
+    model: str = Field("default", description="policy to start from (usually the SFT model)")
+    ref_model: str | None = Field(
+        None, description="reference model; null uses `model` (with LoRA, the adapter-disabled policy)"
+    )
+    data: str = Field(
+        ..., description="unpaired JSONL: {prompt, completion, label: true|false} (`data import -f pairs-unpaired`)"
+    )
+    beta: float = Field(0.1, gt=0, description="KTO temperature: how far the policy may move from the reference")
+    desirable_weight: float | None = Field(
+        None,
+        gt=0,
+        description="loss weight of desirable (label true) examples; null: balanced, the rarer label weighs "
+        "n_majority / n_minority and the other 1",
+    )
+    undesirable_weight: float | None = Field(
+        None, gt=0, description="loss weight of undesirable (label false) examples; null: balanced (as above)"
+    )
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of examples held out for validation")
+    output_dir: str = inherit(TrainConfig, "output_dir", "runs/kto")
+    lr: float = inherit(TrainConfig, "lr", 5e-5)
+
+
 class EvalConfig(DataColumns):
     models: dict[str, str] = Field(..., description="name -> policy directory ('default' allowed)")
     prompts: str = Field("heldout", description="prompt JSONL, or 'heldout' for the embedded held-out prompts")
