@@ -414,7 +414,9 @@ def test_pairs_become_thumbs_up_and_down(tmp_path):
         UnpairedExample(prompt="Say hi.", completion="Go away.", label=False, id="a:rejected", category="c"),
     ]
     assert [r.label for r in records[2:]] == [True, False] and records[2].id is None
-    assert (report.read, report.imported) == (2, 4)
+    assert (report.read, report.imported) == (2, 4) and report.summary().startswith(
+        "imported 4 records from the 2 rows"
+    )
     out = tmp_path / "thumbs.jsonl"
     write_jsonl(out, records)
     assert detect_kind(out) == "unpaired" and load_records(out, "unpaired") == records

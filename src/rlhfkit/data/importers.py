@@ -74,6 +74,8 @@ class ImportReport:
         """One line: what was imported, and which lines were skipped or swapped and why (at most
         _MAX_LINES_SHOWN per reason; as_dict has them all)."""
         text = f"imported {self.imported} of {self.read} records from {self.source}"
+        if self.imported > self.read:  # pairs-unpaired: two records a row
+            text = f"imported {self.imported} records from the {self.read} rows of {self.source}"
         notes = []
         if self.skipped:
             by_reason: dict[str, list[int]] = {}
