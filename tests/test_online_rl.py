@@ -205,6 +205,28 @@ def test_grpo_loss_types_run_and_save(settings, tmp_path):
     check_plain_model(out / "model")
 
 
+def test_dynamic_sampling_drops_groups_with_equal_rewards(tmp_path, monkeypatch):
+    (tmp_path / "flat_scores.py").write_text(
+        "def same(prompts, responses):\n    return [1.0 for _ in responses]\n\n"
+        "def chars(prompts, responses):\n    return [float(len(r)) for r in responses]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = dict(steps=1, batch_size=2, group_size=4, mini_batch_size=8, max_new_tokens=8, dynamic_sampling=True)
+    # every group equal: no learning signal anywhere, so it samples up to the cap and trains on equal groups
+    flat = GRPOConfig(output_dir=str(tmp_path / "flat"), rewards=[RewardSpec(function="flat_scores:same")],
+                      max_sampling_rounds=3, **settings)  # fmt: skip
+    grpo.run(flat)
+    (row,) = rows(tmp_path / "flat" / "metrics.jsonl")
+    assert (row["informative_group_share"], row["sampling_rounds"]) == (0.0, 3)
+    assert row["group_reward_std"] == 0 and row["policy_loss"] == 0
+    # rewards that vary within the groups: one round is enough
+    varied = GRPOConfig(output_dir=str(tmp_path / "varied"), rewards=[RewardSpec(function="flat_scores:chars")],
+                        **settings)  # fmt: skip
+    grpo.run(varied)
+    (row,) = rows(tmp_path / "varied" / "metrics.jsonl")
+    assert row["sampling_rounds"] == 1 and row["informative_group_share"] == 1.0 and row["group_reward_std"] > 0
+
+
 def test_overlong_punishment_by_hand():
     config = GRPOConfig(rewards=GOLD, max_new_tokens=16, overlong_buffer=4, overlong_penalty=0.5)
     lengths = torch.tensor([3.0, 12.0, 13.0, 16.0])

@@ -431,6 +431,14 @@ class ClippedRatioSettings(Strict):
         "up to overlong_penalty, linearly in the extra tokens; null: off",
     )
     overlong_penalty: float = Field(1.0, ge=0, description="the score a response at max_new_tokens loses")
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO dynamic sampling: drop groups whose rewards are all equal (no learning signal) and sample "
+        "more prompts, up to max_sampling_rounds, to fill the batch",
+    )
+    max_sampling_rounds: int = Field(
+        3, gt=0, description="dynamic sampling: sampling rounds per iteration at most (then equal groups fill in)"
+    )
 
 
 class GRPOConfig(ClippedRatioSettings, OnlineRLConfig):

@@ -38,6 +38,38 @@ def overlong_punishment(lengths: torch.Tensor, config: GRPOConfig | RLOOConfig) 
     return config.overlong_penalty * over / config.overlong_buffer
 
 
+def sample_groups(policy, prompts, reward_fn, gold, config, generator, runtime, k: int):
+    """This process's groups of one iteration and the sampling stats. With dynamic_sampling, groups whose rewards
+    are all equal (zero advantage: no gradient) are dropped and more prompts sampled, every process in step, until
+    each has its share of informative groups or max_sampling_rounds is reached; equal groups then fill the rest,
+    so every process trains on the same number of rows."""
+    informative, spare, first = [], [], None
+    want = len(runtime.shard(list(range(config.batch_size))))
+    for round_ in range(1, config.max_sampling_rounds + 1):
+        # Each prompt k times in a row: consecutive rows form a group.
+        indices = [i for i in runtime.shard(prompts.take(config.batch_size)) for _ in range(k)]
+        batch = online.sample_batch(policy, prompts, indices, reward_fn, gold, config, generator)
+        if first is None:
+            first = batch
+        if not config.dynamic_sampling:
+            return batch, {}
+        varied = batch.scores.view(-1, k).std(1) > 0
+        for group, keep in enumerate(varied.tolist()):
+            (informative if keep else spare).append((batch, group))
+        if round_ == 1:
+            share = varied.float().mean().item()
+        # every process samples as many rounds as the neediest one, so prompt positions stay in step
+        (short,) = runtime.sum([float(len(informative) < want)])
+        if not short:
+            break
+    chosen = (informative + spare)[:want]
+    parts = [b.select([g * k + j for j in range(k)]) for b, g in chosen]
+    stats = {"informative_group_share": share, "sampling_rounds": round_}
+    batch = online.concat_batches(parts, policy.tokenizer.pad_token_id)
+    batch.stats = first.stats  # what the policy sampled, before filtering
+    return batch, stats
+
+
 def run(config: GRPOConfig | RLOOConfig) -> dict:
     is_grpo = isinstance(config, GRPOConfig)
     name = "grpo" if is_grpo else "rloo"
@@ -68,9 +100,8 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
         advance(start_step)
         for step in range(start_step + 1, config.steps + 1):
             t0 = time.time()
-            # Each prompt k times in a row: consecutive rows form a group.
-            indices = [i for i in runtime.shard(prompts.take(config.batch_size)) for _ in range(k)]
-            batch = online.sample_batch(policy, prompts, indices, reward_fn, gold, config, generator)
+            batch, sampling = sample_groups(policy, prompts, reward_fn, gold, config, generator, runtime, k)
+            indices = list(range(len(batch.scores)))
             mask = batch.mask
             scores = batch.scores - overlong_punishment(mask.sum(1), config)
             if is_grpo:
@@ -122,7 +153,7 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             scheduler.step()
             stats = {key: v / n_updates for key, v in stats.items()}
             group_std = batch.scores.view(-1, k).std(1).mean().item()
-            measured = runtime.mean_stats({**batch.stats, **stats, "group_reward_std": group_std})
+            measured = runtime.mean_stats({**batch.stats, **stats, **sampling, "group_reward_std": group_std})
             row = log.log(
                 step, **{**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
             )

@@ -162,8 +162,10 @@ def run(config: KTOConfig) -> dict:
         policy_logps, policy_other = example_logps(net, items, idx, pad)
         ref_logps = ref[idx].to(policy_logps.device)
         desirable = torch.tensor([items[i][3] for i in idx], device=policy_logps.device)
-        # the batch's KL estimate from its mismatched pairs; kto_loss clamps it at 0 and lets no gradient through
-        kl = (policy_other.detach() - ref_logps[:, 1]).mean()
+        # the batch's KL estimate from its mismatched pairs, averaged over processes (each calls this as often);
+        # kto_loss clamps it at 0 and lets no gradient through
+        (kl_sum,) = runtime.sum([(policy_other.detach() - ref_logps[:, 1]).mean().item()])
+        kl = torch.tensor(kl_sum / runtime.world, device=policy_logps.device)
         losses = kto_loss(
             policy_logps, ref_logps[:, 0], desirable, kl, config.beta, desirable_weight, undesirable_weight
         )
