@@ -30,8 +30,7 @@ from ..losses import kto_loss
 from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization, save_model
 from ..resolve import resolve_model_path
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
-from ..train import RunLog, batches, make_optimizer, setup_torch, total_steps
-from .dpo import cached_reference, file_stamps
+from ..train import RunLog, batches, cached_reference, file_stamps, make_optimizer, setup_torch, total_steps
 
 # the paper's advice: (desirable_weight * n_desirable) / (undesirable_weight * n_undesirable) in [1, 4/3]
 BALANCED = (1.0, 4 / 3)
