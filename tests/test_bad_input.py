@@ -352,7 +352,7 @@ EXTRA_CANNOT_TRAIN = {
         "loss_type=ppo": "key 'loss_type'",
         "overlong_buffer=0": "key 'overlong_buffer'",
     },
-    "rloo": {"mini_batch_size=0": "key 'mini_batch_size'", "k=1": "key 'k'"},
+    "rloo": {"mini_batch_size=0": "key 'mini_batch_size'", "k=1": "key 'k'", "clip_low=0": "key 'clip_low'"},
 }
 HYPER_CASES = [(c, s, f) for c in TRAINING for s, f in {**CANNOT_TRAIN, **EXTRA_CANNOT_TRAIN[c]}.items()]
 
@@ -558,6 +558,7 @@ def test_failed_run_leaves_no_run_folder(place, tmp_path, monkeypatch, capsys):
 NO_TOKENIZER = {
     "sft": ["sft", "model=M", "output_dir=O", "max_steps=1"],
     "dpo": ["dpo", "model=M", "data=PAIRS", "output_dir=O", "max_steps=1"],
+    "kto": ["kto", "model=M", "data=THUMBS", "output_dir=O", "max_steps=1"],
     "reward train": ["reward", "train", "model=M", "data=PAIRS", "output_dir=O", "max_steps=1"],
     "pairs": ["pairs", "model=M", "output_dir=O", "num_prompts=2"],
     "judge": ["judge", "kind=causal_lm", "model=M", "data=PAIRS", "output_dir=O"],
@@ -570,7 +571,8 @@ NO_TOKENIZER = {
 def test_model_directory_without_tokenizer(command, place, tmp_path, monkeypatch, capsys):
     pairs = data_file(tmp_path, "preference", "good")
     out = tmp_path / "out"
-    subs = {"M": str(place["no_tokenizer"]), "PAIRS": str(pairs), "O": str(out)}
+    thumbs = data_file(tmp_path, "unpaired", "good")
+    subs = {"M": str(place["no_tokenizer"]), "PAIRS": str(pairs), "THUMBS": str(thumbs), "O": str(out)}
     argv = []
     for arg in NO_TOKENIZER[command]:
         for key, value in subs.items():
