@@ -81,7 +81,7 @@ def stage_values(job: Job) -> tuple[str, dict]:
         "top_p": 1.0,
         "kl_coef": h.beta,
         "save_every": BIG,
-        "clip_range": 0.2,
+        "clip_low": 0.2,
     }
     if job.task == "grpo":
         return "grpo", {**online, "group_size": h.group, "normalize": True, "kl_estimator": "k3"}

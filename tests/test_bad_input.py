@@ -60,6 +60,7 @@ def good_record(kind: str, i: int) -> dict:
     return {
         "preference": {"id": f"p{i}", "prompt": f"Review {i}:", "chosen": text, "rejected": "Awful.", "margin": 1.0},
         "sft": {"id": f"s{i}", "prompt": f"Review {i}:", "response": text},
+        "unpaired": {"id": f"k{i}", "prompt": f"Review {i}:", "completion": text, "label": i % 2 == 0},
         "prompt": {"id": f"q{i}", "prompt": f"Review {i}:", "metadata": {"score": 0.5}},
         "hh": {"chosen": f"\n\nHuman: Hi {i}\n\nAssistant: {text}", "rejected": f"\n\nHuman: Hi {i}\n\nAssistant: No."},
         "ultrafeedback": {
@@ -80,6 +81,7 @@ def good_record(kind: str, i: int) -> dict:
 TEXT_FIELD = {
     "preference": "chosen",
     "sft": "response",
+    "unpaired": "completion",
     "prompt": "prompt",
     "hh": "chosen",
     "ultrafeedback": "chosen",
@@ -89,7 +91,14 @@ TEXT_FIELD = {
     "metrics": "note",
 }
 NUMBER_FIELD = {"preference": "margin", "ultrafeedback": "score_chosen", "margins": "margin"}
-ID_FIELD = {"preference": "id", "sft": "id", "prompt": "id", "ultrafeedback": "prompt_id", "annotate_pairs": "id"}
+ID_FIELD = {
+    "preference": "id",
+    "sft": "id",
+    "unpaired": "id",
+    "prompt": "id",
+    "ultrafeedback": "prompt_id",
+    "annotate_pairs": "id",
+}
 
 
 def line(obj: dict) -> bytes:
@@ -176,8 +185,14 @@ READERS = {
         lambda f, o, p: ["data", "import", f, "--format", "ultrafeedback", "--out", f"{o}/pairs.jsonl"],
     ),
     "data import (trl)": ("preference", lambda f, o, p: ["data", "import", f, "-f", "trl", "--out", f"{o}/p.jsonl"]),
+    "data import (trl-unpaired)": (
+        "unpaired",
+        lambda f, o, p: ["data", "import", f, "-f", "trl-unpaired", "--out", f"{o}/u.jsonl"],
+    ),
+    "data validate (unpaired)": ("unpaired", lambda f, o, p: ["data", "validate", f, "--kind", "unpaired"]),
     "sft": ("sft", lambda f, o, p: ["sft", f"data={f}", f"output_dir={o}", "max_steps=1"]),
     "dpo": ("preference", lambda f, o, p: ["dpo", f"data={f}", f"output_dir={o}", "max_steps=1"]),
+    "kto": ("unpaired", lambda f, o, p: ["kto", f"data={f}", f"output_dir={o}", "max_steps=1"]),
     "reward train": ("preference", lambda f, o, p: ["reward", "train", f"data={f}", f"output_dir={o}", "max_steps=1"]),
     "reward eval": (
         "preference",
@@ -306,6 +321,7 @@ def test_config_file_with_byte_order_mark(tmp_path, monkeypatch, capsys):
 TRAINING = {  # one step at most, should a bound ever be lost (the setting under test comes later and wins)
     "sft": ["sft", "max_steps=1"],
     "dpo": ["dpo", "data=PAIRS", "max_steps=1"],
+    "kto": ["kto", "data=THUMBS", "max_steps=1"],
     "reward train": ["reward", "train", "data=PAIRS", "max_steps=1"],
     "ppo": ["ppo", REWARD_FN, "steps=1"],
     "grpo": ["grpo", REWARD_FN, "steps=1"],
@@ -321,10 +337,22 @@ CANNOT_TRAIN = {
 EXTRA_CANNOT_TRAIN = {
     "sft": {"epochs=0": "key 'epochs'", "grad_accum=0": "key 'grad_accum'", "max_steps=0": "key 'max_steps'"},
     "dpo": {"beta=0": "key 'beta'", "beta=.inf": "key 'beta'", "epochs=-1": "key 'epochs'"},
+    "kto": {
+        "beta=0": "key 'beta'",
+        "desirable_weight=0": "key 'desirable_weight'",
+        "undesirable_weight=-1": "key 'undesirable_weight'",
+    },
     "reward train": {"epochs=0": "key 'epochs'", "max_grad_norm=0": "key 'max_grad_norm'"},
     "ppo": {"mini_batch_size=0": "key 'mini_batch_size'", "epochs_per_batch=0": "key 'epochs_per_batch'"},
-    "grpo": {"mini_batch_size=0": "key 'mini_batch_size'", "group_size=1": "key 'group_size'"},
-    "rloo": {"mini_batch_size=0": "key 'mini_batch_size'", "k=1": "key 'k'"},
+    "grpo": {
+        "mini_batch_size=0": "key 'mini_batch_size'",
+        "group_size=1": "key 'group_size'",
+        "clip_low=0": "key 'clip_low'",
+        "clip_high=-0.1": "key 'clip_high'",
+        "loss_type=ppo": "key 'loss_type'",
+        "overlong_buffer=0": "key 'overlong_buffer'",
+    },
+    "rloo": {"mini_batch_size=0": "key 'mini_batch_size'", "k=1": "key 'k'", "clip_low=0": "key 'clip_low'"},
 }
 HYPER_CASES = [(c, s, f) for c in TRAINING for s, f in {**CANNOT_TRAIN, **EXTRA_CANNOT_TRAIN[c]}.items()]
 
@@ -332,7 +360,8 @@ HYPER_CASES = [(c, s, f) for c in TRAINING for s, f in {**CANNOT_TRAIN, **EXTRA_
 @pytest.mark.parametrize("command, setting, fragment", HYPER_CASES, ids=[f"{c}-{s}" for c, s, _ in HYPER_CASES])
 def test_settings_that_cannot_train_are_refused_up_front(command, setting, fragment, tmp_path, monkeypatch, capsys):
     pairs = data_file(tmp_path, "preference", "good")
-    argv = [a.replace("PAIRS", str(pairs)) for a in TRAINING[command]]
+    thumbs = data_file(tmp_path, "unpaired", "good")
+    argv = [a.replace("PAIRS", str(pairs)).replace("THUMBS", str(thumbs)) for a in TRAINING[command]]
     out = tmp_path / "run"
     assert_one_line_error(run_cli(monkeypatch, capsys, *argv, setting, f"output_dir={out}"), "command line", fragment)
     assert not out.exists()
@@ -354,6 +383,7 @@ def test_every_batch_size_and_learning_rate_is_bounded():
     [
         ("sft", ["sft", "data=SFT"]),
         ("dpo", ["dpo", "data=PAIRS"]),
+        ("kto", ["kto", "data=THUMBS"]),
         ("reward train", ["reward", "train", "data=PAIRS", "val_fraction=0.5"]),
         ("reward eval", ["reward", "eval", "model=RM", "data=PAIRS"]),
     ],
@@ -366,7 +396,14 @@ def test_max_length_leaving_no_room_for_responses(command, args, place, tmp_path
     sft.write_text("".join(json.dumps({**good_record("sft", i), **long_prompt(i)}) + "\n" for i in range(4)))
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({**good_record("preference", i), **long_prompt(i)}) + "\n" for i in range(4)))
-    argv = [a.replace("SFT", str(sft)).replace("PAIRS", str(pairs)).replace("RM", str(place["rm"])) for a in args]
+    thumbs = tmp_path / "thumbs.jsonl"
+    thumbs.write_text("".join(json.dumps({**good_record("unpaired", i), **long_prompt(i)}) + "\n" for i in range(4)))
+    subs = {"=SFT": sft, "=PAIRS": pairs, "=THUMBS": thumbs, "=RM": place["rm"]}
+    argv = []
+    for arg in args:
+        for key, value in subs.items():
+            arg = arg.replace(key, f"={value}")
+        argv.append(arg)
     steps = [] if command == "reward eval" else ["max_steps=1"]
     out = tmp_path / "run"
     error = assert_one_line_error(
@@ -385,6 +422,7 @@ STAGE_OUTPUTS = {
     "pairs": ["pairs"],
     "judge": ["judge", "kind=causal_lm", "model=default", "data=PAIRS"],
     "dpo": ["dpo", "data=PAIRS"],
+    "kto": ["kto", "data=THUMBS"],
     "ppo": ["ppo", REWARD_FN],
     "grpo": ["grpo", REWARD_FN],
     "rloo": ["rloo", REWARD_FN],
@@ -439,14 +477,15 @@ def pipeline_file(folder: Path) -> Path:
 @pytest.mark.parametrize("command", list(STAGE_OUTPUTS))
 def test_stage_output_dir_that_cannot_be_written(command, case, place, tmp_path, monkeypatch, capsys):
     pairs = data_file(tmp_path, "preference", "good")
+    thumbs = data_file(tmp_path, "unpaired", "good")
     subs = {
         "PAIRS": str(pairs),
         "RM": str(place["rm"]),
         "DEFAULT": str(DEFAULT),
         "PIPELINE": str(pipeline_file(tmp_path)),
     }
-    argv = [a.replace("=PAIRS", f"={pairs}").replace("=RM", f"={place['rm']}") for a in STAGE_OUTPUTS[command]]
-    argv = [subs.get(a, a) for a in argv]
+    argv = [a.replace("=PAIRS", f"={pairs}").replace("=THUMBS", f"={thumbs}") for a in STAGE_OUTPUTS[command]]
+    argv = [subs.get(a, a.replace("=RM", f"={place['rm']}")) for a in argv]
     target = output_for(case, place)
     assert_one_line_error(
         run_cli(monkeypatch, capsys, *argv, f"output_dir={target}"), "output_dir", OUTPUT_CASES[case][1]
@@ -519,6 +558,7 @@ def test_failed_run_leaves_no_run_folder(place, tmp_path, monkeypatch, capsys):
 NO_TOKENIZER = {
     "sft": ["sft", "model=M", "output_dir=O", "max_steps=1"],
     "dpo": ["dpo", "model=M", "data=PAIRS", "output_dir=O", "max_steps=1"],
+    "kto": ["kto", "model=M", "data=THUMBS", "output_dir=O", "max_steps=1"],
     "reward train": ["reward", "train", "model=M", "data=PAIRS", "output_dir=O", "max_steps=1"],
     "pairs": ["pairs", "model=M", "output_dir=O", "num_prompts=2"],
     "judge": ["judge", "kind=causal_lm", "model=M", "data=PAIRS", "output_dir=O"],
@@ -531,7 +571,8 @@ NO_TOKENIZER = {
 def test_model_directory_without_tokenizer(command, place, tmp_path, monkeypatch, capsys):
     pairs = data_file(tmp_path, "preference", "good")
     out = tmp_path / "out"
-    subs = {"M": str(place["no_tokenizer"]), "PAIRS": str(pairs), "O": str(out)}
+    thumbs = data_file(tmp_path, "unpaired", "good")
+    subs = {"M": str(place["no_tokenizer"]), "PAIRS": str(pairs), "THUMBS": str(thumbs), "O": str(out)}
     argv = []
     for arg in NO_TOKENIZER[command]:
         for key, value in subs.items():
@@ -625,7 +666,7 @@ def battery() -> Counter:
     add("sft")  # BOM in a config file
     for command, _, _ in HYPER_CASES:
         add(command)
-    for command in ("sft", "dpo", "reward train", "reward eval"):
+    for command in ("sft", "dpo", "kto", "reward train", "reward eval"):
         add(command)  # max_length
     for command in STAGE_OUTPUTS:
         add(command, len(OUTPUT_CASES))

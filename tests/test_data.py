@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from rlhfkit.data.importers import FORMATS, ImportReport, import_preferences
+from rlhfkit.data.importers import FORMATS, ImportReport, import_preferences, import_records
 from rlhfkit.data.records import (
     PreferencePair,
     PromptRecord,
     SFTExample,
+    UnpairedExample,
     detect_kind,
     load_records,
     write_jsonl,
@@ -142,10 +143,14 @@ ROUND_TRIP_ROWS = {
             "category": "math",
         },
     ],
+    "unpaired": [
+        {"prompt": "Say hi.", "completion": "Hi!", "label": True, "id": "u1"},
+        {"prompt": [SYSTEM, USER], "completion": [{"role": "assistant", "content": "5"}], "label": False},
+    ],
 }
 
 
-@pytest.mark.parametrize("kind", ["sft", "prompt", "preference"])
+@pytest.mark.parametrize("kind", ["sft", "prompt", "preference", "unpaired"])
 def test_records_round_trip(tmp_path, kind):
     src = write_lines(tmp_path / "in.jsonl", ROUND_TRIP_ROWS[kind])
     records = load_records(src, kind)
@@ -381,3 +386,46 @@ def test_gzip_input(tmp_path):
     pairs, report = import_preferences(path, "ultrafeedback")
     assert isinstance(report, ImportReport) and [(p.chosen, p.rejected) for p in pairs] == [("A", "B")]
     assert re.fullmatch(r"imported 1 of 1 records from .*uf\.jsonl\.gz", report.summary())
+
+
+# --- unpaired thumbs up/down (KTO) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "row, field, words",
+    [
+        ({"prompt": "Hi.", "completion": "Hello."}, "label", "missing"),
+        ({"prompt": "Hi.", "completion": "Hello.", "label": "yes"}, "label", "expected true or false, got string"),
+        ({"prompt": "Hi.", "completion": "Hello.", "label": 1}, "label", "expected true or false, got integer"),
+        ({"prompt": "Hi.", "completion": " ", "label": True}, "completion", "is empty"),
+        ({"completion": "Hello.", "label": True}, "prompt", "missing"),
+    ],
+)
+def test_bad_unpaired_record_names_file_line_and_field(tmp_path, row, field, words):
+    path = write_lines(tmp_path / "u.jsonl", [{"prompt": "Hi.", "completion": "Hello.", "label": True}, row])
+    assert error_of(load_records, path, "unpaired").startswith(f"{path}:2: field '{field}': {words}")
+
+
+def test_pairs_become_thumbs_up_and_down(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [{**GOOD_PAIR, "id": "a", "category": "c"}, GOOD_PAIR])
+    records, report = import_records(path, "pairs-unpaired")
+    assert records[:2] == [
+        UnpairedExample(prompt="Say hi.", completion="Hi!", label=True, id="a:chosen", category="c"),
+        UnpairedExample(prompt="Say hi.", completion="Go away.", label=False, id="a:rejected", category="c"),
+    ]
+    assert [r.label for r in records[2:]] == [True, False] and records[2].id is None
+    assert (report.read, report.imported) == (2, 4) and report.summary().startswith(
+        "imported 4 records from the 2 rows"
+    )
+    out = tmp_path / "thumbs.jsonl"
+    write_jsonl(out, records)
+    assert detect_kind(out) == "unpaired" and load_records(out, "unpaired") == records
+
+
+def test_trl_unpaired_import(tmp_path):
+    rows = ROUND_TRIP_ROWS["unpaired"]
+    records, report = import_records(write_lines(tmp_path / "kto.jsonl", rows), "trl-unpaired")
+    assert [(r.completion, r.label) for r in records] == [("Hi!", True), ("5", False)] and report.imported == 2
+    bad = write_lines(tmp_path / "bad.jsonl", [rows[0], {"prompt": "x", "completion": "y", "label": None}])
+    assert "bad.jsonl:2: field 'label'" in error_of(import_records, bad, "trl-unpaired")
+    assert "trl-unpaired, pairs-unpaired" in error_of(import_records, bad, "nope")

@@ -8,6 +8,7 @@ import torch
 from rlhfkit.losses import (
     bradley_terry_loss,
     dpo_loss,
+    kto_loss,
     masked_mean,
     orpo_loss,
     reward_centering_loss,
@@ -381,3 +382,45 @@ def test_masked_mean():
     close(masked_mean(values_nan, mask), 8.0 / 3)
     close(masked_mean(values, torch.zeros(2, 2)), 0.0)
     close(masked_mean(values, torch.tensor([[0, 0], [1, 0]]), dim=1), [0.0, 3.0])
+
+
+# ---------------------------------------------------------------- KTO
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_kto_desirable_and_undesirable_hand_values():
+    policy, ref = t(-10.0, -7.0, -5.0), t(-11.0, -6.0, -5.5)  # log-ratios 1.0, -1.0, 0.5
+    desirable = torch.tensor([True, False, True])
+    losses = kto_loss(policy, ref, desirable, kl_estimate=0.3, beta=0.5, desirable_weight=1.5, undesirable_weight=0.7)
+    expected = [
+        1.5 * (1 - sigmoid(0.5 * (1.0 - 0.3))),
+        0.7 * (1 - sigmoid(0.5 * (0.3 - -1.0))),
+        1.5 * (1 - sigmoid(0.5 * (0.5 - 0.3))),
+    ]
+    close(losses, expected)
+
+
+def test_kto_negative_kl_estimate_is_clamped_at_zero():
+    policy, ref, desirable = t(-10.0, -7.0), t(-11.0, -6.0), torch.tensor([True, False])
+    close(kto_loss(policy, ref, desirable, kl_estimate=-2.0), kto_loss(policy, ref, desirable, kl_estimate=0.0))
+    close(kto_loss(policy, ref, desirable, kl_estimate=0.0), [1 - sigmoid(0.1), 1 - sigmoid(0.1)])
+
+
+def test_kto_no_gradient_through_the_kl_estimate():
+    policy = t(-10.0, -7.0).requires_grad_(True)
+    kl = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    losses = kto_loss(policy, t(-11.0, -6.0), torch.tensor([True, False]), kl, beta=0.5)
+    losses.sum().backward()
+    assert kl.grad is None
+    # d/dx (1 - sigmoid(b(x - z))) = -b s(1 - s): a desirable example's log-prob is pushed up, an undesirable one down.
+    s0, s1 = sigmoid(0.5 * (1.0 - 0.4)), sigmoid(0.5 * (0.4 + 1.0))
+    close(policy.grad, [-0.5 * s0 * (1 - s0), 0.5 * s1 * (1 - s1)])
+
+
+@pytest.mark.parametrize("kwargs", [{"beta": 0.0}, {"desirable_weight": 0.0}, {"undesirable_weight": -1.0}])
+def test_kto_invalid_settings(kwargs):
+    with pytest.raises(ValueError):
+        kto_loss(t(-1.0), t(-1.0), torch.tensor([True]), 0.0, **kwargs)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -182,6 +183,56 @@ def test_grpo_and_rloo_run_log_and_save(stage, tmp_path):
     assert "value_loss" not in metrics[0]  # critic-free
     assert not (out / "value_model").exists()
     check_plain_model(out / "model")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(loss_type="dapo", clip_high=0.28, mask_truncated=True, overlong_buffer=4),
+        dict(loss_type="gspo", clip_low=3e-4, clip_high=4e-4),  # GSPO's sequence ratios move little: tiny clips
+    ],
+    ids=["dapo", "gspo"],
+)
+def test_grpo_loss_types_run_and_save(settings, tmp_path):
+    out = tmp_path / "grpo"
+    config = GRPOConfig(
+        output_dir=str(out), steps=2, batch_size=2, group_size=4, mini_batch_size=4, lr=1e-4, **settings, **TINY
+    )
+    summary = grpo.run(config)
+    check_metrics(out, 2, {"group_reward_std", "kl_loss"})
+    assert yaml.safe_load((out / "config.yaml").read_text())["loss_type"] == settings["loss_type"]
+    assert summary["final"]["step"] == 2
+    check_plain_model(out / "model")
+
+
+def test_dynamic_sampling_drops_groups_with_equal_rewards(tmp_path, monkeypatch):
+    (tmp_path / "flat_scores.py").write_text(
+        "def same(prompts, responses):\n    return [1.0 for _ in responses]\n\n"
+        "def chars(prompts, responses):\n    return [float(len(r)) for r in responses]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = dict(steps=1, batch_size=2, group_size=4, mini_batch_size=8, max_new_tokens=8, dynamic_sampling=True)
+    # every group equal: no learning signal anywhere, so it samples up to the cap and trains on equal groups
+    flat = GRPOConfig(output_dir=str(tmp_path / "flat"), rewards=[RewardSpec(function="flat_scores:same")],
+                      max_sampling_rounds=3, **settings)  # fmt: skip
+    grpo.run(flat)
+    (row,) = rows(tmp_path / "flat" / "metrics.jsonl")
+    assert (row["informative_group_share"], row["sampling_rounds"]) == (0.0, 3)
+    assert row["group_reward_std"] == 0 and row["policy_loss"] == 0
+    # rewards that vary within the groups: one round is enough
+    varied = GRPOConfig(output_dir=str(tmp_path / "varied"), rewards=[RewardSpec(function="flat_scores:chars")],
+                        **settings)  # fmt: skip
+    grpo.run(varied)
+    (row,) = rows(tmp_path / "varied" / "metrics.jsonl")
+    assert row["sampling_rounds"] == 1 and row["informative_group_share"] == 1.0 and row["group_reward_std"] > 0
+
+
+def test_overlong_punishment_by_hand():
+    config = GRPOConfig(rewards=GOLD, max_new_tokens=16, overlong_buffer=4, overlong_penalty=0.5)
+    lengths = torch.tensor([3.0, 12.0, 13.0, 16.0])
+    assert grpo.overlong_punishment(lengths, config).tolist() == [0.0, 0.0, 0.125, 0.5]
+    off = GRPOConfig(rewards=GOLD, max_new_tokens=16)
+    assert grpo.overlong_punishment(lengths, off).tolist() == [0.0] * 4
 
 
 def test_grpo_lora_uses_the_adapter_disabled_reference(tmp_path):

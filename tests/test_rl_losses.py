@@ -9,7 +9,9 @@ from rlhfkit.losses import (
     entropy_from_logits,
     gae,
     group_advantages,
+    grpo_policy_loss,
     kl_penalty,
+    masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
     rloo_advantages,
@@ -202,6 +204,103 @@ def test_ppo_policy_loss_gradient_and_masked_garbage():
     loss_g.backward()
     assert torch.isfinite(lp_bad.grad).all()
     close(lp_bad.grad, clean_grad)
+
+
+# ---------------------------------------------------------------- the GRPO family
+
+# Two sequences of lengths 3 and 1 (masked garbage after): unequal lengths tell the normalisers apart.
+GMASK = t([1, 1, 1, 0], [1, 0, 0, 0])
+GLP = t([0.0, -1.0, -0.2, -1.0], [-0.3, -1.0, -1.0, -1.0])
+GOLD = t([-0.5, -0.5, -0.7, -1.0], [-0.2, -1.0, -1.0, -1.0])
+GADV = t([2.0, 2.0, 2.0, 2.0], [-1.0, -1.0, -1.0, -1.0])  # one advantage per sequence, broadcast over its tokens
+
+
+def token_terms(eps_low, eps_high):
+    """Per-token -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) of the two sequences, by hand."""
+    out = []
+    for b in range(2):
+        row = []
+        for i in range(4):
+            if GMASK[b, i]:
+                r, a = math.exp(GLP[b, i].item() - GOLD[b, i].item()), GADV[b, i].item()
+                row.append(-min(r * a, min(max(r, 1 - eps_low), 1 + eps_high) * a))
+        out.append(row)
+    return out
+
+
+def test_grpo_loss_types_normalise_by_hand():
+    terms = token_terms(0.2, 0.2)
+    n_tokens = sum(len(r) for r in terms)
+    expected = {
+        "grpo": sum(sum(r) / len(r) for r in terms) / 2,
+        "dapo": sum(sum(r) for r in terms) / n_tokens,
+        "dr_grpo": sum(sum(r) for r in terms) / (2 * 16),
+    }
+    for loss_type, value in expected.items():
+        loss, _ = grpo_policy_loss(GLP, GOLD, GADV, GMASK, loss_type=loss_type, max_tokens=16)
+        close(loss, value)
+    assert len({round(v, 9) for v in expected.values()}) == 3  # the three normalisers really differ here
+
+
+def test_gspo_uses_one_sequence_level_ratio():
+    loss, stats = grpo_policy_loss(GLP, GOLD, GADV, GMASK, loss_type="gspo", clip_low=0.2)
+    # seq0: mean log-ratio (0.5 - 0.5 + 0.5) / 3 = 1/6, A = 2 (inside the clip); seq1: -0.1, A = -1.
+    s0, s1 = math.exp(1 / 6), math.exp(-0.1)
+    expected = (-min(s0 * 2, min(max(s0, 0.8), 1.2) * 2) + -min(s1 * -1, min(max(s1, 0.8), 1.2) * -1)) / 2
+    close(loss, expected)
+    assert stats["ratio_mean"] == pytest.approx((s0 + s1) / 2, abs=1e-12) and stats["clip_fraction"] == 0.0
+    # a sequence ratio past 1 + clip with A > 0 is clipped as a whole
+    loss, stats = grpo_policy_loss(GLP, GOLD - 0.5, GADV, GMASK, loss_type="gspo", clip_low=0.2)
+    s1 = math.exp(0.4)
+    close(loss, (-1.2 * 2 + s1 * 1) / 2)
+    assert stats["clip_fraction"] == 0.5
+
+
+def test_clip_higher_is_asymmetric():
+    # seq0's tokens have ratio e^0.5 ~ 1.65 with A > 0: clipped at 1 + clip_high, not 1 + clip_low.
+    for clip_high in (None, 0.28, 1.0):
+        terms = token_terms(0.2, 0.2 if clip_high is None else clip_high)
+        loss, stats = grpo_policy_loss(GLP, GOLD, GADV, GMASK, loss_type="dapo", clip_low=0.2, clip_high=clip_high)
+        close(loss, sum(sum(r) for r in terms) / 4)
+    close(terms[0][0], -2.0 * math.exp(0.5))  # clip_high = 1.0: e^0.5 < 2 is inside the band
+    assert stats["clip_fraction"] == 0.0
+    _, stats = grpo_policy_loss(GLP, GOLD, GADV, GMASK, loss_type="dapo", clip_low=0.2, clip_high=0.28)
+    assert stats["clip_fraction"] == pytest.approx(2 / 4)  # seq0's two tokens at e^0.5
+
+
+def test_dapo_is_bit_identical_to_the_previous_grpo_loss():
+    """What grpo computed before loss_type existed (ppo_policy_loss, token mean over the batch), frozen here."""
+    lp = GLP.clone().requires_grad_(True)
+    loss, stats = grpo_policy_loss(lp, GOLD, GADV, GMASK, loss_type="dapo", clip_low=0.2)
+    loss.backward()
+    old = GLP.clone().requires_grad_(True)
+    keep = GMASK != 0
+    log_ratio = torch.where(keep, old - GOLD, torch.zeros((), dtype=old.dtype))
+    adv = torch.where(keep, GADV, torch.zeros((), dtype=old.dtype))
+    ratio = torch.exp(log_ratio)
+    before = masked_mean(torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 0.8, 1.2)), GMASK)
+    before.backward()
+    assert torch.equal(loss, before) and torch.equal(lp.grad, old.grad)
+    assert ppo_policy_loss(GLP, GOLD, GADV, GMASK, 0.2) == (loss.detach(), stats)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "gspo"])
+def test_grpo_loss_types_ignore_masked_garbage(loss_type):
+    lp = with_garbage(GLP, GMASK).requires_grad_(True)
+    loss, _ = grpo_policy_loss(lp, with_garbage(GOLD, GMASK, -GARBAGE), GADV, GMASK, loss_type=loss_type, max_tokens=8)
+    clean, _ = grpo_policy_loss(GLP, GOLD, GADV, GMASK, loss_type=loss_type, max_tokens=8)
+    close(loss, clean)
+    loss.backward()
+    assert torch.isfinite(lp.grad).all() and (lp.grad[GMASK == 0] == 0).all()
+
+
+def test_grpo_policy_loss_refuses_bad_settings():
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_policy_loss(GLP, GOLD, GADV, GMASK, loss_type="nope")
+    with pytest.raises(ValueError, match="max_tokens"):
+        grpo_policy_loss(GLP, GOLD, GADV, GMASK, loss_type="dr_grpo")
+    with pytest.raises(ValueError, match="clip"):
+        grpo_policy_loss(GLP, GOLD, GADV, GMASK, clip_low=0.0)
 
 
 # ---------------------------------------------------------------- PPO value loss

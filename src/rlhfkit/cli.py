@@ -170,7 +170,9 @@ def data_validate(
     path: str = typer.Argument(
         ..., help="JSONL (.gz allowed), Parquet, CSV, JSON or Arrow file, save_to_disk folder, or Hub dataset id"
     ),
-    kind: str | None = typer.Option(None, help="sft, prompt or preference (default: guessed from the first record)"),
+    kind: str | None = typer.Option(
+        None, help="sft, prompt, preference or unpaired (default: guessed from the first record)"
+    ),
 ):
     """Check every record of a file against its schema; the first problem is reported with line and field."""
     from .data.records import KINDS, detect_kind, load_records
@@ -185,16 +187,22 @@ def data_validate(
 @data_app.command("import")
 def data_import(
     path: str = typer.Argument(..., help="file to import (JSONL, or any source `data validate` reads)"),
-    format: str = typer.Option(..., "--format", "-f", help="trl, hh (Anthropic HH-RLHF) or ultrafeedback"),
-    out: Path = typer.Option(..., "--out", "-o", help="preference JSONL to write"),
+    format: str = typer.Option(
+        ...,
+        "--format",
+        "-f",
+        help="trl, hh (Anthropic HH-RLHF) or ultrafeedback (to pairs); trl-unpaired (TRL's KTO layout) or "
+        "pairs-unpaired (pairs as thumbs: chosen true, rejected false) (to unpaired records)",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="preference or unpaired JSONL to write"),
 ):
-    """Convert preference data to the rlhfkit preference schema (written atomically; nothing on error)."""
+    """Convert preference data to the rlhfkit preference or unpaired schema (written atomically; nothing on error)."""
     from .atomic import write_json
-    from .data.importers import import_preferences
+    from .data.importers import import_records
     from .data.records import write_jsonl
 
     check_writable(out, "--out", folder=False)
-    pairs, report = import_preferences(path, format)
+    pairs, report = import_records(path, format)
     write_jsonl(out, pairs)
     report_file = out.with_name(out.name.removesuffix(".gz").removesuffix(".jsonl") + ".import.json")
     write_json(report_file, report.as_dict())

@@ -232,6 +232,29 @@ class DPOConfig(TrainConfig):
     lr: float = inherit(TrainConfig, "lr", 5e-5)
 
 
+class KTOConfig(TrainConfig):
+    model: str = Field("default", description="policy to start from (usually the SFT model)")
+    ref_model: str | None = Field(
+        None, description="reference model; null uses `model` (with LoRA, the adapter-disabled policy)"
+    )
+    data: str = Field(
+        ..., description="unpaired JSONL: {prompt, completion, label: true|false} (`data import -f pairs-unpaired`)"
+    )
+    beta: float = Field(0.1, gt=0, description="KTO temperature: how far the policy may move from the reference")
+    desirable_weight: float | None = Field(
+        None,
+        gt=0,
+        description="loss weight of desirable (label true) examples; null: balanced, the rarer label weighs "
+        "n_majority / n_minority and the other 1",
+    )
+    undesirable_weight: float | None = Field(
+        None, gt=0, description="loss weight of undesirable (label false) examples; null: balanced (as above)"
+    )
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of examples held out for validation")
+    output_dir: str = inherit(TrainConfig, "output_dir", "runs/kto")
+    lr: float = inherit(TrainConfig, "lr", 5e-5)
+
+
 class EvalConfig(DataColumns):
     models: dict[str, str] = Field(..., description="name -> policy directory ('default' allowed)")
     prompts: str = Field("heldout", description="prompt JSONL, or 'heldout' for the embedded held-out prompts")
@@ -382,10 +405,47 @@ class PPOConfig(OnlineRLConfig):
     output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/ppo")
 
 
-class GRPOConfig(OnlineRLConfig):
+GRPOLossType = Literal["grpo", "dapo", "dr_grpo", "gspo"]
+
+
+class ClippedRatioSettings(Strict):
+    """The policy loss of grpo and rloo (rlhfkit.losses.grpo_policy_loss)."""
+
+    loss_type: GRPOLossType = Field(
+        "dapo",
+        description="policy-loss normaliser: dapo (token mean over the batch, what grpo always computed), grpo "
+        "(mean per sequence, then over sequences), dr_grpo (sum / (sequences * max_new_tokens)), gspo "
+        "(one sequence-level ratio)",
+    )
+    clip_low: float = Field(0.2, gt=0, description="policy ratio clip below: ratios under 1 - clip_low are clipped")
+    clip_high: float | None = Field(
+        None, gt=0, description="policy ratio clip above (DAPO clip-higher, e.g. 0.28); null: clip_low"
+    )
+    mask_truncated: bool = Field(
+        False, description="DAPO overlong filtering: responses cut at max_new_tokens get no policy gradient"
+    )
+    overlong_buffer: int | None = Field(
+        None,
+        gt=0,
+        description="DAPO soft overlong punishment: a response longer than max_new_tokens - overlong_buffer loses "
+        "up to overlong_penalty, linearly in the extra tokens; null: off",
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="the score a response at max_new_tokens loses")
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO dynamic sampling: drop groups whose rewards are all equal (no learning signal) and sample "
+        "more prompts, up to max_sampling_rounds, to fill the batch",
+    )
+    max_sampling_rounds: int = Field(
+        3, gt=0, description="dynamic sampling: sampling rounds per iteration at most (then equal groups fill in)"
+    )
+
+
+class GRPOConfig(ClippedRatioSettings, OnlineRLConfig):
     group_size: int = Field(8, gt=1, description="responses sampled per prompt (the group)")
-    normalize: bool = Field(True, description="divide group-centred rewards by the group's standard deviation")
-    clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
+    normalize: bool = Field(
+        True, description="divide group-centred rewards by the group's standard deviation (false: Dr. GRPO)"
+    )
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
         "k3", description="KL to the reference as a loss term (k3, as in GRPO)"
     )
@@ -396,11 +456,10 @@ class GRPOConfig(OnlineRLConfig):
     output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/grpo")
 
 
-class RLOOConfig(OnlineRLConfig):
+class RLOOConfig(ClippedRatioSettings, OnlineRLConfig):
     k: int = Field(
         4, gt=1, description="responses sampled per prompt; each one's baseline is the mean of the other k-1"
     )
-    clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
     batch_size: int = inherit(OnlineRLConfig, "batch_size", 16)
     mini_batch_size: int = inherit(OnlineRLConfig, "mini_batch_size", 64)
     lr: float = inherit(OnlineRLConfig, "lr", 3e-5)

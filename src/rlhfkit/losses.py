@@ -15,6 +15,7 @@ __all__ = [
     "bradley_terry_loss",
     "reward_centering_loss",
     "dpo_loss",
+    "kto_loss",
     "simpo_loss",
     "orpo_loss",
     "sequence_logps",
@@ -92,6 +93,30 @@ def dpo_loss(
     chosen_rewards = (beta * (policy_chosen_logps - ref_chosen_logps)).detach()
     rejected_rewards = (beta * (policy_rejected_logps - ref_rejected_logps)).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl_estimate: torch.Tensor | float,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """KTO per-example losses (Ethayarajh et al. 2024), shape [batch]; `desirable` marks thumbs-up examples."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
+    if not (desirable_weight > 0 and undesirable_weight > 0):
+        raise ValueError(f"weights must be > 0, got {desirable_weight!r} and {undesirable_weight!r}")
+    _check_same_shape(policy_logps=policy_logps, ref_logps=ref_logps, desirable=desirable)
+    logratio = policy_logps - ref_logps
+    # z = max(KL, 0) is a reference point, not a target: no gradient flows through it.
+    z = torch.as_tensor(kl_estimate, dtype=logratio.dtype, device=logratio.device).detach().clamp(min=0)
+    # desirable: w_d * (1 - sigmoid(beta * (logratio - z))); undesirable: w_u * (1 - sigmoid(beta * (z - logratio))).
+    desirable_losses = desirable_weight * (1 - torch.sigmoid(beta * (logratio - z)))
+    undesirable_losses = undesirable_weight * (1 - torch.sigmoid(beta * (z - logratio)))
+    return torch.where(desirable.bool(), desirable_losses, undesirable_losses)
 
 
 def simpo_loss(
@@ -172,6 +197,8 @@ __all__ += [
     "kl_penalty",
     "KL_ESTIMATORS",
     "ppo_policy_loss",
+    "grpo_policy_loss",
+    "GRPO_LOSS_TYPES",
     "ppo_value_loss",
     "group_advantages",
     "rloo_advantages",
@@ -248,23 +275,69 @@ def ppo_policy_loss(
     clip_range: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate loss (token-level masked mean) plus float stats clip_fraction/approx_kl/ratio_mean."""
+    # The token-level mean over the batch is exactly DAPO's normaliser with a symmetric clip.
+    return grpo_policy_loss(logps, old_logps, advantages, mask, loss_type="dapo", clip_low=clip_range)
+
+
+GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "gspo")
+
+
+def grpo_policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str = "grpo",
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+    max_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped-ratio policy loss of the GRPO family over [n, T] tensors, plus float stats
+    clip_fraction/approx_kl/ratio_mean. `clip_high=None` is `clip_low`; `max_tokens` is dr_grpo's length budget."""
     _check_same_shape(logps=logps, old_logps=old_logps, advantages=advantages, mask=mask)
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(GRPO_LOSS_TYPES)}")
+    clip_high = clip_low if clip_high is None else clip_high
+    if not (clip_low > 0 and clip_high > 0):
+        raise ValueError(f"clip_low and clip_high must be > 0, got {clip_low!r} and {clip_high!r}")
+    if loss_type == "dr_grpo" and not (max_tokens and max_tokens > 0):
+        raise ValueError(f"loss_type 'dr_grpo' needs max_tokens > 0 (the completion-length budget), got {max_tokens!r}")
     keep = mask != 0
     # The log-ratio is zeroed at masked positions *before* exp so garbage cannot overflow into NaN gradients.
     log_ratio = _masked(logps - old_logps, keep)
     advantages = _masked(advantages.detach(), keep)
-    ratio = torch.exp(log_ratio)
+    if loss_type == "gspo":
+        # GSPO (Zheng et al. 2025): one ratio per sequence, exp of the mean token log-ratio; A is the sequence's.
+        seq_log_ratio = masked_mean(log_ratio, mask, dim=1)
+        ratio = torch.exp(seq_log_ratio)
+        advantages = masked_mean(advantages, mask, dim=1)
+    else:
+        ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    # Pessimistic bound: the larger (worse) of the two per-token losses.
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    # Pessimistic bound: the larger (worse) of the two losses, per token (per sequence for gspo).
+    term = torch.maximum(unclipped, clipped)
+    if loss_type == "grpo":
+        # GRPO paper: mean over each sequence's tokens, then over sequences (long answers weigh less per token).
+        loss = masked_mean(term, mask, dim=1).mean()
+    elif loss_type == "dapo":
+        # DAPO: sum over every token of the batch / number of tokens (each token weighs the same).
+        loss = masked_mean(term, mask)
+    elif loss_type == "dr_grpo":
+        # Dr. GRPO: a constant normaliser n * max_tokens, so no length bias from the denominator.
+        loss = _masked(term, keep).sum() / (term.shape[0] * max_tokens)
+    else:  # gspo
+        loss = term.mean()
     with torch.no_grad():
-        # A token counts as clipped when the clipped branch strictly wins (which implies |ratio - 1| > eps).
-        clip_active = ((ratio - 1.0).abs() > clip_range) & (clipped > unclipped)
+        # Clipped when the clipped branch strictly wins, i.e. the ratio left [1 - clip_low, 1 + clip_high].
+        outside = ((ratio - 1.0) < -clip_low) | ((ratio - 1.0) > clip_high)
+        clip_active = (outside & (clipped > unclipped)).to(ratio.dtype)
         stats = {
-            "clip_fraction": masked_mean(clip_active.to(ratio.dtype), mask).item(),
+            "clip_fraction": clip_active.mean().item()
+            if loss_type == "gspo"
+            else masked_mean(clip_active, mask).item(),
             "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item(),
-            "ratio_mean": masked_mean(ratio, mask).item(),
+            "ratio_mean": ratio.mean().item() if loss_type == "gspo" else masked_mean(ratio, mask).item(),
         }
     return loss, stats
 

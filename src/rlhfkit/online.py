@@ -141,6 +141,60 @@ class Batch:
     mask: torch.Tensor  # [B, R] float
     stats: dict
 
+    def select(self, rows: list[int]) -> Batch:
+        """The batch's rows `rows`, in that order (stats kept: they describe the batch as sampled)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        r = self.rollout
+        rollout = Rollout(*(t[index] for t in (r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask,
+                                                r.logps, r.truncated)))  # fmt: skip
+        return Batch(
+            rollout,
+            [self.prompt_texts[i] for i in rows],
+            [self.response_texts[i] for i in rows],
+            self.scores[index],
+            self.logps[index],
+            self.ref_logps[index],
+            self.mask[index],
+            self.stats,
+        )
+
+
+def _pad_to(tensor: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+    extra = width - tensor.shape[1]
+    if extra == 0:
+        return tensor
+    fill = torch.full((tensor.shape[0], extra), value, dtype=tensor.dtype)
+    return torch.cat([fill, tensor] if left else [tensor, fill], 1)
+
+
+def concat_batches(batches: list[Batch], pad_id: int) -> Batch:
+    """One batch of the rows of several (prompts re-padded on the left, responses on the right); the stats are
+    the first batch's."""
+    prompt_width = max(b.rollout.prompt_ids.shape[1] for b in batches)
+    width = max(b.mask.shape[1] for b in batches)
+
+    def cat(get, value, left=False, pad_width=width) -> torch.Tensor:
+        return torch.cat([_pad_to(get(b), pad_width, value, left) for b in batches])
+
+    rollout = Rollout(
+        prompt_ids=cat(lambda b: b.rollout.prompt_ids, pad_id, left=True, pad_width=prompt_width),
+        prompt_mask=cat(lambda b: b.rollout.prompt_mask, 0, left=True, pad_width=prompt_width),
+        response_ids=cat(lambda b: b.rollout.response_ids, pad_id),
+        response_mask=cat(lambda b: b.rollout.response_mask, 0),
+        logps=cat(lambda b: b.rollout.logps, 0.0),
+        truncated=torch.cat([b.rollout.truncated for b in batches]),
+    )
+    return Batch(
+        rollout,
+        [t for b in batches for t in b.prompt_texts],
+        [t for b in batches for t in b.response_texts],
+        torch.cat([b.scores for b in batches]),
+        cat(lambda b: b.logps, 0.0),
+        cat(lambda b: b.ref_logps, 0.0),
+        cat(lambda b: b.mask, 0.0),
+        batches[0].stats,
+    )
+
 
 def sample_batch(
     policy: Policy,

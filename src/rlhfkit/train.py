@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write, write_json
+from .atomic import atomic_file, atomic_write, write_json
+from .console import console
 from .errors import TrainingError
 
 
@@ -169,3 +170,23 @@ class RunLog:
         if self.trackers is not None:
             self.trackers.close()
             self.trackers = None
+
+
+def file_stamps(path: Path) -> list:
+    """(name, size, mtime) of a file or of every file in a folder: changes whenever the model or data is rewritten."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def cached_reference(path: Path, key: str, compute) -> torch.Tensor:
+    """Reference log-probs saved under `path` with their `key` (what they were computed from): reused when the key
+    matches, else `compute()`d and written atomically (dpo, kto)."""
+    if path.is_file():
+        saved = torch.load(path)
+        if saved.get("key") == key:
+            console.print(f"reusing cached reference log-probs from {path}")
+            return saved["logps"]
+    logps = compute()
+    with atomic_file(path, "wb") as handle:
+        torch.save({"key": key, "logps": logps}, handle)
+    return logps

@@ -1,12 +1,13 @@
 """Data: the JSONL record kinds (records) and importers for other published preference layouts (importers)."""
 
-from .importers import FORMATS, ImportReport, import_preferences
+from .importers import FORMATS, UNPAIRED_FORMATS, ImportReport, import_preferences, import_records
 from .records import (
     KINDS,
     PreferencePair,
     PromptRecord,
     Record,
     SFTExample,
+    UnpairedExample,
     detect_kind,
     load_records,
     parse_record,
@@ -19,10 +20,13 @@ __all__ = [
     "FORMATS",
     "KINDS",
     "ImportReport",
+    "UNPAIRED_FORMATS",
+    "import_records",
     "PreferencePair",
     "PromptRecord",
     "Record",
     "SFTExample",
+    "UnpairedExample",
     "detect_kind",
     "import_preferences",
     "load_records",

@@ -1,4 +1,5 @@
-"""Import preference data published in other layouts as PreferencePair records.
+"""Import preference data published in other layouts as PreferencePair records, and thumbs up/down as
+UnpairedExample records (KTO).
 
 Formats:
 - trl:           the TRL preference layout: prompt/chosen/rejected as text or chat messages, or chosen/rejected
@@ -11,6 +12,10 @@ Formats:
 - ultrafeedback: the binarized UltraFeedback layout: prompt (text), chosen/rejected (messages, user then
                  assistant, or text), score_chosen/score_rejected (numbers). margin = score_chosen - score_rejected;
                  a pair scored the wrong way round is swapped; a tie is skipped.
+- trl-unpaired:  TRL's unpaired preference layout (KTO): prompt/completion as text or chat messages, label
+                 true|false (exactly what `parse_record(..., "unpaired")` accepts).
+- pairs-unpaired: preference pairs (the rlhfkit/TRL layout) as thumbs: each pair becomes its chosen response
+                 labelled true and its rejected one labelled false (ids `ID:chosen`, `ID:rejected`).
 
 Structural problems (missing field, wrong type, not a transcript) are a DataError naming file, line and field,
 and nothing is imported. Content problems in real data (an empty reply, two identical replies, a tie) skip the
@@ -27,7 +32,9 @@ from typing import Any
 from ..errors import DataError
 from .records import (
     PreferencePair,
+    Record,
     UniqueIds,
+    UnpairedExample,
     Where,
     parse_messages,
     parse_prompt,
@@ -36,7 +43,8 @@ from .records import (
     type_name,
 )
 
-FORMATS = ("trl", "hh", "ultrafeedback")
+FORMATS = ("trl", "hh", "ultrafeedback")  # to preference pairs
+UNPAIRED_FORMATS = ("trl-unpaired", "pairs-unpaired")  # to unpaired thumbs up/down
 
 HH_ASSISTANT = "\n\nAssistant:"
 _MAX_LINES_SHOWN = 10
@@ -66,6 +74,8 @@ class ImportReport:
         """One line: what was imported, and which lines were skipped or swapped and why (at most
         _MAX_LINES_SHOWN per reason; as_dict has them all)."""
         text = f"imported {self.imported} of {self.read} records from {self.source}"
+        if self.imported > self.read:  # pairs-unpaired: two records a row
+            text = f"imported {self.imported} records from the {self.read} rows of {self.source}"
         notes = []
         if self.skipped:
             by_reason: dict[str, list[int]] = {}
@@ -209,7 +219,32 @@ def _import_ultrafeedback(obj: Any, where: Where, report: ImportReport) -> Prefe
     )
 
 
-_IMPORTERS = {"trl": _import_trl, "hh": _import_hh, "ultrafeedback": _import_ultrafeedback}
+def _import_trl_unpaired(obj: Any, where: Where, report: ImportReport) -> UnpairedExample | None:
+    return parse_record(obj, "unpaired", where)  # type: ignore[return-value]
+
+
+def _import_pairs_unpaired(obj: Any, where: Where, report: ImportReport) -> list[UnpairedExample]:
+    pair: PreferencePair = parse_record(obj, "preference", where)  # type: ignore[assignment]
+    return [
+        UnpairedExample(
+            prompt=pair.prompt,
+            completion=completion,
+            label=label,
+            id=None if pair.id is None else f"{pair.id}:{side}",
+            category=pair.category,
+            metadata=pair.metadata,
+        )
+        for completion, label, side in ((pair.chosen, True, "chosen"), (pair.rejected, False, "rejected"))
+    ]
+
+
+_IMPORTERS = {
+    "trl": _import_trl,
+    "hh": _import_hh,
+    "ultrafeedback": _import_ultrafeedback,
+    "trl-unpaired": _import_trl_unpaired,
+    "pairs-unpaired": _import_pairs_unpaired,
+}
 
 
 def import_preferences(path: str | Path, fmt: str) -> tuple[list[PreferencePair], ImportReport]:
@@ -218,23 +253,31 @@ def import_preferences(path: str | Path, fmt: str) -> tuple[list[PreferencePair]
     A malformed row raises DataError (file:line: field '...') and nothing is returned; so does a file with no
     records, or one where every record was skipped.
     """
-    if fmt not in _IMPORTERS:
+    if fmt not in FORMATS:
         raise DataError(f"unknown import format '{fmt}'; expected one of {', '.join(FORMATS)}")
+    return import_records(path, fmt)  # type: ignore[return-value]
+
+
+def import_records(path: str | Path, fmt: str) -> tuple[list[Record], ImportReport]:
+    """import_preferences for every format, the unpaired ones (UNPAIRED_FORMATS) included."""
+    if fmt not in _IMPORTERS:
+        raise DataError(f"unknown import format '{fmt}'; expected one of {', '.join(FORMATS + UNPAIRED_FORMATS)}")
     convert = _IMPORTERS[fmt]
     source = str(path)
     report = ImportReport(source=source, format=fmt)
-    pairs: list[PreferencePair] = []
+    records: list[Record] = []
     ids = UniqueIds()
     for lineno, obj in read_rows(path):
         report.read += 1
         where = Where(source, lineno)
-        pair = convert(obj, where, report)
-        if pair is not None:
-            ids.check(pair.id, where)
-            pairs.append(pair)
-    report.imported = len(pairs)
+        converted = convert(obj, where, report)
+        for record in converted if isinstance(converted, list) else [converted]:
+            if record is not None:
+                ids.check(record.id, where)
+                records.append(record)
+    report.imported = len(records)
     if report.read == 0:
         raise DataError(f"{source}: no records")
-    if not pairs:
+    if not records:
         raise DataError(f"{source}: no usable records ({report.summary()})")
-    return pairs, report
+    return records, report

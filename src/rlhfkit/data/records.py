@@ -5,6 +5,8 @@ One JSON object a line. Kinds (see README, "Data schema"):
 - prompt:     {"prompt": TEXT|MESSAGES}
 - preference: {"prompt": TEXT|MESSAGES, "chosen": TEXT|MESSAGES, "rejected": TEXT|MESSAGES}
               or chosen/rejected as whole conversations with no prompt (the shared leading turns become the prompt)
+- unpaired:   {"prompt": TEXT|MESSAGES, "completion": TEXT|MESSAGES, "label": true|false}  a thumb up (true) or
+              down (false) on one response, no pair (KTO)
 Optional on every kind: id (string or integer), category (string), metadata (object);
 on preference pairs also margin (number) and annotator (string).
 MESSAGES is a list of {"role": "system"|"user"|"assistant", "content": TEXT}.
@@ -29,7 +31,7 @@ from ..errors import DataError
 Message = dict[str, str]
 PromptValue = str | list[Message]
 ROLES = ("system", "user", "assistant")
-KINDS = ("sft", "prompt", "preference")
+KINDS = ("sft", "prompt", "preference", "unpaired")
 
 
 @dataclass
@@ -61,7 +63,17 @@ class PreferencePair:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-Record = SFTExample | PromptRecord | PreferencePair
+@dataclass
+class UnpairedExample:
+    prompt: PromptValue
+    completion: str
+    label: bool  # true: desirable (a thumb up), false: undesirable
+    id: str | int | None = None
+    category: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+Record = SFTExample | PromptRecord | PreferencePair | UnpairedExample
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
@@ -235,6 +247,15 @@ def parse_record(obj: Any, kind: str, where: Where) -> Record:
                 raise where.fail("annotator", f"expected a string, got {type_name(obj['annotator'])}")
             pair.annotator = obj["annotator"]
         return pair
+    if kind == "unpaired":
+        prompt = parse_prompt(obj, where)
+        completion = parse_response(obj, "completion", where)
+        completion = completion[-1]["content"] if isinstance(completion, list) else completion
+        if "label" not in obj:
+            raise where.fail("label", "missing (true for a desirable completion, false for an undesirable one)")
+        if not isinstance(obj["label"], bool):
+            raise where.fail("label", f"expected true or false, got {type_name(obj['label'])}")
+        return UnpairedExample(prompt=prompt, completion=completion, label=obj["label"], **common)
     raise DataError(f"unknown record kind '{kind}'; expected one of {', '.join(KINDS)}")
 
 
@@ -377,13 +398,15 @@ def detect_kind(path: str | Path) -> str:
     """Guess the record kind from the first record's keys."""
     for _, obj in read_rows(path):
         if isinstance(obj, dict):
+            if "completion" in obj or "label" in obj:
+                return "unpaired"
             if "chosen" in obj or "rejected" in obj:
                 return "preference"
             if "response" in obj or "messages" in obj:
                 return "sft"
             if "prompt" in obj:
                 return "prompt"
-        raise DataError(f"{path}:1: cannot tell the record kind; pass --kind sft|prompt|preference")
+        raise DataError(f"{path}:1: cannot tell the record kind; pass --kind sft|prompt|preference|unpaired")
     raise DataError(f"{path}: no records")
 
 

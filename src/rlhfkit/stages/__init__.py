@@ -65,6 +65,7 @@ STAGES: dict[str, Stage] = {
         "Flip a share of the training labels, retrain per share, and plot held-out accuracy against it.",
     ),
     "dpo": Stage("dpo", "DPOConfig", "Direct preference optimisation (sigmoid, ipo, hinge, robust, simpo, orpo)."),
+    "kto": Stage("kto", "KTOConfig", "KTO: learn from thumbs up/down on single responses (unpaired data), no pairs."),
     "ppo": Stage(
         "ppo", "PPOConfig", "PPO: value head, GAE, clipped updates, KL penalty to the reference folded into the reward."
     ),

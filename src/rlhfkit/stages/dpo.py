@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_file
 from ..cards import model_card
 from ..config import DPOConfig, save_config
 from ..console import console, progress_bar
@@ -26,7 +25,7 @@ from ..losses import dpo_loss, orpo_loss, simpo_loss
 from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization, save_model
 from ..resolve import resolve_model_path
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
-from ..train import RunLog, batches, make_optimizer, setup_torch, total_steps
+from ..train import RunLog, batches, cached_reference, file_stamps, make_optimizer, setup_torch, total_steps
 
 REFERENCE_FREE = ("simpo", "orpo")
 
@@ -55,24 +54,6 @@ def reference_logps(model, items: list[tuple], pad_id: int, batch_size: int, des
             advance(len(chunk))
     model.train(was_training)
     return torch.cat(out)
-
-
-def file_stamps(path: Path) -> list:
-    """(name, size, mtime) of a file or of every file in a folder: changes whenever the model or data is rewritten."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-
-
-def cached_reference(path: Path, key: str, compute) -> torch.Tensor:
-    if path.is_file():
-        saved = torch.load(path)
-        if saved.get("key") == key:
-            console.print(f"reusing cached reference log-probs from {path}")
-            return saved["logps"]
-    logps = compute()
-    with atomic_file(path, "wb") as handle:
-        torch.save({"key": key, "logps": logps}, handle)
-    return logps
 
 
 def preference_loss(

@@ -4,7 +4,10 @@ One iteration: take `batch_size` prompts, sample k responses each, score them, t
 per-sequence advantages within each prompt's group, and update with the clipped ratio objective.
 - GRPO: A = (r - group mean) / group std; KL to the reference is a separate loss term (k3 by default).
 - RLOO: the KL penalty is folded into the sequence reward, r' = r - kl_coef * KL(seq); A = r' - mean of the other k-1.
-The loss is the token-level mean over every response token of the batch.
+The policy loss is `losses.grpo_policy_loss` with `loss_type` dapo (the token mean over the batch, the default),
+grpo (per-sequence mean), dr_grpo (a constant n * max_new_tokens normaliser) or gspo (a sequence-level ratio), and
+`clip_low`/`clip_high` (clip-higher). DAPO's overlong shaping: `overlong_buffer` lowers the score of responses near
+max_new_tokens, `mask_truncated` drops the responses cut there from the loss.
 Under torchrun / accelerate launch each process samples and scores its share of the prompts (whole groups, so
 advantages stay exact) and gradients are averaged by DDP.
 """
@@ -21,9 +24,50 @@ from ..config import GRPOConfig, RLOOConfig, save_config
 from ..console import progress_bar
 from ..errors import ConfigError
 from ..forward import token_logps
-from ..losses import group_advantages, kl_penalty, masked_mean, ppo_policy_loss, rloo_advantages
+from ..losses import group_advantages, grpo_policy_loss, kl_penalty, masked_mean, rloo_advantages
 from ..runtime import start
 from ..train import adamw, constant_schedule
+
+
+def overlong_punishment(lengths: torch.Tensor, config: GRPOConfig | RLOOConfig) -> torch.Tensor:
+    """DAPO's soft overlong punishment per response: 0 up to max_new_tokens - overlong_buffer tokens, then rising
+    linearly to overlong_penalty at max_new_tokens."""
+    if config.overlong_buffer is None:
+        return torch.zeros_like(lengths)
+    over = (lengths - (config.max_new_tokens - config.overlong_buffer)).clamp(min=0)
+    return config.overlong_penalty * over / config.overlong_buffer
+
+
+def sample_groups(policy, prompts, reward_fn, gold, config, generator, runtime, k: int):
+    """This process's groups of one iteration and the sampling stats. With dynamic_sampling, groups whose rewards
+    are all equal (zero advantage: no gradient) are dropped and more prompts sampled, every process in step, until
+    each has its share of informative groups or max_sampling_rounds is reached; equal groups then fill the rest,
+    so every process trains on the same number of rows."""
+    informative, spare, first = [], [], None
+    want = len(runtime.shard(list(range(config.batch_size))))
+    for round_ in range(1, config.max_sampling_rounds + 1):
+        # Each prompt k times in a row: consecutive rows form a group.
+        indices = [i for i in runtime.shard(prompts.take(config.batch_size)) for _ in range(k)]
+        batch = online.sample_batch(policy, prompts, indices, reward_fn, gold, config, generator)
+        if first is None:
+            first = batch
+        if not config.dynamic_sampling:
+            return batch, {}
+        varied = batch.scores.view(-1, k).std(1) > 0
+        for group, keep in enumerate(varied.tolist()):
+            (informative if keep else spare).append((batch, group))
+        if round_ == 1:
+            share = varied.float().mean().item()
+        # every process samples as many rounds as the neediest one, so prompt positions stay in step
+        (short,) = runtime.sum([float(len(informative) < want)])
+        if not short:
+            break
+    chosen = (informative + spare)[:want]
+    parts = [b.select([g * k + j for j in range(k)]) for b, g in chosen]
+    stats = {"informative_group_share": share, "sampling_rounds": round_}
+    batch = online.concat_batches(parts, policy.tokenizer.pad_token_id)
+    batch.stats = first.stats  # what the policy sampled, before filtering
+    return batch, stats
 
 
 def run(config: GRPOConfig | RLOOConfig) -> dict:
@@ -56,15 +100,18 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
         advance(start_step)
         for step in range(start_step + 1, config.steps + 1):
             t0 = time.time()
-            # Each prompt k times in a row: consecutive rows form a group.
-            indices = [i for i in runtime.shard(prompts.take(config.batch_size)) for _ in range(k)]
-            batch = online.sample_batch(policy, prompts, indices, reward_fn, gold, config, generator)
+            batch, sampling = sample_groups(policy, prompts, reward_fn, gold, config, generator, runtime, k)
+            indices = list(range(len(batch.scores)))
             mask = batch.mask
+            scores = batch.scores - overlong_punishment(mask.sum(1), config)
             if is_grpo:
-                advantages = group_advantages(batch.scores, k, normalize=config.normalize)
+                advantages = group_advantages(scores, k, normalize=config.normalize)
             else:
                 seq_kl = (kl_penalty(batch.logps, batch.ref_logps, config.kl_estimator) * mask).sum(1)
-                advantages = rloo_advantages(batch.scores - config.kl_coef * seq_kl, k)
+                advantages = rloo_advantages(scores - config.kl_coef * seq_kl, k)
+            if config.mask_truncated:
+                # DAPO overlong filtering: a cut-off response says nothing about its ending, so it gets no gradient
+                mask = mask * (~batch.rollout.truncated).to(mask.dtype)[:, None]
             token_adv = advantages[:, None].expand_as(mask)
             input_ids, attention_mask = batch.rollout.full()
             prompt_len = batch.rollout.prompt_ids.shape[1]
@@ -76,8 +123,15 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
                 logps, entropy = token_logps(
                     trained, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True
                 )
-                pg_loss, pg_stats = ppo_policy_loss(
-                    logps, batch.logps[idx], token_adv[idx], mask[idx], config.clip_range
+                pg_loss, pg_stats = grpo_policy_loss(
+                    logps,
+                    batch.logps[idx],
+                    token_adv[idx],
+                    mask[idx],
+                    loss_type=config.loss_type,
+                    clip_low=config.clip_low,
+                    clip_high=config.clip_high,
+                    max_tokens=config.max_new_tokens,
                 )
                 loss = pg_loss
                 if is_grpo and config.kl_coef:
@@ -99,7 +153,7 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             scheduler.step()
             stats = {key: v / n_updates for key, v in stats.items()}
             group_std = batch.scores.view(-1, k).std(1).mean().item()
-            measured = runtime.mean_stats({**batch.stats, **stats, "group_reward_std": group_std})
+            measured = runtime.mean_stats({**batch.stats, **stats, **sampling, "group_reward_std": group_std})
             row = log.log(
                 step, **{**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
             )
