@@ -141,7 +141,7 @@ def test_auto_chunks_large_vocabularies_and_chunked_refuses_what_it_cannot_split
     assert use_chunked(tiny(), "auto") and not use_chunked(tiny(), "full")
     small = tiny(vocab=CHUNKED_VOCAB - 1)
     assert not use_chunked(small, "auto") and use_chunked(small, "chunked")
-    gemma = tiny("gemma")  # scales its embeddings and can soft-cap its logits: not a plain projection
+    gemma = tiny("gemma")  # outside PACKABLE: the Gemma family post-processes (Gemma 2 soft-caps) its logits
     assert not use_chunked(gemma, "auto")
     with pytest.raises(ConfigError, match=r"^logits: 'chunked' needs .*Set logits=auto or logits=full"):
         use_chunked(gemma, "chunked")
@@ -228,3 +228,15 @@ def test_grpo_trains_the_same_with_chunked_and_full_logits(big_vocab, tmp_path, 
     for a, b in zip(full, chunked):
         for key in ("reward", "kl", "entropy", "policy_loss", "kl_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+def test_the_chunk_backward_is_the_derivative_of_log_probs_and_entropy():
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(5, 11, dtype=torch.float64)).requires_grad_()
+    labels = torch.randint(0, 11, (5,))
+    torch.autograd.gradcheck(lambda z: forward.LabelLogpsEntropy.apply(z, labels), (logits,))
+    torch.autograd.gradcheck(lambda z: forward.LabelLogpsEntropy.apply(z, labels)[1], (logits,))  # entropy alone
+    logps, entropy = forward.LabelLogpsEntropy.apply(logits, labels)
+    reference = torch.log_softmax(logits, -1)
+    torch.testing.assert_close(logps, reference.gather(1, labels[:, None]).squeeze(1))
+    torch.testing.assert_close(entropy, -(reference.exp() * reference).sum(-1))

@@ -78,7 +78,7 @@ class LogitsSettings(Strict):
         "vocabulary on; chunked needs a plain decoder (gpt2, llama, mistral, qwen2, qwen3) in one process",
     )
     logits_chunk_size: int = Field(
-        512, gt=0, description="positions per chunk of the chunked output layer (peak logits: chunk x vocab floats)"
+        256, gt=0, description="positions per chunk of the chunked output layer (peak logits: chunk x vocab floats)"
     )
 
 

@@ -25,7 +25,7 @@ PACKABLE = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 # not GPT-2's 50,257 or Llama-2's 32,000, where the logits are small and recomputing a chunk costs more than it saves).
 LOGITS_PATHS = ("auto", "chunked", "full")
 CHUNKED_VOCAB = 65_536
-CHUNK_SIZE = 512  # positions per chunk: 512 x 151,936 fp32 logits = 311 MB, against 1.2 GB for a 4 x 512 batch
+CHUNK_SIZE = 256  # positions per chunk: 256 x 151,936 fp32 logits = 156 MB, against 1.2 GB for a 4 x 512 batch
 
 
 def decoder_parts(model: torch.nn.Module, head: str = "lm_head") -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -127,10 +127,38 @@ def use_chunked(model: torch.nn.Module, logits: str) -> bool:
     return logits == "chunked" or vocab_size(parts[1]) >= CHUNKED_VOCAB
 
 
+class LabelLogpsEntropy(torch.autograd.Function):
+    """(log p(label), entropy) [n] of float logits [n, V], saving only the logits: its backward writes the gradient
+    into at most two [n, V] buffers, where autograd through log-softmax and entropy would keep five or six."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor):
+        logz = torch.logsumexp(logits, dim=-1)
+        probs = torch.softmax(logits, dim=-1)
+        entropy = -torch.special.xlogy(probs, probs).sum(-1)  # xlogy: a token of p = 0 adds 0, not NaN
+        ctx.save_for_backward(logits, labels, logz, entropy)
+        return logits.gather(1, labels[:, None]).squeeze(1) - logz, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logps: torch.Tensor | None, grad_entropy: torch.Tensor | None):
+        logits, labels, logz, entropy = ctx.saved_tensors
+        probs = torch.exp(logits - logz[:, None])
+        grad_logps = torch.zeros_like(logz) if grad_logps is None else grad_logps
+        # d log p(y) / dz = onehot(y) - p;  d H / dz = -p * (log p + H)
+        if grad_entropy is None:
+            grad = probs.mul_(-grad_logps[:, None])
+        else:
+            grad = (logits - logz[:, None]).add_(entropy[:, None]).mul_(probs).mul_(-grad_entropy[:, None])
+            grad.sub_(probs.mul_(grad_logps[:, None]))
+        return grad.scatter_add_(1, labels[:, None], grad_logps[:, None]), None
+
+
 def _chunk_logps(hidden, labels, lm_head, temperature: float, with_entropy: bool):
-    logits = lm_head(hidden).float() / temperature
-    logps = logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-    return (logps, entropy_from_logits(logits)) if with_entropy else (logps,)
+    logits = lm_head(hidden).float()
+    logits = logits / temperature if temperature != 1.0 else logits
+    if with_entropy:
+        return LabelLogpsEntropy.apply(logits, labels)
+    return (logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1),)
 
 
 def chunked_logps(
