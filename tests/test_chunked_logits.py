@@ -236,6 +236,7 @@ def test_the_chunk_backward_is_the_derivative_of_log_probs_and_entropy():
     labels = torch.randint(0, 11, (5,))
     torch.autograd.gradcheck(lambda z: forward.LabelLogpsEntropy.apply(z, labels), (logits,))
     torch.autograd.gradcheck(lambda z: forward.LabelLogpsEntropy.apply(z, labels)[1], (logits,))  # entropy alone
+    torch.autograd.gradcheck(lambda z: forward.LabelLogpsEntropy.apply(z, labels, False)[0], (logits,))  # SFT, DPO
     logps, entropy = forward.LabelLogpsEntropy.apply(logits, labels)
     reference = torch.log_softmax(logits, -1)
     torch.testing.assert_close(logps, reference.gather(1, labels[:, None]).squeeze(1))

@@ -129,13 +129,18 @@ def use_chunked(model: torch.nn.Module, logits: str) -> bool:
 
 class LabelLogpsEntropy(torch.autograd.Function):
     """(log p(label), entropy) [n] of float logits [n, V], saving only the logits: its backward writes the gradient
-    into at most two [n, V] buffers, where autograd through log-softmax and entropy would keep five or six."""
+    into at most two [n, V] buffers, where autograd through log-softmax and entropy would keep five or six. Without
+    `with_entropy` the entropy is an empty tensor and no entropy work is done."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor):
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, with_entropy: bool = True):
         logz = torch.logsumexp(logits, dim=-1)
-        probs = torch.softmax(logits, dim=-1)
-        entropy = -torch.special.xlogy(probs, probs).sum(-1)  # xlogy: a token of p = 0 adds 0, not NaN
+        entropy = logz.new_zeros(0)
+        if with_entropy:
+            probs = torch.softmax(logits, dim=-1)
+            entropy = -torch.special.xlogy(probs, probs).sum(-1)  # xlogy: a token of p = 0 adds 0, not NaN
+            del probs
+        ctx.with_entropy = with_entropy
         ctx.save_for_backward(logits, labels, logz, entropy)
         return logits.gather(1, labels[:, None]).squeeze(1) - logz, entropy
 
@@ -145,20 +150,19 @@ class LabelLogpsEntropy(torch.autograd.Function):
         probs = torch.exp(logits - logz[:, None])
         grad_logps = torch.zeros_like(logz) if grad_logps is None else grad_logps
         # d log p(y) / dz = onehot(y) - p;  d H / dz = -p * (log p + H)
-        if grad_entropy is None:
+        if not ctx.with_entropy or grad_entropy is None:
             grad = probs.mul_(-grad_logps[:, None])
         else:
             grad = (logits - logz[:, None]).add_(entropy[:, None]).mul_(probs).mul_(-grad_entropy[:, None])
             grad.sub_(probs.mul_(grad_logps[:, None]))
-        return grad.scatter_add_(1, labels[:, None], grad_logps[:, None]), None
+        return grad.scatter_add_(1, labels[:, None], grad_logps[:, None]), None, None
 
 
 def _chunk_logps(hidden, labels, lm_head, temperature: float, with_entropy: bool):
     logits = lm_head(hidden).float()
-    logits = logits / temperature if temperature != 1.0 else logits
-    if with_entropy:
-        return LabelLogpsEntropy.apply(logits, labels)
-    return (logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1),)
+    if temperature != 1.0:
+        logits = logits.div_(temperature)  # in place: a Linear's (or LoRA's) backward does not need its output
+    return LabelLogpsEntropy.apply(logits, labels, with_entropy)
 
 
 def chunked_logps(
