@@ -67,6 +67,21 @@ class TrackingSettings(Strict):
     tags: list[str] = Field(default_factory=list, description="the run's tags in the trackers")
 
 
+class LogitsSettings(Strict):
+    """Keys of the stages that take log-probs from a causal LM's output layer (rlhfkit.forward)."""
+
+    logits: Literal["auto", "chunked", "full"] = Field(
+        "auto",
+        description="how log-probs and entropies leave the output layer: 'chunked' runs it on logits_chunk_size "
+        "positions at a time and keeps only each position's log-prob (the [tokens, vocab] logits never exist at "
+        "once; same values and gradients), 'full' computes all the logits, 'auto' chunks from a 65,536-token "
+        "vocabulary on; chunked needs a plain decoder (gpt2, llama, mistral, qwen2, qwen3) in one process",
+    )
+    logits_chunk_size: int = Field(
+        256, gt=0, description="positions per chunk of the chunked output layer (peak logits: chunk x vocab floats)"
+    )
+
+
 class TrainConfig(TrackingSettings, DataColumns):
     """Keys shared by every training stage."""
 
@@ -109,7 +124,7 @@ class TrainConfig(TrackingSettings, DataColumns):
     resume: bool = Field(False, description="continue from the newest checkpoint in output_dir (same config)")
 
 
-class SFTConfig(TrainConfig):
+class SFTConfig(TrainConfig, LogitsSettings):
     model: str = Field("default", description="HF causal LM directory, or 'default' for the embedded tiny model")
     data: str = Field(
         "default", description="SFT JSONL (prompt/response or messages), or 'default' for the embedded review task"
@@ -210,7 +225,7 @@ class RewardEvalConfig(DataColumns):
 DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"]
 
 
-class DPOConfig(TrainConfig):
+class DPOConfig(TrainConfig, LogitsSettings):
     model: str = Field("default", description="policy to start from (usually the SFT model)")
     ref_model: str | None = Field(
         None, description="reference model; null uses `model` (with LoRA, the adapter-disabled policy)"
@@ -255,7 +270,7 @@ class KTOConfig(TrainConfig):
     lr: float = inherit(TrainConfig, "lr", 5e-5)
 
 
-class EvalConfig(DataColumns):
+class EvalConfig(DataColumns, LogitsSettings):
     models: dict[str, str] = Field(..., description="name -> policy directory ('default' allowed)")
     prompts: str = Field("heldout", description="prompt JSONL, or 'heldout' for the embedded held-out prompts")
     reward_model: str | None = Field(None, description="reward-model directory to score responses with")
@@ -331,7 +346,7 @@ class RewardSpec(Strict):
         return self
 
 
-class OnlineRLConfig(TrackingSettings, DataColumns):
+class OnlineRLConfig(TrackingSettings, DataColumns, LogitsSettings):
     """Keys shared by ppo, grpo and rloo."""
 
     model: str = Field("default", description="policy to start from (usually the SFT model)")

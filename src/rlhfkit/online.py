@@ -17,7 +17,7 @@ from .data.records import load_records
 from .data.tokenize import Encoder, pad_left
 from .errors import TrainingError
 from .evaluate.diversity import distinct_n, stock_phrase
-from .forward import token_logps
+from .forward import CHUNK_SIZE, token_logps
 from .models.loading import apply_lora, load_causal_lm, load_tokenizer
 from .resolve import resolve_model_path
 from .rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, warn_if_truncated
@@ -63,13 +63,21 @@ class Policy:
     tokenizer: object
     reference: torch.nn.Module | None  # None: the adapter-disabled policy (LoRA)
     path: Path
+    logits: str = "auto"  # forward.token_logps's output-layer path (config keys logits, logits_chunk_size)
+    chunk_size: int = CHUNK_SIZE
+
+    def logps(self, model, input_ids, attention_mask, prompt_len: int, temperature: float, with_entropy=False):
+        """forward.token_logps on `model` (the policy, or the policy as DDP wraps it) with the config's logits path."""
+        return token_logps(
+            model, input_ids, attention_mask, prompt_len, temperature, with_entropy, self.logits, self.chunk_size
+        )
 
     @torch.no_grad()
     def reference_logps(self, input_ids, attention_mask, prompt_len: int, temperature: float) -> torch.Tensor:
         if self.reference is None:
             with self.model.disable_adapter():
-                return token_logps(self.model, input_ids, attention_mask, prompt_len, temperature)[0]
-        return token_logps(self.reference, input_ids, attention_mask, prompt_len, temperature)[0]
+                return self.logps(self.model, input_ids, attention_mask, prompt_len, temperature)[0]
+        return self.logps(self.reference, input_ids, attention_mask, prompt_len, temperature)[0]
 
 
 def load_policy(config: OnlineRLConfig) -> Policy:
@@ -87,7 +95,7 @@ def load_policy(config: OnlineRLConfig) -> Policy:
         reference.eval().requires_grad_(False)
     # Dropout off everywhere: log-probs must agree between rollout and update.
     model.eval()
-    return Policy(model=model, tokenizer=tokenizer, reference=reference, path=path)
+    return Policy(model, tokenizer, reference, path, config.logits, config.logits_chunk_size)
 
 
 def setup(config: OnlineRLConfig):

@@ -95,7 +95,13 @@ def sample_and_kl(
         if reference is not None:
             input_ids, attention_mask = rollout.full()
             ref_logps, _ = token_logps(
-                reference, input_ids, attention_mask, rollout.prompt_ids.shape[1], config.temperature
+                reference,
+                input_ids,
+                attention_mask,
+                rollout.prompt_ids.shape[1],
+                config.temperature,
+                logits=config.logits,
+                chunk_size=config.logits_chunk_size,
             )
             kl.extend(
                 ((rollout.logps - ref_logps) * rollout.response_mask).sum(-1).tolist()

@@ -95,9 +95,10 @@ def _config(arch: str, vocab_size: int, bos: int, eos: int, pad: int):
     raise ModelError(f"tiny model '{arch}': unknown architecture; choose one of {', '.join(ARCHS)}")
 
 
-def build_tiny(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny(arch: str, out_dir: str | Path, seed: int = 0, vocab_size: int | None = None) -> Path:
     """Save a tiny random `arch` causal LM with the default tokenizer into `out_dir`; the same seed gives the same
-    weights."""
+    weights. `vocab_size` (default: the tokenizer's) may be larger: the extra rows of the embedding and output layer
+    are ids no token has, as real checkpoints pad theirs, which gives a tiny body a real model's vocabulary."""
     from transformers import AutoModelForCausalLM
 
     from ..resolve import resolve_model_path
@@ -107,7 +108,11 @@ def build_tiny(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = load_tokenizer(resolve_model_path("default"))
     if arch in CHAT_ARCHS:
         tokenizer.chat_template = CHAT_TEMPLATE
-    config = _config(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ModelError(f"tiny model: vocab_size {vocab_size} is below the tokenizer's {len(tokenizer)} tokens")
+    config = _config(
+        arch, vocab_size or len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
     # A private RNG stream: building a model leaves the caller's random state as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

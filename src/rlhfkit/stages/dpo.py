@@ -20,7 +20,7 @@ from ..config import DPOConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import load_records
 from ..data.tokenize import Encoder
-from ..forward import response_logps
+from ..forward import CHUNK_SIZE, response_logps
 from ..losses import dpo_loss, orpo_loss, simpo_loss
 from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization, save_model
 from ..resolve import resolve_model_path
@@ -30,17 +30,27 @@ from ..train import RunLog, batches, cached_reference, file_stamps, make_optimiz
 REFERENCE_FREE = ("simpo", "orpo")
 
 
-def pair_logps(model, items: list[tuple], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(chosen sum logps, rejected sum logps, chosen token counts, rejected token counts): one forward for both."""
-    logps, counts = response_logps(
-        model, [p for p, _, _ in items] * 2, [c for _, c, _ in items] + [r for _, _, r in items], pad_id
-    )
+def pair_logps(
+    model, items: list[tuple], pad_id: int, logits: str = "auto", chunk_size: int = CHUNK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chosen sum logps, rejected sum logps, chosen token counts, rejected token counts): one forward for both;
+    `logits` and `chunk_size` as in forward.response_logps."""
+    prompts, responses = [p for p, _, _ in items] * 2, [c for _, c, _ in items] + [r for _, _, r in items]
+    logps, counts = response_logps(model, prompts, responses, pad_id, logits, chunk_size)
     n = len(items)
     return logps[:n], logps[n:], counts[:n], counts[n:]
 
 
 @torch.no_grad()
-def reference_logps(model, items: list[tuple], pad_id: int, batch_size: int, description: str) -> torch.Tensor:
+def reference_logps(
+    model,
+    items: list[tuple],
+    pad_id: int,
+    batch_size: int,
+    description: str,
+    logits: str = "auto",
+    chunk_size: int = CHUNK_SIZE,
+) -> torch.Tensor:
     """[n, 2] reference log-probs (chosen, rejected) for every pair, in data order."""
     was_training = model.training
     model.eval()
@@ -49,7 +59,7 @@ def reference_logps(model, items: list[tuple], pad_id: int, batch_size: int, des
     with context, progress_bar(description, len(items)) as advance:
         for i in range(0, len(items), batch_size):
             chunk = items[i : i + batch_size]
-            c, r, _, _ = pair_logps(model, chunk, pad_id)
+            c, r, _, _ = pair_logps(model, chunk, pad_id, logits, chunk_size)
             out.append(torch.stack([c, r], dim=1).cpu())
             advance(len(chunk))
     model.train(was_training)
@@ -116,19 +126,17 @@ def run(config: DPOConfig) -> dict:
                 ]
             ).encode()
         ).hexdigest()
-        if config.ref_model:
-            ref_model = load_causal_lm(ref_path).to(runtime.device)
-            compute = lambda: reference_logps(ref_model, items, pad, config.batch_size * 2, "reference log-probs")  # noqa: E731
-        else:
-            compute = lambda: reference_logps(model, items, pad, config.batch_size * 2, "reference log-probs")  # noqa: E731
+        reference = load_causal_lm(ref_path).to(runtime.device) if config.ref_model else model
+        compute = lambda: reference_logps(  # noqa: E731
+            reference, items, pad, config.batch_size * 2, "reference log-probs", config.logits, config.logits_chunk_size
+        )
         # the main process computes (or reuses) the cache; the others read it
         if runtime.is_main:
             ref = cached_reference(out / "ref_logps.pt", key, compute)
         runtime.barrier()
         if not runtime.is_main:
             ref = torch.load(out / "ref_logps.pt")["logps"]
-        if config.ref_model:
-            del ref_model
+        del reference  # frees a separate reference model (the policy stays as `model`)
 
     indices = list(range(len(items)))
     random.Random(config.seed).shuffle(indices)
@@ -146,7 +154,7 @@ def run(config: DPOConfig) -> dict:
     def loss_sum(idx: list[int], on=None) -> tuple[torch.Tensor, dict]:
         chunk = [items[i] for i in idx]
         chosen_logps, rejected_logps, chosen_tokens, rejected_tokens = pair_logps(
-            on if on is not None else model, chunk, pad
+            on if on is not None else model, chunk, pad, config.logits, config.logits_chunk_size
         )
         losses, chosen_rewards, rejected_rewards = preference_loss(
             config, chosen_logps, rejected_logps, chosen_tokens, rejected_tokens, ref[idx].to(chosen_logps.device)

@@ -23,7 +23,6 @@ from .. import online
 from ..config import GRPOConfig, RLOOConfig, save_config
 from ..console import progress_bar
 from ..errors import ConfigError
-from ..forward import token_logps
 from ..losses import group_advantages, grpo_policy_loss, kl_penalty, masked_mean, rloo_advantages
 from ..runtime import start
 from ..train import adamw, constant_schedule
@@ -120,7 +119,7 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             for idx in online.minibatches(
                 len(indices), config.mini_batch_size // runtime.world, config.epochs_per_batch
             ):
-                logps, entropy = token_logps(
+                logps, entropy = policy.logps(
                     trained, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True
                 )
                 pg_loss, pg_stats = grpo_policy_loss(

@@ -17,7 +17,6 @@ from .. import online
 from ..config import PPOConfig, save_config
 from ..console import progress_bar
 from ..errors import ConfigError
-from ..forward import token_logps
 from ..losses import entropy_from_logits, gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
 from ..resolve import resolve_model_path
 from ..runtime import start
@@ -58,7 +57,7 @@ class ValueModel(nn.Module):
             values = self.head(hidden[:, prompt_len - 1 : -1]).squeeze(-1)
             if not with_policy:
                 return None, None, values.float()
-            logps, entropy = token_logps(
+            logps, entropy = policy.logps(
                 policy.model, input_ids, attention_mask, prompt_len, temperature, with_entropy=True
             )
             return logps, entropy, values.float()

@@ -12,7 +12,7 @@ from ..config import SFTConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import SFTExample, load_records
 from ..data.tokenize import Encoder
-from ..forward import response_logps
+from ..forward import CHUNK_SIZE, response_logps
 from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, quantization, save_model
 from ..resolve import resolve_model_path, resolve_sft_data
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
@@ -28,10 +28,12 @@ def encode_examples(examples: list[SFTExample], encoder: Encoder) -> list[tuple[
     return encoded
 
 
-def response_nll(model, items: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def response_nll(
+    model, items: list[tuple[list[int], list[int]]], pad_id: int, logits: str = "auto", chunk_size: int = CHUNK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed negative log-likelihood of the response tokens of (prompt ids, response ids) items, and the token
-    count."""
-    logps, counts = response_logps(model, [p for p, _ in items], [r for _, r in items], pad_id)
+    count; `logits` and `chunk_size` as in forward.response_logps."""
+    logps, counts = response_logps(model, [p for p, _ in items], [r for _, r in items], pad_id, logits, chunk_size)
     return -logps.sum(), counts.sum()
 
 
@@ -70,6 +72,9 @@ def run(config: SFTConfig) -> dict:
     log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main, config=config)
     pad = tokenizer.pad_token_id
 
+    def nll(on, items) -> tuple[torch.Tensor, torch.Tensor]:
+        return response_nll(on, items, pad, config.logits, config.logits_chunk_size)
+
     def validate() -> float | None:
         if not val:
             return None
@@ -78,7 +83,7 @@ def run(config: SFTConfig) -> dict:
         total, tokens = 0.0, 0.0
         with torch.no_grad(), runtime.accelerator.autocast():
             for i in range(0, len(val), config.batch_size):
-                loss, count = response_nll(plain, val[i : i + config.batch_size], pad)
+                loss, count = nll(plain, val[i : i + config.batch_size])
                 total += loss.item()
                 tokens += count.item()
         plain.train()
@@ -91,9 +96,7 @@ def run(config: SFTConfig) -> dict:
         for step in range(first_step + 1, steps + 1):
             micro = [runtime.shard(next(stream)) for _ in range(config.grad_accum)]
             # the step's loss is the mean over every response token of every process and micro-batch
-            stats = accumulate(
-                runtime, model, micro, predicted_tokens, lambda b: (response_nll(model, b, pad)[0], {}), step
-            )
+            stats = accumulate(runtime, model, micro, predicted_tokens, lambda b: (nll(model, b)[0], {}), step)
             grad_norm = optimizer_step(runtime, model, optimizer, scheduler, config.max_grad_norm)
             row = {}
             if step % config.eval_every == 0 or step == steps:
