@@ -373,21 +373,24 @@ def relative_difference(run_a: Path, run_b: Path) -> float:
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
-def test_fsdp_two_processes_follow_one_process_and_save_the_whole_model(tmp_path):
+def test_fsdp_follows_one_process_saves_the_whole_model_and_resumes_after_kill_9(tmp_path):
     args = [
         "sft",
-        "max_steps=6",
-        "batch_size=8",
+        "max_steps=8",
+        "batch_size=4",
         "grad_accum=2",
         "lr=1e-3",
         "log_every=1",
-        "eval_every=3",
-        "val_fraction=0.01",
+        "eval_every=4",
+        "checkpoint_every=4",
+        "val_fraction=0.05",
         "max_length=96",
         "threads=1",
+        "seed=3",
     ]
     launch(single(), *args, f"output_dir={tmp_path / 'one'}")
-    launch(torchrun(2), *args, "fsdp=true", f"output_dir={tmp_path / 'two'}")
+    two = launch(torchrun(2), *args, "fsdp=true", f"output_dir={tmp_path / 'two'}")
+    assert "distributed: 2 processes" in two.stderr
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=2e-3, abs=2e-3)
     assert losses(tmp_path / "two", "val_loss") == pytest.approx(losses(tmp_path / "one", "val_loss"), rel=2e-3)
     # gathered from both shards: every weight, the same model (measured 4e-4 here; DDP gives 5e-4)
@@ -397,28 +400,10 @@ def test_fsdp_two_processes_follow_one_process_and_save_the_whole_model(tmp_path
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model")
     assert sum(p.numel() for p in reloaded.parameters()) == sum(v.numel() for v in weights(tmp_path / "one").values())
 
-
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
-def test_fsdp_sharded_checkpoint_survives_kill_9_and_resumes_to_the_uninterrupted_result(tmp_path):
-    args = [
-        "sft",
-        "max_steps=8",
-        "batch_size=4",
-        "lr=1e-3",
-        "log_every=1",
-        "eval_every=4",
-        "checkpoint_every=4",
-        "val_fraction=0.05",
-        "max_length=96",
-        "threads=1",
-        "seed=3",
-        "fsdp=true",
-    ]
-    launch(torchrun(2), *args, f"output_dir={tmp_path / 'straight'}")
     out = tmp_path / "killed"
     # its own session: kill -9 reaches torchrun and both workers at once, as a lost machine would
     process = subprocess.Popen(
-        [*torchrun(2), *args, f"output_dir={out}"],
+        [*torchrun(2), *args, "fsdp=true", f"output_dir={out}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -436,9 +421,36 @@ def test_fsdp_sharded_checkpoint_survives_kill_9_and_resumes_to_the_uninterrupte
     assert not (out / "model").exists()
     assert (out / "checkpoints" / "step-000004" / "sharded").is_dir()  # every process's shards, not one copy
 
-    resumed = launch(torchrun(2), *args, f"output_dir={out}", "resume=true")
+    resumed = launch(torchrun(2), *args, "fsdp=true", f"output_dir={out}", "resume=true")
     assert "resuming from" in resumed.stderr and "step-000004" in resumed.stderr
     drop_time = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
-    assert drop_time(rows(out / "metrics.jsonl")) == drop_time(rows(tmp_path / "straight" / "metrics.jsonl"))
-    a, b = weights(tmp_path / "straight"), weights(out)
+    assert drop_time(rows(out / "metrics.jsonl")) == drop_time(rows(tmp_path / "two" / "metrics.jsonl"))
+    a, b = weights(tmp_path / "two"), weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_fsdp_lora_dpo_follows_one_process_and_saves_the_merged_model(tmp_path, preference_file):
+    # no LoRA dropout: its random masks are drawn per process, so 2 processes would drop other units than 1
+    args = [
+        "dpo",
+        f"data={preference_file}",
+        "max_steps=3",
+        "batch_size=8",
+        "lr=5e-3",
+        "log_every=1",
+        "eval_every=3",
+        "val_fraction=0.1",
+        "max_length=96",
+        "threads=1",
+        "lora.r=4",
+        "lora.dropout=0",
+    ]
+    launch(single(), *args, f"output_dir={tmp_path / 'one'}")
+    launch(torchrun(2), *args, "fsdp=true", f"output_dir={tmp_path / 'two'}")
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=2e-3, abs=2e-3)
+    # the adapter merged into the gathered base: a plain model, equal to fp32 rounding (measured 5e-7 at most)
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert one.keys() == two.keys() and not any("lora" in k for k in two)
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    assert relative_difference(tmp_path / "one", tmp_path / "two") < 1e-4
