@@ -46,6 +46,11 @@ class Runtime:
         return self.accelerator.is_main_process
 
     @property
+    def launcher_shards(self) -> bool:
+        """An accelerate config chose FSDP or DeepSpeed: accelerate wraps the model, and ZeRO-3 / FSDP hold shards."""
+        return self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+
+    @property
     def device(self) -> torch.device:
         return self.accelerator.device
 
@@ -82,6 +87,11 @@ class Runtime:
     def full_state(self, model: torch.nn.Module) -> dict | None:
         """Every process calls this. Under FSDP: the full state dict gathered from every shard, on the CPU of the
         main process (None on the others). Otherwise None: each process's model holds every weight."""
+        if self.launcher_shards:
+            # accelerate's own gather (FSDP full state dict; DeepSpeed ZeRO-3 needs
+            # stage3_gather_16bit_weights_on_model_save): a collective, so every process calls it. Untested on CPU
+            full = self.accelerator.get_state_dict(model)
+            return full if self.is_main else None
         if not self.fsdp:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -92,13 +102,13 @@ class Runtime:
     def plain_model(self, model: torch.nn.Module, state: dict | None = None) -> torch.nn.Module:
         """The main process's plain (unsharded, unwrapped) model to save, holding `state` when given (a full state
         dict from full_state). Under FSDP `state` is required: the sharded model holds only this process's shard."""
-        if not self.fsdp:
+        if not (self.fsdp or self.launcher_shards):
             plain = self.unwrap(model)
             if state is not None:
                 plain.load_state_dict(state)
             return plain
         if state is None:
-            raise RuntimeError("plain_model under FSDP needs the state gathered by full_state on every process")
+            raise RuntimeError("plain_model of a sharded model needs the state gathered by full_state on every process")
         skeleton = self.skeletons[id(model)].to_empty(device="cpu")
         skeleton.load_state_dict(state, strict=True)
         # moving to the meta device gave tied weights (input and output embeddings) separate tensors: tie them again
@@ -153,6 +163,18 @@ def start(config) -> Runtime:
         if config.lora and config.lora.load_in_4bit:
             raise ConfigError("fsdp=true with lora.load_in_4bit (QLoRA) is not supported; use one of them")
         runtime.fsdp = True
+    if runtime.launcher_shards:
+        kind = accelerator.distributed_type.value
+        if not hasattr(config, "fsdp"):
+            raise ConfigError(
+                f"an accelerate config with {kind}: online RL (ppo, grpo, rloo) runs under DDP only; launch it with "
+                "torchrun or examples/accelerate/ddp.yaml"
+            )
+        if config.checkpoint_every or config.resume:
+            raise ConfigError(
+                f"checkpoint_every/resume with an accelerate {kind} config: its sharded checkpoints are not written "
+                "yet; use fsdp=true under torchrun (sharded checkpoints with torch.distributed.checkpoint) or DDP"
+            )
     if config.batch_size % runtime.world:
         raise ConfigError(
             f"batch_size {config.batch_size} is the global batch and must divide evenly among the {runtime.world} "
@@ -186,7 +208,12 @@ def prepare(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Opt
         base.config.use_cache = False
     if runtime.fsdp:
         return shard(runtime, model, optimizer), optimizer
-    return runtime.accelerator.prepare(model, optimizer)
+    if runtime.launcher_shards and runtime.is_main:
+        runtime.skeletons[id(model)] = copy.deepcopy(model).to("meta")  # what the gathered weights are saved from
+    prepared, optimizer = runtime.accelerator.prepare(model, optimizer)
+    if runtime.launcher_shards and runtime.is_main:
+        runtime.skeletons[id(prepared)] = runtime.skeletons.pop(id(model))
+    return prepared, optimizer
 
 
 def shard(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.nn.Module:
