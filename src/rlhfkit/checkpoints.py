@@ -5,12 +5,16 @@ temporary folder, never a half-written step-N; the newest `keep` checkpoints are
 
 `save` and `resume` are the protocol every stage uses, alone or among N processes: each process hands in its random
 generators (and its own values, such as an online stage's sampler); the main process writes; on resume each process
-takes back its own, or, when the process count changed, keeps the stage's position and reseeds."""
+takes back its own, or, when the process count changed, keeps the stage's position and reseeds. Under FSDP
+(runtime.fsdp) the weights and optimiser state are sharded: every process writes its shards into step-N/sharded with
+torch.distributed.checkpoint (inside the same temporary folder, before trainer_state.pt, so a kill leaves no step-N),
+and on resume reads them back, resharded if the process count changed."""
 
 from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from .console import console
 from .errors import TrainingError
 
 STATE_FILE = "trainer_state.pt"
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint files of a sharded (FSDP) model and optimiser
 
 
 def rng_state() -> dict[str, Any]:
@@ -62,13 +67,17 @@ def save_checkpoint(
     keep: int = 2,
     schedulers: dict | None = None,
     rng: Any = None,
+    write_first: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write OUT/checkpoints/step-N atomically and keep the newest `keep`. `rng` defaults to this process's generators
-    (a distributed run passes every rank's)."""
+    (a distributed run passes every rank's). `write_first(tmp)` writes more into the temporary folder first (the
+    sharded weights)."""
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     with atomic_dir(final) as tmp:
+        if write_first is not None:
+            write_first(tmp)
         torch.save(
             {
                 "step": step,
@@ -138,24 +147,64 @@ def save(
     per_rank: dict | None = None,
 ) -> Path | None:
     """Every process hands in its generators and `per_rank` values; the main process writes OUT/checkpoints/step-N
-    (the modules unwrapped from DDP/FSDP) and all wait for it. Returns the checkpoint (None on other processes)."""
+    (the modules unwrapped from DDP) and all wait for it. Under FSDP every process writes its shards of the modules
+    and optimisers there too. Returns the checkpoint (None on other processes)."""
     ranks = runtime.gather_objects({"rng": rng_state(), **(per_rank or {})})
+    fsdp = getattr(runtime, "fsdp", False)
+
+    def write_shards(tmp: Path | None) -> None:
+        # every process learns the main process's temporary folder, then all write their shards into it
+        folder = Path(runtime.gather_objects(str(tmp) if tmp is not None else None)[0])
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(sharded_state(modules, optimizers), checkpoint_id=folder / SHARDED_DIR)
+
     path = None
     if runtime.is_main:
         unwrapped = {name: runtime.unwrap(module) for name, module in modules.items()}
         path = save_checkpoint(
             out,
             step,
-            unwrapped,
-            optimizers,
+            {} if fsdp else unwrapped,
+            {} if fsdp else optimizers,
             {**state, "world": runtime.world},
             keep=keep,
             schedulers=schedulers,
             rng={"ranks": ranks},
+            write_first=write_shards if fsdp else None,
         )
         console.print(f"checkpoint {path}", highlight=False)
+    elif fsdp:
+        write_shards(None)
     runtime.barrier()
     return path
+
+
+def sharded_state(modules: dict, optimizers: dict) -> dict:
+    """The sharded state dicts (DTensors) of one FSDP model and its optimisers, as torch.distributed.checkpoint
+    saves and loads them."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    if len(modules) != 1:
+        raise NotImplementedError("sharded checkpoints hold one model and its optimisers")
+    (model,) = modules.values()
+    return {
+        "modules": {name: get_model_state_dict(m) for name, m in modules.items()},
+        "optimizers": {name: get_optimizer_state_dict(model, o) for name, o in optimizers.items()},
+    }
+
+
+def load_shards(path: Path, modules: dict, optimizers: dict) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = sharded_state(modules, optimizers)
+    dcp.load(state, checkpoint_id=path / SHARDED_DIR)
+    (model,) = modules.values()
+    for name, m in modules.items():
+        set_model_state_dict(m, state["modules"][name])
+    for name, o in optimizers.items():
+        set_optimizer_state_dict(model, o, state["optimizers"][name])
 
 
 @dataclass
@@ -173,8 +222,18 @@ def resume(runtime, out: Path, modules: dict, optimizers: dict, schedulers: dict
     if checkpoint is None:
         console.print(f"resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
         return None
-    unwrapped = {name: runtime.unwrap(module) for name, module in modules.items()}
-    step, state = load_checkpoint(checkpoint, unwrapped, optimizers, schedulers, restore_rng=False)
+    fsdp = getattr(runtime, "fsdp", False)
+    if (checkpoint / SHARDED_DIR).is_dir() != fsdp:
+        raise TrainingError(
+            f"{checkpoint} was written {'without' if fsdp else 'with'} fsdp=true; resume with the run's own fsdp "
+            "setting (its config.yaml) or choose a new output_dir"
+        )
+    if fsdp:
+        step, state = load_checkpoint(checkpoint, {}, {}, schedulers, restore_rng=False)
+        load_shards(checkpoint, modules, optimizers)
+    else:
+        unwrapped = {name: runtime.unwrap(module) for name, module in modules.items()}
+        step, state = load_checkpoint(checkpoint, unwrapped, optimizers, schedulers, restore_rng=False)
     ranks = state.pop("_rng").get("ranks", [])
     written_by = state.pop("world", len(ranks))
     mine: dict = {}

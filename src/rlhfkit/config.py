@@ -117,6 +117,12 @@ class TrainConfig(TrackingSettings, DataColumns):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, ~30% more compute"
     )
+    fsdp: bool = Field(
+        False,
+        description="under torchrun with 2+ processes, shard weights, gradients and optimiser state with FSDP2 "
+        "(each decoder layer and the root); the saved model is gathered from every process; checkpoints are sharded "
+        "(torch.distributed.checkpoint). Alone: no effect",
+    )
     checkpoint_every: int | None = Field(
         None, gt=0, description="steps between resumable checkpoints in OUTPUT_DIR/checkpoints (atomic); null: none"
     )

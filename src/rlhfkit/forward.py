@@ -32,9 +32,12 @@ def decoder_parts(model: torch.nn.Module, head: str = "lm_head") -> tuple[torch.
     """(backbone, output layer) of a plain or LoRA-wrapped decoder in PACKABLE, else None (wrapped for DDP/FSDP, an
     encoder, or an architecture that post-processes its logits): the caller then runs the whole model on a padded batch.
     `head` is "lm_head" for a causal LM, "score" for a reward model."""
-    base = base_model(model)
+    from torch.distributed.fsdp import FSDPModule
     from transformers import PreTrainedModel
 
+    if isinstance(model, FSDPModule):  # FSDP2 all-gathers the root's weights (embeddings, output) in its own forward
+        return None
+    base = base_model(model)
     if not isinstance(base, PreTrainedModel) or getattr(base.config, "model_type", None) not in PACKABLE:
         return None
     backbone = getattr(base, base.base_model_prefix, None)

@@ -1,6 +1,6 @@
 """Where and how a training stage runs: one process, or N under `torchrun` / `accelerate launch` (DDP through
-accelerate: gloo on CPU, NCCL on GPUs; FSDP or DeepSpeed from an accelerate config file), on CPU or CUDA, with
-optional bf16/fp16 autocast and gradient checkpointing.
+accelerate: gloo on CPU, NCCL on GPUs; FSDP2 with the `fsdp` key; DeepSpeed from an accelerate config file), on CPU
+or CUDA, with optional bf16/fp16 autocast and gradient checkpointing.
 
 `batch_size` is the global batch: every process draws the same batches from the same seeded stream and keeps its
 slice (rank::world), so a run's data order does not depend on how many processes share it. A step's loss is the
@@ -10,9 +10,10 @@ pairs for reward and DPO), so N processes and 1 process take the same gradient s
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +28,10 @@ from .train import check_finite, forever
 @dataclass
 class Runtime:
     accelerator: Any  # accelerate.Accelerator
+    fsdp: bool = False  # the trained model is sharded with FSDP2 (fully_shard) over every process
+    # under FSDP, the main process's unsharded copy of each sharded model on the meta device (no memory): the final
+    # save loads the gathered full state dict into it
+    skeletons: dict = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
@@ -39,6 +44,11 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    @property
+    def launcher_shards(self) -> bool:
+        """An accelerate config chose FSDP or DeepSpeed: accelerate wraps the model, and ZeRO-3 / FSDP hold shards."""
+        return self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
 
     @property
     def device(self) -> torch.device:
@@ -73,6 +83,39 @@ class Runtime:
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model)
+
+    def full_state(self, model: torch.nn.Module) -> dict | None:
+        """Every process calls this. Under FSDP: the full state dict gathered from every shard, on the CPU of the
+        main process (None on the others). Otherwise None: each process's model holds every weight."""
+        if self.launcher_shards:
+            # accelerate's own gather (FSDP full state dict; DeepSpeed ZeRO-3 needs
+            # stage3_gather_16bit_weights_on_model_save): a collective, so every process calls it. Untested on CPU
+            full = self.accelerator.get_state_dict(model)
+            return full if self.is_main else None
+        if not self.fsdp:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return full if self.is_main else None
+
+    def plain_model(self, model: torch.nn.Module, state: dict | None = None) -> torch.nn.Module:
+        """The main process's plain (unsharded, unwrapped) model to save, holding `state` when given (a full state
+        dict from full_state). Under FSDP `state` is required: the sharded model holds only this process's shard."""
+        if not (self.fsdp or self.launcher_shards):
+            plain = self.unwrap(model)
+            if state is not None:
+                plain.load_state_dict(state)
+            return plain
+        if state is None:
+            raise RuntimeError("plain_model of a sharded model needs the state gathered by full_state on every process")
+        skeleton = self.skeletons[id(model)].to_empty(device="cpu")
+        skeleton.load_state_dict(state, strict=True)
+        # moving to the meta device gave tied weights (input and output embeddings) separate tensors: tie them again
+        base = base_model(skeleton)
+        if hasattr(base, "tie_weights"):
+            base.tie_weights()
+        return skeleton
 
 
 def pick_device(requested: str) -> str:
@@ -111,6 +154,27 @@ def start(config) -> Runtime:
     GradientState._reset_state()
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision)
     runtime = Runtime(accelerator)
+    if getattr(config, "fsdp", False) and runtime.world > 1:
+        if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            raise ConfigError(
+                f"fsdp=true and an accelerate config with {accelerator.distributed_type.value}: choose one (rlhfkit's "
+                "fsdp=true under torchrun, or the accelerate config with fsdp=false)"
+            )
+        if config.lora and config.lora.load_in_4bit:
+            raise ConfigError("fsdp=true with lora.load_in_4bit (QLoRA) is not supported; use one of them")
+        runtime.fsdp = True
+    if runtime.launcher_shards:
+        kind = accelerator.distributed_type.value
+        if not hasattr(config, "fsdp"):
+            raise ConfigError(
+                f"an accelerate config with {kind}: online RL (ppo, grpo, rloo) runs under DDP only; launch it with "
+                "torchrun or examples/accelerate/ddp.yaml"
+            )
+        if config.checkpoint_every or config.resume:
+            raise ConfigError(
+                f"checkpoint_every/resume with an accelerate {kind} config: its sharded checkpoints are not written "
+                "yet; use fsdp=true under torchrun (sharded checkpoints with torch.distributed.checkpoint) or DDP"
+            )
     if config.batch_size % runtime.world:
         raise ConfigError(
             f"batch_size {config.batch_size} is the global batch and must divide evenly among the {runtime.world} "
@@ -142,7 +206,38 @@ def prepare(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Opt
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.config.use_cache = False
-    return runtime.accelerator.prepare(model, optimizer)
+    if runtime.fsdp:
+        return shard(runtime, model, optimizer), optimizer
+    if runtime.launcher_shards and runtime.is_main:
+        runtime.skeletons[id(model)] = copy.deepcopy(model).to("meta")  # what the gathered weights are saved from
+    prepared, optimizer = runtime.accelerator.prepare(model, optimizer)
+    if runtime.launcher_shards and runtime.is_main:
+        runtime.skeletons[id(prepared)] = runtime.skeletons.pop(id(model))
+    return prepared, optimizer
+
+
+def shard(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.nn.Module:
+    """FSDP2 in place: each decoder layer (the architecture's `_no_split_modules`) and then the root become one
+    all-gathered unit. Called directly rather than through accelerate's FSDP2 plugin, which is GPU-only: this runs
+    the same code on CPU (gloo) and CUDA (NCCL), so the tests check what a GPU run does."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model.to(runtime.device)
+    if runtime.is_main:
+        runtime.skeletons[id(model)] = copy.deepcopy(model).to("meta")
+    names = {id(p): name for name, p in model.named_parameters()}
+    mesh = init_device_mesh(runtime.device.type, (runtime.world,))
+    layers = set(getattr(base_model(model), "_no_split_modules", None) or [])
+    for module in list(model.modules())[1:]:
+        if type(module).__name__ in layers:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    # fully_shard replaces each parameter with a sharded one: the optimiser (still without state) takes the new ones
+    params = dict(model.named_parameters())
+    for group in optimizer.param_groups:
+        group["params"] = [params[names[id(p)]] for p in group["params"]]
+    return model
 
 
 class BatchStream:
@@ -180,12 +275,14 @@ def accumulate(
     accelerator = runtime.accelerator
     weights = [float(weigh(batch)) for batch in micro_batches]
     (total,) = runtime.sum([sum(weights)])
-    # DDP averages gradients over processes, so each process scales its sum by world / total
+    # DDP (and FSDP2's reduce-scatter) averages gradients over processes, so each process scales its sum by
+    # world / total
     scale = runtime.world / max(total, 1e-8)
     sums: dict[str, float] = {}
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = nullcontext() if last or runtime.world == 1 else accelerator.no_sync(model)
+        # FSDP2 reduce-scatters every micro-batch's gradients (no no_sync): the same sum, more messages
+        sync = nullcontext() if last or runtime.world == 1 or runtime.fsdp else accelerator.no_sync(model)
         with sync:
             with accelerator.autocast():
                 loss, stats = loss_sum(batch)
@@ -199,11 +296,27 @@ def accumulate(
 
 
 def optimizer_step(runtime: Runtime, model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float) -> float:
-    grad_norm = runtime.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if runtime.fsdp:
+        grad_norm = clip_sharded_grad_norm(model, max_grad_norm)
+    else:
+        grad_norm = runtime.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return float(grad_norm) if grad_norm is not None else float("nan")  # DeepSpeed clips inside its engine
+
+
+def clip_sharded_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """clip_grad_norm_ over FSDP2's sharded gradients: the norm of the whole gradient (its shards' norms reduced over
+    processes), then every shard scaled by the same factor."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in model.parameters() if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
 
 
 # ---------------------------------------------------------------- checkpoints of the offline stages

@@ -63,6 +63,10 @@ def train(config: RewardTrainConfig) -> dict:
     log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main, config=config)
     pad = tokenizer.pad_token_id
 
+    def weights_now() -> dict | None:
+        """Every process: a copy of the weights (under FSDP gathered from the shards, held by the main process)."""
+        return runtime.full_state(model) if runtime.fsdp else copy.deepcopy(runtime.unwrap(model).state_dict())
+
     def validate() -> dict:
         with runtime.accelerator.autocast():
             m, _, _ = margins_of(runtime.unwrap(model), val_enc, pad, config.batch_size * 2)
@@ -101,7 +105,7 @@ def train(config: RewardTrainConfig) -> dict:
                 row = validate()
                 if better(row, best):
                     best, best_step, stale = row, step, 0
-                    best_state = copy.deepcopy(runtime.unwrap(model).state_dict())
+                    best_state = weights_now()
                 else:
                     stale += 1
             if step % config.log_every == 0 or row:
@@ -128,9 +132,7 @@ def train(config: RewardTrainConfig) -> dict:
                 )
     if best is None:  # resumed at the last step: nothing left to run
         best = validate()
-        best_state = runtime.unwrap(model).state_dict()
-    plain = runtime.unwrap(model)
-    plain.load_state_dict(best_state)
+        best_state = weights_now()
     summary = {
         "stage": "reward-train",
         "model": str(model_path),
@@ -148,7 +150,7 @@ def train(config: RewardTrainConfig) -> dict:
     }
     if runtime.is_main:
         save_model(
-            plain,
+            runtime.plain_model(model, best_state),
             tokenizer,
             out / "model",
             merge_lora=config.lora.merge if config.lora else True,

@@ -131,9 +131,10 @@ def run(config: SFTConfig) -> dict:
         "truncation": encoder.report.as_dict(),
         "model_dir": str(out / "model"),
     }
+    weights = runtime.full_state(model)  # every process: under FSDP the shards are gathered to the main process
     if runtime.is_main:
         save_model(
-            runtime.unwrap(model),
+            runtime.plain_model(model, weights),
             tokenizer,
             out / "model",
             merge_lora=config.lora.merge if config.lora else True,
