@@ -1126,6 +1126,7 @@ def test_pages_send_a_content_security_policy(app_harness):
         assert "default-src 'self'" in policy and "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL never stored NaN in JSON columns
 def test_the_export_is_strict_json_even_over_old_non_finite_values(app_harness, tmp_path, monkeypatch, capsys):
     """Stores filled before NaN was refused may hold it (SQLite keeps NaN in JSON and float columns): the export
     writes null instead, the project list still answers, and strict readers read the export."""
@@ -1134,8 +1135,6 @@ def test_the_export_is_strict_json_even_over_old_non_finite_values(app_harness, 
     from rlhfkit.feedback.annotate.models import Pair, Project
 
     h = app_harness
-    if not h.db.url.startswith("sqlite"):
-        pytest.skip("PostgreSQL never stored NaN in JSON columns")
     project = h.project(anchor_rate=0, overlap=1)
     h.pairs(project, pair_rows(2))
     with h.db.session() as s:

@@ -341,7 +341,8 @@ def bad_value(value: Any, allow_nan: bool = False) -> tuple[str | None, str] | N
         elif isinstance(item, str) and not _encodable(item):
             return name or None, "holds a lone surrogate (an unpaired \\ud800-\\udfff escape); remove it"
         elif isinstance(item, float) and not allow_nan and not math.isfinite(item):
-            return name or None, f"{item} is not a JSON number; give a finite number or null"
+            spelled = "NaN" if math.isnan(item) else ("Infinity" if item > 0 else "-Infinity")  # as written in JSON
+            return name or None, f"{spelled} is not a JSON number; give a finite number or null"
     return None
 
 
