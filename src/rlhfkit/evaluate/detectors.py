@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -419,7 +419,8 @@ def eval_detectors(eval_result: dict, settings: DetectorSettings | None = None) 
         if _finite(row.get("stock_phrase_share")) and _finite(base.get("stock_phrase_share")):
             reference = max(base["stock_phrase_share"], 1e-9)
             found.append(stock_phrase([row], 1, s.max_stock_phrase_share, s.stock_phrase_growth, reference))
-        verdicts[name] = found
+        # one eval row has no steps: drop the window span the run detectors name
+        verdicts[name] = [replace(v, summary=v.summary.replace(" (steps 1-1)", "")) for v in found]
     return verdicts
 
 
