@@ -362,3 +362,22 @@ def resume(
 
 def should_save(config, step: int, steps: int) -> bool:
     return bool(config.checkpoint_every) and step % config.checkpoint_every == 0 and step < steps
+
+
+def save_trained(runtime, model, tokenizer, out_dir, config, stage: str, summary: dict, state: dict | None = None):
+    """Every process calls this: the trained model saved as one plain Hugging Face folder with its model card.
+    Under FSDP the shards are gathered from every process first (`full_state`), so the main process saves the whole
+    model, never its own shard; `state` is a full state dict to save instead (reward training's best one)."""
+    from .cards import model_card
+    from .models.loading import save_model
+
+    if state is None:
+        state = runtime.full_state(model)
+    if runtime.is_main:
+        save_model(
+            runtime.plain_model(model, state),
+            tokenizer,
+            out_dir,
+            merge_lora=config.lora.merge if config.lora else True,
+            card=model_card(stage, config, summary),
+        )

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import torch
 
-from ..cards import model_card
 from ..config import DPOConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import load_records
 from ..data.tokenize import Encoder
 from ..forward import CHUNK_SIZE, response_logps
 from ..losses import dpo_loss, orpo_loss, simpo_loss
-from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization, save_model
+from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization
 from ..resolve import resolve_model_path
-from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
+from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
 from ..train import RunLog, batches, cached_reference, file_stamps, make_optimizer, setup_torch, total_steps
 
 REFERENCE_FREE = ("simpo", "orpo")
@@ -228,15 +227,8 @@ def run(config: DPOConfig) -> dict:
         "truncation": encoder.report.as_dict(),
         "model_dir": str(out / "model"),
     }
-    weights = runtime.full_state(model)  # every process: under FSDP the shards are gathered to the main process
+    save_trained(runtime, model, tokenizer, out / "model", config, "dpo", summary)
     if runtime.is_main:
-        save_model(
-            runtime.plain_model(model, weights),
-            tokenizer,
-            out / "model",
-            merge_lora=config.lora.merge if config.lora else True,
-            card=model_card("dpo", config, summary),
-        )
         summary = log.summary(**summary)
         acc = last.get("val_reward_accuracy")
         console.print(

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from ..cards import model_card
 from ..config import KTOConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import load_records
@@ -27,9 +26,9 @@ from ..data.tokenize import Encoder
 from ..errors import DataError
 from ..forward import response_logps
 from ..losses import kto_loss
-from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization, save_model
+from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization
 from ..resolve import resolve_model_path
-from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
+from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
 from ..train import RunLog, batches, cached_reference, file_stamps, make_optimizer, setup_torch, total_steps
 
 # the paper's advice: (desirable_weight * n_desirable) / (undesirable_weight * n_undesirable) in [1, 4/3]
@@ -237,14 +236,8 @@ def run(config: KTOConfig) -> dict:
         "truncation": encoder.report.as_dict(),
         "model_dir": str(out / "model"),
     }
+    save_trained(runtime, model, tokenizer, out / "model", config, "kto", summary)
     if runtime.is_main:
-        save_model(
-            runtime.unwrap(model),
-            tokenizer,
-            out / "model",
-            merge_lora=config.lora.merge if config.lora else True,
-            card=model_card("kto", config, summary),
-        )
         summary = log.summary(**summary)
         acc = last.get("val_reward_accuracy")
         console.print(

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_json
-from ..cards import model_card
 from ..config import RewardEvalConfig, RewardTrainConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import load_records, split_pairs, write_jsonl
@@ -22,9 +21,9 @@ from ..evaluate import reward_metrics as rm
 from ..evaluate.attribution import attribute_pairs
 from ..evaluate.reward_metrics import length_controlled
 from ..losses import bradley_terry_loss, reward_centering_loss
-from ..models.loading import apply_lora, load_reward_model, load_tokenizer, save_model
+from ..models.loading import apply_lora, load_reward_model, load_tokenizer
 from ..resolve import resolve_model_path
-from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
+from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
 from ..scoring import RewardEncoder, encode_pairs, margins_of, pair_rewards
 from ..train import RunLog, make_optimizer, setup_torch, total_steps
 
@@ -148,14 +147,8 @@ def train(config: RewardTrainConfig) -> dict:
         "truncation": encoder.encoder.report.as_dict(),
         "model_dir": str(out / "model"),
     }
+    save_trained(runtime, model, tokenizer, out / "model", config, "reward-train", summary, state=best_state)
     if runtime.is_main:
-        save_model(
-            runtime.plain_model(model, best_state),
-            tokenizer,
-            out / "model",
-            merge_lora=config.lora.merge if config.lora else True,
-            card=model_card("reward-train", config, summary),
-        )
         summary = log.summary(**summary)
         console.print(
             f"reward train: best validation accuracy {best['val_accuracy']:.3f} (ECE {best['val_ece']:.3f}) at "

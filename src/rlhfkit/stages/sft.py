@@ -7,15 +7,14 @@ from pathlib import Path
 
 import torch
 
-from ..cards import model_card
 from ..config import SFTConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import SFTExample, load_records
 from ..data.tokenize import Encoder
 from ..forward import CHUNK_SIZE, response_logps
-from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, quantization, save_model
+from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, quantization
 from ..resolve import resolve_model_path, resolve_sft_data
-from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, should_save, start
+from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
 from ..train import RunLog, make_optimizer, setup_torch, total_steps
 
 
@@ -131,15 +130,8 @@ def run(config: SFTConfig) -> dict:
         "truncation": encoder.report.as_dict(),
         "model_dir": str(out / "model"),
     }
-    weights = runtime.full_state(model)  # every process: under FSDP the shards are gathered to the main process
+    save_trained(runtime, model, tokenizer, out / "model", config, "sft", summary)
     if runtime.is_main:
-        save_model(
-            runtime.plain_model(model, weights),
-            tokenizer,
-            out / "model",
-            merge_lora=config.lora.merge if config.lora else True,
-            card=model_card("sft", config, summary),
-        )
         summary = log.summary(**summary)
         console.print(f"sft: {steps} steps, validation loss {first_val} -> {val_loss}; model saved to {out / 'model'}")
     runtime.barrier()
