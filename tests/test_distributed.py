@@ -145,32 +145,6 @@ def test_reward_training_under_accelerate_launch_matches_one_process(tmp_path, p
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
-def test_grpo_splits_its_rollouts_among_processes_and_resumes(tmp_path):
-    args = [
-        "grpo",
-        "rewards=[{function: default}]",
-        "batch_size=4",
-        "group_size=4",
-        "mini_batch_size=8",
-        "max_new_tokens=24",
-        "save_every=2",
-        "threads=1",
-        f"output_dir={tmp_path}",
-    ]
-    first = launch(torchrun(2), *args, "steps=2")
-    assert "distributed: 2 processes" in first.stderr and "2 of each batch's 4 per process" in first.stderr
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["processes"] == 2 and [r["step"] for r in rows(tmp_path / "metrics.jsonl")] == [1, 2]
-    # 16 sequences a step in all: each process sampled 8 (2 prompts x 4) and the logged means cover both
-    state = torch.load(tmp_path / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=False)
-    ranks = state["rng"]["ranks"]
-    assert state["state"]["prompt_position"] == 8 and len(ranks) == 2 and all("generator" in r for r in ranks)
-    more = launch(torchrun(2), *args, "steps=3", "resume=true")
-    assert "resuming from" in more.stderr
-    assert [r["step"] for r in rows(tmp_path / "metrics.jsonl")] == [1, 2, 3]
-
-
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_ppo_trains_policy_and_value_model_in_two_processes(tmp_path):
     launch(
         torchrun(2),
@@ -217,6 +191,19 @@ def test_global_batch_must_split_evenly(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- kill -9, then --resume
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """kill -9 torchrun and its workers at once, as a lost machine would. torchrun starts each worker in a session of
+    its own, so killing torchrun's process group would leave the workers running."""
+    import psutil
+
+    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    assert len(tree) >= 3, "torchrun and its 2 workers"
+    for member in tree:
+        member.send_signal(signal.SIGKILL)
+    process.wait()
+    psutil.wait_procs(tree[1:], timeout=30)
 
 
 def kill_when(process: subprocess.Popen, ready, timeout: float = 240) -> None:
@@ -401,7 +388,6 @@ def test_fsdp_follows_one_process_saves_the_whole_model_and_resumes_after_kill_9
     assert sum(p.numel() for p in reloaded.parameters()) == sum(v.numel() for v in weights(tmp_path / "one").values())
 
     out = tmp_path / "killed"
-    # its own session: kill -9 reaches torchrun and both workers at once, as a lost machine would
     process = subprocess.Popen(
         [*torchrun(2), *args, "fsdp=true", f"output_dir={out}"],
         stdout=subprocess.DEVNULL,
@@ -416,8 +402,7 @@ def test_fsdp_follows_one_process_saves_the_whole_model_and_resumes_after_kill_9
     ):
         assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_tree(process)
     assert not (out / "model").exists()
     assert (out / "checkpoints" / "step-000004" / "sharded").is_dir()  # every process's shards, not one copy
 
@@ -454,3 +439,115 @@ def test_fsdp_lora_dpo_follows_one_process_and_saves_the_merged_model(tmp_path, 
     assert one.keys() == two.keys() and not any("lora" in k for k in two)
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
     assert relative_difference(tmp_path / "one", tmp_path / "two") < 1e-4
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock columns."""
+    return [{k: v for k, v in r.items() if k not in ("time", "step_seconds")} for r in rows(run_dir / "metrics.jsonl")]
+
+
+def assert_same_curves(a: Path, b: Path, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        assert [r[key] for r in metric_rows(b)] == pytest.approx([r[key] for r in metric_rows(a)], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_fsdp_grpo_follows_ddp_saves_the_whole_policy_and_resumes_after_kill_9(tmp_path):
+    # both processes sample from the same streams under DDP and FSDP: the runs must agree to float rounding
+    args = [
+        "grpo",
+        "rewards=[{function: default}]",
+        "steps=6",
+        "batch_size=4",
+        "group_size=4",
+        "mini_batch_size=8",
+        "max_new_tokens=16",
+        "lr=1e-4",
+        "save_every=2",
+        "threads=1",
+    ]
+    first = launch(torchrun(2), *args, f"output_dir={tmp_path / 'ddp'}")
+    assert "distributed: 2 processes" in first.stderr and "2 of each batch's 4 per process" in first.stderr
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2 and [r["step"] for r in rows(tmp_path / "ddp" / "metrics.jsonl")] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    # 16 sequences a step in all: each process sampled 8 (2 prompts x 4) from its own stream, both saved
+    state = torch.load(tmp_path / "ddp" / "checkpoints" / "step-000006" / "trainer_state.pt", weights_only=False)
+    ranks = state["rng"]["ranks"]
+    assert state["state"]["prompt_position"] == 24 and len(ranks) == 2 and all("generator" in r for r in ranks)
+    launch(torchrun(2), *args, "fsdp=true", f"output_dir={tmp_path / 'fsdp'}")
+    assert_same_curves(tmp_path / "ddp", tmp_path / "fsdp", ("reward", "kl", "policy_loss", "entropy"))
+    # gathered from both shards, the whole policy (measured 1.2e-7 at most)
+    ddp, fsdp = weights(tmp_path / "ddp"), weights(tmp_path / "fsdp")
+    assert ddp.keys() == fsdp.keys() and max((ddp[k] - fsdp[k]).abs().max().item() for k in ddp) < 1e-5
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "model")  # loads in plain transformers
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*torchrun(2), *args, "fsdp=true", f"output_dir={out}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while not (out / "checkpoints" / "step-000002").is_dir():
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    kill_tree(process)
+    assert not (out / "model").exists()
+    newest = sorted((out / "checkpoints").glob("step-*"))[-1]
+    assert newest.name in ("step-000002", "step-000004") and (newest / "sharded").is_dir()
+    resumed = launch(torchrun(2), *args, "fsdp=true", f"output_dir={out}", "resume=true")
+    assert f"resuming from {newest}" in " ".join(resumed.stderr.split())
+    # the same trajectory (the rolling *_avg columns are re-read from the log's rounded values: 1e-6 apart)
+    resumed_rows, uninterrupted = metric_rows(out), metric_rows(tmp_path / "fsdp")
+    assert [sorted(r) for r in resumed_rows] == [sorted(r) for r in uninterrupted]
+    assert all(r[k] == pytest.approx(u[k], rel=1e-5) for r, u in zip(resumed_rows, uninterrupted) for k in u)
+    killed = weights(out)
+    assert all(torch.equal(killed[k], fsdp[k]) for k in fsdp)
+    # a sharded checkpoint resumed without fsdp=true is refused, naming both
+    refused = subprocess.run(
+        [*torchrun(2), *args, "steps=7", f"output_dir={out}", "resume=true"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
+    assert refused.returncode != 0 and "was written with fsdp=true" in refused.stderr
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_fsdp_ppo_with_lora_follows_ddp_and_saves_policy_and_value_model(tmp_path):
+    args = [
+        "ppo",
+        "rewards=[{function: default}]",
+        "steps=2",
+        "batch_size=4",
+        "mini_batch_size=4",
+        "max_new_tokens=16",
+        "lr=1e-3",
+        "threads=1",
+        "lora.r=4",
+        "lora.dropout=0",  # LoRA dropout's masks are drawn per process
+    ]
+    launch(torchrun(2), *args, f"output_dir={tmp_path / 'ddp'}")
+    launch(torchrun(2), *args, "fsdp=true", f"output_dir={tmp_path / 'fsdp'}")
+    assert_same_curves(tmp_path / "ddp", tmp_path / "fsdp", ("reward", "kl", "policy_loss", "value_loss"))
+    from safetensors.torch import load_file
+
+    for saved in ("model/model.safetensors", "value_model/model.safetensors"):
+        ddp, fsdp = load_file(tmp_path / "ddp" / saved), load_file(tmp_path / "fsdp" / saved)
+        assert ddp.keys() == fsdp.keys() and not any("lora" in k for k in fsdp)  # the adapter merged, whole
+        assert max((ddp[k] - fsdp[k]).abs().max().item() for k in ddp) < 1e-5
+    ddp_head, fsdp_head = (torch.load(tmp_path / run / "value_head.pt") for run in ("ddp", "fsdp"))
+    assert all(torch.allclose(ddp_head[k], fsdp_head[k], atol=1e-6) for k in ddp_head)

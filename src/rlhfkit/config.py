@@ -352,6 +352,15 @@ class RewardSpec(Strict):
         return self
 
 
+class ShardedOnlineSettings(Strict):
+    fsdp: bool = Field(
+        False,
+        description="under torchrun with 2+ processes, shard the policy, the reference and the value model with FSDP2 "
+        "(each decoder layer and the root); sampling gathers the policy's weights once per rollout; the saved model "
+        "is gathered from every process; checkpoints are sharded (torch.distributed.checkpoint). Alone: no effect",
+    )
+
+
 class OnlineRLConfig(TrackingSettings, DataColumns, LogitsSettings):
     """Keys shared by ppo, grpo and rloo."""
 
@@ -401,7 +410,7 @@ class OnlineRLConfig(TrackingSettings, DataColumns, LogitsSettings):
     )
 
 
-class PPOConfig(OnlineRLConfig):
+class PPOConfig(ShardedOnlineSettings, OnlineRLConfig):
     value_model: Literal["separate", "shared"] = Field(
         "separate", description="value head on its own backbone copy, or on the policy's hidden states"
     )
@@ -462,7 +471,7 @@ class ClippedRatioSettings(Strict):
     )
 
 
-class GRPOConfig(ClippedRatioSettings, OnlineRLConfig):
+class GRPOConfig(ClippedRatioSettings, ShardedOnlineSettings, OnlineRLConfig):
     group_size: int = Field(8, gt=1, description="responses sampled per prompt (the group)")
     normalize: bool = Field(
         True, description="divide group-centred rewards by the group's standard deviation (false: Dr. GRPO)"
@@ -477,7 +486,7 @@ class GRPOConfig(ClippedRatioSettings, OnlineRLConfig):
     output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/grpo")
 
 
-class RLOOConfig(ClippedRatioSettings, OnlineRLConfig):
+class RLOOConfig(ClippedRatioSettings, ShardedOnlineSettings, OnlineRLConfig):
     k: int = Field(
         4, gt=1, description="responses sampled per prompt; each one's baseline is the mean of the other k-1"
     )

@@ -21,6 +21,7 @@ from .forward import CHUNK_SIZE, token_logps
 from .models.loading import apply_lora, load_causal_lm, load_tokenizer
 from .resolve import resolve_model_path
 from .rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, warn_if_truncated
+from .runtime import gathered, save_trained
 from .scoring import RewardModelScorer, call_scorer, load_scorer
 from .train import RunLog
 
@@ -96,6 +97,21 @@ def load_policy(config: OnlineRLConfig) -> Policy:
     # Dropout off everywhere: log-probs must agree between rollout and update.
     model.eval()
     return Policy(model, tokenizer, reference, path, config.logits, config.logits_chunk_size)
+
+
+def shard(runtime, policy: Policy, optimizer, *others: torch.nn.Module) -> None:
+    """Under FSDP (fsdp=true among 2+ processes) shard the policy (trained by `optimizer`), the reference and
+    `others` (such as PPO's value model, also trained by `optimizer`) in place; otherwise nothing. The reference is
+    sharded too: a frozen full copy on every process would cost what sharding the policy saves."""
+    if not runtime.fsdp:
+        return
+    from .runtime import shard as fully_shard_model
+
+    fully_shard_model(runtime, policy.model, optimizer)
+    if policy.reference is not None:
+        fully_shard_model(runtime, policy.reference)
+    for module in others:
+        fully_shard_model(runtime, module, optimizer)
 
 
 def setup(config: OnlineRLConfig):
@@ -215,18 +231,19 @@ def sample_batch(
 ) -> Batch:
     tok = policy.tokenizer
     batch = pad_left([prompts.ids[i] for i in indices], tok.pad_token_id)
-    rollout = generate(
-        policy.model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        eos_id=tok.eos_token_id,
-        pad_id=tok.pad_token_id,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
-        generator=generator,
-    )
+    with gathered(policy.model):  # under FSDP: whole weights for the rollout, no collectives inside generation
+        rollout = generate(
+            policy.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            generator=generator,
+        )
     input_ids, attention_mask = rollout.full()
     prompt_len = rollout.prompt_ids.shape[1]
     mask = rollout.response_mask.float()
@@ -334,42 +351,33 @@ def checkpoint_now(
 
 
 def finish(
-    name: str, config: OnlineRLConfig, policy: Policy, out: Path, row: dict, runtime=None, log: RunLog | None = None
+    name: str, config: OnlineRLConfig, policy: Policy, out: Path, row: dict, runtime, log: RunLog | None = None
 ) -> dict:
-    """Save the final policy as a plain HF directory, write summary.json (the main process, when distributed) and
-    close the run log's trackers."""
+    """Every process calls this: save the final policy as a plain HF directory (gathered from every process under
+    FSDP), write summary.json (the main process) and close the run log's trackers."""
     if log is not None:
         log.close()
     from .atomic import write_json
-    from .cards import model_card
-    from .models.loading import save_model
 
-    if runtime is not None and not runtime.is_main:
-        runtime.barrier()
-        return {"stage": name, "final": row}
     summary = {
         "stage": name,
         "model": str(policy.path),
         "steps": config.steps,
-        "processes": runtime.world if runtime else 1,
+        "processes": runtime.world,
         "final": row,
         "model_dir": str(out / "model"),
     }
-    save_model(
-        policy.model,
-        load_tokenizer(policy.path),
-        out / "model",
-        merge_lora=config.lora.merge if config.lora else True,
-        card=model_card(name, config, {**summary, **row}),
-    )
+    save_trained(runtime, policy.model, load_tokenizer(policy.path), out / "model", config, name, {**summary, **row})
+    if not runtime.is_main:
+        runtime.barrier()
+        return {"stage": name, "final": row}
     write_json(out / "summary.json", summary)
     console.print(
         f"{name}: {config.steps} steps; last-window reward {row.get('reward_avg', float('nan')):.3f}, "
         f"gold {row.get('gold_avg', float('nan')):.3f}, KL {row.get('kl_avg', float('nan')):.3f}; model saved to "
         f"{out / 'model'}"
     )
-    if runtime is not None:
-        runtime.barrier()
+    runtime.barrier()
     return summary
 
 

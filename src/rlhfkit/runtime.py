@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +141,7 @@ def start(config) -> Runtime:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
+    from .config import OnlineRLConfig
     from .models.loading import quantization
 
     # online RL (no device or precision keys) runs its processes on the CPU
@@ -165,10 +166,10 @@ def start(config) -> Runtime:
         runtime.fsdp = True
     if runtime.launcher_shards:
         kind = accelerator.distributed_type.value
-        if not hasattr(config, "fsdp"):
+        if isinstance(config, OnlineRLConfig):
             raise ConfigError(
-                f"an accelerate config with {kind}: online RL (ppo, grpo, rloo) runs under DDP only; launch it with "
-                "torchrun or examples/accelerate/ddp.yaml"
+                f"an accelerate config with {kind}: online RL (ppo, grpo, rloo) shards with its own fsdp=true under "
+                "torchrun (or runs under DDP: torchrun or examples/accelerate/ddp.yaml)"
             )
         if config.checkpoint_every or config.resume:
             raise ConfigError(
@@ -216,10 +217,11 @@ def prepare(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Opt
     return prepared, optimizer
 
 
-def shard(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.nn.Module:
+def shard(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> torch.nn.Module:
     """FSDP2 in place: each decoder layer (the architecture's `_no_split_modules`) and then the root become one
     all-gathered unit. Called directly rather than through accelerate's FSDP2 plugin, which is GPU-only: this runs
-    the same code on CPU (gloo) and CUDA (NCCL), so the tests check what a GPU run does."""
+    the same code on CPU (gloo) and CUDA (NCCL), so the tests check what a GPU run does. `optimizer`: the one that
+    trains `model` (None for a frozen model, such as the reference)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -228,16 +230,45 @@ def shard(runtime: Runtime, model: torch.nn.Module, optimizer: torch.optim.Optim
         runtime.skeletons[id(model)] = copy.deepcopy(model).to("meta")
     names = {id(p): name for name, p in model.named_parameters()}
     mesh = init_device_mesh(runtime.device.type, (runtime.world,))
-    layers = set(getattr(base_model(model), "_no_split_modules", None) or [])
+    # the decoder layers of every transformers model inside (a value model's backbone, a PEFT-wrapped policy)
+    layers = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
     for module in list(model.modules())[1:]:
         if type(module).__name__ in layers:
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     # fully_shard replaces each parameter with a sharded one: the optimiser (still without state) takes the new ones
     params = dict(model.named_parameters())
-    for group in optimizer.param_groups:
-        group["params"] = [params[names[id(p)]] for p in group["params"]]
+    for group in optimizer.param_groups if optimizer is not None else []:
+        group["params"] = [params[names[id(p)]] if id(p) in names else p for p in group["params"]]
     return model
+
+
+@contextmanager
+def gathered(model: torch.nn.Module):
+    """Every FSDP2 unit of `model` all-gathered once and kept whole until the block ends (a no-op for a model that
+    is not sharded). Sampling needs it: each process generates a different number of tokens (rows stop at EOS), so
+    per-forward all-gathers would leave the processes waiting on each other's collectives; whole weights need none.
+    Costs the full weights' memory for the block, as a sampling engine holding its own copy would."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False)
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True)
+
+
+def clip_grad_norm(runtime: Runtime, params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """clip_grad_norm_ for plain, DDP or FSDP2 (sharded gradients: the whole gradient's norm) parameters; returns the
+    norm before clipping."""
+    if runtime.fsdp:
+        return float(clip_sharded_grad_norm(params, max_norm))
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
 class BatchStream:
@@ -297,7 +328,7 @@ def accumulate(
 
 def optimizer_step(runtime: Runtime, model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float) -> float:
     if runtime.fsdp:
-        grad_norm = clip_sharded_grad_norm(model, max_grad_norm)
+        grad_norm = clip_sharded_grad_norm(model.parameters(), max_grad_norm)
     else:
         grad_norm = runtime.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
@@ -306,12 +337,12 @@ def optimizer_step(runtime: Runtime, model: torch.nn.Module, optimizer, schedule
     return float(grad_norm) if grad_norm is not None else float("nan")  # DeepSpeed clips inside its engine
 
 
-def clip_sharded_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+def clip_sharded_grad_norm(params, max_norm: float) -> torch.Tensor:
     """clip_grad_norm_ over FSDP2's sharded gradients: the norm of the whole gradient (its shards' norms reduced over
     processes), then every shard scaled by the same factor."""
     from torch.distributed.tensor import DTensor
 
-    params = [p for p in model.parameters() if p.grad is not None]
+    params = [p for p in params if p.grad is not None]
     total = torch.nn.utils.get_total_norm([p.grad for p in params])
     if isinstance(total, DTensor):
         total = total.full_tensor()

@@ -24,7 +24,7 @@ from ..config import GRPOConfig, RLOOConfig, save_config
 from ..console import progress_bar
 from ..errors import ConfigError
 from ..losses import group_advantages, grpo_policy_loss, kl_penalty, masked_mean, rloo_advantages
-from ..runtime import start
+from ..runtime import clip_grad_norm, start
 from ..train import adamw, constant_schedule
 
 
@@ -80,16 +80,17 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
             f"mini_batch_size {config.mini_batch_size} must split evenly among the {runtime.world} processes"
         )
     reward_fn, gold, policy, prompts = online.setup(config)
+    optimizer = adamw(online.trainable(policy.model), config.lr, weight_decay=0.01, eps=1e-5)  # decay on every weight
+    online.shard(runtime, policy, optimizer)  # fsdp=true under torchrun: policy and reference sharded in place
     params = online.trainable(policy.model)
-    optimizer = adamw(params, config.lr, weight_decay=0.01, eps=1e-5)  # AdamW's default decay, on every weight
     scheduler = constant_schedule(optimizer, config.warmup_steps)
     # every process draws the same prompts in the same order, and samples its own responses to its share
     generator = torch.Generator().manual_seed(config.seed + runtime.rank)
     modules = {"policy": policy.model}
     start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts, runtime)
     scheduler.last_epoch = start_step
-    # gradients flow through the DDP wrapper; sampling uses the plain module (no collectives inside generation)
-    trained = runtime.accelerator.prepare_model(policy.model) if runtime.world > 1 else policy.model
+    # gradients flow through the DDP wrapper (FSDP2 reduce-scatters them itself); sampling uses the plain module
+    trained = policy.model if runtime.fsdp or runtime.world == 1 else runtime.accelerator.prepare_model(policy.model)
     if runtime.is_main:
         save_config(config, out)
     log = online.run_log(config, out, resume_step=start_step if last_ckpt else None, enabled=runtime.is_main)
@@ -139,7 +140,7 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
                     pg_stats["kl_loss"] = kl_term.item()
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                clip_grad_norm(runtime, params, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: they would sit through the next rollout
                 n_updates += 1

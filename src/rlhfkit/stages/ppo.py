@@ -19,7 +19,7 @@ from ..console import progress_bar
 from ..errors import ConfigError
 from ..losses import entropy_from_logits, gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
 from ..resolve import resolve_model_path
-from ..runtime import start
+from ..runtime import clip_grad_norm, start
 from ..train import adamw, constant_schedule
 
 
@@ -104,18 +104,22 @@ def run(config: PPOConfig) -> dict:
         )
     reward_fn, gold, policy, prompts = online.setup(config)
     value = ValueModel(config, policy)
-    params = online.trainable(policy.model) + [p for p in value.parameters() if p.requires_grad]
-    optimizer = adamw(params, config.lr, weight_decay=0.01, eps=1e-5)  # AdamW's default decay, on every weight
+    trainable = lambda: online.trainable(policy.model) + online.trainable(value)  # noqa: E731
+    optimizer = adamw(trainable(), config.lr, weight_decay=0.01, eps=1e-5)  # AdamW's default decay, on every weight
+    online.shard(runtime, policy, optimizer, value)  # fsdp=true under torchrun: policy, reference, value sharded
+    params = trainable()
     scheduler = constant_schedule(optimizer, config.warmup_steps)
     kl_ctl = AdaptiveKL(config.kl_coef, config.target_kl, config.kl_horizon)
-    modules = {"policy": policy.model, "value": value}
+    actor_critic = ActorCritic(policy, value)
+    # a sharded checkpoint holds one model and its optimiser: under FSDP the two as one module
+    modules = {"actor_critic": actor_critic} if runtime.fsdp else {"policy": policy.model, "value": value}
     generator = torch.Generator().manual_seed(config.seed + runtime.rank)
     start_step, last_ckpt, state = online.resume_state(config, out, modules, optimizer, generator, prompts, runtime)
     scheduler.last_epoch = start_step
     kl_ctl.coef = state.get("kl_coef", kl_ctl.coef)
-    actor_critic = ActorCritic(policy, value)
-    # gradients flow through the DDP wrapper; sampling and the rollout values use the plain modules
-    trained = runtime.accelerator.prepare_model(actor_critic) if runtime.world > 1 else actor_critic
+    # gradients flow through the DDP wrapper (FSDP2 reduce-scatters them itself); sampling and the rollout values
+    # use the plain modules
+    trained = actor_critic if runtime.fsdp or runtime.world == 1 else runtime.accelerator.prepare_model(actor_critic)
     if runtime.is_main:
         save_config(config, out)
     log = online.run_log(config, out, resume_step=start_step if last_ckpt else None, enabled=runtime.is_main)
@@ -161,7 +165,7 @@ def run(config: PPOConfig) -> dict:
                 loss = pg_loss + config.vf_coef * vf_loss - config.entropy_coef * ent
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                clip_grad_norm(runtime, params, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: they would sit through the next rollout
                 n_updates += 1
@@ -195,8 +199,10 @@ def run(config: PPOConfig) -> dict:
                 last_ckpt = online.checkpoint_now(
                     out, step, modules, optimizer, generator, prompts, runtime, kl_coef=kl_ctl.coef
                 )
+    value_state = runtime.full_state(value)  # every process: under FSDP the value model's shards gathered
     if runtime.is_main:
+        plain_value = runtime.plain_model(value, value_state)
         if not value.shared:
-            value.backbone.save_pretrained(str(out / "value_model"))
-        torch.save(value.head.state_dict(), out / "value_head.pt")
+            plain_value.backbone.save_pretrained(str(out / "value_model"))
+        torch.save(plain_value.head.state_dict(), out / "value_head.pt")
     return online.finish("ppo", config, policy, out, row, runtime=runtime, log=log)
