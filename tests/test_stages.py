@@ -42,6 +42,7 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.resolve import resolve_model_path
 from rlhfkit.rollout import sample_responses
 from rlhfkit.stages import demo, dpo, pairs, reward, sft
+from rlhfkit.train import OFFLINE_ZERO_GRADIENT, Alarms, check_gradient
 
 DEFAULT = resolve_model_path("default")
 
@@ -330,6 +331,18 @@ def test_truncation_rule_counts_exactly():
     for i in range(4, 12):
         tight.encode(long_prompt, [long_resp], f"line {i}")
     assert tight.report.named() == "line 1 (id 'a'), line 2, line 4, line 5, line 6 and 5 more"
+
+
+def test_offline_stages_warn_on_a_zero_or_corrupt_gradient(capsys):
+    alarms = Alarms()
+    for step, norm in ((1, 0.5), (2, None), (3, 0.0), (4, 0.0), (5, float("inf")), (6, float("nan"))):
+        check_gradient(alarms, step, norm)  # None: unknown (DeepSpeed), never a warning
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING")]
+    assert lines == [
+        f"WARNING at step 3: the gradient norm is 0, so the update changed nothing; {OFFLINE_ZERO_GRADIENT}",
+        "WARNING at step 5: the gradient norm is inf (before clipping), so the update is corrupt; lower lr, use bf16 "
+        "rather than fp16, or look for inf/NaN in the rewards or the data",
+    ]  # steps 4 and 6 come within 10 steps of a warning of their kind
 
 
 # ----------------------------------------------------------------------------------------------- pairs

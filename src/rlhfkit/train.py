@@ -144,7 +144,10 @@ def check_gradient(alarms: Alarms, step: int, grad_norm: float | None, hint: str
     """WARN (rate-limited) when a step's gradient norm is 0 or not finite (gradient_problem), with `hint` for a 0."""
     problem = gradient_problem(grad_norm)
     if problem is not None:
-        alarms.warn(step, "gradient", f"{problem}; {hint}" if grad_norm == 0 else problem)
+        if grad_norm == 0:
+            alarms.warn(step, "zero_gradient", f"{problem}; {hint}")
+        else:  # its own kind: a corrupt update is news even right after a 0
+            alarms.warn(step, "corrupt_gradient", problem)
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
