@@ -323,8 +323,8 @@ class SignalAlarm:
         if row.get("zero_variance_group_share") == 1.0:
             k = getattr(config, self.group)
             found.append(
-                f"every group's {k} rewards were equal (zero_variance_group_share=1), so every advantage is 0 and the "
-                f"reward gives no gradient; raise temperature or {self.group}, or check the reward (constant? "
+                f"every group's {k} rewards were equal (zero_variance_group_share=1), so the reward contributes no "
+                f"advantage and no gradient; raise temperature or {self.group}, or check the reward (constant? "
                 "saturated?)"
             )
         if row.get("reward_std") == 0.0 and config.batch_size > 1:
