@@ -412,6 +412,12 @@ def test_max_length_leaving_no_room_for_responses(command, args, place, tmp_path
         "max_length=9",
     )
     assert "4 of 4" in error or "of 2" in error
+    if command in ("sft", "dpo", "kto"):  # every record dropped, each named by its line and id
+        assert "nothing left to train on" in error
+        prefix = {"sft": "s", "dpo": "p", "kto": "k"}[command]
+        assert ", ".join(f"line {i + 1} (id '{prefix}{i}')" for i in range(4)) in error
+    else:  # reward train and eval split or score the pairs apart from their file: named by id
+        assert "id 'p" in error
     assert not out.exists()
 
 

@@ -43,6 +43,8 @@ COMMON_KEYS = {
     "clip_fraction",
     "approx_kl",
     "policy_loss",
+    "grad_norm",
+    "masked_token_share",
     "lr",
     *(f"{k}_avg" for k in HEADLINE),
 }
@@ -84,7 +86,8 @@ def check_metrics(out: Path, steps: int, extra: set[str]) -> list[dict]:
             assert isinstance(r[key], (int, float)) and math.isfinite(r[key]), (key, r[key])
         assert r["reward"] == pytest.approx(r["gold"], abs=1e-5)  # the gold judge is the only reward source
         assert 0 < r["response_length"] <= 16 and 0 <= r["truncated_share"] <= 1 and 0 <= r["distinct_2"] <= 1
-        assert 0 <= r["clip_fraction"] <= 1 and r["entropy"] > 0
+        # entropy is measured on the tokens the loss sees: none when mask_truncated drops every (cut) response
+        assert 0 <= r["clip_fraction"] <= 1 and (r["entropy"] > 0 or r["masked_token_share"] == 1)
     # *_avg are rolling means over the window (10 by default: here every row so far).
     for i, r in enumerate(metrics):
         for k in HEADLINE:
@@ -172,13 +175,16 @@ def test_grpo_and_rloo_run_log_and_save(stage, tmp_path):
         config = GRPOConfig(
             output_dir=str(out), steps=3, batch_size=2, group_size=4, mini_batch_size=4, lr=1e-4, **TINY
         )
-        extra = {"group_reward_std", "kl_loss"}
+        extra = {"group_reward_std", "kl_loss", "zero_variance_group_share"}
     else:
         config = RLOOConfig(output_dir=str(out), steps=3, batch_size=2, k=4, mini_batch_size=4, lr=1e-4, **TINY)
-        extra = {"group_reward_std"}
+        extra = {"group_reward_std", "zero_variance_group_share"}
     grpo.run(config)
     metrics = check_metrics(out, 3, extra)
     assert all(r["group_reward_std"] >= 0 for r in metrics)
+    # the learning signal: the gold judge's rewards vary within groups, every token is trained on, the gradient lives
+    assert all(0 <= r["zero_variance_group_share"] < 1 and r["grad_norm"] > 0 for r in metrics)
+    assert all(r["masked_token_share"] == 0 for r in metrics)  # nothing masks tokens here
     assert abs(metrics[0]["kl"]) < 1e-4
     assert "value_loss" not in metrics[0]  # critic-free
     assert not (out / "value_model").exists()
@@ -225,6 +231,60 @@ def test_dynamic_sampling_drops_groups_with_equal_rewards(tmp_path, monkeypatch)
     grpo.run(varied)
     (row,) = rows(tmp_path / "varied" / "metrics.jsonl")
     assert row["sampling_rounds"] == 1 and row["informative_group_share"] == 1.0 and row["group_reward_std"] > 0
+
+
+def test_constant_reward_warns_that_the_update_learns_nothing(tmp_path, monkeypatch, capfd):
+    (tmp_path / "flat_reward.py").write_text("def same(prompts, responses):\n    return [1.0 for _ in responses]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "grpo"
+    # kl_coef=0: the reward is the only source of gradient, so its absence makes the gradient exactly 0
+    config = GRPOConfig(output_dir=str(out), rewards=[RewardSpec(function="flat_reward:same")], steps=2, batch_size=2,
+                        group_size=4, mini_batch_size=8, max_new_tokens=8, kl_coef=0, seed=0)  # fmt: skip
+    grpo.run(config)
+    err = capfd.readouterr().err
+    warning = next(line for line in err.splitlines() if "WARNING at step 1: no learning signal" in line)
+    assert "no learning signal: every group's 4 rewards were equal (zero_variance_group_share=1)" in warning
+    assert "raise temperature or group_size, or check the reward" in warning and "gradient norm is 0" in warning
+    assert "WARNING at step 2" not in err  # at most once every 10 steps
+    assert err.count("INFO: a policy_loss near 0 is expected: at the first update of every batch the ratio is 1") == 1
+    metrics = rows(out / "metrics.jsonl")
+    assert [(r["zero_variance_group_share"], r["grad_norm"], r["policy_loss"]) for r in metrics] == [
+        (1.0, 0.0, 0.0)
+    ] * 2
+
+
+def test_signal_alarm_names_every_way_an_update_learns_nothing(capsys):
+    config = GRPOConfig(rewards=GOLD, group_size=4, mask_truncated=True)
+    alarm = online.SignalAlarm(config, "group_size")
+    healthy = {"zero_variance_group_share": 0.5, "masked_token_share": 0.1, "grad_norm": 0.3, "truncated_share": 0.1}
+    assert alarm.problems(healthy) == []
+    masked = alarm.problems({**healthy, "masked_token_share": 1.0, "truncated_share": 1.0})
+    assert masked == [
+        "every response token was masked out of the loss (masked_token_share=1): every response hit max_new_tokens "
+        "and mask_truncated drops those; raise max_new_tokens or set mask_truncated=false"
+    ]
+    (nan,) = alarm.problems({**healthy, "grad_norm": float("nan")})
+    assert nan.startswith("the gradient norm is nan (before clipping), so the update is corrupt; lower lr")
+    # ppo: no groups, the batch's rewards all equal; a batch of one response has nothing to compare
+    ppo_alarm = online.SignalAlarm(PPOConfig(rewards=GOLD, batch_size=4))
+    (same,) = ppo_alarm.problems({"reward_std": 0.0, "reward": 0.25, "grad_norm": 0.1, "masked_token_share": 0.0})
+    assert same.startswith("every response of the batch got the same reward (0.25)")
+    assert online.SignalAlarm(PPOConfig(rewards=GOLD, batch_size=1)).problems({"reward_std": 0.0}) == []
+    # rate-limited per kind: at most once every 10 steps
+    for step in (1, 5, 11):
+        alarm.check(step, {**healthy, "grad_norm": 0.0})
+    err = capsys.readouterr().err
+    assert ("WARNING at step 1:" in err, "WARNING at step 5:" in err, "WARNING at step 11:" in err) == (
+        True,
+        False,
+        True,
+    )
+
+
+def test_zero_variance_groups_are_exactly_the_equal_ones():
+    scores = torch.tensor([0.1, 0.1, 0.1, 0.1, 1.0, 1.0, 1.0, 1.0 + 1e-6, 0.0, 2.0, 0.0, 2.0])
+    assert online.zero_variance_groups(scores, 4).tolist() == [True, False, False]
+    assert online.masked_token_share(10.0, torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])) == pytest.approx(0.7)
 
 
 def test_overlong_punishment_by_hand():

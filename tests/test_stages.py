@@ -36,11 +36,13 @@ from rlhfkit.data.tokenize import Encoder
 from rlhfkit.demo import corpus
 from rlhfkit.demo.build import ensure_default
 from rlhfkit.demo.gold import gold_score
+from rlhfkit.errors import DataError
 from rlhfkit.evaluate import policy
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.resolve import resolve_model_path
 from rlhfkit.rollout import sample_responses
 from rlhfkit.stages import demo, dpo, pairs, reward, sft
+from rlhfkit.train import OFFLINE_ZERO_GRADIENT, Alarms, check_gradient
 
 DEFAULT = resolve_model_path("default")
 
@@ -287,7 +289,15 @@ def test_truncation_rule_counts_exactly():
     p, (r_short, r_long) = enc.encode(short_prompt, [short_resp, long_resp])
     assert r_short[-1] == eos and eos not in r_long
 
-    assert enc.report.as_dict() == {"records": 5, "prompts_truncated": 2, "responses_truncated": 3, "dropped": 0}
+    report = enc.report.as_dict()
+    assert {k: report[k] for k in ("records", "prompts_truncated", "responses_truncated", "dropped")} == {
+        "records": 5, "prompts_truncated": 2, "responses_truncated": 3, "dropped": 0
+    }  # fmt: skip
+    # three short responses kept whole; the long one cut to the budget after a short prompt (twice), a cut one (once)
+    short_n, long_n = len(ids(short_resp)) + 1, len(ids(long_resp)) + 1
+    kept = 3 * short_n + 2 * (max_length - len(ids(short_prompt))) + (max_length - max_prompt)
+    assert (enc.report.response_tokens, enc.report.response_tokens_kept) == (3 * short_n + 3 * long_n, kept)
+    assert report["response_tokens_cut_share"] == pytest.approx(1 - kept / (3 * short_n + 3 * long_n), abs=1e-4)
     assert "2 of 5 prompts cut from the left, 3 responses cut from the right" in enc.report.summary(
         max_length, max_prompt
     )
@@ -295,18 +305,44 @@ def test_truncation_rule_counts_exactly():
     # No room: a prompt that keeps max_prompt_length tokens and leaves no budget is dropped and counted;
     # a pair whose responses are identical once cut is dropped too.
     tight = Encoder(tokenizer, max_length=12, max_prompt_length=128)
-    assert tight.encode(long_prompt, [long_resp]) is None
+    assert tight.encode(long_prompt, [long_resp], "line 1 (id 'a')") is None
     assert (
         tight.encode(
             short_prompt,
             [" The room was great and the staff were lovely.", " The room was great and the staff were rude."],
+            "line 2",
         )
         is None
     )
-    p, (r,) = tight.encode(short_prompt, [short_resp])
+    p, (r,) = tight.encode(short_prompt, [short_resp], "line 3")
     assert p == ids(short_prompt) and len(p) + len(r) <= 12
     assert tight.report.dropped == 2 and tight.report.records == 3
-    assert "2 records dropped" in tight.report.summary(12, 128)
+    assert "2 records dropped (line 1 (id 'a'), line 2)" in tight.report.summary(12, 128)
+    with pytest.raises(
+        DataError, match=r"data.jsonl: 2 of 3 records dropped by truncation \(line 1 \(id 'a'\), line 2\), 1 left"
+    ):
+        tight.report.check("data.jsonl", 12, 128)
+    # a response with no token at all (no EOS to add) is dropped too: a kept record always has a token to train on
+    bare = Encoder(tokenizer, max_length=64, max_prompt_length=32, add_eos=False)
+    assert bare.encode(short_prompt, [""], "line 9") is None and bare.report.dropped_at == ["line 9"]
+    with pytest.raises(DataError, match="1 of 1 records dropped by truncation \\(line 9\\), nothing left to train on"):
+        bare.report.check("data.jsonl", 64, 32)
+    # past NAMED records the message counts the rest
+    for i in range(4, 12):
+        tight.encode(long_prompt, [long_resp], f"line {i}")
+    assert tight.report.named() == "line 1 (id 'a'), line 2, line 4, line 5, line 6 and 5 more"
+
+
+def test_offline_stages_warn_on_a_zero_or_corrupt_gradient(capsys):
+    alarms = Alarms()
+    for step, norm in ((1, 0.5), (2, None), (3, 0.0), (4, 0.0), (5, float("inf")), (6, float("nan"))):
+        check_gradient(alarms, step, norm)  # None: unknown (DeepSpeed), never a warning
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING")]
+    assert lines == [
+        f"WARNING at step 3: the gradient norm is 0, so the update changed nothing; {OFFLINE_ZERO_GRADIENT}",
+        "WARNING at step 5: the gradient norm is inf (before clipping), so the update is corrupt; lower lr, use bf16 "
+        "rather than fp16, or look for inf/NaN in the rewards or the data",
+    ]  # steps 4 and 6 come within 10 steps of a warning of their kind
 
 
 # ----------------------------------------------------------------------------------------------- pairs

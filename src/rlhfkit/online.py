@@ -23,7 +23,7 @@ from .resolve import resolve_model_path
 from .rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, warn_if_truncated
 from .runtime import gathered, save_trained
 from .scoring import RewardModelScorer, call_scorer, load_scorer
-from .train import RunLog
+from .train import Alarms, RunLog, gradient_problem
 
 # ---------------------------------------------------------------- rewards
 
@@ -288,14 +288,87 @@ class TruncationAlarm:
     """Warns loudly when over TRUNCATION_WARNING of an iteration's responses hit max_new_tokens, at most once every
     10 steps."""
 
-    def __init__(self, max_new_tokens: int):
+    def __init__(self, max_new_tokens: int, enabled: bool = True):
         self.max_new_tokens = max_new_tokens
-        self.warned_at: int | None = None
+        self.alarms = Alarms(every=10, enabled=enabled)
 
     def check(self, step: int, share: float) -> None:
-        if share > TRUNCATION_WARNING and (self.warned_at is None or step - self.warned_at >= 10):
-            self.warned_at = step
+        if share > TRUNCATION_WARNING and self.alarms.due(step, "truncated"):
             warn_if_truncated(share, self.max_new_tokens, f" at step {step}")
+
+
+def zero_variance_groups(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """[groups] bool: the groups (k consecutive rows) whose rewards are all equal. Their advantages are 0, so they
+    give the policy loss no gradient (GRPO, RLOO; dynamic sampling drops them)."""
+    grouped = scores.view(-1, k)
+    return (grouped == grouped[:, :1]).all(1)
+
+
+def masked_token_share(sampled_tokens: float, loss_mask: torch.Tensor) -> float:
+    """The share of the response tokens sampled in an iteration (every sampling round; each response up to and
+    including its EOS, never the padding after it) that the loss does not see: dropped groups (dynamic sampling),
+    responses cut at max_new_tokens (mask_truncated)."""
+    return 1.0 - loss_mask.sum().item() / max(sampled_tokens, 1.0)
+
+
+ZERO_LOSS_NOTE = (
+    "INFO: a policy_loss near 0 is expected: at the first update of every batch the ratio is 1 and the advantages "
+    "average 0 (within each group), so the clipped-surrogate loss averages ~0 even when its gradient is not 0; judge "
+    "learning by reward, grad_norm and zero_variance_group_share, not by the loss (docs/online-rl.md)"
+)
+
+
+class SignalAlarm:
+    """Loud, rate-limited WARNINGs (train.Alarms: each kind at most once every 10 steps) read from an online
+    iteration's metrics row, so every online stage calls `check(step, row)` after logging it:
+    - over TRUNCATION_WARNING of the responses cut at max_new_tokens (`truncated_share`, as TruncationAlarm);
+    - no learning signal: every group's rewards equal (`zero_variance_group_share` 1), every response token masked
+      out of the loss (`masked_token_share` 1), every response of the batch rewarded the same (`reward_std` 0: ppo,
+      no groups), or a gradient norm (before clipping) of 0 or not finite (`grad_norm`).
+    `group` names the config key of the group size ('group_size', 'k'); `zero_loss_note` prints, at the first
+    check, why a clipped-surrogate policy_loss near 0 is no sign of trouble."""
+
+    def __init__(self, config: OnlineRLConfig, group: str | None = None, enabled: bool = True, zero_loss_note=False):
+        self.config, self.group = config, group
+        self.alarms = Alarms(every=10, enabled=enabled)
+        self.truncation = TruncationAlarm(config.max_new_tokens, enabled)
+        self.note = zero_loss_note and enabled
+
+    def problems(self, row: dict) -> list[str]:
+        """Why the iteration in `row` learned nothing (empty: it had a signal)."""
+        config, found = self.config, []
+        if row.get("zero_variance_group_share") == 1.0:
+            k = getattr(config, self.group)
+            found.append(
+                f"every group's {k} rewards were equal (zero_variance_group_share=1), so the reward contributes no "
+                f"advantage and no gradient; raise temperature or {self.group}, or check the reward (constant? "
+                "saturated?)"
+            )
+        if row.get("reward_std") == 0.0 and config.batch_size > 1:
+            found.append(
+                f"every response of the batch got the same reward ({row.get('reward', float('nan')):.4g}), so the "
+                "reward says nothing about which is better and the update follows only the KL penalty and the value "
+                "head's errors; check the reward, or raise temperature"
+            )
+        if row.get("masked_token_share") == 1.0:
+            why = ""
+            if getattr(config, "mask_truncated", False) and row.get("truncated_share") == 1.0:
+                why = ": every response hit max_new_tokens and mask_truncated drops those; raise max_new_tokens or set "
+                why += "mask_truncated=false"
+            found.append(f"every response token was masked out of the loss (masked_token_share=1){why}")
+        problem = gradient_problem(row.get("grad_norm"))
+        if problem is not None:
+            found.append(problem)
+        return found
+
+    def check(self, step: int, row: dict) -> None:
+        if self.note:
+            self.note = False
+            console.print(ZERO_LOSS_NOTE, markup=False, highlight=False, soft_wrap=True)
+        self.truncation.check(step, row.get("truncated_share", 0.0))
+        problems = self.problems(row)
+        if problems:
+            self.alarms.warn(step, "no_signal", "no learning signal: " + "; ".join(problems))
 
 
 def guard(step: int, loss: torch.Tensor, kl: float, config: OnlineRLConfig, last_checkpoint: Path | None) -> None:

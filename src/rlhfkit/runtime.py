@@ -326,7 +326,11 @@ def accumulate(
     return {k: v / max(total, 1e-8) for k, v in zip(keys, totals)}
 
 
-def optimizer_step(runtime: Runtime, model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float) -> float:
+def optimizer_step(
+    runtime: Runtime, model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float
+) -> float | None:
+    """Clip, step the optimizer and the schedule, free the gradients; returns the gradient norm before clipping
+    (None under DeepSpeed, which clips inside its engine and reports no norm)."""
     if runtime.fsdp:
         grad_norm = clip_sharded_grad_norm(model.parameters(), max_grad_norm)
     else:
@@ -334,7 +338,7 @@ def optimizer_step(runtime: Runtime, model: torch.nn.Module, optimizer, schedule
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm) if grad_norm is not None else float("nan")  # DeepSpeed clips inside its engine
+    return float(grad_norm) if grad_norm is not None else None
 
 
 def clip_sharded_grad_norm(params, max_norm: float) -> torch.Tensor:

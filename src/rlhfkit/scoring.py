@@ -61,7 +61,9 @@ class RewardEncoder:
         self.encoder = Encoder(tokenizer, max_length - special, max_prompt_length, add_eos=not self.pair_style)
 
     def encode_pair(self, pair: PreferencePair) -> tuple[list[int], list[int]] | None:
-        out = self.encoder.encode(pair.prompt, [pair.chosen, pair.rejected])
+        """(chosen, rejected) ids, or None when the truncation rule drops the pair (named by its id, if it has one)."""
+        place = None if pair.id is None else f"id {pair.id!r}"
+        out = self.encoder.encode(pair.prompt, [pair.chosen, pair.rejected], place)
         if out is None:
             return None
         prompt_ids, (chosen_ids, rejected_ids) = out

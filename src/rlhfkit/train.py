@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from .atomic import atomic_file, atomic_write, write_json
 from .console import console
@@ -91,6 +92,62 @@ def forever(items: list, batch_size: int, seed: int) -> Iterator[list]:
             yield [items[j] for j in pending[:batch_size]]
             pending = pending[batch_size:]
         epoch += 1
+
+
+class Alarms:
+    """Loud WARNING lines on the console, each kind at most once every `every` steps: a run that keeps going wrong
+    the same way says so again every `every` steps, not at every step. `enabled=False` (a process other than the
+    main one) prints nothing."""
+
+    def __init__(self, every: int = 10, enabled: bool = True):
+        self.every, self.enabled = every, enabled
+        self.warned_at: dict[str, int] = {}
+
+    def due(self, step: int, kind: str) -> bool:
+        """True, and the step is recorded, when `kind` was not warned of in the last `every` steps."""
+        last = self.warned_at.get(kind)
+        if not self.enabled or (last is not None and step - last < self.every):
+            return False
+        self.warned_at[kind] = step
+        return True
+
+    def warn(self, step: int, kind: str, message: str) -> None:
+        if self.due(step, kind):
+            # one line, however long: a log stays greppable
+            console.print(f"[bold red]WARNING at step {step}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def gradient_problem(grad_norm: float | None) -> str | None:
+    """What is wrong with a step's gradient norm (before clipping), or None: 0 (no parameter got a gradient, so the
+    step learned nothing) or not finite (the update is corrupt). None: the norm is unknown (DeepSpeed clips inside
+    its engine)."""
+    if grad_norm is None:
+        return None
+    if not math.isfinite(grad_norm):
+        return (
+            f"the gradient norm is {grad_norm} (before clipping), so the update is corrupt; lower lr, use bf16 "
+            "rather than fp16, or look for inf/NaN in the rewards or the data"
+        )
+    if grad_norm == 0:
+        return "the gradient norm is 0, so the update changed nothing"
+    return None
+
+
+# what to check when an offline stage's gradient is 0: nothing that reaches the loss is trainable, or the loss is flat
+OFFLINE_ZERO_GRADIENT = (
+    "check that the trainable weights reach the loss (lora target_modules), and for loss_type hinge that not every "
+    "pair is already past the margin"
+)
+
+
+def check_gradient(alarms: Alarms, step: int, grad_norm: float | None, hint: str = OFFLINE_ZERO_GRADIENT) -> None:
+    """WARN (rate-limited) when a step's gradient norm is 0 or not finite (gradient_problem), with `hint` for a 0."""
+    problem = gradient_problem(grad_norm)
+    if problem is not None:
+        if grad_norm == 0:
+            alarms.warn(step, "zero_gradient", f"{problem}; {hint}")
+        else:  # its own kind: a corrupt update is news even right after a 0
+            alarms.warn(step, "corrupt_gradient", problem)
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:

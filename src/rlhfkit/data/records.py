@@ -368,15 +368,27 @@ def read_rows(source: str | Path, columns: dict[str, str] | None = None) -> Iter
 
 def load_records(path: str | Path, kind: str, columns: dict[str, str] | None = None) -> list[Record]:
     """Read and validate a whole source (read_rows); the first bad record stops with its source, line and field."""
-    records = []
+    return [record for _, record in load_located(path, kind, columns)]
+
+
+def load_located(path: str | Path, kind: str, columns: dict[str, str] | None = None) -> list[tuple[str, Record]]:
+    """load_records, each record with its place for messages (`record_place`: `line 3 (id 'p3')`)."""
+    located = []
     ids = UniqueIds()
     for place, obj in read_rows(path, columns):
         where = Where(str(path), place)
-        records.append(parse_record(obj, kind, where))
-        ids.check(records[-1].id, where)
-    if not records:
+        record = parse_record(obj, kind, where)
+        ids.check(record.id, where)
+        located.append((record_place(place, record), record))
+    if not located:
         raise DataError(f"{path}: no records")
-    return records
+    return located
+
+
+def record_place(place: int | str, record: Record) -> str:
+    """A record's place in its source for messages: `line 3` of a JSONL file (`row 3` of a dataset), and its id."""
+    where = f"line {place}" if isinstance(place, int) else str(place)
+    return where if record.id is None else f"{where} (id {record.id!r})"
 
 
 class UniqueIds:

@@ -3,8 +3,9 @@
 Truncation rule (counted and reported, never silent): the prompt keeps its last `max_prompt_length`
 tokens; then, if prompt + response exceed `max_length`, the response keeps its first tokens up to the
 budget, and a cut response gets no EOS (the model must not learn to stop mid-sentence). A record whose
-response budget is under 1 token, or whose responses become identical once cut, is dropped and counted; training stages
-refuse settings that drop more than half of the records (TruncationReport.check).
+response budget is under 1 token, whose response has no token, or whose responses become identical once cut, is dropped,
+counted and named (its place: line and id); training stages refuse settings that drop more than half of the records,
+or all of them (TruncationReport.check names the first few). A kept record has at least one token per response.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .records import PromptValue
 
 # more records dropped than this share is an error, not a note: the settings leave no room for the responses
 MAX_DROPPED_SHARE = 0.5
+NAMED = 5  # dropped records named in the summary line and the error
 
 
 def render_prompt(tokenizer, prompt: PromptValue) -> str:
@@ -37,7 +39,9 @@ class TruncationReport:
     prompts_cut: int = 0
     responses_cut: int = 0
     dropped: int = 0
-    dropped_ids: list = field(default_factory=list)
+    dropped_at: list[str] = field(default_factory=list)  # the places of the first NAMED dropped records
+    response_tokens: int = 0  # every response's tokens (with its EOS) before the cut, kept records only
+    response_tokens_kept: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -45,25 +49,44 @@ class TruncationReport:
             "prompts_truncated": self.prompts_cut,
             "responses_truncated": self.responses_cut,
             "dropped": self.dropped,
+            # of the kept records' response tokens (0 when none is kept)
+            "response_tokens_cut_share": round(1 - self.response_tokens_kept / self.response_tokens, 4)
+            if self.response_tokens
+            else 0.0,
         }
 
+    def drop(self, place: str | None) -> None:
+        self.dropped += 1
+        if place is not None and len(self.dropped_at) < NAMED:
+            self.dropped_at.append(place)
+
+    def named(self) -> str:
+        """`line 1 (id 's0'), line 2 and 5 more`: the dropped records a message names."""
+        more = self.dropped - len(self.dropped_at)
+        return ", ".join(self.dropped_at) + (f" and {more} more" if more and self.dropped_at else "")
+
     def check(self, source: str, max_length: int, max_prompt_length: int) -> None:
-        """Refuse settings that drop more than MAX_DROPPED_SHARE of the records (or all): they leave no room for
-        the responses, and training on what is left would not be training on this data."""
+        """Refuse settings that drop more than MAX_DROPPED_SHARE of the records, or all of them (nothing left to
+        train on): they leave no room for the responses, and training on what is left would not be training on
+        this data. The message names the first dropped records."""
         if self.records and self.dropped <= self.records * MAX_DROPPED_SHARE:
             return
+        left = "nothing left to train on" if self.dropped == self.records else f"{self.records - self.dropped} left"
+        named = f" ({self.named()})" if self.dropped_at else ""
         raise DataError(
-            f"{source}: {self.dropped} of {self.records} records dropped by truncation (max_length={max_length}, "
-            f"max_prompt_length={max_prompt_length}: no room left for a response, or responses identical once cut); "
-            f"at most {MAX_DROPPED_SHARE:.0%} may be dropped: raise max_length or lower max_prompt_length"
+            f"{source}: {self.dropped} of {self.records} records dropped by truncation{named}, {left} "
+            f"(max_length={max_length}, max_prompt_length={max_prompt_length}: no room left for a response token, "
+            f"or responses identical once cut); at most {MAX_DROPPED_SHARE:.0%} may be dropped: raise max_length or "
+            "lower max_prompt_length"
         )
 
     def summary(self, max_length: int, max_prompt_length: int) -> str:
+        named = f" ({self.named()})" if self.dropped_at else ""
         return (
             f"truncation (max_length={max_length}, max_prompt_length={max_prompt_length}): "
             f"{self.prompts_cut} of {self.records} prompts cut from the left, {self.responses_cut} responses cut "
-            "from the right, "
-            f"{self.dropped} records dropped (no room for a response, or responses identical once cut)"
+            f"from the right ({self.as_dict()['response_tokens_cut_share']:.1%} of the response tokens), "
+            f"{self.dropped} records dropped{named} (no room for a response, or responses identical once cut)"
         )
 
 
@@ -88,32 +111,40 @@ class Encoder:
             return ids[-self.max_prompt_length :], True
         return ids, False
 
-    def response_ids(self, response: str, budget: int) -> tuple[list[int], bool]:
+    def full_response_ids(self, response: str) -> list[int]:
         ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
-        if self.add_eos:
-            ids = ids + [self.tokenizer.eos_token_id]
+        return ids + [self.tokenizer.eos_token_id] if self.add_eos else ids
+
+    def response_ids(self, response: str, budget: int) -> tuple[list[int], bool]:
+        ids = self.full_response_ids(response)
         if len(ids) > budget:
             return ids[:budget], True
         return ids, False
 
-    def encode(self, prompt: PromptValue, responses: list[str]) -> tuple[list[int], list[list[int]]] | None:
-        """(prompt ids, one id list per response) or None when the record is dropped; counts cuts."""
+    def encode(
+        self, prompt: PromptValue, responses: list[str], place: str | None = None
+    ) -> tuple[list[int], list[list[int]]] | None:
+        """(prompt ids, one id list per response, each at least one token) or None when the record is dropped (no
+        trainable token left); counts cuts, and names a dropped record by its `place` (records.record_place)."""
         self.report.records += 1
         p_ids, p_cut = self.prompt_ids(prompt)
         budget = self.max_length - len(p_ids)
         if budget < 1:
-            self.report.dropped += 1
+            self.report.drop(place)
             return None
-        outs, any_cut = [], False
+        outs, any_cut, full = [], False, 0
         for response in responses:
-            r_ids, r_cut = self.response_ids(response, budget)
-            any_cut |= r_cut
-            outs.append(r_ids)
-        if len(outs) > 1 and len({tuple(o) for o in outs}) < len(outs):
-            self.report.dropped += 1  # responses that differ only past the cut would teach nothing
+            r_ids = self.full_response_ids(response)
+            full += len(r_ids)
+            any_cut |= len(r_ids) > budget
+            outs.append(r_ids[:budget])
+        if not all(outs) or (len(outs) > 1 and len({tuple(o) for o in outs}) < len(outs)):
+            self.report.drop(place)  # no response token to train on, or responses that differ only past the cut
             return None
         self.report.prompts_cut += p_cut
         self.report.responses_cut += any_cut
+        self.report.response_tokens += full
+        self.report.response_tokens_kept += sum(len(o) for o in outs)
         return p_ids, outs
 
 

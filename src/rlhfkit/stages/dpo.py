@@ -17,14 +17,24 @@ import torch
 
 from ..config import DPOConfig, save_config
 from ..console import console, progress_bar
-from ..data.records import load_records
+from ..data.records import load_located
 from ..data.tokenize import Encoder
 from ..forward import CHUNK_SIZE, response_logps
 from ..losses import dpo_loss, orpo_loss, simpo_loss
 from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization
 from ..resolve import resolve_model_path
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
-from ..train import RunLog, batches, cached_reference, file_stamps, make_optimizer, setup_torch, total_steps
+from ..train import (
+    Alarms,
+    RunLog,
+    batches,
+    cached_reference,
+    check_gradient,
+    file_stamps,
+    make_optimizer,
+    setup_torch,
+    total_steps,
+)
 
 REFERENCE_FREE = ("simpo", "orpo")
 
@@ -94,12 +104,12 @@ def run(config: DPOConfig) -> dict:
     runtime = start(config)  # joins the launcher's processes; checks device, precision and batch split first
     model_path = resolve_model_path(config.model)
     ref_path = resolve_model_path(config.ref_model) if config.ref_model else model_path
-    pairs = load_records(config.data, "preference", config.columns)
+    pairs = load_located(config.data, "preference", config.columns)
     tokenizer = load_tokenizer(model_path)
     encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length, add_eos=True)
     items = []
-    for pair in pairs:
-        enc = encoder.encode(pair.prompt, [pair.chosen, pair.rejected])
+    for place, pair in pairs:
+        enc = encoder.encode(pair.prompt, [pair.chosen, pair.rejected], place)
         if enc is not None:
             items.append((enc[0], enc[1][0], enc[1][1]))
     console.print(encoder.report.summary(config.max_length, config.max_prompt_length))
@@ -149,6 +159,7 @@ def run(config: DPOConfig) -> dict:
     first_step, state = resume(runtime, config, out, model, optimizer, scheduler, stream)
     log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main, config=config)
     model.train()
+    alarms = Alarms(enabled=runtime.is_main)
 
     def loss_sum(idx: list[int], on=None) -> tuple[torch.Tensor, dict]:
         chunk = [items[i] for i in idx]
@@ -193,6 +204,7 @@ def run(config: DPOConfig) -> dict:
             micro = [runtime.shard(next(stream)) for _ in range(config.grad_accum)]
             agg = accumulate(runtime, model, micro, len, loss_sum, step)
             grad_norm = optimizer_step(runtime, model, optimizer, scheduler, config.max_grad_norm)
+            check_gradient(alarms, step, grad_norm)
             row = validate() if (step % config.eval_every == 0 or step == steps) else {}
             if row:
                 last = row

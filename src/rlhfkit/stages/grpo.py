@@ -38,21 +38,24 @@ def overlong_punishment(lengths: torch.Tensor, config: GRPOConfig | RLOOConfig) 
 
 
 def sample_groups(policy, prompts, reward_fn, gold, config, generator, runtime, k: int):
-    """This process's groups of one iteration and the sampling stats. With dynamic_sampling, groups whose rewards
+    """This process's groups of one iteration and the sampling stats (`sampled_tokens`: the response tokens of
+    every round, dropped groups included). With dynamic_sampling, groups whose rewards
     are all equal (zero advantage: no gradient) are dropped and more prompts sampled, every process in step, until
     each has its share of informative groups or max_sampling_rounds is reached; equal groups then fill the rest,
     so every process trains on the same number of rows."""
     informative, spare, first = [], [], None
+    sampled_tokens = 0.0  # every round's response tokens, for masked_token_share
     want = len(runtime.shard(list(range(config.batch_size))))
     for round_ in range(1, config.max_sampling_rounds + 1):
         # Each prompt k times in a row: consecutive rows form a group.
         indices = [i for i in runtime.shard(prompts.take(config.batch_size)) for _ in range(k)]
         batch = online.sample_batch(policy, prompts, indices, reward_fn, gold, config, generator)
+        sampled_tokens += batch.mask.sum().item()
         if first is None:
             first = batch
         if not config.dynamic_sampling:
-            return batch, {}
-        varied = batch.scores.view(-1, k).std(1) > 0
+            return batch, {"sampled_tokens": sampled_tokens}
+        varied = ~online.zero_variance_groups(batch.scores, k)
         for group, keep in enumerate(varied.tolist()):
             (informative if keep else spare).append((batch, group))
         if round_ == 1:
@@ -63,7 +66,7 @@ def sample_groups(policy, prompts, reward_fn, gold, config, generator, runtime, 
             break
     chosen = (informative + spare)[:want]
     parts = [b.select([g * k + j for j in range(k)]) for b, g in chosen]
-    stats = {"informative_group_share": share, "sampling_rounds": round_}
+    stats = {"informative_group_share": share, "sampling_rounds": round_, "sampled_tokens": sampled_tokens}
     batch = online.concat_batches(parts, policy.tokenizer.pad_token_id)
     batch.stats = first.stats  # what the policy sampled, before filtering
     return batch, stats
@@ -94,13 +97,14 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
     if runtime.is_main:
         save_config(config, out)
     log = online.run_log(config, out, resume_step=start_step if last_ckpt else None, enabled=runtime.is_main)
-    alarm = online.TruncationAlarm(config.max_new_tokens)
+    alarm = online.SignalAlarm(config, "group_size" if is_grpo else "k", runtime.is_main, zero_loss_note=True)
     row: dict = {}
     with progress_bar(name, config.steps) as advance:
         advance(start_step)
         for step in range(start_step + 1, config.steps + 1):
             t0 = time.time()
             batch, sampling = sample_groups(policy, prompts, reward_fn, gold, config, generator, runtime, k)
+            sampled_tokens = sampling.pop("sampled_tokens")
             indices = list(range(len(batch.scores)))
             mask = batch.mask
             scores = batch.scores - overlong_punishment(mask.sum(1), config)
@@ -140,26 +144,37 @@ def run(config: GRPOConfig | RLOOConfig) -> dict:
                     pg_stats["kl_loss"] = kl_term.item()
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
                 loss.backward()
-                clip_grad_norm(runtime, params, config.max_grad_norm)
+                grad_norm = clip_grad_norm(runtime, params, config.max_grad_norm)  # the norm before clipping
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: they would sit through the next rollout
                 n_updates += 1
                 for key, v in {
                     "policy_loss": pg_loss.item(),
                     "entropy": masked_mean(entropy, mask[idx]).item(),
+                    "grad_norm": grad_norm,
                     **pg_stats,
                 }.items():
                     stats[key] = stats.get(key, 0.0) + v
             scheduler.step()
             stats = {key: v / n_updates for key, v in stats.items()}
             group_std = batch.scores.view(-1, k).std(1).mean().item()
-            measured = runtime.mean_stats({**batch.stats, **stats, **sampling, "group_reward_std": group_std})
+            signal = {
+                "group_reward_std": group_std,
+                # the groups the update saw (after dynamic sampling), on the scores the advantages came from
+                "zero_variance_group_share": online.zero_variance_groups(scores, k).float().mean().item(),
+                "masked_token_share": online.masked_token_share(sampled_tokens, mask),
+            }
+            measured = runtime.mean_stats({**batch.stats, **stats, **sampling, **signal})
             row = log.log(
                 step, **{**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
             )
-            alarm.check(step, row.get("truncated_share", 0.0))
+            alarm.check(step, measured)
             advance(
-                reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"]
+                reward=row["reward_avg"],
+                **({"gold": row["gold_avg"]} if "gold_avg" in row else {}),
+                kl=row["kl_avg"],
+                grad_norm=row["grad_norm"],
+                zero_var=row["zero_variance_group_share"],
             )
             if step % config.save_every == 0 or step == config.steps:
                 last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime)

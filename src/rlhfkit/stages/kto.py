@@ -21,7 +21,7 @@ import torch
 
 from ..config import KTOConfig, save_config
 from ..console import console, progress_bar
-from ..data.records import load_records
+from ..data.records import load_located
 from ..data.tokenize import Encoder
 from ..errors import DataError
 from ..forward import response_logps
@@ -29,7 +29,17 @@ from ..losses import kto_loss
 from ..models.loading import apply_lora, is_peft, load_causal_lm, load_tokenizer, quantization
 from ..resolve import resolve_model_path
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
-from ..train import RunLog, batches, cached_reference, file_stamps, make_optimizer, setup_torch, total_steps
+from ..train import (
+    Alarms,
+    RunLog,
+    batches,
+    cached_reference,
+    check_gradient,
+    file_stamps,
+    make_optimizer,
+    setup_torch,
+    total_steps,
+)
 
 # the paper's advice: (desirable_weight * n_desirable) / (undesirable_weight * n_undesirable) in [1, 4/3]
 BALANCED = (1.0, 4 / 3)
@@ -85,12 +95,12 @@ def run(config: KTOConfig) -> dict:
     runtime = start(config)
     model_path = resolve_model_path(config.model)
     ref_path = resolve_model_path(config.ref_model) if config.ref_model else model_path
-    records = load_records(config.data, "unpaired", config.columns)
+    records = load_located(config.data, "unpaired", config.columns)
     tokenizer = load_tokenizer(model_path)
     encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length, add_eos=True)
     encoded = []
-    for record in records:
-        enc = encoder.encode(record.prompt, [record.completion])
+    for place, record in records:
+        enc = encoder.encode(record.prompt, [record.completion], place)
         if enc is not None:
             encoded.append((enc[0], enc[1][0], record.label))
     console.print(encoder.report.summary(config.max_length, config.max_prompt_length))
@@ -153,6 +163,7 @@ def run(config: KTOConfig) -> dict:
     first_step, state = resume(runtime, config, out, model, optimizer, scheduler, stream)
     log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main, config=config)
     model.train()
+    alarms = Alarms(enabled=runtime.is_main)
 
     def loss_sum(idx: list[int], on=None) -> tuple[torch.Tensor, dict]:
         net = on if on is not None else model
@@ -207,6 +218,7 @@ def run(config: KTOConfig) -> dict:
             agg = accumulate(runtime, model, micro, len, loss_sum, step)
             agg = {k: v for k, v in agg.items() if not k.endswith("_sum")}
             grad_norm = optimizer_step(runtime, model, optimizer, scheduler, config.max_grad_norm)
+            check_gradient(alarms, step, grad_norm)
             row = validate() if (step % config.eval_every == 0 or step == steps) else {}
             if row:
                 last = row

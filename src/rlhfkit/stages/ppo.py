@@ -123,7 +123,7 @@ def run(config: PPOConfig) -> dict:
     if runtime.is_main:
         save_config(config, out)
     log = online.run_log(config, out, resume_step=start_step if last_ckpt else None, enabled=runtime.is_main)
-    alarm = online.TruncationAlarm(config.max_new_tokens)
+    alarm = online.SignalAlarm(config, enabled=runtime.is_main)
     row: dict = {}
     with progress_bar("ppo", config.steps) as advance:
         advance(start_step)
@@ -165,7 +165,7 @@ def run(config: PPOConfig) -> dict:
                 loss = pg_loss + config.vf_coef * vf_loss - config.entropy_coef * ent
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
                 loss.backward()
-                clip_grad_norm(runtime, params, config.max_grad_norm)
+                grad_norm = clip_grad_norm(runtime, params, config.max_grad_norm)  # the norm before clipping
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: they would sit through the next rollout
                 n_updates += 1
@@ -173,13 +173,20 @@ def run(config: PPOConfig) -> dict:
                     "policy_loss": pg_loss.item(),
                     "value_loss": vf_loss.item(),
                     "entropy": ent.item(),
+                    "grad_norm": grad_norm,
                     **pg_stats,
                     **vf_stats,
                 }.items():
                     stats[k] = stats.get(k, 0.0) + v
             scheduler.step()
             stats = {k: v / n_updates for k, v in stats.items()}
-            measured = runtime.mean_stats({**batch.stats, **stats})
+            # PPO has no groups: its zero-variance signal is the spread of the whole batch's rewards (every process)
+            everyone = torch.tensor([r for part in runtime.gather_objects(batch.scores.tolist()) for r in part])
+            signal = {
+                "reward_std": 0.0 if (everyone == everyone[0]).all() else everyone.std(unbiased=False).item(),
+                "masked_token_share": online.masked_token_share(batch.mask.sum().item(), mask),
+            }
+            measured = runtime.mean_stats({**batch.stats, **stats, **signal})
             if config.adaptive_kl:  # on the mean over every process, so each keeps the same coefficient
                 kl_ctl.update(measured["kl"], config.batch_size)
             row = log.log(
@@ -191,9 +198,12 @@ def run(config: PPOConfig) -> dict:
                     "step_seconds": round(time.time() - t0, 3),
                 },
             )
-            alarm.check(step, row.get("truncated_share", 0.0))
+            alarm.check(step, measured)
             advance(
-                reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"]
+                reward=row["reward_avg"],
+                **({"gold": row["gold_avg"]} if "gold_avg" in row else {}),
+                kl=row["kl_avg"],
+                grad_norm=row["grad_norm"],
             )
             if step % config.save_every == 0 or step == config.steps:
                 last_ckpt = online.checkpoint_now(

@@ -9,19 +9,22 @@ import torch
 
 from ..config import SFTConfig, save_config
 from ..console import console, progress_bar
-from ..data.records import SFTExample, load_records
+from ..data.records import SFTExample, load_located
 from ..data.tokenize import Encoder
 from ..forward import CHUNK_SIZE, response_logps
 from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, quantization
 from ..resolve import resolve_model_path, resolve_sft_data
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
-from ..train import RunLog, make_optimizer, setup_torch, total_steps
+from ..train import Alarms, RunLog, check_gradient, make_optimizer, setup_torch, total_steps
 
 
-def encode_examples(examples: list[SFTExample], encoder: Encoder) -> list[tuple[list[int], list[int]]]:
+def encode_examples(
+    examples: list[SFTExample], encoder: Encoder, places: list[str] | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) of the examples the truncation rule keeps; `places` name the dropped ones."""
     encoded = []
-    for ex in examples:
-        out = encoder.encode(ex.prompt, [ex.response])
+    for i, ex in enumerate(examples):
+        out = encoder.encode(ex.prompt, [ex.response], places[i] if places else None)
         if out is not None:
             encoded.append((out[0], out[1][0]))
     return encoded
@@ -47,10 +50,10 @@ def run(config: SFTConfig) -> dict:
     runtime = start(config)  # joins the launcher's processes; checks device, precision and batch split first
     model_path = resolve_model_path(config.model)
     data_path = resolve_sft_data(config.data)
-    examples = load_records(data_path, "sft", config.columns)
+    places, examples = zip(*load_located(data_path, "sft", config.columns))
     tokenizer = load_tokenizer(model_path)
     encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length, add_eos=True)
-    encoded = encode_examples(examples, encoder)
+    encoded = encode_examples(list(examples), encoder, list(places))
     console.print(encoder.report.summary(config.max_length, config.max_prompt_length))
     encoder.report.check(str(data_path), config.max_length, config.max_prompt_length)
     random.Random(config.seed).shuffle(encoded)
@@ -70,6 +73,7 @@ def run(config: SFTConfig) -> dict:
     first_step, state = resume(runtime, config, out, model, optimizer, scheduler, stream)
     log = RunLog(out, keep_until=first_step if first_step else None, enabled=runtime.is_main, config=config)
     pad = tokenizer.pad_token_id
+    alarms = Alarms(enabled=runtime.is_main)
 
     def nll(on, items) -> tuple[torch.Tensor, torch.Tensor]:
         return response_nll(on, items, pad, config.logits, config.logits_chunk_size)
@@ -97,6 +101,7 @@ def run(config: SFTConfig) -> dict:
             # the step's loss is the mean over every response token of every process and micro-batch
             stats = accumulate(runtime, model, micro, predicted_tokens, lambda b: (nll(model, b)[0], {}), step)
             grad_norm = optimizer_step(runtime, model, optimizer, scheduler, config.max_grad_norm)
+            check_gradient(alarms, step, grad_norm)
             row = {}
             if step % config.eval_every == 0 or step == steps:
                 val_loss = validate()
