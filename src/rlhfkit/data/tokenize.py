@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import DataError
-from .records import PromptValue
+from .chat import conversation_labels
+from .records import Message, PromptValue
 
 # more records dropped than this share is an error, not a note: the settings leave no room for the responses
 MAX_DROPPED_SHARE = 0.5
@@ -115,6 +116,27 @@ class Encoder:
         self.report.prompts_cut += p_cut
         self.report.responses_cut += any_cut
         return p_ids, outs
+
+    def encode_conversation(
+        self, messages: list[Message], last_only: bool = False, where: str = ""
+    ) -> tuple[list[int], list[int]] | None:
+        """(token ids, label mask) of a conversation through the chat template (chat.conversation_labels: 1 on the
+        assistant turns, or on the last one only), cut by the truncation rule: the tokens before the first trained one
+        are the prompt and keep their last `max_prompt_length`, then the whole keeps its first `max_length` (a cut
+        turn loses its end-of-turn token). None, counted as dropped, when no trained token is left."""
+        self.report.records += 1
+        ids, mask = conversation_labels(self.tokenizer, messages, last_only, where)
+        first = mask.index(1)
+        prompt_cut = first > self.max_prompt_length
+        start = first - self.max_prompt_length if prompt_cut else 0
+        response_cut = len(ids) - start > self.max_length
+        ids, mask = ids[start : start + self.max_length], mask[start : start + self.max_length]
+        if not any(mask):
+            self.report.dropped += 1
+            return None
+        self.report.prompts_cut += prompt_cut
+        self.report.responses_cut += response_cut
+        return ids, mask
 
 
 def pad_sequences(
