@@ -175,7 +175,8 @@ def sequence_classification_class(config, path: str | Path = "") -> type:
         )
         name = causal.__name__.removesuffix("ForCausalLM") + "ForSequenceClassification"
         head_class = type(name, (GenericForSequenceClassification, pretrained), {"__module__": __name__})
-        AutoModelForSequenceClassification.register(key, head_class)
+        # exist_ok: transformers skips a native config class otherwise (it expects remote code)
+        AutoModelForSequenceClassification.register(key, head_class, exist_ok=True)
         _SCORE_HEAD_CLASSES[key] = head_class
     return _SCORE_HEAD_CLASSES[key]
 
