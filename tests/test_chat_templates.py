@@ -24,6 +24,7 @@ from rlhfkit.feedback.judge import CausalLMJudge, Question
 from rlhfkit.forward import labelled_logps
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny
+from rlhfkit.online import PromptStream
 from rlhfkit.rollout import sample_responses
 from rlhfkit.stages import sft
 
@@ -110,15 +111,17 @@ def test_chatml_adds_its_default_system_prompt_untrained(models):
 
 
 @pytest.mark.parametrize("arch", TEMPLATED)
-def test_conversation_prompts_end_with_the_generation_prompt_wherever_they_are_sampled(models, arch):
+def test_conversation_prompts_end_with_the_generation_prompt_wherever_they_are_sampled(models, arch, tmp_path):
     tokenizer = load_tokenizer(models[arch])
     prompt = CONVERSATION[:4]
-    # pairs, eval and best-of-n sample through rollout.sample_responses; online RL and serve render through the same
-    # Encoder.prompt_ids / render_prompt
+    # pairs, eval and best-of-n sample through rollout.sample_responses, online RL from a PromptStream, the gateway
+    # through render_prompt (test_serve); all three render with Encoder.prompt_ids / render_prompt
     samples = sample_responses(load_causal_lm(models[arch]), tokenizer, [prompt], max_new_tokens=2, seed=0)
     ids, _ = Encoder(tokenizer, 256, 128).prompt_ids(prompt)
     assert tokenizer.decode(ids).endswith(GENERATION_PROMPT[arch])
     assert samples.prompts[0] == tokenizer.decode(ids)
+    online = PromptStream(write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": prompt}]), tokenizer, 128, seed=0)
+    assert online.ids == [ids]
     # the prompt is the conversation's own tokens up to its last assistant turn
     full_ids, mask = conversation_labels(tokenizer, CONVERSATION)
     assert full_ids[: len(ids)] == ids and mask.index(1, len(ids) - 1) == len(ids)

@@ -65,6 +65,8 @@ def conversation_labels(
     """(token ids, label mask): 1 on every assistant turn's tokens (only the last turn's with `last_only`), 0 on the
     system and user turns and on the template's role headers."""
     ids, spans = assistant_spans(tokenizer, messages, where)
+    if not spans:
+        raise DataError(f"{where or 'messages'}: the tokenizer's chat template renders no assistant tokens to train on")
     if last_only:
         spans = spans[-1:]
     mask = [0] * len(ids)
