@@ -32,6 +32,7 @@ NEW_STAGES = ("sft", "reward", "dpo", "grpo")
 MATRIX = [(a, s, m) for a in FIRST_ARCHS for s in STAGES for m in MODES] + [
     (a, s, "full") for a in NEW_ARCHS for s in NEW_STAGES
 ]
+MATRIX.append(("granite", "reward", "lora"))  # LoRA (peft's SEQ_CLS wrapper) on rlhfkit's own score head
 
 TOPICS = [
     "the pasta",

@@ -18,6 +18,7 @@ import torch
 
 from rlhfkit.config import SFTConfig
 from rlhfkit.data.chat import conversation_labels
+from rlhfkit.data.records import SFTExample
 from rlhfkit.data.tokenize import Encoder
 from rlhfkit.errors import DataError
 from rlhfkit.feedback.judge import CausalLMJudge, Question
@@ -206,3 +207,24 @@ def test_a_template_that_is_not_prefix_consistent_is_refused(models):
     )
     with pytest.raises(DataError, match="data.jsonl:7: the tokenizer's chat template is not prefix-consistent"):
         conversation_labels(tokenizer, CONVERSATION, where="data.jsonl:7")
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma"])  # the packed path and the padded one (forward.PACKABLE)
+def test_the_sft_loss_is_the_nll_of_exactly_the_assistant_tokens(models, arch):
+    tokenizer = load_tokenizer(models[arch])
+    model = load_causal_lm(models[arch]).eval()
+    examples = [SFTExample(prompt=CONVERSATION[:-1], response=CONVERSATION[-1]["content"], messages=CONVERSATION)]
+    examples.append(SFTExample(prompt=CONVERSATION[:2], response=" Lovely."))  # prompt + response: the reply only
+    items = sft.encode_examples(examples, Encoder(tokenizer, 256, 128))
+    assert items[0] == conversation_labels(tokenizer, CONVERSATION)
+    assert items[1] == conversation_labels(
+        tokenizer, CONVERSATION[:2] + [{"role": "assistant", "content": " Lovely."}], True
+    )
+    with torch.no_grad():
+        nll, count = sft.response_nll(model, items, tokenizer.pad_token_id)
+        by_hand = 0.0
+        for ids, mask in items:
+            logps = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+            by_hand -= sum(logps[j - 1, ids[j]].item() for j in range(1, len(ids)) if mask[j])
+    assert count.item() == sum(sum(m) for _, m in items)
+    assert nll.item() == pytest.approx(by_hand, rel=1e-5)
