@@ -228,3 +228,10 @@ def test_the_sft_loss_is_the_nll_of_exactly_the_assistant_tokens(models, arch):
             by_hand -= sum(logps[j - 1, ids[j]].item() for j in range(1, len(ids)) if mask[j])
     assert count.item() == sum(sum(m) for _, m in items)
     assert nll.item() == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_an_opening_assistant_greeting_is_context(models):
+    tokenizer = load_tokenizer(models["llama"])
+    greeting = [{"role": "assistant", "content": "Hello! Ask me about food."}, *CONVERSATION[1:3]]
+    ids, mask = conversation_labels(tokenizer, greeting)
+    assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == "The pasta was lovely.<|eot_id|>"

@@ -5,9 +5,10 @@ Templates say nothing about where a turn's tokens are, so they are found by rend
 prefix: assistant turn k is the tokens of the conversation through turn k minus those of the conversation before it
 with the generation prompt (`add_generation_prompt=True`: the role header the model is sampled after), i.e. the turn's
 content and its end-of-turn token. Whitespace the template writes after the end-of-turn token (ChatML's and Gemma's
-"\\n") is not the assistant's and is not trained. Every prefix must be a prefix of the whole conversation's tokens; a
-template that renders earlier turns differently once later ones follow (one that drops an earlier turn's reasoning,
-say) is refused with the turn where it differs, as no mask would then be true.
+"\\n") is not the assistant's and is not trained; nor is an assistant turn that opens the conversation (it answers
+nothing). Every prefix must be a prefix of the whole conversation's tokens; a template that renders earlier turns
+differently once later ones follow (one that drops an earlier turn's reasoning, say) is refused with the turn where it
+differs, as no mask would then be true.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def assistant_spans(tokenizer, messages: list[Message], where: str = "") -> tupl
     ids = encode(render(tokenizer, messages, False, where))
     spans = []
     for k, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = encode(render(tokenizer, messages[:k], True, where)) if k else []
+        if message["role"] != "assistant" or k == 0:
+            continue  # an opening assistant turn (a greeting) answers nothing: context, not trained
+        before = encode(render(tokenizer, messages[:k], True, where))
         through = encode(render(tokenizer, messages[: k + 1], False, where))
         for prefix, what in ((before, "before"), (through, "through")):
             if ids[: len(prefix)] != prefix:
