@@ -189,7 +189,10 @@ def test_chat_and_completions_streaming_and_not_through_the_openai_client(world)
 def test_chat_prompts_use_the_tokenizers_chat_template_where_it_has_one(world):
     response = post(world, "/v1/chat/completions", {"model": "rlhf", "messages": [{"role": "user", "content": "Hi"}]})
     assert response.status_code == 200
-    assert logged(world, response.json()["id"]).prompt_text == "<|user|>\nHi\n<|assistant|>\n"
+    assert logged(world, response.json()["id"]).prompt_text == (  # Llama-3's template, as the tiny Llama ships it
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
 
 
 def test_concurrent_requests_are_batched_together(world):

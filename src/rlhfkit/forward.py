@@ -11,7 +11,7 @@ import inspect
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .data.tokenize import pack_rows, pad_sequences
+from .data.tokenize import pack_rows
 from .errors import ConfigError
 from .losses import entropy_from_logits, sequence_logps
 from .models.loading import base_model
@@ -73,27 +73,44 @@ def packed_hidden(backbone: torch.nn.Module, sequences: list[list[int]], pad_id:
     return hidden.reshape(-1, hidden.shape[-1]), [r * width + s for r, s in zip(packed["row"], packed["start"])]
 
 
-def response_hidden(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+def labelled_hidden(model: torch.nn.Module, sequences: list[list[int]], label_masks: list[list[int]], pad_id: int):
     """Padding-free forward up to the output layer (None where decoder_parts refuses the model): the last hidden
-    states [N, hidden] at the N positions that predict a response token, the output layer, the token each position
-    predicts, the sequence it belongs to and its index in the response. No padding goes through the matmuls."""
+    states [N, hidden] at the N positions that predict a labelled token (label mask 1; a sequence's first token has no
+    predictor), the output layer, the token each position predicts, the sequence it belongs to and the token's index
+    in its sequence. No padding goes through the matmuls."""
     parts = decoder_parts(model)
     if parts is None:
         return None
     backbone, lm_head = parts
-    hidden, starts = packed_hidden(backbone, [p + r for p, r in zip(prompts, responses)], pad_id)
-    where, labels, owner, slot = [], [], [], []
-    for i, (p, r, start) in enumerate(zip(prompts, responses, starts)):
-        first = max(
-            len(p), 1
-        )  # index in the sequence of the first predicted token (a sequence's first has no predictor)
-        where.extend(range(start + first - 1, start + len(p) + len(r) - 1))
-        labels.extend((p + r)[first:])
-        owner.extend([i] * (len(p) + len(r) - first))
-        slot.extend(range(first - len(p), len(r)))
+    hidden, starts = packed_hidden(backbone, sequences, pad_id)
+    where, labels, owner, index = [], [], [], []
+    for i, (seq, mask, start) in enumerate(zip(sequences, label_masks, starts)):
+        predicted = [j for j in range(1, len(seq)) if mask[j]]
+        where.extend(start + j - 1 for j in predicted)
+        labels.extend(seq[j] for j in predicted)
+        owner.extend([i] * len(predicted))
+        index.extend(predicted)
     device = hidden.device
     as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-    return hidden[as_tensor(where)], lm_head, as_tensor(labels), as_tensor(owner), as_tensor(slot)
+    return hidden[as_tensor(where)], lm_head, as_tensor(labels), as_tensor(owner), as_tensor(index)
+
+
+def response_masks(prompts: list[list[int]], responses: list[list[int]]) -> list[list[int]]:
+    """Label masks of prompt + response sequences: 1 on the response tokens."""
+    return [[0] * len(p) + [1] * len(r) for p, r in zip(prompts, responses)]
+
+
+def response_hidden(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    """labelled_hidden of prompt + response sequences with the response tokens labelled (None where decoder_parts
+    refuses the model); the last item is each predicted token's index in its response."""
+    packed = labelled_hidden(
+        model, [p + r for p, r in zip(prompts, responses)], response_masks(prompts, responses), pad_id
+    )
+    if packed is None:
+        return None
+    hidden, lm_head, labels, owner, index = packed
+    prompt_lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=index.device)
+    return hidden, lm_head, labels, owner, index - prompt_lengths[owner]
 
 
 def response_logits(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
@@ -196,6 +213,42 @@ def chunked_logps(
     return logps, (torch.cat([o[1] for o in outs]) if with_entropy else None)
 
 
+def labelled_logps(
+    model: torch.nn.Module,
+    sequences: list[list[int]],
+    label_masks: list[list[int]],
+    pad_id: int,
+    logits: str = "auto",
+    chunk_size: int = CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sum of the labelled tokens' log-probs (label mask 1), and their count (a sequence's first token
+    has no prediction): padding-free where labelled_hidden can (the output layer in chunks where use_chunked says so),
+    else one right-padded batch through the whole model."""
+    chunked = use_chunked(model, logits)
+    packed = labelled_hidden(model, sequences, label_masks, pad_id)
+    if packed is None:
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+        attention, labelled = torch.zeros_like(input_ids), torch.zeros_like(input_ids)
+        for i, (seq, mask) in enumerate(zip(sequences, label_masks)):
+            input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention[i, : len(seq)] = 1
+            labelled[i, : len(seq)] = torch.tensor(mask, dtype=torch.long)
+        device = next(model.parameters()).device
+        input_ids, attention, labelled = input_ids.to(device), attention.to(device), labelled.to(device)
+        full = model(input_ids=input_ids, attention_mask=attention).logits
+        # Shift: logits at t predict token t+1; only labelled tokens count.
+        return sequence_logps(full[:, :-1], input_ids[:, 1:], labelled[:, 1:])
+    hidden, lm_head, labels, owner, _ = packed
+    if chunked:
+        token_logps, _ = chunked_logps(hidden, lm_head, labels, chunk_size=chunk_size)
+    else:
+        full = lm_head(hidden).float()
+        token_logps = full.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(full, dim=-1)
+    sums = torch.zeros(len(sequences), dtype=token_logps.dtype, device=hidden.device).index_add(0, owner, token_logps)
+    return sums, torch.bincount(owner, minlength=len(sequences)).to(token_logps.dtype)
+
+
 def response_logps(
     model: torch.nn.Module,
     prompts: list[list[int]],
@@ -204,24 +257,9 @@ def response_logps(
     logits: str = "auto",
     chunk_size: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence sum of the response tokens' log-probs, and their count (a sequence's first token has no
-    prediction): padding-free where response_hidden can (the output layer in chunks where use_chunked says so), else
-    one right-padded batch through the whole model."""
-    chunked = use_chunked(model, logits)
-    packed = response_hidden(model, prompts, responses, pad_id)
-    if packed is None:
-        batch = {k: v.to(next(model.parameters()).device) for k, v in pad_sequences(prompts, responses, pad_id).items()}
-        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        # Shift: logits at t predict token t+1; only response tokens count.
-        return sequence_logps(full[:, :-1], batch["input_ids"][:, 1:], batch["response_mask"][:, 1:])
-    hidden, lm_head, labels, owner, _ = packed
-    if chunked:
-        token_logps, _ = chunked_logps(hidden, lm_head, labels, chunk_size=chunk_size)
-    else:
-        full = lm_head(hidden).float()
-        token_logps = full.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(full, dim=-1)
-    sums = torch.zeros(len(prompts), dtype=token_logps.dtype, device=hidden.device).index_add(0, owner, token_logps)
-    return sums, torch.bincount(owner, minlength=len(prompts)).to(token_logps.dtype)
+    """Per-sequence sum of the response tokens' log-probs, and their count: labelled_logps of prompt + response."""
+    sequences = [p + r for p, r in zip(prompts, responses)]
+    return labelled_logps(model, sequences, response_masks(prompts, responses), pad_id, logits, chunk_size)
 
 
 def takes_logits_to_keep(model) -> bool:

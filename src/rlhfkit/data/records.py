@@ -41,6 +41,9 @@ class SFTExample:
     id: str | int | None = None
     category: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # a `messages` record's whole conversation (prompt: its turns before the last, response: the last): SFT trains
+    # every assistant turn of it
+    messages: list[Message] | None = None
 
 
 @dataclass
@@ -79,6 +82,8 @@ Record = SFTExample | PromptRecord | PreferencePair | UnpairedExample
 def record_to_dict(record: Record) -> dict[str, Any]:
     """The JSON form: optional fields left out when empty."""
     out = asdict(record)
+    if isinstance(record, SFTExample) and record.messages is not None:
+        del out["prompt"], out["response"]  # the conversation says both
     return {k: v for k, v in out.items() if v is not None and v != {}}
 
 
@@ -217,7 +222,7 @@ def parse_record(obj: Any, kind: str, where: Where) -> Record:
                 raise where.fail("messages", "must end with an assistant turn that follows at least one other turn")
             if not msgs[-1]["content"].strip():
                 raise where.fail("messages", "the assistant's reply is empty")
-            return SFTExample(prompt=msgs[:-1], response=msgs[-1]["content"], **common)
+            return SFTExample(prompt=msgs[:-1], response=msgs[-1]["content"], messages=msgs, **common)
         prompt = parse_prompt(obj, where)
         response = _text(obj, "response", where)
         return SFTExample(prompt=prompt, response=response, **common)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import DataError
-from .records import PromptValue
+from .chat import conversation_labels
+from .records import Message, PromptValue
 
 # more records dropped than this share is an error, not a note: the settings leave no room for the responses
 MAX_DROPPED_SHARE = 0.5
@@ -146,6 +147,31 @@ class Encoder:
         self.report.response_tokens += full
         self.report.response_tokens_kept += sum(len(o) for o in outs)
         return p_ids, outs
+
+    def encode_conversation(
+        self, messages: list[Message], last_only: bool = False, where: str = "", place: str | None = None
+    ) -> tuple[list[int], list[int]] | None:
+        """(token ids, label mask) of a conversation through the chat template (chat.conversation_labels: 1 on the
+        assistant turns, or on the last one only), cut by the truncation rule: the tokens before the first trained one
+        are the prompt and keep their last `max_prompt_length`, then the whole keeps its first `max_length` (a cut
+        turn loses its end-of-turn token). None, counted as dropped (and named by `place`), when no trained token is
+        left."""
+        self.report.records += 1
+        ids, mask = conversation_labels(self.tokenizer, messages, last_only, where)
+        trained = sum(mask)
+        first = mask.index(1)
+        prompt_cut = first > self.max_prompt_length
+        start = first - self.max_prompt_length if prompt_cut else 0
+        response_cut = len(ids) - start > self.max_length
+        ids, mask = ids[start : start + self.max_length], mask[start : start + self.max_length]
+        if not any(mask):
+            self.report.drop(place)
+            return None
+        self.report.prompts_cut += prompt_cut
+        self.report.responses_cut += response_cut
+        self.report.response_tokens += trained
+        self.report.response_tokens_kept += sum(mask)
+        return ids, mask
 
 
 def pad_sequences(

@@ -114,7 +114,7 @@ def load_reward_model(path: str | Path, tokenizer, num_labels: int = 1, new_head
     A directory that is already a reward model keeps its head. A plain backbone gets a new, near-zero one only
     with `new_head` (reward training); elsewhere it is refused, as its scores would be noise.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(str(path))
@@ -129,7 +129,9 @@ def load_reward_model(path: str | Path, tokenizer, num_labels: int = 1, new_head
         config.pad_token_id = tokenizer.pad_token_id
         config.problem_type = "regression"
         fuse_activations(config)
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config, dtype=torch.float32)
+        model = sequence_classification_class(config, path).from_pretrained(
+            str(path), config=config, dtype=torch.float32
+        )
     except ModelError:
         raise
     except _load_errors() as exc:
@@ -143,6 +145,40 @@ def load_reward_model(path: str | Path, tokenizer, num_labels: int = 1, new_head
             if head.bias is not None:
                 nn.init.zeros_(head.bias)
     return model
+
+
+_SCORE_HEAD_CLASSES: dict[type, type] = {}
+
+
+def sequence_classification_class(config, path: str | Path = "") -> type:
+    """transformers' *ForSequenceClassification class for `config`'s architecture; where transformers has none (Granite
+    in 5.24), rlhfkit's own: transformers' GenericForSequenceClassification (the head Llama's, Qwen's and Gemma's
+    classes are made of: the base model under `model`, a bias-free `score` Linear(hidden, num_labels) read at the last
+    token that is not padding) on the architecture's own base model, named like transformers would name it and
+    registered with AutoModelForSequenceClassification in this process. Saved, it is an HF directory whose weights are
+    `model.*` (the base model) and `score.weight`; docs/reward-models.md shows how to load it without rlhfkit."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
+    from transformers.modeling_layers import GenericForSequenceClassification
+
+    key = type(config)
+    if key in AutoModelForSequenceClassification._model_mapping:
+        return AutoModelForSequenceClassification._model_mapping[key]
+    if key not in _SCORE_HEAD_CLASSES:
+        if key not in AutoModelForCausalLM._model_mapping:
+            raise ModelError(
+                f"model directory '{path}': a {config.model_type} model is neither a causal LM nor a sequence "
+                "classifier in this transformers; a reward model needs a decoder (or encoder) backbone"
+            )
+        causal = AutoModelForCausalLM._model_mapping[key]
+        pretrained = next(
+            c for c in causal.__mro__ if issubclass(c, PreTrainedModel) and c.__name__.endswith("PreTrainedModel")
+        )
+        name = causal.__name__.removesuffix("ForCausalLM") + "ForSequenceClassification"
+        head_class = type(name, (GenericForSequenceClassification, pretrained), {"__module__": __name__})
+        # exist_ok: transformers skips a native config class otherwise (it expects remote code)
+        AutoModelForSequenceClassification.register(key, head_class, exist_ok=True)
+        _SCORE_HEAD_CLASSES[key] = head_class
+    return _SCORE_HEAD_CLASSES[key]
 
 
 def _score_head(model) -> nn.Linear | None:

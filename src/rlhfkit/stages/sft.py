@@ -1,4 +1,5 @@
-"""Supervised fine-tuning: next-token loss on response tokens only; each response ends in EOS."""
+"""Supervised fine-tuning: next-token loss on the response tokens only (each ending in EOS, or in the chat template's
+end-of-turn token), on every assistant turn of a conversation."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import torch
 
 from ..config import SFTConfig, save_config
 from ..console import console, progress_bar
+from ..data.chat import has_template
 from ..data.records import SFTExample, load_located
 from ..data.tokenize import Encoder
-from ..forward import CHUNK_SIZE, response_logps
+from ..errors import DataError
+from ..forward import CHUNK_SIZE, labelled_logps
 from ..models.loading import apply_lora, load_causal_lm, load_tokenizer, quantization
 from ..resolve import resolve_model_path, resolve_sft_data
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
@@ -19,29 +22,47 @@ from ..train import Alarms, RunLog, check_gradient, make_optimizer, setup_torch,
 
 
 def encode_examples(
-    examples: list[SFTExample], encoder: Encoder, places: list[str] | None = None
+    examples: list[SFTExample], encoder: Encoder, source: str = "data", places: list[str] | None = None
 ) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids) of the examples the truncation rule keeps; `places` name the dropped ones."""
+    """(token ids, label mask) per example, the mask 1 on the tokens the loss covers. Plain-text prompts: the response
+    and its EOS. Conversations, with a chat template: every assistant turn of a `messages` record, the response of a
+    `prompt` + `response` one, each with the template's end-of-turn token (data.chat); without a template, a
+    single-turn conversation is rendered as a transcript (render_prompt) and a multi-turn one is an error. `places`
+    (records.record_place) name the records that truncation drops."""
     encoded = []
-    for i, ex in enumerate(examples):
-        out = encoder.encode(ex.prompt, [ex.response], places[i] if places else None)
+    for n, ex in enumerate(examples, start=1):
+        place = places[n - 1] if places else None
+        where = f"{source}: " + (place or f"record {n}" + (f" (id {ex.id!r})" if ex.id is not None else ""))
+        if isinstance(ex.prompt, list) and has_template(encoder.tokenizer):
+            turns = ex.messages or ex.prompt + [{"role": "assistant", "content": ex.response}]
+            out = encoder.encode_conversation(turns, last_only=ex.messages is None, where=where, place=place)
+        else:
+            if ex.messages and sum(m["role"] == "assistant" for m in ex.messages) > 1:
+                raise DataError(
+                    f"{where}: field 'messages': a conversation with several assistant turns needs a chat template "
+                    "to mark where each turn starts and ends, and this model's tokenizer has none; give a model that "
+                    "ships one, or set it (tokenizer.chat_template = TEMPLATE; tokenizer.save_pretrained(MODEL)), or "
+                    "keep one assistant turn per record"
+                )
+            pair = encoder.encode(ex.prompt, [ex.response], place)
+            out = None if pair is None else (pair[0] + pair[1][0], [0] * len(pair[0]) + [1] * len(pair[1][0]))
         if out is not None:
-            encoded.append((out[0], out[1][0]))
+            encoded.append(out)
     return encoded
 
 
 def response_nll(
     model, items: list[tuple[list[int], list[int]]], pad_id: int, logits: str = "auto", chunk_size: int = CHUNK_SIZE
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed negative log-likelihood of the response tokens of (prompt ids, response ids) items, and the token
-    count; `logits` and `chunk_size` as in forward.response_logps."""
-    logps, counts = response_logps(model, [p for p, _ in items], [r for _, r in items], pad_id, logits, chunk_size)
+    """Summed negative log-likelihood of the labelled tokens of (token ids, label mask) items, and the token count;
+    `logits` and `chunk_size` as in forward.labelled_logps."""
+    logps, counts = labelled_logps(model, [s for s, _ in items], [m for _, m in items], pad_id, logits, chunk_size)
     return -logps.sum(), counts.sum()
 
 
 def predicted_tokens(items: list[tuple[list[int], list[int]]]) -> int:
-    """Response tokens that get a prediction (all but a sequence's first token): the weight of a micro-batch."""
-    return sum(len(r) - (1 if not p else 0) for p, r in items)
+    """Labelled tokens that get a prediction (all but a sequence's first token): the weight of a micro-batch."""
+    return sum(sum(mask[1:]) for _, mask in items)
 
 
 def run(config: SFTConfig) -> dict:
@@ -53,7 +74,7 @@ def run(config: SFTConfig) -> dict:
     places, examples = zip(*load_located(data_path, "sft", config.columns))
     tokenizer = load_tokenizer(model_path)
     encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length, add_eos=True)
-    encoded = encode_examples(list(examples), encoder, list(places))
+    encoded = encode_examples(list(examples), encoder, str(data_path), list(places))
     console.print(encoder.report.summary(config.max_length, config.max_prompt_length))
     encoder.report.check(str(data_path), config.max_length, config.max_prompt_length)
     random.Random(config.seed).shuffle(encoded)
