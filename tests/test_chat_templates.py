@@ -180,7 +180,7 @@ def test_sft_on_messages_learns_the_earlier_assistant_turns_too(models, tmp_path
 def test_a_multi_turn_conversation_without_a_template_is_an_error_that_says_what_to_do(models, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", [{"messages": CONVERSATION}])
     config = SFTConfig(data=str(data), model=str(models["gpt2"]), output_dir=str(tmp_path / "out"), val_fraction=0)
-    with pytest.raises(DataError, match=r"sft.jsonl: record 1: field 'messages': .*needs a chat template.*has none"):
+    with pytest.raises(DataError, match=r"sft.jsonl: line 1: field 'messages': .*needs a chat template.*has none"):
         sft.run(config)
 
 
