@@ -51,6 +51,9 @@ def test_a_hub_id_start_is_the_cards_base_model(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     sft.run(SFTConfig(model="acme/tiny-review@main", output_dir=str(tmp_path / "sft"), **TINY))
     assert ModelCard.load(tmp_path / "sft" / "model" / "README.md").data.base_model == "acme/tiny-review"
+    # a stage started from that SFT folder keeps naming the Hub model its chain began with
+    sft.run(SFTConfig(model=str(tmp_path / "sft" / "model"), output_dir=str(tmp_path / "again"), **TINY))
+    assert ModelCard.load(tmp_path / "again" / "model" / "README.md").data.base_model == "acme/tiny-review"
 
 
 def test_export_merges_the_adapter_casts_and_adds_the_registry_record(lora_run, tmp_path):

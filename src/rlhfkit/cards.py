@@ -39,12 +39,29 @@ def figures(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def card_base_model(model: Any) -> str | None:
+    """The `base_model` in the card of a local model directory (one an earlier rlhfkit stage saved), so a chain of
+    stages started from a Hub id keeps naming it: SFT from `org/name`, then DPO from the SFT folder."""
+    if not isinstance(model, str) or not (Path(model) / "README.md").is_file():
+        return None
+    text = (Path(model) / "README.md").read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---\n") or "\n---" not in text[4:]:
+        return None
+    try:
+        meta = yaml.safe_load(text[4 : text.index("\n---", 4)])
+    except yaml.YAMLError:
+        return None
+    base = meta.get("base_model") if isinstance(meta, dict) else None
+    return base if isinstance(base, str) else None
+
+
 def model_card(stage: str, config, summary: dict[str, Any] | None = None) -> str:
     """The card text of a model a stage saves (config: the stage's validated config)."""
     from huggingface_hub import ModelCardData
 
     values = config.model_dump(mode="json")
-    base = next((hub_id(values.get(key)) for key in START_KEYS if hub_id(values.get(key))), None)
+    starts = [values.get(key) for key in START_KEYS]
+    base = next((b for b in (hub_id(m) or card_base_model(m) for m in starts) if b), None)
     datasets = sorted({d for d in (dataset_id(values.get(key)) for key in DATA_KEYS) if d})
     data = ModelCardData(
         base_model=base, library_name="transformers", tags=["rlhfkit", stage], datasets=datasets or None
