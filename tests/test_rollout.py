@@ -21,6 +21,7 @@ from rlhfkit.rollout import (
     filter_logits,
     generate,
     sample_responses,
+    stop_token_ids,
     warn_if_truncated,
 )
 
@@ -49,11 +50,11 @@ def sample(lm, prompts=PROMPTS, seed=0, **kwargs) -> Rollout:
     ids = prompt_ids(tokenizer, prompts)
     batch = pad_left(ids, tokenizer.pad_token_id)
     kwargs.setdefault("max_new_tokens", 20)
+    kwargs.setdefault("eos_id", tokenizer.eos_token_id)
     return generate(
         model,
         batch["input_ids"],
         batch["attention_mask"],
-        eos_id=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id,
         generator=torch.Generator().manual_seed(seed),
         **kwargs,
@@ -179,6 +180,34 @@ def test_generation_stops_early_when_every_row_has_ended(lm):
     width = rollout.response_ids.shape[1]
     assert width == 1 + max(eos_positions) and width < max_new
     assert rollout.response_mask.sum(1).tolist() == [p + 1 for p in eos_positions]
+
+
+def test_responses_end_at_the_models_own_end_of_turn_token(lm):
+    # an instruct model lists its end-of-turn token beside the tokenizer's EOS in generation_config (Gemma's
+    # <end_of_turn>, Llama-3's <|eot_id|>): sampling must stop there too, or every reply runs to max_new_tokens
+    import copy
+
+    model, tokenizer = lm
+    free = sample(lm, seed=0, max_new_tokens=40)
+    words = [t for ids, m in zip(free.response_ids.tolist(), free.response_mask.tolist()) for t, k in zip(ids, m) if k]
+    end_of_turn = max(set(words) - {tokenizer.eos_token_id}, key=words.count)  # the commonest token as a stand-in
+    instruct = copy.deepcopy(model)
+    instruct.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
+    stops = stop_token_ids(tokenizer, instruct)
+    assert stops == (tokenizer.eos_token_id, end_of_turn) and stop_token_ids(tokenizer, model) == (
+        tokenizer.eos_token_id,
+    )
+    rollout = sample((instruct, tokenizer), seed=0, max_new_tokens=40, eos_id=stops)
+    lengths = rollout.response_mask.sum(1).tolist()
+    for ids, length, cut in zip(rollout.response_ids.tolist(), lengths, rollout.truncated.tolist()):
+        body = ids[:length]
+        assert end_of_turn not in body[:-1] and tokenizer.eos_token_id not in body[:-1]
+        assert cut or body[-1] in stops
+    assert sum(lengths) < free.response_mask.sum().item()  # rows that stopped at the end-of-turn token
+    # the stop token is not part of the reply's text
+    for text, ids, length in zip(decode_responses(tokenizer, rollout), rollout.response_ids.tolist(), lengths):
+        kept = ids[:length] if ids[length - 1] not in stops else ids[: length - 1]
+        assert text == tokenizer.decode(kept, skip_special_tokens=True)
 
 
 def test_the_token_hook_sees_every_token_as_drawn_and_can_end_rows(lm):

@@ -20,7 +20,7 @@ from .evaluate.diversity import distinct_n, stock_phrase
 from .forward import CHUNK_SIZE, token_logps
 from .models.loading import apply_lora, load_causal_lm, load_tokenizer
 from .resolve import resolve_model_path
-from .rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, warn_if_truncated
+from .rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, stop_token_ids, warn_if_truncated
 from .runtime import gathered, save_trained
 from .scoring import RewardModelScorer, call_scorer, load_scorer
 from .train import Alarms, RunLog, gradient_problem
@@ -236,7 +236,7 @@ def sample_batch(
             policy.model,
             batch["input_ids"],
             batch["attention_mask"],
-            eos_id=tok.eos_token_id,
+            eos_id=stop_token_ids(tok, policy.model),
             pad_id=tok.pad_token_id,
             max_new_tokens=config.max_new_tokens,
             temperature=config.temperature,

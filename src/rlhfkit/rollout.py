@@ -35,6 +35,7 @@ class Rollout:
     response_mask: torch.Tensor  # [B, R] 1 on generated tokens up to and including EOS
     logps: torch.Tensor  # [B, R] log-prob of each sampled token (0 where masked)
     truncated: torch.Tensor  # [B] bool: reached max_new_tokens without EOS
+    stop_ids: tuple[int, ...] = ()  # the tokens that ended rows (the EOS and the model's other stop tokens)
 
     @property
     def truncated_share(self) -> float:
@@ -43,6 +44,19 @@ class Rollout:
     def full(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt and response as one batch: input_ids and attention_mask."""
         return torch.cat([self.prompt_ids, self.response_ids], 1), torch.cat([self.prompt_mask, self.response_mask], 1)
+
+
+def stop_token_ids(tokenizer, model=None) -> tuple[int, ...]:
+    """The tokens that end a response: the tokenizer's EOS and every `eos_token_id` of the model's generation config.
+    Instruct models end their turns with a token of their own that is often not the tokenizer's EOS (Gemma's
+    `<end_of_turn>` beside `<eos>`; Llama-3's `<|eot_id|>` beside `<|end_of_text|>`), listed there."""
+    from .models.loading import base_model
+
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(base_model(model), "generation_config", None) if model is not None else None
+    extra = getattr(configured, "eos_token_id", None)
+    ids += extra if isinstance(extra, (list, tuple)) else [extra]
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -99,7 +113,7 @@ def generate(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
-    eos_id: int,
+    eos_id: int | tuple[int, ...],
     pad_id: int,
     max_new_tokens: int = 48,
     temperature: float = 1.0,
@@ -114,6 +128,8 @@ def generate(
     `on_token` sees every sampled token as it is drawn (for streaming) and may end rows early; a row it ends keeps
     the tokens up to that one and counts as truncated (no EOS)."""
     batch = input_ids.shape[0]
+    stop_ids = (eos_id,) if isinstance(eos_id, int) else tuple(eos_id)
+    stop_tokens = torch.tensor(stop_ids, dtype=torch.long)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     # The prompt forward needs logits at its last position only: no LM-head work on the other prompt positions.
     keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
@@ -160,7 +176,7 @@ def generate(
         # Ended rows not yet dropped from the cache are sampled along (cheaper than dropping every step) and ignored.
         tokens[rows[live], step] = token[live]
         logps[rows[live], step] = token_logps[live]
-        ended = live & (token == eos_id)
+        ended = live & torch.isin(token, stop_tokens)
         lengths[rows[ended]] = step + 1
         finished[rows[ended]] = True
         if on_token is not None:
@@ -205,13 +221,15 @@ def generate(
         response_mask=response_mask,
         logps=logps[:, :width],
         truncated=~finished,
+        stop_ids=stop_ids,
     )
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
     texts = []
     for ids, mask in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist()):
-        kept = [t for t, m in zip(ids, mask) if m and t != tokenizer.eos_token_id]
+        stops = {tokenizer.eos_token_id, *rollout.stop_ids}
+        kept = [t for t, m in zip(ids, mask) if m and t not in stops]
         texts.append(tokenizer.decode(kept, skip_special_tokens=True))
     return texts
 
@@ -268,7 +286,7 @@ def sample_responses(
                 model,
                 batch["input_ids"],
                 batch["attention_mask"],
-                eos_id=tokenizer.eos_token_id,
+                eos_id=stop_token_ids(tokenizer, model),
                 pad_id=tokenizer.pad_token_id,
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,

@@ -34,7 +34,7 @@ from ..evaluate.registry import FILENAME as REGISTRY_FILE
 from ..evaluate.registry import Registry, RegistryError
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..resolve import resolve_model_path
-from ..rollout import generate
+from ..rollout import generate, stop_token_ids
 from .store import ServeError
 
 DEFAULT_CONTEXT = 2048  # when a model config names no context length
@@ -86,7 +86,7 @@ class LocalModel:
             (getattr(config, k) for k in ("n_positions", "max_position_embeddings") if getattr(config, k, None)),
             DEFAULT_CONTEXT,
         )
-        self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        self.stop_ids, self.pad_id = stop_token_ids(self.tokenizer, self.model), self.tokenizer.pad_token_id
         self.max_batch, self.wait = max_batch, wait_ms / 1000
         self.generator = torch.Generator().manual_seed(seed)
         self.on_batch = on_batch or (lambda size: None)
@@ -174,7 +174,7 @@ class LocalModel:
                     continue
                 generation.token_ids.append(token)
                 generation.first_token_at = generation.first_token_at or now
-                if token == self.eos_id:
+                if token in self.stop_ids:
                     generation.finish("stop")
                     continue
                 generation.push("token", token)
@@ -192,7 +192,7 @@ class LocalModel:
                 self.model,
                 batch["input_ids"],
                 batch["attention_mask"],
-                eos_id=self.eos_id,
+                eos_id=self.stop_ids,
                 pad_id=self.pad_id,
                 max_new_tokens=max(g.max_tokens for g in group),
                 temperature=1.0 if greedy else temperature,
