@@ -3,11 +3,13 @@ files whose reference holds a category the prompts lack."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
+from rlhfkit import cli
 from rlhfkit.evaluate.coverage import greedy_cover, kmeans, nearest_similarity, prompt_coverage
 
 # unit vectors at known angles in the plane: cos(0) = 1, cos(60 deg) = 0.5, cos(90 deg) = 0
@@ -63,3 +65,63 @@ def test_kmeans_separates_two_directions():
     labels = kmeans(rows, 2, seed=0)
     assert labels[0] == labels[1] == labels[4] != labels[2] == labels[3]
     assert len(set(kmeans(rows, 10).tolist())) <= 5  # k capped at the rows
+
+
+# ----------------------------------------------------------------------------------------------- the command
+
+HOTEL = ["We checked into the hotel by the station last week.", "Our hotel room overlooked the old harbour."]
+PHONE = ["I bought this phone online yesterday.", "My new phone arrived in the post on Monday."]
+GYM = ["I joined the gym near my office this spring.", "The gym downtown opened a new weights room."]
+
+
+def write_prompts(path, texts, category):
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": t, "category": category, "id": f"{category}{i}"}) + "\n" for i, t in enumerate(texts)
+        )
+    )
+    return str(path)
+
+
+def test_coverage_command_finds_the_missing_category_and_fills_it(tmp_path, monkeypatch, capsys):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", HOTEL, "hotel")
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text(
+        "".join(json.dumps({"prompt": t}) + "\n" for t in HOTEL[::-1] + PHONE + ["Is this hotel pet friendly?"])
+    )
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(
+        "".join(
+            json.dumps({"prompt": t, "category": c, "id": f"{c}{i}"}) + "\n"
+            for c, texts in (
+                ("gym", GYM),
+                ("phone", ["I ordered this phone from the shop last week.", "The phone I bought arrived on Monday."]),
+            )
+            for i, t in enumerate(texts)
+        )
+    )
+    out = tmp_path / "coverage"
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "rlhfkit",
+            "coverage",
+            f"prompts={prompts}",
+            f"reference={reference}",
+            f"pool={pool}",
+            "threshold=0.6",
+            "target=1.0",
+            f"output_dir={out}",
+        ],
+    )
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert not stop.value.code
+    printed = capsys.readouterr().err
+    result = json.loads((out / "coverage.json").read_text())
+    picked = [json.loads(line) for line in (out / "picked.jsonl").read_text().splitlines()]
+    assert result["coverage"] < result["coverage_after"]
+    assert picked and {p["category"] for p in picked} == {"phone"}  # the missing category, not the gym prompts
+    # the phone reference prompts were uncovered, and clustered apart from the rest
+    assert any("phone" in c["representative"] for c in result["uncovered_clusters"])
+    assert "uncovered cluster" in printed and "picked" in printed

@@ -84,8 +84,10 @@ def embed(texts: list[str], model_name: str = "minilm", batch_size: int = 64):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from ..models.loading import quiet_transformers
     from ..resolve import resolve_model_path
 
+    quiet_transformers()
     path = resolve_model_path(model_name)
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     rows = []
