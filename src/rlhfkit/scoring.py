@@ -216,7 +216,7 @@ class RewardModelScorer:
         max_prompt_length: int = SCORING_MAX_PROMPT_LENGTH,
         batch_size: int = 64,
         ensemble_method: str = "mean",
-        ensemble_coef: float = 0.0,
+        ensemble_coef: float = 0.5,
     ):
         from .resolve import resolve_model_path
 

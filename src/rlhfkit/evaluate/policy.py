@@ -135,7 +135,7 @@ def reward_scores(
     responses: list[str],
     batch_size: int = 64,
     ensemble_method: str = "mean",
-    ensemble_coef: float = 0.0,
+    ensemble_coef: float = 0.5,
 ) -> list[list[float]]:
     """Scores of every head of the reward model (an ensemble's members combined): one list per head, one score per
     response."""

@@ -223,7 +223,7 @@ class RewardModelJudge:
         max_length: int = 1024,
         max_prompt_length: int = 512,
         ensemble_method: str = "mean",
-        ensemble_coef: float = 0.0,
+        ensemble_coef: float = 0.5,
     ):
         from ..resolve import resolve_model_path
         from ..scoring import RewardModelScorer, require_reward_model

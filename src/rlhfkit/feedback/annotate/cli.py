@@ -217,7 +217,7 @@ def import_margins(
     typer.echo(f"stored {count} reward margins in '{project}'")
 
 
-def compute_margins(s, project, model: str, ensemble_method: str = "mean", ensemble_coef: float = 0.0) -> list[dict]:
+def compute_margins(s, project, model: str, ensemble_method: str = "mean", ensemble_coef: float = 0.5) -> list[dict]:
     """{pair_id, margin} for every pair of the project: r(prompt, a) - r(prompt, b), scored exactly as
     `rlhfkit judge kind=reward_model` scores (a directory without a reward head is refused there, with a clear error;
     an ensemble's members combined by `ensemble_method`). A pair with no room left for a response after truncation
