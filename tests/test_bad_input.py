@@ -642,6 +642,12 @@ def test_ensemble_with_a_missing_member(place, tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
 
+def test_import_margins_with_an_unknown_ensemble_method(place, annotate_db, monkeypatch, capsys):
+    argv = ["annotate", "import-margins", "-p", "demo", "--db", str(annotate_db), "--reward-model", str(place["rm"])]
+    result = run_cli(monkeypatch, capsys, *argv, "--ensemble-method", "max")
+    assert_one_line_error(result, "--ensemble-method max", "mean, min, uwo")
+
+
 # ------------------------------------------------------------------------------------------ imports
 
 
@@ -717,6 +723,7 @@ def battery() -> Counter:
     add("data import", 2)  # every skipped line; .gz output
     add("coverage", len(COVERAGE_SETTINGS))
     add("reward eval")  # an ensemble with a missing member
+    add("annotate import-margins")  # an unknown ensemble method
     add("config show")
     add("registry list")
     add("rollback")
