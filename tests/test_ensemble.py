@@ -16,6 +16,7 @@ from rlhfkit.errors import ModelError
 from rlhfkit.feedback.judge import Question, RewardModelJudge
 from rlhfkit.losses import ensemble_reward
 from rlhfkit.online import RewardFunction
+from rlhfkit.release import load_for_export
 from rlhfkit.scoring import RewardModelScorer
 from rlhfkit.stages import bon, judge, reward
 
@@ -73,6 +74,8 @@ def test_ensemble_directory_layout(trained):
     assert [m["seed"] for m in summary["members"]] == [3, 4, 5]
     assert summary["ensemble_val_accuracy"] > 0.5 and summary["val_disagreement"] > 0
     assert json.loads((root / "rm" / "summary.json").read_text())["ensemble"] == K
+    with pytest.raises(ModelError, match="reward-model ensemble .* export a member"):
+        load_for_export(model_dir)  # `rlhfkit export` writes one model: it says which folder to give instead
 
 
 def test_every_reader_combines_the_members(trained):
