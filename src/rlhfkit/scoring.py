@@ -186,13 +186,13 @@ def ensemble_members(path: str | Path) -> list[Path]:
     return members
 
 
-def load_reward_models(path: str | Path) -> tuple[object, list]:
+def load_reward_models(path: str | Path, tokenizer=None) -> tuple[object, list]:
     """(tokenizer, models in eval mode) of a reward-model directory: one model, or each member of an ensemble (the
     members share the first one's tokenizer: `reward train` trains them all on one backbone)."""
     from .models.loading import load_reward_model, load_tokenizer
 
     members = ensemble_members(path)
-    tokenizer = load_tokenizer(members[0])
+    tokenizer = tokenizer or load_tokenizer(members[0])
     return tokenizer, [load_reward_model(member, tokenizer).eval() for member in members]
 
 

@@ -33,6 +33,7 @@ from ..scoring import (
     RewardEncoder,
     encode_pairs,
     ensemble_margins,
+    ensemble_members,
     load_reward_models,
     margins_of,
     pair_rewards,
@@ -262,11 +263,12 @@ def evaluate(config: RewardEvalConfig) -> dict:
     setup_torch(0, config.threads)
     model_path = resolve_model_path(config.model)
     pairs = load_records(config.data, "preference", config.columns)
-    tokenizer, models = load_reward_models(model_path)  # an ensemble: every member
-    model = models[0]
+    tokenizer = load_tokenizer(ensemble_members(model_path)[0])
     encoder = RewardEncoder(tokenizer, config.max_length, config.max_prompt_length)
     encoded, pairs = encode_pairs(pairs, encoder)
     encoder.encoder.report.check(config.data, config.max_length, config.max_prompt_length)
+    _, models = load_reward_models(model_path, tokenizer)  # an ensemble: every member
+    model = models[0]
     save_config(config, out)
     margins, chosen, rejected, member_rewards = ensemble_margins(
         models, encoded, tokenizer.pad_token_id, config.batch_size, config.ensemble_method, config.ensemble_coef
@@ -360,7 +362,7 @@ def evaluate(config: RewardEvalConfig) -> dict:
 
 def ensemble_report(path: Path, member_rewards: list[tuple[list[float], list[float]]], config) -> dict:
     """Each member's accuracy and calibration, the mean-combined ensemble's accuracy, and the disagreement."""
-    from ..scoring import combine_rewards, ensemble_members
+    from ..scoring import combine_rewards
 
     names = [member.name for member in ensemble_members(path)]
     members = []
