@@ -204,6 +204,11 @@ READERS = {
         lambda f, o, p: ["judge", "kind=reward_model", f"model={p['rm']}", f"data={f}", f"output_dir={o}"],
     ),
     "pairs": ("prompt", lambda f, o, p: ["pairs", f"prompts={f}", f"output_dir={o}"]),
+    "coverage": ("prompt", lambda f, o, p: ["coverage", "prompts=heldout", f"reference={f}", f"output_dir={o}"]),
+    "coverage (pool)": (
+        "prompt",
+        lambda f, o, p: ["coverage", "prompts=heldout", "reference=heldout", f"pool={f}", f"output_dir={o}"],
+    ),
     "ppo": ("prompt", lambda f, o, p: ["ppo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
     "grpo": ("prompt", lambda f, o, p: ["grpo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
     "rloo": ("prompt", lambda f, o, p: ["rloo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
@@ -436,6 +441,7 @@ STAGE_OUTPUTS = {
     "bon-sweep": ["bon-sweep", REWARD_FN],
     "frontier": ["frontier", "methods=[dpo]", "data=PAIRS"],
     "eval": ["eval", "models={a: default}"],
+    "coverage": ["coverage", "prompts=heldout", "reference=heldout"],
     "gate": ["gate", "DEFAULT", "thresholds={mean_gold: '>= 0'}"],
     "reward train": ["reward", "train", "data=PAIRS"],
     "reward eval": ["reward", "eval", "model=RM", "data=PAIRS"],
@@ -615,6 +621,39 @@ def test_causal_lm_given_as_reward_model(command, tmp_path, monkeypatch, capsys)
     assert not out.exists()
 
 
+COVERAGE_SETTINGS = {
+    "threshold=1.5": "key 'threshold'",
+    "target=0": "key 'target'",
+    "clusters=0": "key 'clusters'",
+    "max_picks=3": "max_picks needs a pool",
+}
+
+
+@pytest.mark.parametrize("setting", list(COVERAGE_SETTINGS))
+def test_coverage_settings_are_bounded(setting, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = ["coverage", "prompts=heldout", "reference=heldout", setting, f"output_dir={out}"]
+    assert_one_line_error(run_cli(monkeypatch, capsys, *argv), "command line", COVERAGE_SETTINGS[setting])
+    assert not out.exists()
+
+
+def test_ensemble_with_a_missing_member(place, tmp_path, monkeypatch, capsys):
+    ensemble = tmp_path / "ensemble"
+    shutil.copytree(place["rm"], ensemble / "member-0")
+    (ensemble / "ensemble.json").write_text(json.dumps({"members": ["member-0", "member-1"]}))
+    pairs = data_file(tmp_path, "preference", "good")
+    out = tmp_path / "out"
+    argv = ["reward", "eval", f"model={ensemble}", f"data={pairs}", f"output_dir={out}"]
+    assert_one_line_error(run_cli(monkeypatch, capsys, *argv), "ensemble.json", "member-1 missing", "ensemble=K")
+    assert not out.exists()
+
+
+def test_import_margins_with_an_unknown_ensemble_method(place, annotate_db, monkeypatch, capsys):
+    argv = ["annotate", "import-margins", "-p", "demo", "--db", str(annotate_db), "--reward-model", str(place["rm"])]
+    result = run_cli(monkeypatch, capsys, *argv, "--ensemble-method", "max")
+    assert_one_line_error(result, "--ensemble-method max", "mean, min, uwo")
+
+
 # ------------------------------------------------------------------------------------------ imports
 
 
@@ -688,6 +727,9 @@ def battery() -> Counter:
     for command in CAUSAL_AS_REWARD:
         add(command)
     add("data import", 2)  # every skipped line; .gz output
+    add("coverage", len(COVERAGE_SETTINGS))
+    add("reward eval")  # an ensemble with a missing member
+    add("annotate import-margins")  # an unknown ensemble method
     add("config show")
     add("registry list")
     add("rollback")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import sacrebleu
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from rlhfkit.data.records import load_records
 from rlhfkit.errors import ConfigError
 from rlhfkit.evaluate import policy, safety
 from rlhfkit.evaluate.diversity import distinct_n, ead_n, expected_distinct, self_bleu
+from rlhfkit.evaluate.pareto import pareto_front
 from rlhfkit.models.loading import load_causal_lm, load_reward_model, load_tokenizer
 from rlhfkit.resolve import resolve_model_path
 from rlhfkit.rollout import sample_responses
@@ -201,3 +203,35 @@ def test_eval_reports_every_reward_head(tmp_path):
     assert row["win_rate"] == 0.5  # judged by the reward model (the default without gold), against itself
     assert "unsafe_rate" not in row and not (tmp_path / "eval" / "safety_samples.jsonl").exists()
     assert "head_1" in (tmp_path / "eval" / "eval.md").read_text()
+
+
+# ---------------------------------------------------------------- pareto_front
+
+
+def test_pareto_front_by_hand():
+    points = [
+        [1.0, 5.0],  # 0: best on the second objective: on the front
+        [3.0, 3.0],  # 1: on the front
+        [2.0, 2.0],  # 2: dominated by 1 (smaller on both)
+        [5.0, 1.0],  # 3: best on the first objective: on the front
+        [3.0, 2.0],  # 4: dominated by 1 (equal on the first, smaller on the second)
+        [0.0, 0.0],  # 5: dominated by every other row
+    ]
+    assert pareto_front(points) == [0, 1, 3]
+
+
+def test_pareto_front_edge_cases():
+    # a single point is its own front; so is one objective's maximum (ties on it all kept)
+    assert pareto_front([[0.3, -1.0]]) == [0]
+    assert pareto_front([[1.0], [3.0], [2.0], [3.0]]) == [1, 3]
+    # duplicates do not dominate each other: both kept, and both dominate what is below them
+    assert pareto_front([[2.0, 2.0], [2.0, 2.0], [1.0, 2.0]]) == [0, 1]
+    # a tie on one objective and better on the other dominates
+    assert pareto_front([[1.0, 1.0], [1.0, 2.0]]) == [1]
+    # three objectives: each row best somewhere, none dominated
+    assert pareto_front([[1, 0, 0], [0, 1, 0], [0, 0, 1]]) == [0, 1, 2]
+    assert pareto_front(np.zeros((0, 2))) == []
+    with pytest.raises(ValueError, match="objectives"):
+        pareto_front([1.0, 2.0])
+    with pytest.raises(ValueError, match="NaN"):
+        pareto_front([[1.0, float("nan")]])

@@ -8,6 +8,7 @@ import torch
 from rlhfkit.losses import (
     bradley_terry_loss,
     dpo_loss,
+    ensemble_reward,
     kto_loss,
     masked_mean,
     orpo_loss,
@@ -424,3 +425,36 @@ def test_kto_no_gradient_through_the_kl_estimate():
 def test_kto_invalid_settings(kwargs):
     with pytest.raises(ValueError):
         kto_loss(t(-1.0), t(-1.0), torch.tensor([True]), 0.0, **kwargs)
+
+
+# Three members scoring two responses, the rewards by hand:
+#   response 0: 1, 2, 6  -> mean 3, min 1, population variance ((1-3)^2 + (2-3)^2 + (6-3)^2) / 3 = 14/3
+#   response 1: 0, 0, 0  -> mean 0, min 0, variance 0
+MEMBERS = [[1.0, 0.0], [2.0, 0.0], [6.0, 0.0]]
+
+
+def test_ensemble_reward_matches_hand_computed_values():
+    rewards = torch.tensor(MEMBERS, dtype=torch.float64)
+    close(ensemble_reward(rewards, "mean"), [3.0, 0.0])
+    close(ensemble_reward(rewards, "min"), [1.0, 0.0])
+    # uwo = mean - coef * population variance (Coste et al.): 3 - 0.5 * 14/3 = 2/3; the sample variance (7) would
+    # give -0.5
+    close(ensemble_reward(rewards, "uwo", coef=0.5), [3.0 - 0.5 * 14 / 3, 0.0])
+    close(ensemble_reward(rewards, "uwo", coef=0.0), [3.0, 0.0])
+    # default method is the mean; one member is that member whatever the method
+    close(ensemble_reward(rewards), [3.0, 0.0])
+    one = torch.tensor([[0.5, -2.0]], dtype=torch.float64)
+    for method in ("mean", "min", "uwo"):
+        close(ensemble_reward(one, method, coef=3.0), [0.5, -2.0])
+
+
+def test_ensemble_reward_refuses_bad_inputs():
+    rewards = torch.tensor(MEMBERS)
+    with pytest.raises(ValueError, match="unknown ensemble method 'max'"):
+        ensemble_reward(rewards, "max")
+    with pytest.raises(ValueError, match=r"\[K, n\]"):
+        ensemble_reward(torch.tensor([1.0, 2.0]), "mean")
+    with pytest.raises(ValueError, match=r"\[K, n\]"):
+        ensemble_reward(torch.zeros(0, 3), "mean")
+    with pytest.raises(ValueError, match="coef must be >= 0"):
+        ensemble_reward(rewards, "uwo", coef=-1.0)

@@ -176,6 +176,19 @@ class PairsConfig(DataColumns):
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
 
+class EnsembleSettings(Strict):
+    """How a reader of a reward model combines the members of an ensemble (rlhfkit.losses.ensemble_reward)."""
+
+    ensemble_method: Literal["mean", "min", "uwo"] = Field(
+        "mean",
+        description="a reward-model ensemble (`reward train ensemble=K`): how its members' rewards combine: mean, "
+        "min (the worst case) or uwo (mean - ensemble_coef * variance over members); a single model ignores it",
+    )
+    ensemble_coef: float = Field(
+        0.5, ge=0, description="uwo: weight of the members' (population) variance subtracted from their mean"
+    )
+
+
 class RewardTrainConfig(TrainConfig):
     model: str = Field(
         "default",
@@ -192,13 +205,24 @@ class RewardTrainConfig(TrainConfig):
     early_stop_metric: Literal["accuracy", "ece", "loss"] = Field(
         "accuracy", description="validation metric for early stopping and best-model selection"
     )
+    ensemble: int = Field(
+        1,
+        ge=1,
+        description="train K reward models (seeds seed, seed+1, ...) saved as one ensemble directory OUTPUT_DIR/model "
+        "(ensemble.json and member-0/ ... member-K-1/) that every reader of a reward model combines",
+    )
+    ensemble_bootstrap: bool = Field(
+        True,
+        description="ensemble: each member trains on its own bootstrap resample of the training pairs (the "
+        "validation pairs are shared)",
+    )
     output_dir: str = inherit(TrainConfig, "output_dir", "runs/reward")
     lr: float = inherit(TrainConfig, "lr", 1e-4)
     epochs: float = inherit(TrainConfig, "epochs", 2.0)
 
 
-class RewardEvalConfig(DataColumns):
-    model: str = Field(..., description="reward-model directory")
+class RewardEvalConfig(EnsembleSettings, DataColumns):
+    model: str = Field(..., description="reward-model directory (or ensemble directory: each member is reported too)")
     data: str = Field(..., description="preference JSONL to score")
     output_dir: str = Field("runs/reward_eval", description="writes summary.json and scores.jsonl")
     bins: int = Field(
@@ -276,7 +300,7 @@ class KTOConfig(TrainConfig):
     lr: float = inherit(TrainConfig, "lr", 5e-5)
 
 
-class EvalConfig(DataColumns, LogitsSettings):
+class EvalConfig(EnsembleSettings, DataColumns, LogitsSettings):
     models: dict[str, str] = Field(..., description="name -> policy directory ('default' allowed)")
     prompts: str = Field("heldout", description="prompt JSONL, or 'heldout' for the embedded held-out prompts")
     reward_model: str | None = Field(None, description="reward-model directory to score responses with")
@@ -336,7 +360,7 @@ class EvalConfig(DataColumns, LogitsSettings):
         return self
 
 
-class RewardSpec(Strict):
+class RewardSpec(EnsembleSettings):
     model: str | None = Field(None, description="reward-model directory (scores prompt + response)")
     function: str | None = Field(
         None,
@@ -764,7 +788,7 @@ JUDGE_RUBRIC = (
 )
 
 
-class JudgeConfig(Strict):
+class JudgeConfig(EnsembleSettings):
     """`rlhfkit judge`: label preference pairs with an AI judge (RLAIF), asking every pair in both orders."""
 
     data: str = Field(

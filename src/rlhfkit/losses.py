@@ -20,7 +20,9 @@ __all__ = [
     "orpo_loss",
     "sequence_logps",
     "masked_mean",
+    "ensemble_reward",
     "DPO_LOSS_TYPES",
+    "ENSEMBLE_METHODS",
 ]
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
@@ -155,6 +157,26 @@ def orpo_loss(
     chosen_rewards = (beta * chosen_logps_avg).detach()
     rejected_rewards = (beta * rejected_logps_avg).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+ENSEMBLE_METHODS = ("mean", "min", "uwo")
+
+
+def ensemble_reward(rewards: torch.Tensor, method: str = "mean", coef: float = 0.0) -> torch.Tensor:
+    """One reward per response, shape [n], from the [K, n] rewards of K reward models (Coste et al., ICLR 2024)."""
+    if method not in ENSEMBLE_METHODS:
+        raise ValueError(f"unknown ensemble method {method!r}; expected one of {', '.join(ENSEMBLE_METHODS)}")
+    if rewards.dim() != 2 or rewards.shape[0] < 1:
+        raise ValueError(f"rewards must be [K, n] with K >= 1 members, got shape {tuple(rewards.shape)}")
+    if not coef >= 0:
+        raise ValueError(f"coef must be >= 0, got {coef!r}")
+    if method == "mean":
+        return rewards.mean(dim=0)
+    if method == "min":
+        # worst-case optimisation: the most pessimistic member of each response
+        return rewards.min(dim=0).values
+    # uncertainty-weighted optimisation: mean - coef * variance over members, the population variance (divide by K)
+    return rewards.mean(dim=0) - coef * rewards.var(dim=0, unbiased=False)
 
 
 def sequence_logps(

@@ -22,7 +22,7 @@ from .models.loading import apply_lora, load_causal_lm, load_tokenizer
 from .resolve import resolve_model_path
 from .rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, stop_token_ids, warn_if_truncated
 from .runtime import gathered, save_trained
-from .scoring import RewardModelScorer, call_scorer, load_scorer
+from .scoring import RewardModelScorer, call_scorer, combine_rewards, load_scorer
 from .train import Alarms, RunLog, gradient_problem
 
 # ---------------------------------------------------------------- rewards
@@ -35,7 +35,9 @@ class RewardFunction:
         self.sources = []
         for i, spec in enumerate(specs):
             if spec.model:
-                scorer = RewardModelScorer(spec.model)
+                scorer = RewardModelScorer(
+                    spec.model, ensemble_method=spec.ensemble_method, ensemble_coef=spec.ensemble_coef
+                )
                 scorer.check_head(spec.head, f"rewards[{i}].head")
                 self.sources.append((f"rm{i}", spec, scorer))
             else:
@@ -47,7 +49,11 @@ class RewardFunction:
         parts = {}
         for name, spec, source in self.sources:
             if isinstance(source, RewardModelScorer):
-                scores = torch.tensor(source.score(prompts, responses, spec.head))
+                members = torch.tensor(source.score_members(prompts, responses, spec.head))
+                scores = torch.tensor(combine_rewards(members.tolist(), spec.ensemble_method, spec.ensemble_coef))
+                if len(members) > 1:
+                    # the members' disagreement: std over members, averaged over responses (logged, never trained on)
+                    parts[f"reward_{name}_disagreement"] = members.std(dim=0, unbiased=False).nanmean().item()
             else:
                 scores = torch.tensor(call_scorer(source, prompts, responses, option=name))
             parts[f"reward_{name}"] = scores.mean().item()

@@ -19,7 +19,7 @@ def load_for_export(checkpoint: Path):
     """(model, tokenizer) of a model directory, an adapter-only LoRA save merged into its base."""
     from .models.loading import load_causal_lm, load_reward_model, load_tokenizer
     from .resolve import resolve_model_path
-    from .scoring import is_reward_model
+    from .scoring import is_ensemble, is_reward_model
 
     adapter_config = checkpoint / "adapter_config.json"
     if adapter_config.is_file():
@@ -32,6 +32,11 @@ def load_for_export(checkpoint: Path):
         base = load_causal_lm(resolve_model_path(base_name))
         return PeftModel.from_pretrained(base, str(checkpoint)).merge_and_unload(), tokenizer
     path = resolve_model_path(str(checkpoint))
+    if is_ensemble(path):
+        raise ModelError(
+            f"'{checkpoint}' is a reward-model ensemble (ensemble.json), not one model: export a member "
+            f"({checkpoint}/member-0) or copy the whole folder"
+        )
     tokenizer = load_tokenizer(path)
     if is_reward_model(path):
         return load_reward_model(path, tokenizer), tokenizer

@@ -20,7 +20,8 @@ HUB_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.safetensors", "*.py"
 
 
 def resolve_model_path(name: str) -> Path:
-    """Turn a model name or directory into a directory with an HF config, or raise ModelError."""
+    """Turn a model name or directory into a directory with an HF config (or a reward-model ensemble's
+    ensemble.json), or raise ModelError."""
     if name == "default":
         return default_task().model_dir
     if name == "minilm":
@@ -38,6 +39,8 @@ def resolve_model_path(name: str) -> Path:
         raise ModelError(
             f"model directory '{name}' not found (give an HF model directory, a Hub id org/name, 'default' or 'minilm')"
         )
+    if path.is_dir() and (path / "ensemble.json").is_file():
+        return path  # a reward-model ensemble (rlhfkit.scoring reads its members)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ModelError(f"model directory '{name}' has no config.json; it is not a Hugging Face model directory")
     return path

@@ -1,11 +1,16 @@
 """Scoring responses: callables named as `module:function` with the signature f(prompts, responses) -> list[float],
 and reward models (an HF sequence-classification directory, one scalar head per objective) with one input layout
 (`RewardEncoder`), one padding-free forward (`score_sequences`) and one truncation rule (`RewardModelScorer`) for
-every caller: reward training and evaluation, online rewards, policy evaluation and the reward-model judge."""
+every caller: reward training and evaluation, online rewards, policy evaluation and the reward-model judge.
+
+A reward-model ensemble (`rlhfkit reward train ensemble=K`) is a directory holding `ensemble.json` and one reward-model
+directory per member; it is read wherever a reward model is (`load_reward_models`, `RewardModelScorer`), and the
+reader's `ensemble_method` / `ensemble_coef` combine the members' rewards (rlhfkit.losses.ensemble_reward)."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +21,7 @@ from .data.records import PreferencePair
 from .data.tokenize import Encoder
 from .errors import ConfigError, ModelError
 from .forward import decoder_parts, packed_hidden
+from .losses import ensemble_reward
 
 Scorer = Callable[[list[str], list[str]], list[float]]
 DEFAULT_GOLD = "rlhfkit.demo.gold:score"
@@ -126,6 +132,17 @@ def margins_of(
     return [c - r for c, r in zip(chosen, rejected)], chosen, rejected
 
 
+def ensemble_margins(
+    models: list, encoded: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int, method="mean", coef=0.0
+) -> tuple[list[float], list[float], list[float], list[tuple[list[float], list[float]]]]:
+    """margins_of for one model or an ensemble: (margins, chosen, rejected) of the combined rewards, and each
+    member's (chosen, rejected) rewards."""
+    members = [margins_of(model, encoded, pad_id, batch_size)[1:] for model in models]
+    chosen = combine_rewards([c for c, _ in members], method, coef)
+    rejected = combine_rewards([r for _, r in members], method, coef)
+    return [c - r for c, r in zip(chosen, rejected)], chosen, rejected, members
+
+
 def encode_pairs(pairs: list[PreferencePair], encoder: RewardEncoder) -> tuple[list, list[PreferencePair]]:
     encoded, kept = [], []
     for pair in pairs:
@@ -142,10 +159,57 @@ SCORING_MAX_LENGTH = 1024
 SCORING_MAX_PROMPT_LENGTH = 512
 
 
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def is_ensemble(path: str | Path) -> bool:
+    return (Path(path) / ENSEMBLE_FILE).is_file()
+
+
+def ensemble_members(path: str | Path) -> list[Path]:
+    """The member directories of a reward-model ensemble, in order; [path] for a single reward model."""
+    path = Path(path)
+    if not is_ensemble(path):
+        return [path]
+    manifest_path = path / ENSEMBLE_FILE
+    try:
+        members = [path / name for name in json.loads(manifest_path.read_text())["members"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelError(
+            f"{manifest_path}: not a reward-model ensemble manifest ({exc}); expected {{members: [...]}}"
+        ) from None
+    missing = [str(m) for m in members if not (m / "config.json").is_file()]
+    if not members or missing:
+        raise ModelError(
+            f"{manifest_path}: "
+            + (f"member(s) {', '.join(missing)} missing" if missing else "no members listed")
+            + "; train the ensemble again with `rlhfkit reward train ensemble=K`"
+        )
+    return members
+
+
+def load_reward_models(path: str | Path, tokenizer=None) -> tuple[object, list]:
+    """(tokenizer, models in eval mode) of a reward-model directory: one model, or each member of an ensemble (the
+    members share the first one's tokenizer: `reward train` trains them all on one backbone)."""
+    from .models.loading import load_reward_model, load_tokenizer
+
+    members = ensemble_members(path)
+    tokenizer = tokenizer or load_tokenizer(members[0])
+    return tokenizer, [load_reward_model(member, tokenizer).eval() for member in members]
+
+
+def combine_rewards(member_rewards: list[list[float]], method: str = "mean", coef: float = 0.0) -> list[float]:
+    """The ensemble's reward per response from each member's rewards (one member: its rewards, unchanged)."""
+    if len(member_rewards) == 1:
+        return list(member_rewards[0])
+    return ensemble_reward(torch.tensor(member_rewards, dtype=torch.float64), method, coef).tolist()
+
+
 class RewardModelScorer:
     """A reward-model directory loaded once, scoring (prompt, response) texts with one head. Inputs are cut by the
     training rule (prompt from the left, then the response from the right) to `max_length` tokens, capped by the
-    model's context; a response with no room left scores NaN."""
+    model's context; a response with no room left scores NaN. An ensemble directory scores with every member, the
+    rewards combined by `ensemble_method` and `ensemble_coef`."""
 
     def __init__(
         self,
@@ -153,13 +217,15 @@ class RewardModelScorer:
         max_length: int = SCORING_MAX_LENGTH,
         max_prompt_length: int = SCORING_MAX_PROMPT_LENGTH,
         batch_size: int = 64,
+        ensemble_method: str = "mean",
+        ensemble_coef: float = 0.5,
     ):
-        from .models.loading import load_reward_model, load_tokenizer
         from .resolve import resolve_model_path
 
         self.path = resolve_model_path(str(model))
-        self.tokenizer = load_tokenizer(self.path)
-        self.model = load_reward_model(self.path, self.tokenizer).eval()
+        self.tokenizer, self.models = load_reward_models(self.path)
+        self.model = self.models[0]
+        self.ensemble_method, self.ensemble_coef = ensemble_method, ensemble_coef
         context = getattr(self.model.config, "max_position_embeddings", None) or getattr(
             self.model.config, "n_positions", None
         )
@@ -171,31 +237,39 @@ class RewardModelScorer:
 
     @property
     def num_heads(self) -> int:
-        return self.model.config.num_labels
+        return min(m.config.num_labels for m in self.models)
 
     def check_head(self, head: int, option: str) -> None:
         if head >= self.num_heads:
             raise ConfigError(f"{option}={head}: the reward model {self.path} has {self.num_heads} head(s)")
 
     @torch.no_grad()
-    def score(self, prompts: list, responses: list[str], head: int = 0, on_batch=None) -> list[float]:
-        """One score per response; `on_batch(n)` is told after each forward pass of n sequences."""
+    def score_members(self, prompts: list, responses: list[str], head: int = 0, on_batch=None) -> list[list[float]]:
+        """Each member's scores (one list per member, one score per response); `on_batch(n)` is told after each
+        batch of n sequences has been scored by every member."""
         sequences = [self.encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
         kept = [i for i, s in enumerate(sequences) if s is not None]
-        scores = [math.nan] * len(sequences)
+        scores = [[math.nan] * len(sequences) for _ in self.models]
         for start in range(0, len(kept), self.batch_size):
             chunk = kept[start : start + self.batch_size]
-            values = score_sequences(self.model, [sequences[i] for i in chunk], self.tokenizer.pad_token_id, head)
-            for i, value in zip(chunk, values.tolist()):
-                scores[i] = value
+            for model, member_scores in zip(self.models, scores):
+                values = score_sequences(model, [sequences[i] for i in chunk], self.tokenizer.pad_token_id, head)
+                for i, value in zip(chunk, values.tolist()):
+                    member_scores[i] = value
             if on_batch is not None:
                 on_batch(len(chunk))
         return scores
+
+    def score(self, prompts: list, responses: list[str], head: int = 0, on_batch=None) -> list[float]:
+        """One score per response (an ensemble's members combined); `on_batch` as in score_members."""
+        members = self.score_members(prompts, responses, head, on_batch)
+        return combine_rewards(members, self.ensemble_method, self.ensemble_coef)
 
 
 def is_reward_model(path: Path) -> bool:
     from .models.loading import model_info
 
+    path = ensemble_members(path)[0]  # an ensemble is a reward model when its members are
     return any(a.endswith("ForSequenceClassification") for a in model_info(path)["architectures"] or [])
 
 

@@ -130,10 +130,18 @@ def sample_and_kl(
 
 
 def reward_scores(
-    model_path: Path, prompts: list[str], responses: list[str], batch_size: int = 64
+    model_path: Path,
+    prompts: list[str],
+    responses: list[str],
+    batch_size: int = 64,
+    ensemble_method: str = "mean",
+    ensemble_coef: float = 0.5,
 ) -> list[list[float]]:
-    """Scores of every head of the reward model: one list per head, one score per response."""
-    scorer = RewardModelScorer(model_path, batch_size=batch_size)
+    """Scores of every head of the reward model (an ensemble's members combined): one list per head, one score per
+    response."""
+    scorer = RewardModelScorer(
+        model_path, batch_size=batch_size, ensemble_method=ensemble_method, ensemble_coef=ensemble_coef
+    )
     return [scorer.score(prompts, responses, head) for head in range(scorer.num_heads)]
 
 
@@ -190,7 +198,17 @@ def run(config: EvalConfig) -> dict:
             "kl_ci": [kl_low, kl_high],
         }
         gold_scores = call_scorer(gold, samples.prompts, samples.responses) if gold else None
-        rm_heads = reward_scores(rm_path, samples.prompts, samples.responses) if rm_path else None
+        rm_heads = (
+            reward_scores(
+                rm_path,
+                samples.prompts,
+                samples.responses,
+                ensemble_method=config.ensemble_method,
+                ensemble_coef=config.ensemble_coef,
+            )
+            if rm_path
+            else None
+        )
         rm_scores = rm_heads[0] if rm_heads else None
         if gold_scores:
             row["mean_gold"] = statistics.mean(gold_scores)

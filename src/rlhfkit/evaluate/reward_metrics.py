@@ -80,3 +80,16 @@ def length_controlled(margins: list[float], len_chosen: list[int], len_rejected:
         "accuracy_chosen_longer": accuracy(longer),
         "chosen_longer_pairs": len(longer),
     }
+
+
+def ensemble_disagreement(member_rewards: list[list[float]]) -> float:
+    """How much an ensemble's members disagree: the std across members of each response's reward (population std,
+    as in uwo's variance), averaged over responses (NaN rewards skipped)."""
+    columns = [column for column in zip(*member_rewards) if not any(math.isnan(x) for x in column)]
+    if len(member_rewards) < 2 or not columns:
+        return float("nan")
+    stds = []
+    for column in columns:
+        mean = sum(column) / len(column)
+        stds.append(math.sqrt(sum((x - mean) ** 2 for x in column) / len(column)))
+    return sum(stds) / len(stds)

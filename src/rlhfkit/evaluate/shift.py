@@ -46,19 +46,17 @@ class ShiftVerdict:
 def reward_accuracy(inputs: ShiftInputs, max_drop: float = 0.1) -> ShiftVerdict:
     if inputs.reward_model is None or not inputs.older or not inputs.newest:
         return ShiftVerdict("reward_accuracy", None, None, None, max_drop, "no production reward model or older pairs")
-    from ..models.loading import load_reward_model, load_tokenizer
     from ..resolve import resolve_model_path
-    from ..scoring import RewardEncoder, encode_pairs, margins_of
+    from ..scoring import RewardEncoder, encode_pairs, ensemble_margins, load_reward_models
     from .reward_metrics import expected_calibration_error, preference_accuracy
 
     path = resolve_model_path(inputs.reward_model)
-    tokenizer = load_tokenizer(path)
-    model = load_reward_model(path, tokenizer)
+    tokenizer, models = load_reward_models(path)  # an ensemble: the mean of its members
     encoder = RewardEncoder(tokenizer, 256, 128)
 
     def measure(pairs: list[PreferencePair]) -> tuple[float, float]:
         encoded, _ = encode_pairs(pairs, encoder)
-        margins, _, _ = margins_of(model, encoded, tokenizer.pad_token_id, inputs.batch_size)
+        margins = ensemble_margins(models, encoded, tokenizer.pad_token_id, inputs.batch_size)[0]
         return preference_accuracy(margins), expected_calibration_error(margins)
 
     new_acc, new_ece = measure(inputs.newest)
@@ -86,8 +84,10 @@ def embed(texts: list[str], model_name: str = "minilm", batch_size: int = 64):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from ..models.loading import quiet_transformers
     from ..resolve import resolve_model_path
 
+    quiet_transformers()
     path = resolve_model_path(model_name)
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     rows = []

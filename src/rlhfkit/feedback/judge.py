@@ -222,6 +222,8 @@ class RewardModelJudge:
         batch_size: int = 16,
         max_length: int = 1024,
         max_prompt_length: int = 512,
+        ensemble_method: str = "mean",
+        ensemble_coef: float = 0.5,
     ):
         from ..resolve import resolve_model_path
         from ..scoring import RewardModelScorer, require_reward_model
@@ -231,31 +233,20 @@ class RewardModelJudge:
             model,
             "give the model/ folder of `rlhfkit reward train`, or use kind=causal_lm for a language model",
         )
-        scorer = RewardModelScorer(model, max_length, max_prompt_length, batch_size)
-        scorer.check_head(head, "head")
-        self.tokenizer, self.model, self.encoder = scorer.tokenizer, scorer.model, scorer.encoder
-        self.path, self.head, self.tie_threshold, self.batch_size = scorer.path, head, tie_threshold, batch_size
+        self.scorer = RewardModelScorer(
+            model, max_length, max_prompt_length, batch_size, ensemble_method, ensemble_coef
+        )  # an ensemble directory: its members combined by ensemble_method
+        self.scorer.check_head(head, "head")
+        self.tokenizer, self.model, self.encoder = self.scorer.tokenizer, self.scorer.model, self.scorer.encoder
+        self.path, self.head, self.tie_threshold, self.batch_size = self.scorer.path, head, tie_threshold, batch_size
 
     def judge(self, questions: list[Question]) -> list[Verdict]:
-        import torch
-
-        from ..scoring import score_sequences
-
         # each distinct (prompt, response) is scored once, whichever order it was shown in
         keys = list(dict.fromkeys((str(q.prompt), r) for q in questions for r in (q.first, q.second)))
         prompts = {str(q.prompt): q.prompt for q in questions}
-        sequences = [self.encoder.encode_response(prompts[p], r) for p, r in keys]
-        kept = [i for i, s in enumerate(sequences) if s is not None]
-        scores = [math.nan] * len(keys)  # a response with no room after truncation scores NaN: a tie
-        with torch.no_grad(), _progress("judge (reward model)", len(kept)) as advance:
-            for start in range(0, len(kept), self.batch_size):
-                chunk = kept[start : start + self.batch_size]
-                values = score_sequences(
-                    self.model, [sequences[i] for i in chunk], self.tokenizer.pad_token_id, self.head
-                )
-                for i, value in zip(chunk, values.tolist()):
-                    scores[i] = value
-                advance(len(chunk))
+        # a response with no room after truncation scores NaN: a tie
+        with _progress("judge (reward model)", len(keys)) as advance:
+            scores = self.scorer.score([prompts[p] for p, _ in keys], [r for _, r in keys], self.head, advance)
         score_of = dict(zip(keys, scores))
         out = []
         for q in questions:

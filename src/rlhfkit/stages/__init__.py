@@ -101,6 +101,12 @@ STAGES: dict[str, Stage] = {
         "Check a checkpoint against the acceptance envelope; record it in the registry; exit 1 when it fails.",
         checkpoint=True,
     ),
+    "coverage": Stage(
+        "coverage",
+        "CoverageConfig",
+        "Prompt-set coverage of a reference distribution by MiniLM embeddings; uncovered clusters; picks pool prompts "
+        "toward a target.",
+    ),
     # the steps of a flywheel round (`rlhfkit flywheel`): pipeline stages without a command of their own
     "traffic": Stage(
         "traffic",

@@ -104,6 +104,8 @@ def make_judge(config: JudgeConfig, rubric: str):
             batch_size=config.batch_size,
             max_length=config.max_length,
             max_prompt_length=config.max_prompt_length,
+            ensemble_method=config.ensemble_method,
+            ensemble_coef=config.ensemble_coef,
         )
     if config.kind == "causal_lm":
         return CausalLMJudge(

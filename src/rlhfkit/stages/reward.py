@@ -7,6 +7,10 @@ or encoder backbone; it reads the rendered prompt followed by the response.
 from __future__ import annotations
 
 import copy
+import json
+import random
+import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,7 +28,16 @@ from ..losses import bradley_terry_loss, reward_centering_loss
 from ..models.loading import apply_lora, load_reward_model, load_tokenizer
 from ..resolve import resolve_model_path
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
-from ..scoring import RewardEncoder, encode_pairs, margins_of, pair_rewards
+from ..scoring import (
+    ENSEMBLE_FILE,
+    RewardEncoder,
+    encode_pairs,
+    ensemble_margins,
+    ensemble_members,
+    load_reward_models,
+    margins_of,
+    pair_rewards,
+)
 from ..train import RunLog, make_optimizer, setup_torch, total_steps
 
 
@@ -47,13 +60,105 @@ def train(config: RewardTrainConfig) -> dict:
         save_config(config, out)
         write_jsonl(out / "train_pairs.jsonl", train_pairs)
         write_jsonl(out / "val_pairs.jsonl", val_pairs)
+    margins = [p.margin or 0.0 for p in train_pairs]
+    items = list(zip(train_enc, margins))
+    facts = {
+        "stage": "reward-train",
+        "model": str(model_path),
+        "data": config.data,
+        "processes": runtime.world,
+        "train_pairs": len(train_enc),
+        "val_pairs": len(val_enc),
+        "truncation": encoder.encoder.report.as_dict(),
+    }
+    if config.ensemble == 1:
+        return train_member(config, runtime, model_path, tokenizer, items, val_enc, out, out / "model", facts)
+    return train_ensemble(config, runtime, model_path, tokenizer, items, val_enc, out, facts)
 
+
+def train_ensemble(config, runtime, model_path, tokenizer, items, val_enc, out: Path, facts: dict) -> dict:
+    """K members, member k with seed + k and (ensemble_bootstrap) its own bootstrap resample of the training pairs,
+    each a normal `reward train` run in OUT/members/member-k whose best model is saved to OUT/model/member-k.
+    OUT/model/ensemble.json is written last, once every member is saved: without it the folder is no model."""
+    model_dir, started = out / "model", time.time()
+    if runtime.is_main:
+        (model_dir / ENSEMBLE_FILE).unlink(missing_ok=True)
+        if (model_dir / "config.json").is_file():  # an earlier single model's folder
+            shutil.rmtree(model_dir)
+    runtime.barrier()
+    members = []
+    for k in range(config.ensemble):
+        name = f"member-{k}"
+        run_dir, member_dir = out / "members" / name, model_dir / name
+        seed = config.seed + k
+        if config.resume and (run_dir / "summary.json").is_file() and (member_dir / "config.json").is_file():
+            console.print(f"reward train: {name} is trained already ({member_dir}); skipped")
+            summary = json.loads((run_dir / "summary.json").read_text())
+        else:
+            sample = items
+            if config.ensemble_bootstrap:
+                # a bootstrap resample: as many pairs as there are, drawn with replacement (about 63% distinct)
+                rng = random.Random(seed)
+                sample = [items[rng.randrange(len(items))] for _ in items]
+            console.print(f"reward train: ensemble {name} of {config.ensemble} (seed {seed})")
+            member_config = config.model_copy(update={"seed": seed, "output_dir": str(run_dir)})
+            setup_torch(seed, config.threads)  # the head's initialisation and dropout follow the member's seed
+            summary = train_member(
+                member_config,
+                runtime,
+                model_path,
+                tokenizer,
+                sample,
+                val_enc,
+                run_dir,
+                member_dir,
+                {**facts, "distinct_train_pairs": len({id(x) for x in sample})},
+            )
+        best = {key: value for key, value in summary.items() if key.startswith("best_")}
+        members.append({"name": name, "seed": seed, **best})
+    summary = {
+        **facts,
+        "ensemble": config.ensemble,
+        "bootstrap": config.ensemble_bootstrap,
+        "members": members,
+        "model_dir": str(model_dir),
+    }
+    if runtime.is_main:
+        models = [load_reward_models(model_dir / m["name"])[1][0] for m in members]
+        margins, _, _, member_rewards = ensemble_margins(models, val_enc, tokenizer.pad_token_id, config.batch_size * 2)
+        summary["ensemble_val_accuracy"] = rm.preference_accuracy(margins)
+        summary["ensemble_val_ece"] = rm.expected_calibration_error(margins)
+        summary["val_disagreement"] = rm.ensemble_disagreement([c + r for c, r in member_rewards])
+        write_json(
+            model_dir / ENSEMBLE_FILE,
+            {
+                "kind": "reward-model ensemble",
+                "members": [m["name"] for m in members],
+                "seeds": [m["seed"] for m in members],
+                "bootstrap": config.ensemble_bootstrap,
+                "trained_by": "rlhfkit reward train",
+            },
+        )
+        summary = {"elapsed_s": round(time.time() - started, 1), **summary}
+        write_json(out / "summary.json", summary)
+        accuracies = ", ".join(f"{m['best_val_accuracy']:.3f}" for m in members)
+        console.print(
+            f"reward train: ensemble of {config.ensemble}: validation accuracy {summary['ensemble_val_accuracy']:.3f} "
+            f"(members {accuracies}), disagreement {summary['val_disagreement']:.3f}; saved to {model_dir}"
+        )
+    runtime.barrier()
+    return summary
+
+
+def train_member(
+    config, runtime, model_path, tokenizer, items, val_enc, out: Path, model_dir: Path, facts: dict
+) -> dict:
+    """One reward model: Bradley-Terry training with early stopping on the validation pairs, the best state saved
+    to model_dir; `out` holds the run's metrics and checkpoints."""
     model = load_reward_model(model_path, tokenizer, new_head=True)
     if config.lora:
         model = apply_lora(model, config.lora, task_type="SEQ_CLS")
     model.train()
-    margins = [p.margin or 0.0 for p in train_pairs]
-    items = list(zip(train_enc, margins))
     steps = total_steps(len(items), config.batch_size, config.grad_accum, config.epochs, config.max_steps)
     optimizer, scheduler = make_optimizer(model, config.lr, config.weight_decay, config.warmup_ratio, steps)
     model, optimizer = prepare(runtime, model, optimizer, config)
@@ -133,27 +238,21 @@ def train(config: RewardTrainConfig) -> dict:
         best = validate()
         best_state = weights_now()
     summary = {
-        "stage": "reward-train",
-        "model": str(model_path),
-        "data": config.data,
+        **facts,
         "steps_run": step,
         "best_step": best_step,
         "stopped_early": stopped_early,
         "resumed_from": first_step or None,
-        "processes": runtime.world,
-        "train_pairs": len(train_enc),
-        "val_pairs": len(val_enc),
         **{f"best_{k}": v for k, v in best.items()},
-        "truncation": encoder.encoder.report.as_dict(),
-        "model_dir": str(out / "model"),
+        "model_dir": str(model_dir),
     }
-    save_trained(runtime, model, tokenizer, out / "model", config, "reward-train", summary, state=best_state)
+    save_trained(runtime, model, tokenizer, model_dir, config, "reward-train", summary, state=best_state)
     if runtime.is_main:
         summary = log.summary(**summary)
         console.print(
             f"reward train: best validation accuracy {best['val_accuracy']:.3f} (ECE {best['val_ece']:.3f}) at "
             f"step {best_step}; "
-            f"model saved to {out / 'model'}"
+            f"model saved to {model_dir}"
         )
     runtime.barrier()
     return summary
@@ -164,13 +263,16 @@ def evaluate(config: RewardEvalConfig) -> dict:
     setup_torch(0, config.threads)
     model_path = resolve_model_path(config.model)
     pairs = load_records(config.data, "preference", config.columns)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(ensemble_members(model_path)[0])
     encoder = RewardEncoder(tokenizer, config.max_length, config.max_prompt_length)
     encoded, pairs = encode_pairs(pairs, encoder)
     encoder.encoder.report.check(config.data, config.max_length, config.max_prompt_length)
-    model = load_reward_model(model_path, tokenizer)
+    _, models = load_reward_models(model_path, tokenizer)  # an ensemble: every member
+    model = models[0]
     save_config(config, out)
-    margins, chosen, rejected = margins_of(model, encoded, tokenizer.pad_token_id, config.batch_size)
+    margins, chosen, rejected, member_rewards = ensemble_margins(
+        models, encoded, tokenizer.pad_token_id, config.batch_size, config.ensemble_method, config.ensemble_coef
+    )
     len_c = [len(p.chosen.split()) for p in pairs]
     len_r = [len(p.rejected.split()) for p in pairs]
     summary = {
@@ -186,6 +288,8 @@ def evaluate(config: RewardEvalConfig) -> dict:
         "reliability": rm.reliability_bins(margins, config.bins),
         "truncation": encoder.encoder.report.as_dict(),
     }
+    if len(models) > 1:
+        summary["ensemble"] = ensemble_report(model_path, member_rewards, config)
     categories: dict[str, list[float]] = defaultdict(list)
     for pair, m in zip(pairs, margins):
         if pair.category:
@@ -209,7 +313,8 @@ def evaluate(config: RewardEvalConfig) -> dict:
             model, tokenizer, encoder, pairs[:n], encoded[:n], config.attribution_steps
         )
         summary["attribution_method"] = {
-            "method": "integrated gradients over the input embeddings (captum LayerIntegratedGradients)",
+            "method": "integrated gradients over the input embeddings (captum LayerIntegratedGradients)"
+            + (" of the ensemble's first member" if len(models) > 1 else ""),
             "baseline": "response tokens replaced by the pad token, prompt and special tokens kept",
             "steps": config.attribution_steps,
             "max_completeness_error": worst,
@@ -235,6 +340,15 @@ def evaluate(config: RewardEvalConfig) -> dict:
         line + f"; length correlation {summary['length_correlation']:.3f}, prefers the longer response in "
         f"{summary['longer_preferred_share']:.1%}"
     )
+    if "ensemble" in summary:
+        ens = summary["ensemble"]
+        console.print(
+            f"ensemble of {len(ens['members'])} ({config.ensemble_method}"
+            + (f", coef {config.ensemble_coef}" if config.ensemble_method == "uwo" else "")
+            + f"): accuracy {summary['accuracy']:.3f} (mean-combined {ens['mean_accuracy']:.3f}); members "
+            + ", ".join(f"{m['accuracy']:.3f}" for m in ens["members"])
+            + f"; disagreement (std across members, mean over responses) {ens['disagreement']:.3f}"
+        )
     console.print(length_line(summary, config.length_tolerance))
     if summary.get("top_words"):
         top = summary["top_words"]
@@ -244,6 +358,28 @@ def evaluate(config: RewardEvalConfig) -> dict:
             f"(integrated gradients on {len(summary['attributions'])} pairs)"
         )
     return summary
+
+
+def ensemble_report(path: Path, member_rewards: list[tuple[list[float], list[float]]], config) -> dict:
+    """Each member's accuracy and calibration, the mean-combined ensemble's accuracy, and the disagreement."""
+    from ..scoring import combine_rewards
+
+    names = [member.name for member in ensemble_members(path)]
+    members = []
+    for name, (chosen, rejected) in zip(names, member_rewards):
+        margins = [c - r for c, r in zip(chosen, rejected)]
+        members.append(
+            {"name": name, "accuracy": rm.preference_accuracy(margins), "ece": rm.expected_calibration_error(margins)}
+        )
+    mean_chosen = combine_rewards([c for c, _ in member_rewards], "mean")
+    mean_rejected = combine_rewards([r for _, r in member_rewards], "mean")
+    return {
+        "method": config.ensemble_method,
+        "coef": config.ensemble_coef,
+        "members": members,
+        "mean_accuracy": rm.preference_accuracy([c - r for c, r in zip(mean_chosen, mean_rejected)]),
+        "disagreement": rm.ensemble_disagreement([c + r for c, r in member_rewards]),
+    }
 
 
 def length_line(summary: dict, tolerance: float) -> str:

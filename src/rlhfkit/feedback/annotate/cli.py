@@ -186,20 +186,30 @@ def import_margins(
         help="compute the margins with this reward model (an `rlhfkit reward train` model directory) instead of "
         "reading a file",
     ),
+    ensemble_method: str = typer.Option(
+        "mean", "--ensemble-method", help="a reward-model ensemble: combine its members by mean, min or uwo"
+    ),
+    ensemble_coef: float = typer.Option(0.5, "--ensemble-coef", help="uwo: weight of the members' variance"),
     db: str = DbOpt,
 ):
     """Reward-model margins per pair; dynamic sampling gives pairs with |margin| < margin_below more judgments."""
     from ...config import ConfigError
     from ...data.records import read_jsonl
+    from ...losses import ENSEMBLE_METHODS
     from . import service
 
     if (path is None) == (reward_model is None):
         raise ConfigError("give either a margins FILE or --reward-model DIR")
+    if ensemble_method not in ENSEMBLE_METHODS or not ensemble_coef >= 0:
+        raise ConfigError(
+            f"--ensemble-method {ensemble_method} --ensemble-coef {ensemble_coef}: give one of "
+            f"{', '.join(ENSEMBLE_METHODS)} and a coefficient >= 0"
+        )
     database = _open(db)
     with database.session() as s:
         target = service.get_project(s, project)
         if reward_model:
-            rows = list(enumerate(compute_margins(s, target, reward_model), start=1))
+            rows = list(enumerate(compute_margins(s, target, reward_model, ensemble_method, ensemble_coef), start=1))
             count = service.import_margins(s, target, rows, f"--reward-model {reward_model}")
         else:
             count = service.import_margins(s, target, read_jsonl(path), str(path))
@@ -207,17 +217,19 @@ def import_margins(
     typer.echo(f"stored {count} reward margins in '{project}'")
 
 
-def compute_margins(s, project, model: str) -> list[dict]:
+def compute_margins(s, project, model: str, ensemble_method: str = "mean", ensemble_coef: float = 0.5) -> list[dict]:
     """{pair_id, margin} for every pair of the project: r(prompt, a) - r(prompt, b), scored exactly as
-    `rlhfkit judge kind=reward_model` scores (a directory without a reward head is refused there, with a clear error).
-    A pair with no room left for a response after truncation gets no margin."""
+    `rlhfkit judge kind=reward_model` scores (a directory without a reward head is refused there, with a clear error;
+    an ensemble's members combined by `ensemble_method`). A pair with no room left for a response after truncation
+    gets no margin."""
     from sqlalchemy import select
 
     from ..judge import Question, RewardModelJudge
     from .models import Pair
 
     pairs = s.scalars(select(Pair).where(Pair.project_id == project.id).order_by(Pair.id)).all()
-    verdicts = RewardModelJudge(model).judge([Question(p.prompt, p.response_a, p.response_b) for p in pairs])
+    judge = RewardModelJudge(model, ensemble_method=ensemble_method, ensemble_coef=ensemble_coef)
+    verdicts = judge.judge([Question(p.prompt, p.response_a, p.response_b) for p in pairs])
     margins = []
     for pair, verdict in zip(pairs, verdicts):
         first, second = verdict.detail["reward_first"], verdict.detail["reward_second"]

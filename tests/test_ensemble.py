@@ -1,0 +1,174 @@
+"""Reward-model ensembles: `reward train ensemble=K` writes one directory (ensemble.json, member-0/ ...) and every
+reader of a reward model combines its members the same way (rlhfkit.losses.ensemble_reward): the scorer behind the
+online rewards, best-of-n and eval, the reward-model judge, and `reward eval`, which reports each member too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhfkit.config import BoNConfig, JudgeConfig, RewardEvalConfig, RewardSpec, RewardTrainConfig
+from rlhfkit.data.records import PreferencePair, write_jsonl
+from rlhfkit.errors import ModelError
+from rlhfkit.feedback.judge import Question, RewardModelJudge
+from rlhfkit.losses import ensemble_reward
+from rlhfkit.online import RewardFunction
+from rlhfkit.release import load_for_export
+from rlhfkit.scoring import RewardModelScorer
+from rlhfkit.stages import bon, judge, reward
+
+GOOD = [" It was wonderful.", " Lovely staff, I would go back.", " Excellent and fun.", " The best one all year."]
+BAD = [" It was awful.", " Rude staff, never again.", " Poor, boring and broken.", " The worst one all year."]
+SUBJECTS = ["restaurant", "hotel", "phone", "laptop", "cafe", "movie", "book", "gym"]
+WHENS = ["last week", "yesterday", "a month ago", "over the holidays"]
+K = 3
+
+
+def review_pairs() -> list[PreferencePair]:
+    return [
+        PreferencePair(
+            prompt=f"We tried the {subject} {when}.",
+            chosen=GOOD[(i + j) % 4],
+            rejected=BAD[(i + 2 * j) % 4],
+            id=f"p{i}-{j}",
+        )
+        for i, subject in enumerate(SUBJECTS)
+        for j, when in enumerate(WHENS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    """A 3-member ensemble on the default backbone, 30 steps each on bootstrap resamples of 24 separable pairs."""
+    root = tmp_path_factory.mktemp("ensemble")
+    write_jsonl(root / "pairs.jsonl", review_pairs())
+    summary = reward.train(
+        RewardTrainConfig(
+            data=str(root / "pairs.jsonl"),
+            output_dir=str(root / "rm"),
+            ensemble=K,
+            max_steps=30,
+            eval_every=10,
+            batch_size=8,
+            lr=3e-4,
+            val_fraction=0.25,
+            patience=0,
+            seed=3,
+        )
+    )
+    return root, summary
+
+
+def test_ensemble_directory_layout(trained):
+    root, summary = trained
+    model_dir = root / "rm" / "model"
+    manifest = json.loads((model_dir / "ensemble.json").read_text())
+    assert manifest["members"] == [f"member-{k}" for k in range(K)]
+    assert manifest["seeds"] == [3, 4, 5] and manifest["bootstrap"] is True
+    for k in range(K):
+        assert (model_dir / f"member-{k}" / "config.json").is_file()  # each member a normal reward-model folder
+        assert (root / "rm" / "members" / f"member-{k}" / "metrics.jsonl").is_file()  # and its own run log
+    assert [m["seed"] for m in summary["members"]] == [3, 4, 5]
+    assert summary["ensemble_val_accuracy"] > 0.5 and summary["val_disagreement"] > 0
+    assert json.loads((root / "rm" / "summary.json").read_text())["ensemble"] == K
+    with pytest.raises(ModelError, match="reward-model ensemble .* export a member"):
+        load_for_export(model_dir)  # `rlhfkit export` writes one model: it says which folder to give instead
+
+
+def test_every_reader_combines_the_members(trained):
+    root, _ = trained
+    model_dir = root / "rm" / "model"
+    prompts = ["We tried the park last week.", "We tried the game yesterday."] * 2
+    responses = [GOOD[0], BAD[1], GOOD[2], BAD[3]]
+    # the members read one by one as single reward models: the reference the ensemble readers must agree with
+    each = torch.tensor(
+        [RewardModelScorer(model_dir / f"member-{k}").score(prompts, responses) for k in range(K)], dtype=torch.float64
+    )
+    assert (each.std(dim=0) > 0).all()  # different seeds and resamples: the members differ
+    for method, coef in [("mean", 0.0), ("min", 0.0), ("uwo", 2.0)]:
+        expected = ensemble_reward(each, method, coef)
+        scorer = RewardModelScorer(model_dir, ensemble_method=method, ensemble_coef=coef)
+        assert scorer.score(prompts, responses) == pytest.approx(expected.tolist(), abs=1e-5)
+        # the online rewards of ppo, grpo, rloo, bon and bon-sweep, with the members' disagreement logged
+        total, parts = RewardFunction([RewardSpec(model=str(model_dir), ensemble_method=method, ensemble_coef=coef)])(
+            prompts, responses
+        )
+        assert total.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+        assert parts["reward_rm0_disagreement"] == pytest.approx(each.std(dim=0, unbiased=False).mean().item(), 1e-4)
+    # min is the pessimist, uwo below the mean
+    assert (ensemble_reward(each, "min") <= ensemble_reward(each, "mean")).all()
+
+
+def test_judge_and_best_of_n_read_an_ensemble(trained, tmp_path):
+    root, _ = trained
+    model_dir = root / "rm" / "model"
+    pairs = review_pairs()[:4]
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    scorer = RewardModelScorer(model_dir, ensemble_method="min")
+    chosen = scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    rejected = scorer.score([p.prompt for p in pairs], [p.rejected for p in pairs])
+    verdicts = RewardModelJudge(str(model_dir), ensemble_method="min").judge(
+        [Question(p.prompt, p.chosen, p.rejected) for p in pairs]
+    )
+    assert [v.detail["reward_first"] for v in verdicts] == pytest.approx(chosen, abs=1e-4)
+    assert [v.detail["reward_second"] for v in verdicts] == pytest.approx(rejected, abs=1e-4)
+    # the judge stage passes its ensemble keys on: its labels follow the min-combined rewards
+    summary = judge.run(
+        JudgeConfig(
+            data=str(tmp_path / "pairs.jsonl"),
+            kind="reward_model",
+            model=str(model_dir),
+            output_dir=str(tmp_path / "judge"),
+            ensemble_method="min",
+        )
+    )
+    assert summary["pairs_written"] == sum(c != r for c, r in zip(chosen, rejected))
+    bon_summary = bon.run(
+        BoNConfig(
+            model="default",
+            prompts=str(tmp_path / "pairs.jsonl"),
+            rewards=[{"model": str(model_dir), "ensemble_method": "uwo", "ensemble_coef": 1.0}],
+            n=2,
+            num_prompts=2,
+            max_new_tokens=8,
+            output_dir=str(tmp_path / "bon"),
+            gold=None,
+        )
+    )
+    assert bon_summary["prompts"] == 2 and bon_summary["reward_best"] >= bon_summary["reward_mean"]
+
+
+def test_reward_eval_reports_each_member_and_the_disagreement(trained, tmp_path):
+    root, _ = trained
+    model_dir = root / "rm" / "model"
+    data = str(root / "rm" / "val_pairs.jsonl")
+    summary = reward.evaluate(
+        RewardEvalConfig(model=str(model_dir), data=data, output_dir=str(tmp_path / "ens"), attributions=0)
+    )
+    ensemble = summary["ensemble"]
+    assert [m["name"] for m in ensemble["members"]] == [f"member-{k}" for k in range(K)]
+    for k, member in enumerate(ensemble["members"]):
+        alone = reward.evaluate(
+            RewardEvalConfig(
+                model=str(model_dir / f"member-{k}"), data=data, output_dir=str(tmp_path / f"m{k}"), attributions=0
+            )
+        )
+        assert member["accuracy"] == pytest.approx(alone["accuracy"])
+        assert "ensemble" not in alone
+    assert summary["accuracy"] == pytest.approx(ensemble["mean_accuracy"])  # the default method is the mean
+    assert ensemble["disagreement"] > 0
+
+
+def test_a_broken_ensemble_is_refused_with_its_file(trained, tmp_path):
+    root, _ = trained
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "ensemble.json").write_text(json.dumps({"members": ["member-0", "member-9"]}))
+    with pytest.raises(ModelError, match=r"ensemble.json: member\(s\) .*member-0, .*member-9 missing"):
+        RewardModelScorer(broken)
+    (broken / "ensemble.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not a reward-model ensemble manifest"):
+        RewardModelScorer(broken)
