@@ -18,12 +18,21 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhfkit.config import DPOConfig, GRPOConfig, LoraSettings, PPOConfig, RewardSpec, RewardTrainConfig, SFTConfig
+from rlhfkit.config import (
+    DPOConfig,
+    GRPOConfig,
+    KTOConfig,
+    LoraSettings,
+    PPOConfig,
+    RewardSpec,
+    RewardTrainConfig,
+    SFTConfig,
+)
 from rlhfkit.data.tokenize import render_prompt
 from rlhfkit.errors import ModelError
 from rlhfkit.models.loading import find_lora_targets, load_reward_model, load_tokenizer
 from rlhfkit.models.tiny import ARCH_CHAT, ARCHS, CHAT_ARCHS, NEW_ARCHS, build_tiny
-from rlhfkit.stages import dpo, grpo, ppo, reward, sft
+from rlhfkit.stages import dpo, grpo, kto, ppo, reward, sft
 
 STAGES = ("sft", "reward", "dpo", "ppo", "grpo")
 MODES = ("full", "lora")
@@ -33,6 +42,7 @@ MATRIX = [(a, s, m) for a in FIRST_ARCHS for s in STAGES for m in MODES] + [
     (a, s, "full") for a in NEW_ARCHS for s in NEW_STAGES
 ]
 MATRIX.append(("granite", "reward", "lora"))  # LoRA (peft's SEQ_CLS wrapper) on rlhfkit's own score head
+MATRIX += [(a, "kto", "full") for a in FIRST_ARCHS] + [("llama", "kto", "lora")]
 
 TOPICS = [
     "the pasta",
@@ -95,6 +105,13 @@ def matrix(tmp_path_factory):
             ],
         ),
         "prompts": write_jsonl(root / "prompts.jsonl", [{"prompt": prompt_of(i)} for i in range(n)]),
+        "thumbs": write_jsonl(
+            root / "thumbs.jsonl",
+            [
+                {"prompt": prompt_of(i), "completion": f" {TOPICS[i].capitalize()} was lovely.", "label": i % 3 > 0}
+                for i in range(n)
+            ],
+        ),
     }
     return models, data
 
@@ -117,6 +134,8 @@ def run_stage(stage: str, model_dir: Path, data: dict, out: Path, lora: LoraSett
         reward.train(RewardTrainConfig(data=str(data["pairs"]), eval_every=1, patience=0, **trained, **common))
     elif stage == "dpo":
         dpo.run(DPOConfig(data=str(data["pairs"]), val_fraction=0.25, **trained, **common))
+    elif stage == "kto":
+        kto.run(KTOConfig(data=str(data["thumbs"]), val_fraction=0.25, **trained, **common))
     elif stage == "ppo":
         ppo.run(PPOConfig(batch_size=2, mini_batch_size=2, epochs_per_batch=1, **online, **common))
     else:
@@ -149,7 +168,7 @@ def test_stage_runs_and_reloads_in_plain_transformers(matrix, arch, stage, mode,
     assert not (saved / "adapter_config.json").exists() and not (saved / "adapter_model.safetensors").exists()
     assert not any("lora_" in name for name in model.state_dict())
     assert bool(tokenizer.chat_template) == (arch in CHAT_ARCHS)
-    if stage in ("sft", "dpo"):
+    if stage in ("sft", "dpo", "kto"):
         # Two steps on a loss with a non-zero gradient move the saved weights (with LoRA: the merge happened).
         base = AutoModelForCausalLM.from_pretrained(str(models[arch])).state_dict()
         trained = model.state_dict()

@@ -551,3 +551,34 @@ def test_fsdp_ppo_with_lora_follows_ddp_and_saves_policy_and_value_model(tmp_pat
         assert max((ddp[k] - fsdp[k]).abs().max().item() for k in ddp) < 1e-5
     ddp_head, fsdp_head = (torch.load(tmp_path / run / "value_head.pt") for run in ("ddp", "fsdp"))
     assert all(torch.allclose(ddp_head[k], fsdp_head[k], atol=1e-6) for k in ddp_head)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_kto_in_two_sharded_processes_follows_one_process(tmp_path, preference_file):
+    # thumbs from the pairs: each chosen reply up, each rejected one down (unbalanced: every third down dropped)
+    thumbs = tmp_path / "thumbs.jsonl"
+    with thumbs.open("w") as f:
+        for i, pair in enumerate(rows(preference_file)):
+            f.write(json.dumps({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True}) + "\n")
+            if i % 3:
+                f.write(json.dumps({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False}) + "\n")
+    args = [
+        "kto",
+        f"data={thumbs}",
+        "max_steps=3",
+        "batch_size=8",
+        "lr=1e-4",
+        "log_every=1",
+        "eval_every=3",
+        "val_fraction=0.1",
+        "max_length=96",
+        "threads=1",
+    ]
+    launch(single(), *args, f"output_dir={tmp_path / 'one'}")
+    two = launch(torchrun(2), *args, "fsdp=true", f"output_dir={tmp_path / 'two'}")
+    assert "distributed: 2 processes" in two.stderr
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=2e-3, abs=2e-3)
+    assert losses(tmp_path / "two", "kl") == pytest.approx(losses(tmp_path / "one", "kl"), rel=2e-3, abs=2e-3)
+    one, two_summary = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two"))
+    assert two_summary["balance"] == one["balance"] and two_summary["processes"] == 2
+    assert relative_difference(tmp_path / "one", tmp_path / "two") < 5e-3
