@@ -13,7 +13,7 @@ from rlhfkit.config import FrontierConfig, build_config
 from rlhfkit.data.records import PreferencePair, load_records, write_jsonl
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.evaluate.overoptimisation import fit_form, fit_gain, rl_fit_from_metrics, rl_form
-from rlhfkit.resolve import default_task
+from rlhfkit.resolve import default_task, resolve_model_path
 from rlhfkit.stages import frontier
 
 # ------------------------------------------------------------------------------------------ the RL form
@@ -144,10 +144,19 @@ def test_frontier_writes_a_point_per_method_and_strength_and_its_fronts(tiny_fro
 
 def test_every_policy_moved_from_the_reference(tiny_frontier):
     # Not asserted: KL at DPO beta 0.01 above KL at beta 3. On these 12-step runs it held on 3 of seeds 0-4 (and on
-    # 4 of 5 at lr 1e-3, 2 of 5 at 40 steps): Adam's steps have one size whatever beta until the loss saturates.
-    _, result = tiny_frontier
-    moved = {p["name"]: p["kl"] for p in result["points"] if p["method"] == "dpo"}
-    assert all(kl > 0.05 for kl in moved.values()), moved
+    # 4 of 5 at lr 1e-3, 2 of 5 at 40 steps): Adam's steps have one size whatever beta until the loss saturates. Nor
+    # a sampled KL above a bound: at beta 3 it is within its noise of 0 (-0.21 on one build of the default, +0.3 on
+    # another), so the test compares the saved weights with the reference's.
+    from safetensors.torch import load_file
+
+    out, result = tiny_frontier
+    reference = load_file(next(resolve_model_path("default").glob("*.safetensors")))
+    for point in result["points"]:
+        if point["method"] == "reference":
+            continue
+        trained = load_file(out / point["name"] / "model" / "model.safetensors")
+        change = max((trained[k] - reference[k]).abs().max().item() for k in reference)
+        assert change > 1e-4, (point["name"], change)
 
 
 def test_a_second_run_reuses_every_policy(tiny_frontier, preference_file):
