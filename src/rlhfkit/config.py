@@ -353,7 +353,7 @@ class RewardSpec(Strict):
 
 
 class OnlineRLConfig(TrackingSettings, DataColumns, LogitsSettings):
-    """Keys shared by ppo, grpo and rloo."""
+    """Keys shared by ppo, grpo, rloo, reinforce-pp and online-dpo."""
 
     model: str = Field("default", description="policy to start from (usually the SFT model)")
     ref_model: str | None = Field(
@@ -528,6 +528,11 @@ OnlineDPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
 class OnlineDPOConfig(OnlineRLConfig):
     """Online DPO (Guo et al. 2024): `rewards` is the judge that labels each prompt's two fresh samples."""
 
+    rewards: list[RewardSpec] = Field(
+        ...,
+        description="the judge that labels each pair: reward sources as in ppo, combined as a weighted sum, the higher "
+        "scored response chosen; e.g. [{model: runs/rm/model}] or [{function: default}] (the gold judge)",
+    )
     beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference")
     loss_type: OnlineDPOLossType = Field("sigmoid", description="sigmoid (DPO), ipo, hinge (SLiC) or robust")
     label_smoothing: float = Field(
