@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhfkit import online
 from rlhfkit.config import EvalConfig, LoraSettings, OnlineDPOConfig, ReinforcePPConfig, RewardSpec, build_config
 from rlhfkit.errors import ConfigError
+from rlhfkit.evaluate.detectors import load_metrics, run_detectors
 from rlhfkit.evaluate.policy import run as evaluate
 from rlhfkit.resolve import resolve_model_path
 from rlhfkit.stages import online_dpo, reinforce_pp
@@ -52,6 +53,12 @@ def check_plain_model(model_dir: Path) -> None:
     assert out.shape[1] > ids["input_ids"].shape[1]
     base, trained = state(DEFAULT), model.state_dict()
     assert trained.keys() == base.keys() and any(not torch.equal(trained[k], base[k]) for k in base)
+
+
+def check_detectors_read(out: Path) -> None:
+    """Every detector of `rlhfkit detect` finds the metrics it reads (reward, gold, kl, length, distinct-2, ...)."""
+    verdicts = run_detectors(load_metrics(out / "metrics.jsonl"))
+    assert len(verdicts) == 5 and not [v.summary for v in verdicts if "not judged" in v.summary]
 
 
 def finite(row: dict, keys) -> None:
@@ -121,6 +128,7 @@ def test_online_dpo_runs_logs_and_saves(tmp_path):
     assert metrics[0]["implicit_reward_margin"] == pytest.approx(0, abs=1e-4)
     assert metrics[-1]["kl"] > 1e-3
     assert json.loads((out / "summary.json").read_text())["stage"] == "online-dpo"
+    check_detectors_read(out)
     assert yaml.safe_load((out / "config.yaml").read_text())["loss_type"] == "sigmoid"
     check_plain_model(out / "model")
 
@@ -186,6 +194,7 @@ def test_reinforce_pp_runs_logs_and_saves(estimator, tmp_path):
     if group:
         assert all(r["group_reward_std"] >= 0 for r in metrics)
     assert json.loads((out / "summary.json").read_text())["stage"] == "reinforce-pp"
+    check_detectors_read(out)
     check_plain_model(out / "model")
 
 
