@@ -138,16 +138,17 @@ def run(config: OnlineDPOConfig) -> dict:
                     ]).double()  # fmt: skip
             scheduler.step()
             loss_sum, accuracy_sum, chosen_sum, rejected_sum, count = runtime.sum(sums.tolist())
-            stats = {"entropy": sum(entropies) / len(entropies)}
-            if count:
-                stats |= {
+            entropy = sum(entropies) / len(entropies)
+            stats = {}
+            if count:  # with no labelled pair (every one tied) there is no DPO step to describe
+                stats = {
                     "dpo_loss": loss_sum / count,
                     "implicit_reward_accuracy": accuracy_sum / count,
                     "implicit_reward_chosen": chosen_sum / count,
                     "implicit_reward_rejected": rejected_sum / count,
                     "implicit_reward_margin": (chosen_sum - rejected_sum) / count,
                 }
-            measured = {**runtime.mean_stats({**batch.stats, "entropy": stats.pop("entropy")}), **judged, **stats}
+            measured = {**runtime.mean_stats({**batch.stats, "entropy": entropy}), **judged, **stats}
             row = log.log(
                 step, **{**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
             )
