@@ -212,6 +212,11 @@ READERS = {
     "ppo": ("prompt", lambda f, o, p: ["ppo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
     "grpo": ("prompt", lambda f, o, p: ["grpo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
     "rloo": ("prompt", lambda f, o, p: ["rloo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
+    "reinforce-pp": (
+        "prompt",
+        lambda f, o, p: ["reinforce-pp", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"],
+    ),
+    "online-dpo": ("prompt", lambda f, o, p: ["online-dpo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
     "bon": ("prompt", lambda f, o, p: ["bon", f"prompts={f}", REWARD_FN, f"output_dir={o}"]),
     "bon-sweep": ("prompt", lambda f, o, p: ["bon-sweep", f"prompts={f}", REWARD_FN, f"output_dir={o}"]),
     "frontier": ("preference", lambda f, o, p: ["frontier", "methods=[dpo]", f"data={f}", f"output_dir={o}"]),
@@ -331,6 +336,8 @@ TRAINING = {  # one step at most, should a bound ever be lost (the setting under
     "ppo": ["ppo", REWARD_FN, "steps=1"],
     "grpo": ["grpo", REWARD_FN, "steps=1"],
     "rloo": ["rloo", REWARD_FN, "steps=1"],
+    "reinforce-pp": ["reinforce-pp", REWARD_FN, "steps=1"],
+    "online-dpo": ["online-dpo", REWARD_FN, "steps=1"],
 }
 CANNOT_TRAIN = {
     "lr=-1": "key 'lr'",
@@ -358,6 +365,20 @@ EXTRA_CANNOT_TRAIN = {
         "overlong_buffer=0": "key 'overlong_buffer'",
     },
     "rloo": {"mini_batch_size=0": "key 'mini_batch_size'", "k=1": "key 'k'", "clip_low=0": "key 'clip_low'"},
+    "reinforce-pp": {
+        "clip_high=0": "key 'clip_high'",
+        "gamma=1.5": "key 'gamma'",
+        "group_size=0": "key 'group_size'",
+        "advantage_estimator=reinforce_pp_baseline": "group_size to 2 or more",
+        "advantage_estimator=gae": "key 'advantage_estimator'",
+    },
+    "online-dpo": {
+        "beta=0": "key 'beta'",
+        "loss_type=simpo": "key 'loss_type'",
+        "label_smoothing=0.5": "key 'label_smoothing'",
+        "kl_coef=0.1": "key 'kl_coef'",
+        "mini_batch_size=0": "key 'mini_batch_size'",
+    },
 }
 HYPER_CASES = [(c, s, f) for c in TRAINING for s, f in {**CANNOT_TRAIN, **EXTRA_CANNOT_TRAIN[c]}.items()]
 
@@ -437,6 +458,8 @@ STAGE_OUTPUTS = {
     "ppo": ["ppo", REWARD_FN],
     "grpo": ["grpo", REWARD_FN],
     "rloo": ["rloo", REWARD_FN],
+    "reinforce-pp": ["reinforce-pp", REWARD_FN],
+    "online-dpo": ["online-dpo", REWARD_FN],
     "bon": ["bon", REWARD_FN],
     "bon-sweep": ["bon-sweep", REWARD_FN],
     "frontier": ["frontier", "methods=[dpo]", "data=PAIRS"],
@@ -599,6 +622,8 @@ CAUSAL_AS_REWARD = {
     "judge": ["judge", "kind=reward_model", "model=default", "data=PAIRS", "output_dir=O"],
     "ppo": ["ppo", "rewards=[{model: default}]", "output_dir=O", "steps=1"],
     "grpo": ["grpo", "rewards=[{model: default}]", "output_dir=O", "steps=1"],
+    "reinforce-pp": ["reinforce-pp", "rewards=[{model: default}]", "output_dir=O", "steps=1"],
+    "online-dpo": ["online-dpo", "rewards=[{model: default}]", "output_dir=O", "steps=1"],
     "bon": ["bon", "rewards=[{model: default}]", "output_dir=O", "num_prompts=1"],
     "bon-sweep": ["bon-sweep", "rewards=[{model: default}]", "output_dir=O", "num_prompts=1", "max_n=4"],
     "eval": [

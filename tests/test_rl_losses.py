@@ -14,6 +14,7 @@ from rlhfkit.losses import (
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
+    reinforce_pp_advantages,
     rloo_advantages,
     whiten,
 )
@@ -424,3 +425,60 @@ def test_entropy_from_logits():
     # Low-precision logits are upcast.
     bf = entropy_from_logits(torch.zeros(1, 2, 16, dtype=torch.bfloat16))
     close(bf, [[math.log(16)] * 2], tol=1e-6)
+
+
+# ---------------------------------------------------------------- REINFORCE++
+
+
+def test_reinforce_pp_returns_and_global_whitening_by_hand():
+    mask = t([1, 1, 1, 0], [1, 1, 0, 0])
+    rewards = with_garbage(t([0.1, -0.2, 1.0, 0.0], [0.5, 0.3, 0.0, 0.0]), mask)
+    advantages, returns = reinforce_pp_advantages(rewards, mask)
+    # gamma 1: each token's return is the sum of its own and every later token reward of the row
+    close(returns, t([0.9, 0.8, 1.0, 0.0], [0.8, 0.3, 0.0, 0.0]))
+    tokens = [0.9, 0.8, 1.0, 0.8, 0.3]
+    mean = sum(tokens) / 5  # 0.76
+    std = math.sqrt(sum((x - mean) ** 2 for x in tokens) / 5)  # biased, over every token of the batch
+    close(advantages, t([(0.9 - mean) / std, (0.8 - mean) / std, (1.0 - mean) / std, 0.0],
+                        [(0.8 - mean) / std, (0.3 - mean) / std, 0.0, 0.0]))  # fmt: skip
+    _, discounted = reinforce_pp_advantages(rewards, mask, gamma=0.5)
+    close(discounted, t([0.1 + 0.5 * (-0.2 + 0.5 * 1.0), -0.2 + 0.5 * 1.0, 1.0, 0.0], [0.5 + 0.5 * 0.3, 0.3, 0.0, 0.0]))
+
+
+def test_reinforce_pp_skips_holes_and_floors_the_variance():
+    hole = t([1, 0, 1])
+    _, returns = reinforce_pp_advantages(with_garbage(t([0.2, 0.0, 0.5]), hole), hole)
+    close(returns, t([0.7, 0.0, 0.5]))  # the carry passes through the hole
+    mask = t([1, 1], [1, 0])
+    equal = t([0.0, 1.0], [1.0, GARBAGE])  # every return is 1: variance 0, advantages 0 (not 0/0)
+    advantages, _ = reinforce_pp_advantages(equal, mask)
+    close(advantages, t([0.0, 0.0], [0.0, 0.0]))
+
+
+def test_reinforce_pp_reduce_makes_two_halves_one_batch():
+    # The distributed invariant: with `reduce` summing the moments of both processes' rows, each half's advantages
+    # equal those of the whole batch.
+    torch.manual_seed(0)
+    rewards = torch.randn(6, 5, dtype=torch.float64)
+    mask = t([1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0])
+    whole, _ = reinforce_pp_advantages(rewards, mask)
+    seen = {}
+
+    def keep(name):
+        return lambda moments: seen.setdefault(name, moments)
+
+    reinforce_pp_advantages(rewards[:3], mask[:3], reduce=keep("a"))
+    reinforce_pp_advantages(rewards[3:], mask[3:], reduce=keep("b"))
+    both = [x + y for x, y in zip(seen["a"], seen["b"])]
+    first, _ = reinforce_pp_advantages(rewards[:3], mask[:3], reduce=lambda _: both)
+    second, _ = reinforce_pp_advantages(rewards[3:], mask[3:], reduce=lambda _: both)
+    close(torch.cat([first, second]), whole)
+    alone, _ = reinforce_pp_advantages(rewards[:3], mask[:3])
+    assert not torch.allclose(alone, whole[:3])  # without the reduction a half is whitened on its own statistics
+
+
+def test_reinforce_pp_refuses_bad_inputs():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        reinforce_pp_advantages(t([1.0, 2.0]), t([1, 1, 1]))
+    with pytest.raises(ValueError, match="gamma"):
+        reinforce_pp_advantages(t([1.0]), t([1]), gamma=1.5)

@@ -386,7 +386,7 @@ class ShardedOnlineSettings(Strict):
 
 
 class OnlineRLConfig(TrackingSettings, DataColumns, LogitsSettings):
-    """Keys shared by ppo, grpo and rloo."""
+    """Keys shared by ppo, grpo, rloo, reinforce-pp and online-dpo."""
 
     model: str = Field("default", description="policy to start from (usually the SFT model)")
     ref_model: str | None = Field(
@@ -462,8 +462,8 @@ class PPOConfig(ShardedOnlineSettings, OnlineRLConfig):
 GRPOLossType = Literal["grpo", "dapo", "dr_grpo", "gspo"]
 
 
-class ClippedRatioSettings(Strict):
-    """The policy loss of grpo and rloo (rlhfkit.losses.grpo_policy_loss)."""
+class ClipSettings(Strict):
+    """The clipped-ratio policy loss of grpo, rloo and reinforce-pp (rlhfkit.losses.grpo_policy_loss)."""
 
     loss_type: GRPOLossType = Field(
         "dapo",
@@ -475,6 +475,11 @@ class ClippedRatioSettings(Strict):
     clip_high: float | None = Field(
         None, gt=0, description="policy ratio clip above (DAPO clip-higher, e.g. 0.28); null: clip_low"
     )
+
+
+class ClippedRatioSettings(ClipSettings):
+    """The policy loss of grpo and rloo, with DAPO's overlong shaping and dynamic sampling."""
+
     mask_truncated: bool = Field(
         False, description="DAPO overlong filtering: responses cut at max_new_tokens get no policy gradient"
     )
@@ -518,6 +523,60 @@ class RLOOConfig(ClippedRatioSettings, ShardedOnlineSettings, OnlineRLConfig):
     mini_batch_size: int = inherit(OnlineRLConfig, "mini_batch_size", 64)
     lr: float = inherit(OnlineRLConfig, "lr", 3e-5)
     output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/rloo")
+
+
+class ReinforcePPConfig(ClipSettings, OnlineRLConfig):
+    advantage_estimator: Literal["reinforce_pp", "reinforce_pp_baseline"] = Field(
+        "reinforce_pp",
+        description="reinforce_pp: returns normalised over the global batch; reinforce_pp_baseline: the mean score of "
+        "each prompt's group_size samples subtracted first (OpenRLHF's reinforce_baseline)",
+    )
+    group_size: int = Field(
+        1, gt=0, description="responses sampled per prompt (reinforce_pp_baseline needs 2 or more for its baseline)"
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="discount of the future token rewards in the returns")
+    kl_coef: float = Field(0.05, ge=0, description="weight of the per-token k1 KL penalty folded into the reward")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="per-token KL estimator of the penalty (k1 logp-ref, as in REINFORCE++)"
+    )
+    batch_size: int = inherit(OnlineRLConfig, "batch_size", 32)
+    mini_batch_size: int = inherit(OnlineRLConfig, "mini_batch_size", 16)
+    epochs_per_batch: int = inherit(OnlineRLConfig, "epochs_per_batch", 2)
+    lr: float = inherit(OnlineRLConfig, "lr", 3e-5)
+    output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/reinforce-pp")
+
+    @model_validator(mode="after")
+    def _baseline_needs_a_group(self):
+        if self.advantage_estimator == "reinforce_pp_baseline" and self.group_size < 2:
+            raise ValueError(
+                f"advantage_estimator reinforce_pp_baseline subtracts the mean of each prompt's group: set "
+                f"group_size to 2 or more (it is {self.group_size})"
+            )
+        return self
+
+
+OnlineDPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
+
+
+class OnlineDPOConfig(OnlineRLConfig):
+    """Online DPO (Guo et al. 2024): `rewards` is the judge that labels each prompt's two fresh samples."""
+
+    rewards: list[RewardSpec] = Field(
+        ...,
+        description="the judge that labels each pair: reward sources as in ppo, combined as a weighted sum, the higher "
+        "scored response chosen; e.g. [{model: runs/rm/model}] or [{function: default}] (the gold judge)",
+    )
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference")
+    loss_type: OnlineDPOLossType = Field("sigmoid", description="sigmoid (DPO), ipo, hinge (SLiC) or robust")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="assumed share of wrong judge labels (cDPO for sigmoid, robust DPO)"
+    )
+    kl_coef: float = Field(
+        0.0, ge=0, le=0, description="unused by online-dpo (beta is its pull to the reference); must stay 0"
+    )
+    batch_size: int = inherit(OnlineRLConfig, "batch_size", 16)
+    lr: float = inherit(OnlineRLConfig, "lr", 5e-5)
+    output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/online-dpo")
 
 
 class SamplingSettings(DataColumns):

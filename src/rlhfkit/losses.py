@@ -7,6 +7,7 @@ and nothing reaches into the rest of rlhfkit.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -224,6 +225,7 @@ __all__ += [
     "ppo_value_loss",
     "group_advantages",
     "rloo_advantages",
+    "reinforce_pp_advantages",
     "whiten",
     "entropy_from_logits",
 ]
@@ -419,6 +421,37 @@ def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
     # Leave-one-out baseline (sum - r_i) / (k - 1).
     baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)
     return (grouped - baseline).reshape(-1)
+
+
+def reinforce_pp_advantages(
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    reduce: Callable[[list[float]], list[float]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu 2025) over [B, T] per-token rewards: returns G_t = r_t + gamma * G_{t+1} over each row's
+    masked tokens (no value baseline), then whitened with the mean and biased variance of every masked token of
+    the batch; `reduce` sums [count, sum, sum of squares] over processes (runtime.sum), so the batch is the global
+    one. Returns (advantages, returns), 0 at masked-out positions."""
+    _check_same_shape(token_rewards=token_rewards, mask=mask)
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+    keep = mask != 0
+    rewards = _masked(token_rewards.detach().double(), keep)
+    returns = torch.zeros_like(rewards)
+    carry = rewards.new_zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        # holes and padding pass the carry through unchanged, as in gae
+        carry = torch.where(keep[:, t], rewards[:, t] + gamma * carry, carry)
+        returns[:, t] = torch.where(keep[:, t], carry, returns.new_zeros(()))
+    moments = [float(keep.sum()), returns.sum().item(), (returns**2).sum().item()]
+    count, total, squares = reduce(moments) if reduce is not None else moments
+    mean = total / max(count, 1.0)
+    var = max(squares / max(count, 1.0) - mean**2, 0.0)
+    # OpenRLHF's floor: rsqrt(max(var, 1e-8)), so a batch of equal returns gives 0 advantages, not 0/0
+    advantages = _masked((returns - mean) / math.sqrt(max(var, 1e-8)), keep)
+    dtype = token_rewards.dtype if token_rewards.is_floating_point() else torch.float32
+    return advantages.to(dtype), returns.to(dtype)
 
 
 def whiten(

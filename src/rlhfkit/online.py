@@ -1,5 +1,6 @@
-"""Parts shared by the online RL stages (ppo, grpo, rloo, bon, bon-sweep): policy and reference, rewards, rollouts,
-per-token log-probs, monitoring with rolling windows, guards, and atomic checkpoints that resume."""
+"""Parts shared by the online RL stages (ppo, grpo, rloo, reinforce-pp, online-dpo, bon, bon-sweep): policy and
+reference, rewards, rollouts, per-token log-probs, monitoring with rolling windows, guards, and atomic checkpoints
+that resume."""
 
 from __future__ import annotations
 
@@ -170,6 +171,7 @@ class Batch:
     ref_logps: torch.Tensor  # [B, R]
     mask: torch.Tensor  # [B, R] float
     stats: dict
+    gold_scores: torch.Tensor | None = None  # [B] the gold judge's score of each response (when gold is set)
 
     def select(self, rows: list[int]) -> Batch:
         """The batch's rows `rows`, in that order (stats kept: they describe the batch as sampled)."""
@@ -186,6 +188,7 @@ class Batch:
             self.ref_logps[index],
             self.mask[index],
             self.stats,
+            None if self.gold_scores is None else self.gold_scores[index],
         )
 
 
@@ -223,6 +226,7 @@ def concat_batches(batches: list[Batch], pad_id: int) -> Batch:
         cat(lambda b: b.ref_logps, 0.0),
         cat(lambda b: b.mask, 0.0),
         batches[0].stats,
+        None if batches[0].gold_scores is None else torch.cat([b.gold_scores for b in batches]),
     )
 
 
@@ -274,9 +278,11 @@ def sample_batch(
         "stock_phrase_share": stock_phrase(responses)[1],
         "truncated_share": rollout.truncated_share,
     }
+    gold_scores = None
     if gold is not None:
-        stats["gold"] = statistics.mean(call_scorer(gold, prompt_texts, responses))
-    return Batch(rollout, prompt_texts, responses, scores, logps.detach(), ref_logps.detach(), mask, stats)
+        gold_scores = torch.tensor(call_scorer(gold, prompt_texts, responses), dtype=torch.float64)
+        stats["gold"] = gold_scores.mean().item()
+    return Batch(rollout, prompt_texts, responses, scores, logps.detach(), ref_logps.detach(), mask, stats, gold_scores)
 
 
 # ---------------------------------------------------------------- monitoring and guards

@@ -75,6 +75,16 @@ STAGES: dict[str, Stage] = {
         "GRPO: group-normalised advantages over k samples per prompt, KL to the reference as a loss term.",
     ),
     "rloo": Stage("grpo", "RLOOConfig", "RLOO: k samples per prompt, each baselined by the mean of the other k-1."),
+    "reinforce-pp": Stage(
+        "reinforce_pp",
+        "ReinforcePPConfig",
+        "REINFORCE++: critic-free, per-token KL in the reward, returns whitened over the whole batch, PPO clip.",
+    ),
+    "online-dpo": Stage(
+        "online_dpo",
+        "OnlineDPOConfig",
+        "Online DPO: two fresh samples per prompt, labelled by a judge (reward model or scorer), a DPO step on them.",
+    ),
     "bon": Stage(
         "bon",
         "BoNConfig",
