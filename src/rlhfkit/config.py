@@ -525,7 +525,7 @@ class RLOOConfig(ClippedRatioSettings, ShardedOnlineSettings, OnlineRLConfig):
     output_dir: str = inherit(OnlineRLConfig, "output_dir", "runs/rloo")
 
 
-class ReinforcePPConfig(ClipSettings, OnlineRLConfig):
+class ReinforcePPConfig(ClipSettings, ShardedOnlineSettings, OnlineRLConfig):
     advantage_estimator: Literal["reinforce_pp", "reinforce_pp_baseline"] = Field(
         "reinforce_pp",
         description="reinforce_pp: returns normalised over the global batch; reinforce_pp_baseline: the mean score of "
@@ -558,7 +558,7 @@ class ReinforcePPConfig(ClipSettings, OnlineRLConfig):
 OnlineDPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
 
 
-class OnlineDPOConfig(OnlineRLConfig):
+class OnlineDPOConfig(ShardedOnlineSettings, OnlineRLConfig):
     """Online DPO (Guo et al. 2024): `rewards` is the judge that labels each prompt's two fresh samples."""
 
     rewards: list[RewardSpec] = Field(

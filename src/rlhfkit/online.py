@@ -316,6 +316,13 @@ def zero_variance_groups(scores: torch.Tensor, k: int) -> torch.Tensor:
     return (grouped == grouped[:, :1]).all(1)
 
 
+def batch_reward_std(runtime, scores: torch.Tensor) -> float:
+    """The spread of the whole batch's rewards (every process): the zero-variance signal of a stage without groups
+    (PPO, REINFORCE++ with one response per prompt); exactly 0 when every reward is equal."""
+    everyone = torch.tensor([r for part in runtime.gather_objects(scores.tolist()) for r in part])
+    return 0.0 if (everyone == everyone[0]).all() else everyone.std(unbiased=False).item()
+
+
 def masked_token_share(sampled_tokens: float, loss_mask: torch.Tensor) -> float:
     """The share of the response tokens sampled in an iteration (every sampling round; each response up to and
     including its EOS, never the padding after it) that the loss does not see: dropped groups (dynamic sampling),
@@ -361,6 +368,11 @@ class SignalAlarm:
                 f"every response of the batch got the same reward ({row.get('reward', float('nan')):.4g}), so the "
                 "reward says nothing about which is better and the update follows only the KL penalty and the value "
                 "head's errors; check the reward, or raise temperature"
+            )
+        if row.get("tie_share") == 1.0:
+            found.append(
+                "the judge scored both responses of every pair the same (tie_share=1), so there is no pair to learn "
+                "from and no step was taken; raise temperature, or check the judge (constant? saturated?)"
             )
         if row.get("masked_token_share") == 1.0:
             why = ""

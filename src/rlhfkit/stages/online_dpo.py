@@ -20,7 +20,7 @@ from ..config import OnlineDPOConfig, save_config
 from ..console import progress_bar
 from ..errors import ConfigError
 from ..losses import dpo_loss, masked_mean
-from ..runtime import start
+from ..runtime import clip_grad_norm, start
 from ..train import adamw, constant_schedule
 
 
@@ -78,19 +78,20 @@ def run(config: OnlineDPOConfig) -> dict:
             f"pairs among the {runtime.world} process(es), i.e. be a multiple of {2 * runtime.world}"
         )
     reward_fn, gold, policy, prompts = online.setup(config)
+    optimizer = adamw(online.trainable(policy.model), config.lr, weight_decay=0.01, eps=1e-5)  # decay on every weight
+    online.shard(runtime, policy, optimizer)  # fsdp=true under torchrun: policy and reference sharded in place
     params = online.trainable(policy.model)
-    optimizer = adamw(params, config.lr, weight_decay=0.01, eps=1e-5)  # AdamW's default decay, on every weight
     scheduler = constant_schedule(optimizer, config.warmup_steps)
     generator = torch.Generator().manual_seed(config.seed + runtime.rank)
     modules = {"policy": policy.model}
     start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts, runtime)
     scheduler.last_epoch = start_step
-    # gradients flow through the DDP wrapper; sampling uses the plain module (no collectives inside generation)
-    trained = runtime.accelerator.prepare_model(policy.model) if runtime.world > 1 else policy.model
+    # gradients flow through the DDP wrapper (FSDP2 reduce-scatters them itself); sampling uses the plain module
+    trained = policy.model if runtime.fsdp or runtime.world == 1 else runtime.accelerator.prepare_model(policy.model)
     if runtime.is_main:
         save_config(config, out)
     log = online.run_log(config, out, resume_step=start_step if last_ckpt else None, enabled=runtime.is_main)
-    alarm = online.TruncationAlarm(config.max_new_tokens)
+    alarm = online.SignalAlarm(config, enabled=runtime.is_main)
     pairs_per_step = config.mini_batch_size // 2 // runtime.world
     row: dict = {}
     with progress_bar(f"online-dpo ({config.loss_type})", config.steps) as advance:
@@ -107,7 +108,7 @@ def run(config: OnlineDPOConfig) -> dict:
             prompt_len = batch.rollout.prompt_ids.shape[1]
             # sums over the labelled pairs of every gradient step: loss, implicit accuracy, implicit rewards, count
             sums = torch.zeros(5, dtype=torch.float64)
-            entropies = []
+            entropies, grad_norms = [], []
             for idx in online.minibatches(len(chosen), pairs_per_step, config.epochs_per_batch):
                 rows = torch.cat([chosen[idx], rejected[idx]])  # one forward for both sides
                 logps, entropy = policy.logps(
@@ -128,7 +129,7 @@ def run(config: OnlineDPOConfig) -> dict:
                 if total == 0:  # every pair of this step tied, on every process: nothing to learn from
                     continue
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                grad_norms.append(clip_grad_norm(runtime, params, config.max_grad_norm))  # the norm before clipping
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: they would sit through the next rollout
                 with torch.no_grad():
@@ -139,9 +140,10 @@ def run(config: OnlineDPOConfig) -> dict:
             scheduler.step()
             loss_sum, accuracy_sum, chosen_sum, rejected_sum, count = runtime.sum(sums.tolist())
             entropy = sum(entropies) / len(entropies)
-            stats = {}
-            if count:  # with no labelled pair (every one tied) there is no DPO step to describe
-                stats = {
+            # with no labelled pair (every one tied) no step was taken: the update is zero
+            stats = {"grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0}
+            if count:  # with no labelled pair there is no DPO step to describe
+                stats |= {
                     "dpo_loss": loss_sum / count,
                     "implicit_reward_accuracy": accuracy_sum / count,
                     "implicit_reward_chosen": chosen_sum / count,
@@ -152,9 +154,12 @@ def run(config: OnlineDPOConfig) -> dict:
             row = log.log(
                 step, **{**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
             )
-            alarm.check(step, row.get("truncated_share", 0.0))
+            alarm.check(step, measured)
             advance(
-                reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"]
+                reward=row["reward_avg"],
+                **({"gold": row["gold_avg"]} if "gold_avg" in row else {}),
+                kl=row["kl_avg"],
+                grad_norm=row["grad_norm"],
             )
             if step % config.save_every == 0 or step == config.steps:
                 last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime)

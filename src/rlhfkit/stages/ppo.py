@@ -181,9 +181,8 @@ def run(config: PPOConfig) -> dict:
             scheduler.step()
             stats = {k: v / n_updates for k, v in stats.items()}
             # PPO has no groups: its zero-variance signal is the spread of the whole batch's rewards (every process)
-            everyone = torch.tensor([r for part in runtime.gather_objects(batch.scores.tolist()) for r in part])
             signal = {
-                "reward_std": 0.0 if (everyone == everyone[0]).all() else everyone.std(unbiased=False).item(),
+                "reward_std": online.batch_reward_std(runtime, batch.scores),
                 "masked_token_share": online.masked_token_share(batch.mask.sum().item(), mask),
             }
             measured = runtime.mean_stats({**batch.stats, **stats, **signal})

@@ -20,7 +20,7 @@ from ..config import ReinforcePPConfig, save_config
 from ..console import progress_bar
 from ..errors import ConfigError
 from ..losses import group_advantages, grpo_policy_loss, kl_penalty, masked_mean, reinforce_pp_advantages
-from ..runtime import start
+from ..runtime import clip_grad_norm, start
 from ..train import adamw, constant_schedule
 
 
@@ -41,19 +41,21 @@ def run(config: ReinforcePPConfig) -> dict:
         )
     k = config.group_size
     reward_fn, gold, policy, prompts = online.setup(config)
+    optimizer = adamw(online.trainable(policy.model), config.lr, weight_decay=0.01, eps=1e-5)  # decay on every weight
+    online.shard(runtime, policy, optimizer)  # fsdp=true under torchrun: policy and reference sharded in place
     params = online.trainable(policy.model)
-    optimizer = adamw(params, config.lr, weight_decay=0.01, eps=1e-5)  # AdamW's default decay, on every weight
     scheduler = constant_schedule(optimizer, config.warmup_steps)
     generator = torch.Generator().manual_seed(config.seed + runtime.rank)
     modules = {"policy": policy.model}
     start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts, runtime)
     scheduler.last_epoch = start_step
-    # gradients flow through the DDP wrapper; sampling uses the plain module (no collectives inside generation)
-    trained = runtime.accelerator.prepare_model(policy.model) if runtime.world > 1 else policy.model
+    # gradients flow through the DDP wrapper (FSDP2 reduce-scatters them itself); sampling uses the plain module
+    trained = policy.model if runtime.fsdp or runtime.world == 1 else runtime.accelerator.prepare_model(policy.model)
     if runtime.is_main:
         save_config(config, out)
     log = online.run_log(config, out, resume_step=start_step if last_ckpt else None, enabled=runtime.is_main)
-    alarm = online.TruncationAlarm(config.max_new_tokens)
+    group = "group_size" if k > 1 else None
+    alarm = online.SignalAlarm(config, group, runtime.is_main, zero_loss_note=True)
     row: dict = {}
     with progress_bar("reinforce-pp", config.steps) as advance:
         advance(start_step)
@@ -92,13 +94,14 @@ def run(config: ReinforcePPConfig) -> dict:
                 )
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                grad_norm = clip_grad_norm(runtime, params, config.max_grad_norm)  # the norm before clipping
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: they would sit through the next rollout
                 n_updates += 1
                 for key, v in {
                     "policy_loss": loss.item(),
                     "entropy": masked_mean(entropy, mask[idx]).item(),
+                    "grad_norm": grad_norm,
                     **pg_stats,
                 }.items():
                     stats[key] = stats.get(key, 0.0) + v
@@ -107,13 +110,20 @@ def run(config: ReinforcePPConfig) -> dict:
             stats["return"] = returns[:, 0].mean().item()  # the whole response's return: score - kl_coef * KL
             if k > 1:
                 stats["group_reward_std"] = batch.scores.view(-1, k).std(1).mean().item()
+                stats["zero_variance_group_share"] = online.zero_variance_groups(batch.scores, k).float().mean().item()
+            else:  # no groups: one batch-wide baseline, so a batch of equal rewards carries no signal
+                stats["reward_std"] = online.batch_reward_std(runtime, batch.scores)
+            stats["masked_token_share"] = online.masked_token_share(batch.mask.sum().item(), mask)
             measured = runtime.mean_stats({**batch.stats, **stats})
             row = log.log(
                 step, **{**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
             )
-            alarm.check(step, row.get("truncated_share", 0.0))
+            alarm.check(step, measured)
             advance(
-                reward=row["reward_avg"], **({"gold": row["gold_avg"]} if "gold_avg" in row else {}), kl=row["kl_avg"]
+                reward=row["reward_avg"],
+                **({"gold": row["gold_avg"]} if "gold_avg" in row else {}),
+                kl=row["kl_avg"],
+                grad_norm=row["grad_norm"],
             )
             if step % config.save_every == 0 or step == config.steps:
                 last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime)
