@@ -101,6 +101,12 @@ STAGES: dict[str, Stage] = {
         "Check a checkpoint against the acceptance envelope; record it in the registry; exit 1 when it fails.",
         checkpoint=True,
     ),
+    "shift": Stage(
+        "shift",
+        "ShiftConfig",
+        "Distribution-shift monitor: new prompts' distance to the training ones, the reward model's accuracy, "
+        "confidence and gold agreement on new vs training data, and a verdict; shift.json.",
+    ),
     # the steps of a flywheel round (`rlhfkit flywheel`): pipeline stages without a command of their own
     "traffic": Stage(
         "traffic",
@@ -120,7 +126,13 @@ STAGES: dict[str, Stage] = {
         "A round's labels from people in the annotation app: import the pairs, wait for N judgments, export.",
         command=False,
     ),
-    "shift": Stage("shift", "ShiftConfig", "Distribution-shift checks of a round's labels (pluggable).", command=False),
+    "round-shift": Stage(
+        "shift",
+        "RoundShiftConfig",
+        "Distribution-shift checks of a round's labels (pluggable).",
+        function="run_round",
+        command=False,
+    ),
 }
 
 
