@@ -597,6 +597,7 @@ CAUSAL_AS_REWARD = {
     "grpo": ["grpo", "rewards=[{model: default}]", "output_dir=O", "steps=1"],
     "bon": ["bon", "rewards=[{model: default}]", "output_dir=O", "num_prompts=1"],
     "bon-sweep": ["bon-sweep", "rewards=[{model: default}]", "output_dir=O", "num_prompts=1", "max_n=4"],
+    "shift": ["shift", "reward_model=default", "reference=PAIRS", "new=PAIRS", "output_dir=O"],
     "eval": [
         "eval",
         "models={a: default}",

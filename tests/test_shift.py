@@ -129,8 +129,8 @@ def test_ensemble_directory_gives_disagreement(split, tmp_path):
         shutil.copytree(split["rm"] / "model", ensemble / name)
     (ensemble / "ensemble.json").write_text(json.dumps({"members": ["m0", "m1"]}))
     some = load_records(split["held_out"], "preference")[:8]
-    single, none = measures.reward_margins(str(split["rm"] / "model"), some)
-    margins, members = measures.reward_margins(str(ensemble), some)
-    assert none is None and len(members) == 2
+    single, _ = measures.reward_margins(measures.reward_scorers(str(split["rm"] / "model")), some)
+    margins, members = measures.reward_margins(measures.reward_scorers(str(ensemble)), some)
+    assert len(members) == 2
     assert margins == pytest.approx(single)
     assert measures.disagreement(members) == pytest.approx(0.0)

@@ -2,7 +2,8 @@
 
 A check is a function `check(inputs: ShiftInputs, **options) -> ShiftVerdict`, named in a config by a short name of
 CHECKS or as `module:function`, so another monitor (a reward-model ensemble's disagreement, say) plugs in unchanged.
-Two ship:
+Two ship (the measures they use serve `rlhfkit shift` too: `nearest_distances`, `reward_margins`, `confidence`,
+`disagreement`, `agreement`):
 - `reward_accuracy`: the production reward model's accuracy on the newest labelled pairs against its accuracy on
   the older held-out pairs; shifted when it dropped by more than `max_drop`;
 - `embedding`: MiniLM embeddings of the newest prompts against the prompts the reward model trained on: the mean
@@ -52,8 +53,10 @@ def reward_accuracy(inputs: ShiftInputs, max_drop: float = 0.1) -> ShiftVerdict:
         return ShiftVerdict("reward_accuracy", None, None, None, max_drop, "no production reward model or older pairs")
     from .reward_metrics import expected_calibration_error, preference_accuracy
 
+    scorers = reward_scorers(inputs.reward_model, inputs.batch_size)
+
     def measure(pairs: list[PreferencePair]) -> tuple[float, float]:
-        margins = finite(reward_margins(inputs.reward_model, pairs, inputs.batch_size)[0])
+        margins = finite(reward_margins(scorers, pairs)[0])
         return preference_accuracy(margins), expected_calibration_error(margins)
 
     new_acc, new_ece = measure(inputs.newest)
@@ -154,23 +157,25 @@ def ensemble_member_dirs(path: str) -> list[Path] | None:
     return members
 
 
-def reward_margins(
-    reward_model: str, pairs: list[PreferencePair], batch_size: int = 32
-) -> tuple[list[float], list[list[float]] | None]:
-    """(margins r(chosen) - r(rejected) per pair, each member's margins or None). An ensemble's margin is its
-    members' mean. A pair the truncation rule leaves no room for has margin NaN."""
+def reward_scorers(reward_model: str, batch_size: int = 32) -> list:
+    """One RewardModelScorer per member of an ensemble directory, or one for a single reward model."""
     from ..scoring import RewardModelScorer
 
-    members = ensemble_member_dirs(reward_model)
+    return [
+        RewardModelScorer(path, batch_size=batch_size) for path in ensemble_member_dirs(reward_model) or [reward_model]
+    ]
+
+
+def reward_margins(scorers: list, pairs: list[PreferencePair]) -> tuple[list[float], list[list[float]]]:
+    """(margins r(chosen) - r(rejected) per pair, each scorer's margins): an ensemble's margin is its members'
+    mean. A pair the truncation rule leaves no room for has margin NaN."""
     prompts = [p.prompt for p in pairs]
     per_model = []
-    for path in members or [reward_model]:
-        scorer = RewardModelScorer(path, batch_size=batch_size)
+    for scorer in scorers:
         chosen = scorer.score(prompts, [p.chosen for p in pairs])
         rejected = scorer.score(prompts, [p.rejected for p in pairs])
         per_model.append([c - r for c, r in zip(chosen, rejected)])
-    margins = [sum(column) / len(column) for column in zip(*per_model)]
-    return margins, per_model if members else None
+    return [sum(column) / len(column) for column in zip(*per_model)], per_model
 
 
 def confidence(margins: list[float]) -> float:

@@ -86,14 +86,14 @@ def load_set(path: str) -> tuple[list[str], list[PreferencePair]]:
     return measures.prompt_texts(records), records if kind == "preference" else []
 
 
-def set_figures(config: ShiftConfig, pairs: list[PreferencePair], gold) -> dict[str, Any]:
+def set_figures(scorers: list, ensemble: bool, pairs: list[PreferencePair], gold) -> dict[str, Any]:
     """The reward model's figures on one set of pairs: accuracy against the labels, confidence, the ensemble's
     disagreement and agreement with the gold judge, where each applies."""
-    if not pairs or config.reward_model is None:
+    if not pairs or not scorers:
         return {}
-    margins, member_margins = measures.reward_margins(config.reward_model, pairs, config.batch_size)
+    margins, member_margins = measures.reward_margins(scorers, pairs)
     figures = {"rm_accuracy": preference_accuracy(measures.finite(margins)), "confidence": measures.confidence(margins)}
-    if member_margins is not None:
+    if ensemble:
         figures["disagreement"] = measures.disagreement(member_margins)
     if gold is not None:
         from ..scoring import call_scorer
@@ -135,6 +135,8 @@ def run(config: ShiftConfig) -> dict:
     reference_prompts, reference_pairs = load_set(config.reference)
     new_prompts, new_pairs = load_set(config.new)
     baseline_prompts, baseline_pairs = load_set(config.baseline) if config.baseline else ([], [])
+    ensemble = config.reward_model is not None and measures.ensemble_member_dirs(config.reward_model) is not None
+    scorers = measures.reward_scorers(config.reward_model, config.batch_size) if config.reward_model else []
     save_config(config, out)
     notes = []
 
@@ -159,7 +161,7 @@ def run(config: ShiftConfig) -> dict:
     base_name = "baseline" if baseline_pairs else "reference"
     for name, pairs in (("reference", reference_pairs), ("baseline", baseline_pairs), ("new", new_pairs)):
         if name in sets:
-            sets[name].update({"pairs": len(pairs), **set_figures(config, pairs, gold)})
+            sets[name].update({"pairs": len(pairs), **set_figures(scorers, ensemble, pairs, gold)})
     if config.reward_model is None:
         notes.append("no reward_model: prompt distances only")
     elif not new_pairs:
@@ -168,7 +170,7 @@ def run(config: ShiftConfig) -> dict:
         notes.append(
             "no baseline: the reward model's figures are compared with its training pairs, where they read high"
         )
-    if config.reward_model is not None and measures.ensemble_member_dirs(config.reward_model) is None:
+    if config.reward_model is not None and not ensemble:
         notes.append("the reward model is not an ensemble (no ensemble.json): no disagreement figure")
 
     # (d) the verdicts
