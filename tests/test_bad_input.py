@@ -209,6 +209,7 @@ READERS = {
         "prompt",
         lambda f, o, p: ["coverage", "prompts=heldout", "reference=heldout", f"pool={f}", f"output_dir={o}"],
     ),
+    "shift": ("preference", lambda f, o, p: ["shift", f"reference={f}", f"new={f}", f"output_dir={o}"]),
     "ppo": ("prompt", lambda f, o, p: ["ppo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
     "grpo": ("prompt", lambda f, o, p: ["grpo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
     "rloo": ("prompt", lambda f, o, p: ["rloo", f"prompts={f}", REWARD_FN, f"output_dir={o}", "steps=1"]),
@@ -465,6 +466,7 @@ STAGE_OUTPUTS = {
     "frontier": ["frontier", "methods=[dpo]", "data=PAIRS"],
     "eval": ["eval", "models={a: default}"],
     "coverage": ["coverage", "prompts=heldout", "reference=heldout"],
+    "shift": ["shift", "reference=PAIRS", "new=PAIRS"],
     "gate": ["gate", "DEFAULT", "thresholds={mean_gold: '>= 0'}"],
     "reward train": ["reward", "train", "data=PAIRS"],
     "reward eval": ["reward", "eval", "model=RM", "data=PAIRS"],
@@ -626,6 +628,7 @@ CAUSAL_AS_REWARD = {
     "online-dpo": ["online-dpo", "rewards=[{model: default}]", "output_dir=O", "steps=1"],
     "bon": ["bon", "rewards=[{model: default}]", "output_dir=O", "num_prompts=1"],
     "bon-sweep": ["bon-sweep", "rewards=[{model: default}]", "output_dir=O", "num_prompts=1", "max_n=4"],
+    "shift": ["shift", "reward_model=default", "reference=PAIRS", "new=PAIRS", "output_dir=O"],
     "eval": [
         "eval",
         "models={a: default}",

@@ -72,7 +72,10 @@ def stage_command(kind: str, stage: Stage):
     else:
 
         def command(ctx: typer.Context, config: Path | None = ConfigOpt):
-            run_stage(stage, load_stage_config(kind, config, ctx))
+            result = run_stage(stage, load_stage_config(kind, config, ctx))
+            # a verdict that is data, not an error (shift with fail_on_shift): the outputs stay, the status says it
+            if isinstance(result, dict) and result.get("exit_code"):
+                raise typer.Exit(result["exit_code"])
 
     return command
 

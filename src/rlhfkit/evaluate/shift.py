@@ -2,7 +2,8 @@
 
 A check is a function `check(inputs: ShiftInputs, **options) -> ShiftVerdict`, named in a config by a short name of
 CHECKS or as `module:function`, so another monitor (a reward-model ensemble's disagreement, say) plugs in unchanged.
-Two ship:
+Two ship (the measures they use serve `rlhfkit shift` too: `nearest_distances`, `reward_margins`, `confidence`,
+`disagreement`, `agreement`):
 - `reward_accuracy`: the production reward model's accuracy on the newest labelled pairs against its accuracy on
   the older held-out pairs; shifted when it dropped by more than `max_drop`;
 - `embedding`: MiniLM embeddings of the newest prompts against the prompts the reward model trained on: the mean
@@ -12,12 +13,14 @@ Two ship:
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..data.records import PreferencePair
 from ..errors import ConfigError
+from .reward_metrics import sigmoid
 
 
 @dataclass
@@ -46,17 +49,12 @@ class ShiftVerdict:
 def reward_accuracy(inputs: ShiftInputs, max_drop: float = 0.1) -> ShiftVerdict:
     if inputs.reward_model is None or not inputs.older or not inputs.newest:
         return ShiftVerdict("reward_accuracy", None, None, None, max_drop, "no production reward model or older pairs")
-    from ..resolve import resolve_model_path
-    from ..scoring import RewardEncoder, encode_pairs, ensemble_margins, load_reward_models
     from .reward_metrics import expected_calibration_error, preference_accuracy
 
-    path = resolve_model_path(inputs.reward_model)
-    tokenizer, models = load_reward_models(path)  # an ensemble: the mean of its members
-    encoder = RewardEncoder(tokenizer, 256, 128)
+    scorers = reward_scorers(inputs.reward_model, inputs.batch_size)
 
     def measure(pairs: list[PreferencePair]) -> tuple[float, float]:
-        encoded, _ = encode_pairs(pairs, encoder)
-        margins = ensemble_margins(models, encoded, tokenizer.pad_token_id, inputs.batch_size)[0]
+        margins = finite(reward_margins(scorers, pairs)[0])
         return preference_accuracy(margins), expected_calibration_error(margins)
 
     new_acc, new_ece = measure(inputs.newest)
@@ -74,9 +72,13 @@ def reward_accuracy(inputs: ShiftInputs, max_drop: float = 0.1) -> ShiftVerdict:
     )
 
 
-def prompt_texts(pairs: list[PreferencePair]) -> list[str]:
-    texts = {p.prompt if isinstance(p.prompt, str) else " ".join(m.content for m in p.prompt) for p in pairs}
-    return sorted(texts)
+def prompt_text(prompt) -> str:
+    return prompt if isinstance(prompt, str) else " ".join(m.content for m in prompt)
+
+
+def prompt_texts(records: list) -> list[str]:
+    """The distinct prompts of pairs or prompt records, sorted."""
+    return sorted({prompt_text(r.prompt) for r in records})
 
 
 def embed(texts: list[str], model_name: str = "minilm", batch_size: int = 64):
@@ -103,14 +105,22 @@ def embed(texts: list[str], model_name: str = "minilm", batch_size: int = 64):
     return torch.cat(rows)
 
 
+def nearest_distances(vectors, reference_vectors, leave_one_out: bool = False) -> list[float]:
+    """Cosine distance 1 - cos of each unit vector to its nearest reference vector. `leave_one_out` (the reference
+    against itself) skips each row's own column, so a training prompt is not its own neighbour."""
+    similarity = vectors @ reference_vectors.T
+    if leave_one_out:
+        similarity.fill_diagonal_(-1.0)
+    return (1 - similarity.max(dim=1).values).clamp(min=0).tolist()
+
+
 def embedding(inputs: ShiftInputs, max_distance: float = 0.2, model: str = "minilm") -> ShiftVerdict:
     new, ref = prompt_texts(inputs.newest), prompt_texts(inputs.reference)
     if not new or not ref:
         return ShiftVerdict("embedding", None, None, None, max_distance, "no training prompts to compare against")
-    new_vectors, ref_vectors = embed(new, model), embed(ref, model)
-    nearest = (new_vectors @ ref_vectors.T).max(dim=1).values
-    distance = float((1 - nearest).mean())
-    far = [text for text, sim in zip(new, nearest.tolist()) if 1 - sim > max_distance]
+    distances = nearest_distances(embed(new, model), embed(ref, model))
+    distance = sum(distances) / len(distances)
+    far = [text for text, d in zip(new, distances) if d > max_distance]
     return ShiftVerdict(
         "embedding",
         distance > max_distance,
@@ -121,6 +131,55 @@ def embedding(inputs: ShiftInputs, max_distance: float = 0.2, model: str = "mini
         f"{distance:.3f} (limit {max_distance}); {len(far)} prompts farther than the limit",
         {"far_prompts": far[:10], "far_share": len(far) / len(new)},
     )
+
+
+# ------------------------------------------------------------------ reward-model measures (`rlhfkit shift`)
+
+
+def finite(values: list[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def reward_scorers(reward_model: str, batch_size: int = 32) -> list:
+    """One RewardModelScorer per member of an ensemble directory, or one for a single reward model."""
+    from ..scoring import RewardModelScorer, ensemble_members
+
+    return [RewardModelScorer(path, batch_size=batch_size) for path in ensemble_members(reward_model)]
+
+
+def reward_margins(scorers: list, pairs: list[PreferencePair]) -> tuple[list[float], list[list[float]]]:
+    """(margins r(chosen) - r(rejected) per pair, each scorer's margins): an ensemble's margin is its members'
+    mean. A pair the truncation rule leaves no room for has margin NaN."""
+    prompts = [p.prompt for p in pairs]
+    per_model = []
+    for scorer in scorers:
+        chosen = scorer.score(prompts, [p.chosen for p in pairs])
+        rejected = scorer.score(prompts, [p.rejected for p in pairs])
+        per_model.append([c - r for c, r in zip(chosen, rejected)])
+    return [sum(column) / len(column) for column in zip(*per_model)], per_model
+
+
+def confidence(margins: list[float]) -> float:
+    """Mean |2 sigmoid(m) - 1| in [0, 1]: how sure the Bradley-Terry probability is, whichever side it picks."""
+    values = [abs(2 * sigmoid(m) - 1) for m in finite(margins)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def disagreement(member_margins: list[list[float]]) -> float:
+    """Mean over pairs of the standard deviation, across members, of each member's P(chosen > rejected)."""
+    spreads = []
+    for column in zip(*member_margins):
+        probs = [sigmoid(m) for m in column if math.isfinite(m)]
+        if len(probs) > 1:
+            mean = sum(probs) / len(probs)
+            spreads.append(math.sqrt(sum((p - mean) ** 2 for p in probs) / len(probs)))
+    return sum(spreads) / len(spreads) if spreads else float("nan")
+
+
+def agreement(margins: list[float], gold_margins: list[float]) -> float:
+    """Share of pairs the reward model orders as the gold judge does (pairs the judge scores level are left out)."""
+    pairs = [(m, g) for m, g in zip(margins, gold_margins) if math.isfinite(m) and g != 0]
+    return sum((m > 0) == (g > 0) for m, g in pairs) / len(pairs) if pairs else float("nan")
 
 
 CHECKS: dict[str, Callable[..., ShiftVerdict]] = {"reward_accuracy": reward_accuracy, "embedding": embedding}

@@ -174,7 +174,7 @@ def round_plan(config: FlywheelConfig, root: Path, number: int, facts: dict[str,
         },
         {
             "name": "shift",
-            "stage": "shift",
+            "stage": "round-shift",
             "config": {
                 "newest": "${labels}/newest.jsonl",
                 "older": "${labels}/older.jsonl",

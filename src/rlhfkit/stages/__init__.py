@@ -117,6 +117,12 @@ STAGES: dict[str, Stage] = {
         "Prompt-set coverage of a reference distribution by MiniLM embeddings; uncovered clusters; picks pool prompts "
         "toward a target.",
     ),
+    "shift": Stage(
+        "shift",
+        "ShiftConfig",
+        "Distribution-shift monitor: new prompts' distance to the training ones, the reward model's accuracy, "
+        "confidence and gold agreement on new vs training data, and a verdict; shift.json.",
+    ),
     # the steps of a flywheel round (`rlhfkit flywheel`): pipeline stages without a command of their own
     "traffic": Stage(
         "traffic",
@@ -136,7 +142,13 @@ STAGES: dict[str, Stage] = {
         "A round's labels from people in the annotation app: import the pairs, wait for N judgments, export.",
         command=False,
     ),
-    "shift": Stage("shift", "ShiftConfig", "Distribution-shift checks of a round's labels (pluggable).", command=False),
+    "round-shift": Stage(
+        "shift",
+        "RoundShiftConfig",
+        "Distribution-shift checks of a round's labels (pluggable).",
+        function="run_round",
+        command=False,
+    ),
 }
 
 
