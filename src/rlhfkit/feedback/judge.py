@@ -217,7 +217,7 @@ class RewardModelJudge:
     def __init__(
         self,
         model: str,
-        head: int = 0,
+        head: int | str = 0,
         tie_threshold: float = 0.0,
         batch_size: int = 16,
         max_length: int = 1024,
@@ -232,7 +232,7 @@ class RewardModelJudge:
             "give the model/ folder of `rlhfkit reward train`, or use kind=causal_lm for a language model",
         )
         scorer = RewardModelScorer(model, max_length, max_prompt_length, batch_size)
-        scorer.check_head(head, "head")
+        head = scorer.check_head(head, "head")  # an index, or an objective's name
         self.tokenizer, self.model, self.encoder = scorer.tokenizer, scorer.model, scorer.encoder
         self.path, self.head, self.tie_threshold, self.batch_size = scorer.path, head, tie_threshold, batch_size
 
