@@ -56,7 +56,10 @@ def train(config: RewardTrainConfig) -> dict:
         train_signs, val_signs = label_signs(train_pairs, objectives), label_signs(val_pairs, objectives)
         for name, column in zip(objectives, train_signs.abs().sum(0).tolist()):
             if not column:
-                raise DataError(f"{config.data}: no training pair has a chosen/rejected label for objective '{name}'")
+                console.print(
+                    f"[bold yellow]warning:[/] no training pair has a chosen/rejected label for objective '{name}': "
+                    "its head keeps the weights it starts with"
+                )
     if runtime.is_main:
         save_config(config, out)
         write_jsonl(out / "train_pairs.jsonl", train_pairs)
