@@ -20,6 +20,7 @@ from rlhfkit.data.records import Where, load_records, parse_record
 from rlhfkit.demo import gold
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.losses import multi_head_bradley_terry_loss
+from rlhfkit.report.html import section_reward
 from rlhfkit.scoring import RewardModelScorer, load_scorer
 from rlhfkit.stages import pairs as pairs_stage
 from rlhfkit.stages import reward
@@ -147,6 +148,10 @@ def test_each_head_learns_its_own_objective(two_heads, tmp_path):
     assert heads["brevity"]["length_correlation"] < -0.5  # the brevity head scores the shorter response higher
     assert {"ece", "reliability", "longer_preferred_share", "mean_margin"} <= heads["brevity"].keys()
     assert set(evaluated["head_correlation"]) == {"sentiment~brevity"}
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    page = section_reward({"reward_eval": tmp_path / "eval"}, figures)
+    assert "<td>brevity</td>" in page and (figures / "reliability_reward_eval.png").is_file()
 
 
 def test_a_head_is_chosen_by_name(two_heads):
