@@ -722,3 +722,31 @@ def test_unknown_stage_and_missing_stores(place, tmp_path, monkeypatch, capsys):
         assert_one_line_error(run_cli(monkeypatch, capsys, *argv, "--db", db))
     assert_one_line_error(run_cli(monkeypatch, capsys, "annotate", "revoke", "--db", db), "give one of")
     assert_one_line_error(run_cli(monkeypatch, capsys, "annotate", "revoke", "ann", "--db", db), "--project")
+
+
+# ------------------------------------------------------------------------------------------ objectives (#14)
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (
+            ["reward", "train", "data=LABELS", "max_steps=1"],
+            ["labels.jsonl:2: field 'labels.brevity'", "chosen, rejected, tie"],
+        ),
+        (["reward", "train", "data=PAIRS", "objectives=[quality, quality]"], ["objectives", "distinct"]),
+        (["pairs", "objectives=[quality, tone]", "num_prompts=2"], ["objectives.tone", "no objective 'tone'"]),
+    ],
+    ids=["bad-label", "repeated-objective", "unknown-objective"],
+)
+def test_objective_mistakes_are_one_line_errors(monkeypatch, capsys, tmp_path, args, fragments):
+    pairs = [good_record("preference", i) for i in range(4)]
+    labelled = [
+        {**p, "labels": {"quality": "chosen", "brevity": "chosen" if i != 1 else "better"}} for i, p in enumerate(pairs)
+    ]
+    files = {"LABELS": tmp_path / "labels.jsonl", "PAIRS": tmp_path / "pairs.jsonl"}
+    files["LABELS"].write_bytes(b"".join(line(r) for r in labelled))
+    files["PAIRS"].write_bytes(b"".join(line(r) for r in pairs))
+    args = [a.replace("=LABELS", f"={files['LABELS']}").replace("=PAIRS", f"={files['PAIRS']}") for a in args]
+    assert_one_line_error(run_cli(monkeypatch, capsys, *args, f"output_dir={tmp_path / 'out'}"), *fragments)
+    assert not (tmp_path / "out" / "pairs.jsonl").exists()

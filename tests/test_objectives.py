@@ -15,11 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhfkit.config import PairsConfig, RewardEvalConfig, RewardTrainConfig
+from rlhfkit.config import PairsConfig, RewardEvalConfig, RewardSpec, RewardTrainConfig
 from rlhfkit.data.records import Where, load_records, parse_record
 from rlhfkit.demo import gold
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.losses import multi_head_bradley_terry_loss
+from rlhfkit.online import RewardFunction
 from rlhfkit.report.html import section_reward
 from rlhfkit.scoring import RewardModelScorer, load_scorer
 from rlhfkit.stages import pairs as pairs_stage
@@ -166,6 +167,10 @@ def test_a_head_is_chosen_by_name(two_heads):
     assert short > long
     with pytest.raises(ConfigError, match=r"head=tone: .* no head of that name \(heads: 0: sentiment, 1: brevity\)"):
         scorer.check_head("tone", "head")
+    online = RewardFunction([RewardSpec(model=str(two_heads["rm"]), head="brevity")])  # PPO, GRPO, RLOO, best-of-n
+    assert online(prompts, responses)[0].tolist() == pytest.approx([short, long], abs=1e-5)
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.head=tone"):
+        RewardFunction([RewardSpec(model=str(two_heads["rm"]), head="tone")])
 
 
 def test_a_pair_without_a_label_does_not_move_that_head(two_heads, tmp_path):

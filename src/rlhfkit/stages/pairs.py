@@ -26,6 +26,7 @@ def run(config: PairsConfig) -> dict:
     out = Path(config.output_dir)
     setup_torch(config.seed, config.threads)
     gold = load_scorer(config.gold)
+    objective_golds = {name: load_scorer(spec, f"objectives.{name}") for name, spec in config.objective_golds().items()}
     model_path = resolve_model_path(config.model)
     prompt_path = resolve_prompts(config.prompts)
     records = load_records(prompt_path, "prompt", config.columns)[: config.num_prompts]
@@ -52,12 +53,10 @@ def run(config: PairsConfig) -> dict:
     panel = SimulatedPanel(config.panel)
     objectives = {  # objective -> (its gold scores of every sample, the panel voting on it)
         name: (
-            call_scorer(
-                load_scorer(spec, f"objectives.{name}"), samples.prompts, samples.responses, f"objectives.{name}"
-            ),
+            call_scorer(scorer, samples.prompts, samples.responses, f"objectives.{name}"),
             SimulatedPanel(config.panel, stream=k + 1),
         )
-        for k, (name, spec) in enumerate(config.objective_golds().items())
+        for k, (name, scorer) in enumerate(objective_golds.items())
     }
     pairs, judgments = [], []
     skipped = {"identical": 0, "empty": 0}
