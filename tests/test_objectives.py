@@ -232,3 +232,38 @@ def test_pairs_labels_every_objective_from_its_own_gold(tmp_path):
         assert scores["chosen"] == round(gold.brevity_score(pair.chosen, pair.prompt), 4)
     judgment = json.loads((tmp_path / "both" / "judgments.jsonl").read_text().splitlines()[0])
     assert set(judgment["criteria"]) == {"quality", "brevity"}
+
+
+# ---------------------------------------------------------------- importers
+
+
+def uf_completion(response: str, score: float, **ratings) -> dict:
+    return {
+        "response": response,
+        "fine-grained_score": score,
+        "annotations": {
+            aspect: {"Rating": str(rating), "Rationale": "..."} if rating != "N/A" else {"Rating": "N/A"}
+            for aspect, rating in ratings.items()
+        },
+    }
+
+
+def test_raw_ultrafeedback_fine_grained_ratings_become_labels(tmp_path):
+    from rlhfkit.data.importers import import_preferences
+
+    row = {
+        "instruction": "Name a prime number.",
+        "completions": [
+            uf_completion("Seven.", 4.5, helpfulness=5, honesty=4, instruction_following=5, truthfulness="N/A"),
+            uf_completion("Nine.", 1.75, helpfulness=2, honesty=4, instruction_following=1, truthfulness=1),
+            uf_completion("Two.", 3.0, helpfulness=3, honesty=5, instruction_following=4, truthfulness=5),
+        ],
+    }
+    bad = {**row, "completions": [row["completions"][0], {**row["completions"][1], "fine-grained_score": "high"}]}
+    path = write_jsonl(tmp_path / "uf.jsonl", [row])
+    (pair,), _ = import_preferences(path, "ultrafeedback")
+    assert (pair.chosen, pair.rejected, pair.margin) == ("Seven.", "Nine.", 2.75)  # best and worst scored
+    # per aspect: higher Rating wins, equal is a tie, N/A on either side is no label
+    assert pair.labels == {"helpfulness": "chosen", "honesty": "tie", "instruction_following": "chosen"}
+    with pytest.raises(DataError, match=r"uf-bad.jsonl:1: field 'completions\[1\]\.fine-grained_score'"):
+        import_preferences(write_jsonl(tmp_path / "uf-bad.jsonl", [bad]), "ultrafeedback")
