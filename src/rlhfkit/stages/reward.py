@@ -52,6 +52,11 @@ def train(config: RewardTrainConfig) -> dict:
     if not train_enc or not val_enc:
         raise DataError(f"{config.data}: no {'training' if not train_enc else 'validation'} pair left after truncation")
     objectives = pair_objectives(pairs, config.objectives)
+    if objectives and (config.use_margin or config.center_coef):
+        raise ConfigError(
+            f"use_margin and center_coef apply to the one-head loss; {config.data} has per-objective labels "
+            f"({', '.join(objectives)}): set use_margin=false center_coef=0, or train on pairs without `labels`"
+        )
     if objectives:  # one head per objective: each pair trains the heads it has a label for
         train_signs, val_signs = label_signs(train_pairs, objectives), label_signs(val_pairs, objectives)
         for name, column in zip(objectives, train_signs.abs().sum(0).tolist()):
