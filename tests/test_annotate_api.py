@@ -510,6 +510,8 @@ def test_export_leaves_out_ties_both_bad_and_split_pairs_and_counts_them(app_har
     assert by_id["p0"].chosen.startswith("Good") and by_id["p1"].chosen.startswith("Bad")
     assert by_id["p1"].metadata["votes"] == {"ann0": "b", "ann1": "b"} and by_id["p1"].metadata["agreement"] == 1.0
     assert by_id["p0"].metadata["criteria"] == {"helpfulness": "a", "harmlessness": "tie"}
+    # the criteria become the pairs' labels, in chosen/rejected terms: one reward-model head per criterion
+    assert by_id["p0"].labels == by_id["p1"].labels == {"helpfulness": "chosen", "harmlessness": "tie"}
 
 
 def test_machine_judgments_are_stored_apart_and_compared_with_the_human_majority(app_harness):

@@ -792,3 +792,33 @@ def test_unknown_stage_and_missing_stores(place, tmp_path, monkeypatch, capsys):
         assert_one_line_error(run_cli(monkeypatch, capsys, *argv, "--db", db))
     assert_one_line_error(run_cli(monkeypatch, capsys, "annotate", "revoke", "--db", db), "give one of")
     assert_one_line_error(run_cli(monkeypatch, capsys, "annotate", "revoke", "ann", "--db", db), "--project")
+
+
+# ------------------------------------------------------------------------------------------ objectives (#14)
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (
+            ["reward", "train", "data=LABELS", "max_steps=1"],
+            ["labels.jsonl:2: field 'labels.brevity'", "chosen, rejected, tie"],
+        ),
+        (["reward", "train", "data=PAIRS", "objectives=[quality, quality]"], ["objectives", "distinct"]),
+        (["reward", "train", "data=LABELS_OK", "use_margin=true"], ["use_margin and center_coef", "per-objective"]),
+        (["pairs", "objectives=[quality, tone]", "num_prompts=2"], ["objectives.tone", "no objective 'tone'"]),
+    ],
+    ids=["bad-label", "repeated-objective", "margin-with-labels", "unknown-objective"],
+)
+def test_objective_mistakes_are_one_line_errors(monkeypatch, capsys, tmp_path, args, fragments):
+    pairs = [good_record("preference", i) for i in range(4)]
+    labelled = [
+        {**p, "labels": {"quality": "chosen", "brevity": "chosen" if i != 1 else "better"}} for i, p in enumerate(pairs)
+    ]
+    files = {"LABELS": tmp_path / "labels.jsonl", "PAIRS": tmp_path / "pairs.jsonl", "LABELS_OK": tmp_path / "ok.jsonl"}
+    files["LABELS"].write_bytes(b"".join(line(r) for r in labelled))
+    files["PAIRS"].write_bytes(b"".join(line(r) for r in pairs))
+    files["LABELS_OK"].write_bytes(b"".join(line({**r, "labels": {"quality": "chosen"}}) for r in pairs))
+    args = [a.split("=")[0] + "=" + str(files[a.split("=")[1]]) if a.split("=")[-1] in files else a for a in args]
+    assert_one_line_error(run_cli(monkeypatch, capsys, *args, f"output_dir={tmp_path / 'out'}"), *fragments)
+    assert not (tmp_path / "out" / "pairs.jsonl").exists()

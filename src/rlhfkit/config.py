@@ -8,7 +8,7 @@ values are parsed as YAML scalars (`lr=3e-4`, `lora=null`, `target_modules=[c_at
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +20,10 @@ from .errors import ConfigError
 class Strict(BaseModel):
     # no NaN or infinity in any number: `lr=.inf` or `beta=.nan` passes every bound and cannot train
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# a head of a multi-head reward model: its index, or the name of the objective it scores (`head: brevity`)
+HeadChoice = Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1)]
 
 
 def inherit(base: type[BaseModel], name: str, default: Any) -> Any:
@@ -165,6 +169,12 @@ class PairsConfig(DataColumns):
         "review-sentiment judge",
     )
     panel: PanelSettings = Field(default_factory=PanelSettings)
+    objectives: dict[str, str] | list[str] | None = Field(
+        None,
+        description="objectives the panel also labels each pair on, each from its own gold: {NAME: gold spec} (e.g. "
+        "{quality: default, brevity: 'default:brevity'}), or a list of the default task's objectives ([quality, "
+        "brevity]); writes each pair's `labels` and metadata.gold_objectives. null: the overall label only",
+    )
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
@@ -174,6 +184,21 @@ class PairsConfig(DataColumns):
     skip_identical: bool = Field(True, description="drop pairs whose two responses are the same text")
     seed: int = Field(0, description="seed for sampling")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+    def objective_golds(self) -> dict[str, str]:
+        """{objective: gold spec} of `objectives`: a list names the default task's objectives (`default:NAME`)."""
+        if isinstance(self.objectives, list):
+            return {name: f"default:{name}" for name in self.objectives}
+        return dict(self.objectives or {})
+
+    @model_validator(mode="after")
+    def _named_objectives(self):
+        names = list(self.objectives or [])
+        if self.objectives is not None and (not names or not all(n.strip() for n in names)):
+            raise ValueError("objectives must name at least one objective, each a non-empty name (or be null)")
+        if isinstance(self.objectives, list) and len(set(names)) != len(names):
+            raise ValueError("objectives lists an objective twice")
+        return self
 
 
 class EnsembleSettings(Strict):
@@ -216,9 +241,23 @@ class RewardTrainConfig(TrainConfig):
         description="ensemble: each member trains on its own bootstrap resample of the training pairs (the "
         "validation pairs are shared)",
     )
+    objectives: list[str] | None = Field(
+        None,
+        description="one head per objective, trained on the pairs' `labels` for it (a pair without a label for an "
+        "objective does not train its head; a tie is skipped); 'overall' names the pair's chosen/rejected. null: the "
+        "objectives the pairs' labels name, in order of first appearance; no labels: one head on chosen/rejected",
+    )
     output_dir: str = inherit(TrainConfig, "output_dir", "runs/reward")
     lr: float = inherit(TrainConfig, "lr", 1e-4)
     epochs: float = inherit(TrainConfig, "epochs", 2.0)
+
+    @model_validator(mode="after")
+    def _distinct_objectives(self):
+        if self.objectives is not None:
+            names = [o.strip() for o in self.objectives]
+            if not names or not all(names) or len(set(names)) != len(names):
+                raise ValueError("objectives must be a non-empty list of distinct, non-empty names (or null)")
+        return self
 
 
 class RewardEvalConfig(EnsembleSettings, DataColumns):
@@ -367,7 +406,9 @@ class RewardSpec(EnsembleSettings):
         description="or a callable module:function f(prompts, responses) -> scores ('default': the review gold judge)",
     )
     weight: float = Field(1.0, description="weight of this source in the combined reward")
-    head: int = Field(0, ge=0, description="which head of a multi-head reward model")
+    head: HeadChoice = Field(
+        0, description="which head of a multi-head reward model: its index, or its objective's name (`head: brevity`)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -874,7 +915,9 @@ class JudgeConfig(EnsembleSettings):
         description="reward_model: a reward-model directory (OUTPUT_DIR/model of `reward train`); causal_lm: "
         "an HF causal LM directory or 'default'",
     )
-    head: int = Field(0, ge=0, description="reward_model: which head of a multi-head reward model")
+    head: HeadChoice = Field(
+        0, description="reward_model: which head of a multi-head reward model: its index, or its objective's name"
+    )
     base_url: str | None = Field(
         None,
         description="openai: the API root; requests go to BASE_URL/chat/completions (e.g. "

@@ -52,6 +52,24 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
     return -F.logsigmoid(diff).mean()
 
 
+def multi_head_bradley_terry_loss(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Bradley-Terry per head on the (pair, head) entries that carry a label, summed (the caller divides by the
+    number of labelled entries). Shapes [batch, heads]; `labels` is +1 where the chosen response wins for that head,
+    -1 where the rejected one does, 0 where the pair has no label for it (or a tie): an unlabelled entry adds
+    exactly zero to the loss and zero gradient to its head."""
+    if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.shape != labels.shape:
+        raise ValueError(
+            f"chosen {tuple(chosen_rewards.shape)}, rejected {tuple(rejected_rewards.shape)} and labels "
+            f"{tuple(labels.shape)} must have one shape [batch, heads]"
+        )
+    sign = labels.to(chosen_rewards.dtype)
+    # -logsigmoid(sign * (r_c - r_r)) where labelled; torch.where (not a product with 0) keeps the masked gradient 0
+    per_entry = -F.logsigmoid(sign * (chosen_rewards - rejected_rewards))
+    return torch.where(labels != 0, per_entry, torch.zeros_like(per_entry)).sum()
+
+
 def reward_centering_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
     """Reward-centering auxiliary term (Eisenstein et al. 2023): mean of (r_c + r_r)**2."""
     # Returned unscaled; the caller multiplies by its centering coefficient.

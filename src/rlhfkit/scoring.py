@@ -25,11 +25,23 @@ from .losses import ensemble_reward
 
 Scorer = Callable[[list[str], list[str]], list[float]]
 DEFAULT_GOLD = "rlhfkit.demo.gold:score"
+# the default task's objectives, each with its own gold judge: `default` is `default:quality`
+DEFAULT_OBJECTIVES = {"quality": DEFAULT_GOLD, "brevity": "rlhfkit.demo.gold:brevity"}
 
 
 def load_scorer(spec: str, option: str = "gold") -> Scorer:
-    """Import `module:function`; 'default' is the review task's gold judge."""
-    spec = DEFAULT_GOLD if spec == "default" else spec
+    """Import `module:function`; 'default' is the review task's gold judge, 'default:NAME' the gold of its objective
+    NAME (quality, brevity)."""
+    if spec == "default":
+        spec = DEFAULT_GOLD
+    elif spec.startswith("default:"):
+        name = spec.partition(":")[2]
+        if name not in DEFAULT_OBJECTIVES:
+            raise ConfigError(
+                f"{option}: '{spec}': the default task has no objective '{name}' (it has "
+                f"{', '.join(DEFAULT_OBJECTIVES)})"
+            )
+        spec = DEFAULT_OBJECTIVES[name]
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{option}: '{spec}' is not of the form module:function")
@@ -89,9 +101,9 @@ class RewardEncoder:
         return prompt_ids + response_ids
 
 
-def score_sequences(model, sequences: list[list[int]], pad_id: int, head: int = 0) -> torch.Tensor:
-    """Rewards of one head for token sequences, shape [n]: padding-free where decoder_parts allows (the score head
-    reads each sequence's last hidden state), else one right-padded batch through the whole model."""
+def head_scores(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Rewards of every head for token sequences, shape [n, heads]: padding-free where decoder_parts allows (the score
+    head reads each sequence's last hidden state), else one right-padded batch through the whole model."""
     parts = decoder_parts(model, head="score")
     if parts is not None:
         backbone, score = parts
@@ -100,7 +112,7 @@ def score_sequences(model, sequences: list[list[int]], pad_id: int, head: int = 
         # the EOS)
         ends = [next((j for j in range(len(s) - 1, -1, -1) if s[j] != pad_id), 0) for s in sequences]
         last = torch.tensor([start + end for start, end in zip(starts, ends)], device=hidden.device)
-        return score(hidden[last])[:, head].float()
+        return score(hidden[last]).float()
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -108,13 +120,48 @@ def score_sequences(model, sequences: list[list[int]], pad_id: int, head: int = 
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
     device = next(model.parameters()).device
-    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, head].float()
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+
+
+def score_sequences(model, sequences: list[list[int]], pad_id: int, head: int = 0) -> torch.Tensor:
+    """Rewards of one head for token sequences, shape [n] (head_scores, one column)."""
+    return head_scores(model, sequences, pad_id)[:, head]
 
 
 def pair_rewards(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen and rejected rewards from one concatenated forward pass."""
     rewards = score_sequences(model, [c for c, _ in batch] + [r for _, r in batch], pad_id)
     return rewards[: len(batch)], rewards[len(batch) :]
+
+
+def pair_head_rewards(
+    model, batch: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """pair_rewards for every head: chosen and rejected rewards, each [batch, heads], from one forward pass."""
+    rewards = head_scores(model, [c for c, _ in batch] + [r for _, r in batch], pad_id)
+    return rewards[: len(batch)], rewards[len(batch) :]
+
+
+def objectives_of(model_config) -> list[str]:
+    """The objective each head of a reward model scores, in head order: the names `reward train` stores in the
+    saved config's id2label (a model trained on per-objective `labels`), else transformers' LABEL_0, LABEL_1, ..."""
+    names = getattr(model_config, "id2label", None) or {}
+    return [str(names.get(i, f"LABEL_{i}")) for i in range(model_config.num_labels)]
+
+
+def head_index(model_config, head: int | str, option: str, path: str | Path = "the reward model") -> int:
+    """A head named by index or by objective name (`head: brevity`), as its index; a ConfigError names the
+    option and the model's heads when there is no such head."""
+    objectives = objectives_of(model_config)
+    known = ", ".join(f"{i}: {name}" for i, name in enumerate(objectives))
+    if isinstance(head, str) and not head.isdigit():
+        if head not in objectives:
+            raise ConfigError(f"{option}={head}: the reward model {path} has no head of that name (heads: {known})")
+        return objectives.index(head)
+    index = int(head)
+    if not 0 <= index < len(objectives):
+        raise ConfigError(f"{option}={head}: the reward model {path} has {len(objectives)} head(s) ({known})")
+    return index
 
 
 @torch.no_grad()
@@ -141,6 +188,22 @@ def ensemble_margins(
     chosen = combine_rewards([c for c, _ in members], method, coef)
     rejected = combine_rewards([r for _, r in members], method, coef)
     return [c - r for c, r in zip(chosen, rejected)], chosen, rejected, members
+
+
+@torch.no_grad()
+def head_rewards_of(
+    model, encoded: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """margins_of for every head: the chosen and the rejected rewards, each [pairs, heads]."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for i in range(0, len(encoded), batch_size):
+        c, r = pair_head_rewards(model, encoded[i : i + batch_size], pad_id)
+        chosen.append(c.cpu())
+        rejected.append(r.cpu())
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
 
 
 def encode_pairs(pairs: list[PreferencePair], encoder: RewardEncoder) -> tuple[list, list[PreferencePair]]:
@@ -239,14 +302,21 @@ class RewardModelScorer:
     def num_heads(self) -> int:
         return min(m.config.num_labels for m in self.models)
 
-    def check_head(self, head: int, option: str) -> None:
-        if head >= self.num_heads:
-            raise ConfigError(f"{option}={head}: the reward model {self.path} has {self.num_heads} head(s)")
+    @property
+    def objectives(self) -> list[str]:
+        return objectives_of(self.model.config)
+
+    def check_head(self, head: int | str, option: str) -> int:
+        """The index of a head named by index or objective name; a ConfigError naming `option` if there is none."""
+        return head_index(self.model.config, head, option, self.path)
 
     @torch.no_grad()
-    def score_members(self, prompts: list, responses: list[str], head: int = 0, on_batch=None) -> list[list[float]]:
-        """Each member's scores (one list per member, one score per response); `on_batch(n)` is told after each
-        batch of n sequences has been scored by every member."""
+    def score_members(
+        self, prompts: list, responses: list[str], head: int | str = 0, on_batch=None
+    ) -> list[list[float]]:
+        """Each member's scores from one head (index or objective name; one list per member, one score per
+        response); `on_batch(n)` is told after each batch of n sequences has been scored by every member."""
+        head = self.check_head(head, "head")
         sequences = [self.encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
         kept = [i for i, s in enumerate(sequences) if s is not None]
         scores = [[math.nan] * len(sequences) for _ in self.models]
@@ -260,8 +330,9 @@ class RewardModelScorer:
                 on_batch(len(chunk))
         return scores
 
-    def score(self, prompts: list, responses: list[str], head: int = 0, on_batch=None) -> list[float]:
-        """One score per response (an ensemble's members combined); `on_batch` as in score_members."""
+    def score(self, prompts: list, responses: list[str], head: int | str = 0, on_batch=None) -> list[float]:
+        """One score per response from one head (index or objective name; an ensemble's members combined);
+        `on_batch` as in score_members."""
         members = self.score_members(prompts, responses, head, on_batch)
         return combine_rewards(members, self.ensemble_method, self.ensemble_coef)
 

@@ -11,7 +11,11 @@ Formats:
                  of its transcript with one leading space removed.
 - ultrafeedback: the binarized UltraFeedback layout: prompt (text), chosen/rejected (messages, user then
                  assistant, or text), score_chosen/score_rejected (numbers). margin = score_chosen - score_rejected;
-                 a pair scored the wrong way round is swapped; a tie is skipped.
+                 a pair scored the wrong way round is swapped; a tie is skipped. Or the raw openbmb/UltraFeedback
+                 layout: instruction (text), completions (each a response with fine-grained annotations of
+                 helpfulness, honesty, instruction_following and truthfulness, each with a Rating 1-5 or N/A, and
+                 fine-grained_score / overall_score): chosen is the completion scored highest, rejected the one
+                 scored lowest, and `labels` compares their Rating per aspect (N/A: no label for that aspect).
 - trl-unpaired:  TRL's unpaired preference layout (KTO): prompt/completion as text or chat messages, label
                  true|false (exactly what `parse_record(..., "unpaired")` accepts).
 - pairs-unpaired: preference pairs (the rlhfkit/TRL layout) as thumbs: each pair becomes its chosen response
@@ -183,9 +187,95 @@ def _uf_reply(obj: dict, key: str, where: Where) -> str:
     raise where.fail(key, f"expected a string or a list of messages, got {type_name(value)}")
 
 
+UF_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
+
+
+def _uf_rating(completion: dict, aspect: str, where: Where, name: str) -> float | None:
+    """One aspect's Rating of a raw UltraFeedback completion (an annotation object, or a one-item list of it);
+    None where the aspect is missing or rated N/A."""
+    annotation = (completion.get("annotations") or {}).get(aspect)
+    if isinstance(annotation, list):
+        annotation = annotation[0] if annotation else None
+    if annotation is None:
+        return None
+    if not isinstance(annotation, dict):
+        raise where.fail(f"{name}.annotations.{aspect}", f"expected an object with Rating, got {type_name(annotation)}")
+    rating = annotation.get("Rating")
+    if rating in (None, "N/A", "n/a", ""):
+        return None
+    try:
+        value = float(rating)
+    except (TypeError, ValueError):
+        raise where.fail(f"{name}.annotations.{aspect}.Rating", f"expected 1-5 or N/A, got {rating!r}") from None
+    if not math.isfinite(value):
+        raise where.fail(f"{name}.annotations.{aspect}.Rating", f"expected 1-5 or N/A, got {rating!r}")
+    return value
+
+
+def _import_ultrafeedback_raw(obj: dict, where: Where, report: ImportReport) -> PreferencePair | None:
+    """The raw layout: the best- and worst-scored completions, with a label per fine-grained aspect."""
+    prompt = _text_field(obj, "instruction", where)
+    completions = obj["completions"]
+    if not isinstance(completions, list):
+        raise where.fail("completions", f"expected a list, got {type_name(completions)}")
+    scored = []
+    for i, completion in enumerate(completions):
+        name = f"completions[{i}]"
+        if not isinstance(completion, dict):
+            raise where.fail(name, f"expected an object, got {type_name(completion)}")
+        response = completion.get("response")
+        if not isinstance(response, str):
+            raise where.fail(f"{name}.response", f"expected a string, got {type_name(response)}")
+        key = "fine-grained_score" if "fine-grained_score" in completion else "overall_score"
+        if key not in completion:
+            raise where.fail(f"{name}.overall_score", "missing (give overall_score or fine-grained_score)")
+        score = completion[key]
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+            raise where.fail(f"{name}.{key}", f"expected a finite number, got {type_name(score)}")
+        ratings = {aspect: _uf_rating(completion, aspect, where, name) for aspect in UF_ASPECTS}
+        scored.append((score, i, response, ratings))
+    if len(scored) < 2:
+        report.skipped.append((where.line, "fewer than two completions"))  # type: ignore[arg-type]
+        return None
+    best, worst = max(scored, key=lambda c: (c[0], -c[1])), min(scored, key=lambda c: (c[0], c[1]))
+    if best[0] == worst[0]:
+        report.skipped.append((where.line, "tie"))  # type: ignore[arg-type]
+        return None
+    problem = _content_problem(best[2], worst[2])
+    if problem:
+        report.skipped.append((where.line, problem))  # type: ignore[arg-type]
+        return None
+    labels = {}
+    for aspect in UF_ASPECTS:
+        a, b = best[3][aspect], worst[3][aspect]
+        if a is not None and b is not None:
+            labels[aspect] = "chosen" if a > b else "rejected" if a < b else "tie"
+    pair_id = obj.get("id", obj.get("prompt_id"))
+    if pair_id is not None and (not isinstance(pair_id, (str, int)) or isinstance(pair_id, bool)):
+        raise where.fail("id", f"expected a string or integer, got {type_name(pair_id)}")
+    return PreferencePair(
+        prompt=prompt,
+        chosen=best[2],
+        rejected=worst[2],
+        id=pair_id,
+        margin=float(best[0] - worst[0]),
+        metadata={"source": "ultrafeedback", "score_chosen": best[0], "score_rejected": worst[0]},
+        labels=labels or None,
+    )
+
+
+def _text_field(obj: dict, key: str, where: Where) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise where.fail(key, "missing or empty" if value is None or isinstance(value, str) else "expected a string")
+    return value
+
+
 def _import_ultrafeedback(obj: Any, where: Where, report: ImportReport) -> PreferencePair | None:
     if not isinstance(obj, dict):
         raise where.fail(None, f"expected a JSON object, got {type_name(obj)}")
+    if "completions" in obj and "chosen" not in obj:  # the raw openbmb layout, with fine-grained ratings
+        return _import_ultrafeedback_raw(obj, where, report)
     prompt = parse_prompt(obj, where)
     chosen = _uf_reply(obj, "chosen", where)
     rejected = _uf_reply(obj, "rejected", where)

@@ -8,7 +8,8 @@ One JSON object a line. Kinds (see README, "Data schema"):
 - unpaired:   {"prompt": TEXT|MESSAGES, "completion": TEXT|MESSAGES, "label": true|false}  a thumb up (true) or
               down (false) on one response, no pair (KTO)
 Optional on every kind: id (string or integer), category (string), metadata (object);
-on preference pairs also margin (number) and annotator (string).
+on preference pairs also margin (number), annotator (string) and labels ({OBJECTIVE: "chosen"|"rejected"|"tie"}:
+the pair judged per objective, e.g. helpfulness and harmlessness; chosen/rejected stay the overall judgment).
 MESSAGES is a list of {"role": "system"|"user"|"assistant", "content": TEXT}.
 """
 
@@ -64,6 +65,12 @@ class PreferencePair:
     margin: float | None = None
     annotator: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # per-objective judgments {objective: "chosen"|"rejected"|"tie"}, in the pair's chosen/rejected terms; an
+    # objective left out was not judged (a multi-head reward model does not train that head on this pair)
+    labels: dict[str, str] | None = None
+
+
+LABEL_CHOICES = ("chosen", "rejected", "tie")
 
 
 @dataclass
@@ -196,6 +203,23 @@ def parse_common(obj: dict, where: Where) -> dict[str, Any]:
     return out
 
 
+def parse_labels(value: Any, where: Where) -> dict[str, str]:
+    """A pair's per-objective judgments: an object {objective: "chosen"|"rejected"|"tie"}, names non-empty."""
+    if not isinstance(value, dict):
+        raise where.fail(
+            "labels", f'expected an object {{objective: "chosen"|"rejected"|"tie"}}, got {type_name(value)}'
+        )
+    out = {}
+    for name, choice in value.items():
+        if not name.strip():
+            raise where.fail("labels", "an objective name is empty; name each objective (e.g. helpfulness)")
+        if choice not in LABEL_CHOICES:
+            shown = repr(choice) if isinstance(choice, str) else type_name(choice)
+            raise where.fail(f"labels.{name}", f"expected one of {', '.join(LABEL_CHOICES)}, got {shown}")
+        out[name] = choice
+    return out
+
+
 def _split_conversation(chosen: list[Message], rejected: list[Message], where: Where) -> tuple[list[Message], str, str]:
     """Implicit prompt: the turns both conversations share; each reply is its last assistant turn."""
     shared = 0
@@ -251,6 +275,8 @@ def parse_record(obj: Any, kind: str, where: Where) -> Record:
             if not isinstance(obj["annotator"], str):
                 raise where.fail("annotator", f"expected a string, got {type_name(obj['annotator'])}")
             pair.annotator = obj["annotator"]
+        if "labels" in obj and obj["labels"] is not None:
+            pair.labels = parse_labels(obj["labels"], where) or None
         return pair
     if kind == "unpaired":
         prompt = parse_prompt(obj, where)

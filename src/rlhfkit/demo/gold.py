@@ -26,6 +26,17 @@ a stutter or a verdict loop is pulled toward -1 in proportion to its words, howe
 response scores -1. The grammar's tables are built once per process from `corpus.py` (milliseconds); parses and
 VADER scores are cached. Nothing trains on this judge directly: the simulated panel labels pairs from it, with
 noise and biases.
+
+A second objective, `brevity` (gold spec `default:brevity`; `default` is also `default:quality`), wants the
+opposite of an enthusiastic review: the shortest answer that stays a coherent review of the prompt's topic,
+
+    brevity(prompt, response) = coherence * (1 - 2 * min(1, words / BREVITY_WORDS)) - (1 - coherence)
+
+so one on-topic sentence scores near 1, a review of BREVITY_WORDS words or more -1, and word salad -1 however short
+(the coherence weighting keeps "be short" from rewarding an empty or broken answer; an empty response scores -1).
+Quality rises with more enthusiastic aspect sentences (VADER's compound grows with every positive word) and
+brevity falls with every word: on the default SFT model's samples the two are uncorrelated, and pushing one costs
+the other (docs/reward-models.md, "Heads per objective", has the figures).
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from functools import lru_cache
 from . import corpus
 
 REPEAT_WEIGHT = 1.5
+BREVITY_WORDS = 40  # a response of this many words or more scores -1 on brevity
 OUT_OF_PLACE = 0.5  # credit for a sentence of the grammar in the wrong place (a repeated aspect, a verdict mid-way)
 _WORD = re.compile(r"[a-z']+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -211,3 +223,17 @@ def gold_score(response: str, prompt: str = "") -> float:
 def score(prompts: list[str], responses: list[str]) -> list[float]:
     """Gold-judge callable `f(prompts, responses) -> scores`; the prompt names the topic whose aspects count."""
     return [gold_score(r, p) for p, r in zip(prompts, responses, strict=True)]
+
+
+def brevity_score(response: str, prompt: str = "") -> float:
+    """The brevity objective of one response: short and coherent on the prompt's topic scores high."""
+    words = len(_WORD.findall(response.lower()))
+    if not words:
+        return -1.0
+    c = coherence(response, prompt)
+    return c * (1.0 - 2.0 * min(1.0, words / BREVITY_WORDS)) - (1.0 - c)
+
+
+def brevity(prompts: list[str], responses: list[str]) -> list[float]:
+    """Gold-judge callable of the second objective (`default:brevity`), in conflict with `score` (quality)."""
+    return [brevity_score(r, p) for p, r in zip(prompts, responses, strict=True)]

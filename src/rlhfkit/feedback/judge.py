@@ -217,7 +217,7 @@ class RewardModelJudge:
     def __init__(
         self,
         model: str,
-        head: int = 0,
+        head: int | str = 0,
         tie_threshold: float = 0.0,
         batch_size: int = 16,
         max_length: int = 1024,
@@ -236,7 +236,7 @@ class RewardModelJudge:
         self.scorer = RewardModelScorer(
             model, max_length, max_prompt_length, batch_size, ensemble_method, ensemble_coef
         )  # an ensemble directory: its members combined by ensemble_method
-        self.scorer.check_head(head, "head")
+        head = self.scorer.check_head(head, "head")  # an index, or an objective's name
         self.tokenizer, self.model, self.encoder = self.scorer.tokenizer, self.scorer.model, self.scorer.encoder
         self.path, self.head, self.tie_threshold, self.batch_size = self.scorer.path, head, tie_threshold, batch_size
 

@@ -43,10 +43,13 @@ def make_annotators(settings: PanelSettings) -> list[Annotator]:
 
 
 class SimulatedPanel:
-    def __init__(self, settings: PanelSettings):
+    """`stream` k > 0: the same annotators voting from a separate random stream (one per objective they label), so
+    labelling another objective leaves the overall votes (stream 0) as they were."""
+
+    def __init__(self, settings: PanelSettings, stream: int = 0):
         self.settings = settings
         self.annotators = make_annotators(settings)
-        self.rng = random.Random(settings.seed + 1)
+        self.rng = random.Random(settings.seed + 1 if not stream else f"{settings.seed}:objective:{stream}")
 
     def vote(self, annotator: Annotator, gold_a: float, gold_b: float, words_a: int, words_b: int) -> Vote:
         s = self.settings

@@ -187,12 +187,38 @@ def section_reward(stages: dict[str, Path], figures: Path) -> str:
                 ],
             )
         )
+        if summary.get("heads"):  # a multi-head model: every metric per head, against that objective's labels
+            parts.append(
+                _table(
+                    ["head", "pairs", "accuracy", "accuracy against its gold", "ECE", "length correlation"],
+                    [
+                        [
+                            head_name,
+                            head.get("pairs"),
+                            head.get("accuracy"),
+                            head.get("gold_accuracy"),
+                            head.get("ece"),
+                            head.get("length_correlation"),
+                        ]
+                        for head_name, head in summary["heads"].items()
+                    ],
+                )
+            )
         bins = [b for b in summary.get("reliability", []) if b["count"]]
         if bins:
             path = figures / f"reliability_{name}.png"
             fig, ax = plots.new_figure(5, 4)
             ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
             ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label="reward model")
+            for head_name, head in (summary.get("heads") or {}).items():  # a multi-head model: one curve per head
+                head_bins = [b for b in head.get("reliability", []) if b["count"]]
+                ax.plot(
+                    [b["confidence"] for b in head_bins],
+                    [b["accuracy"] for b in head_bins],
+                    marker=".",
+                    linestyle=":",
+                    label=f"head {head_name}",
+                )
             for b in bins:
                 ax.annotate(
                     str(b["count"]),

@@ -12,6 +12,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,11 +21,11 @@ from ..atomic import write_json
 from ..config import RewardEvalConfig, RewardTrainConfig, save_config
 from ..console import console, progress_bar
 from ..data.records import load_records, split_pairs, write_jsonl
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..evaluate import reward_metrics as rm
 from ..evaluate.attribution import attribute_pairs
 from ..evaluate.reward_metrics import length_controlled
-from ..losses import bradley_terry_loss, reward_centering_loss
+from ..losses import bradley_terry_loss, multi_head_bradley_terry_loss, reward_centering_loss
 from ..models.loading import apply_lora, load_reward_model, load_tokenizer
 from ..resolve import resolve_model_path
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
@@ -34,8 +35,11 @@ from ..scoring import (
     encode_pairs,
     ensemble_margins,
     ensemble_members,
+    head_rewards_of,
     load_reward_models,
     margins_of,
+    objectives_of,
+    pair_head_rewards,
     pair_rewards,
 )
 from ..train import RunLog, make_optimizer, setup_torch, total_steps
@@ -56,12 +60,34 @@ def train(config: RewardTrainConfig) -> dict:
     encoder.encoder.report.check(config.data, config.max_length, config.max_prompt_length)
     if not train_enc or not val_enc:
         raise DataError(f"{config.data}: no {'training' if not train_enc else 'validation'} pair left after truncation")
+    objectives = pair_objectives(pairs, config.objectives)
+    if objectives and (config.use_margin or config.center_coef):
+        raise ConfigError(
+            f"use_margin and center_coef apply to the one-head loss; {config.data} has per-objective labels "
+            f"({', '.join(objectives)}): set use_margin=false center_coef=0, or train on pairs without `labels`"
+        )
+    if objectives:  # one head per objective: each pair trains the heads it has a label for
+        train_signs, val_signs = label_signs(train_pairs, objectives), label_signs(val_pairs, objectives)
+        for name, column in zip(objectives, train_signs.abs().sum(0).tolist()):
+            if not column:
+                console.print(
+                    f"[bold yellow]warning:[/] no training pair has a chosen/rejected label for objective '{name}': "
+                    "its head keeps the weights it starts with"
+                )
     if runtime.is_main:
         save_config(config, out)
         write_jsonl(out / "train_pairs.jsonl", train_pairs)
         write_jsonl(out / "val_pairs.jsonl", val_pairs)
     margins = [p.margin or 0.0 for p in train_pairs]
     items = list(zip(train_enc, margins))
+    heads = Heads(objectives, val_signs if objectives else None)
+    if objectives:  # (ids, label signs per head); a pair labelled for no head trains nothing and is left out
+        items = [(e, s) for e, s in zip(train_enc, train_signs) if s.any()]
+        if config.ensemble > 1:
+            raise ConfigError(
+                f"ensemble={config.ensemble} with per-objective labels ({', '.join(objectives)}) is not supported "
+                "yet: train one multi-head model (ensemble=1), or an ensemble on pairs without `labels`"
+            )
     facts = {
         "stage": "reward-train",
         "model": str(model_path),
@@ -70,10 +96,20 @@ def train(config: RewardTrainConfig) -> dict:
         "train_pairs": len(train_enc),
         "val_pairs": len(val_enc),
         "truncation": encoder.encoder.report.as_dict(),
+        **({"objectives": objectives, "unlabelled_pairs": len(train_enc) - len(items)} if objectives else {}),
     }
     if config.ensemble == 1:
-        return train_member(config, runtime, model_path, tokenizer, items, val_enc, out, out / "model", facts)
+        return train_member(config, runtime, model_path, tokenizer, items, val_enc, out, out / "model", facts, heads)
     return train_ensemble(config, runtime, model_path, tokenizer, items, val_enc, out, facts)
+
+
+@dataclass
+class Heads:
+    """The objectives a multi-head reward model learns (one head each) and the validation pairs' label signs per
+    head; no objectives: one head on each pair's chosen/rejected."""
+
+    objectives: list[str]
+    val_signs: torch.Tensor | None = None
 
 
 def train_ensemble(config, runtime, model_path, tokenizer, items, val_enc, out: Path, facts: dict) -> dict:
@@ -151,11 +187,21 @@ def train_ensemble(config, runtime, model_path, tokenizer, items, val_enc, out: 
 
 
 def train_member(
-    config, runtime, model_path, tokenizer, items, val_enc, out: Path, model_dir: Path, facts: dict
+    config, runtime, model_path, tokenizer, items, val_enc, out: Path, model_dir: Path, facts: dict, heads=None
 ) -> dict:
-    """One reward model: Bradley-Terry training with early stopping on the validation pairs, the best state saved
-    to model_dir; `out` holds the run's metrics and checkpoints."""
-    model = load_reward_model(model_path, tokenizer, new_head=True)
+    """One reward model: Bradley-Terry training (per head, with `heads`' objectives) with early stopping on the
+    validation pairs, the best state saved to model_dir; `out` holds the run's metrics and checkpoints."""
+    objectives, val_signs = (heads.objectives, heads.val_signs) if heads else ([], None)
+    model = load_reward_model(model_path, tokenizer, num_labels=max(1, len(objectives)), new_head=True)
+    if objectives:
+        if model.config.num_labels != len(objectives):
+            raise ConfigError(
+                f"model: {model_path} is a reward model with {model.config.num_labels} head(s); objectives name "
+                f"{len(objectives)} ({', '.join(objectives)}): start from a backbone or a model with those heads"
+            )
+        # the heads' names travel with the saved model: consumers choose a head by name (`head: brevity`)
+        model.config.id2label = dict(enumerate(objectives))
+        model.config.label2id = {name: i for i, name in enumerate(objectives)}
     if config.lora:
         model = apply_lora(model, config.lora, task_type="SEQ_CLS")
     model.train()
@@ -172,6 +218,10 @@ def train_member(
         return runtime.full_state(model) if runtime.fsdp else copy.deepcopy(runtime.unwrap(model).state_dict())
 
     def validate() -> dict:
+        if objectives:
+            with runtime.accelerator.autocast():
+                chosen, rejected = head_rewards_of(runtime.unwrap(model), val_enc, pad, config.batch_size * 2)
+            return head_metrics(chosen - rejected, val_signs, objectives)
         with runtime.accelerator.autocast():
             m, _, _ = margins_of(runtime.unwrap(model), val_enc, pad, config.batch_size * 2)
         loss = sum(-torch.nn.functional.logsigmoid(torch.tensor(x)).item() for x in m) / len(m)
@@ -187,7 +237,16 @@ def train_member(
         key = {"accuracy": "val_accuracy", "ece": "val_ece", "loss": "val_loss"}[config.early_stop_metric]
         return a[key] > b[key] if key == "val_accuracy" else a[key] < b[key]
 
+    def labelled(batch: list) -> int:
+        return len(batch) if not objectives else int(sum(s.abs().sum().item() for _, s in batch))
+
     def loss_sum(batch: list) -> tuple[torch.Tensor, dict]:
+        if objectives:  # Bradley-Terry per head over the labelled (pair, head) entries; the step divides by their count
+            chosen, rejected = pair_head_rewards(model, [e for e, _ in batch], pad)
+            signs = torch.stack([s for _, s in batch]).to(chosen.device)
+            loss = multi_head_bradley_terry_loss(chosen, rejected, signs)
+            right = ((chosen - rejected) * signs > 0).float().sum().item()  # accuracy over labelled entries
+            return loss, {"accuracy": right}
         chosen, rejected = pair_rewards(model, [e for e, _ in batch], pad)
         margin = torch.tensor([m for _, m in batch], device=chosen.device) if config.use_margin else None
         loss = bradley_terry_loss(chosen, rejected, margin)
@@ -202,7 +261,7 @@ def train_member(
         advance(first_step)
         for step in range(first_step + 1, steps + 1):
             micro = [runtime.shard(next(stream)) for _ in range(config.grad_accum)]
-            stats = accumulate(runtime, model, micro, len, loss_sum, step)
+            stats = accumulate(runtime, model, micro, labelled, loss_sum, step)
             optimizer_step(runtime, model, optimizer, scheduler, config.max_grad_norm)
             row: dict = {}
             if step % config.eval_every == 0 or step == steps:
@@ -249,13 +308,54 @@ def train_member(
     save_trained(runtime, model, tokenizer, model_dir, config, "reward-train", summary, state=best_state)
     if runtime.is_main:
         summary = log.summary(**summary)
+        per_head = "".join(
+            f"; {name} {best[f'val_accuracy_{name}']:.3f}"
+            for name in objectives
+            if best.get(f"val_accuracy_{name}") is not None
+        )
         console.print(
-            f"reward train: best validation accuracy {best['val_accuracy']:.3f} (ECE {best['val_ece']:.3f}) at "
-            f"step {best_step}; "
-            f"model saved to {model_dir}"
+            f"reward train: best validation accuracy {best['val_accuracy']:.3f} (ECE {best['val_ece']:.3f}"
+            f"{per_head}) at step {best_step}; model saved to {model_dir}"
         )
     runtime.barrier()
     return summary
+
+
+def pair_objectives(pairs: list, configured: list[str] | None) -> list[str]:
+    """The heads to train: `objectives` as configured, else the names the pairs' labels use (first seen first);
+    [] (one head on chosen/rejected, as without labels) when no pair has labels."""
+    if configured:
+        return [name.strip() for name in configured]
+    return list(dict.fromkeys(name for pair in pairs for name in (pair.labels or {})))
+
+
+def label_signs(pairs: list, objectives: list[str]) -> torch.Tensor:
+    """[pairs, heads]: +1 where the chosen response wins for that objective, -1 where the rejected one does, 0 for a
+    tie or no label (no gradient to that head). The objective 'overall', unless labelled, is the pair's own label."""
+    sign = {"chosen": 1.0, "rejected": -1.0, "tie": 0.0}
+    rows = [
+        [sign[(p.labels or {}).get(name, "chosen" if name == "overall" else "tie")] for name in objectives]
+        for p in pairs
+    ]
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(pairs), len(objectives))
+
+
+def head_metrics(margins: torch.Tensor, signs: torch.Tensor, objectives: list[str]) -> dict:
+    """Validation metrics of a multi-head model: per head on the pairs labelled for it (accuracy, ECE, loss), and
+    their means over the heads that have labelled pairs (what early stopping reads)."""
+    row: dict = {}
+    for h, name in enumerate(objectives):
+        labelled = signs[:, h] != 0
+        oriented = (margins[labelled, h] * signs[labelled, h]).tolist()  # > 0: the head agrees with the label
+        row[f"val_accuracy_{name}"] = rm.preference_accuracy(oriented) if oriented else None
+        row[f"val_ece_{name}"] = rm.expected_calibration_error(oriented) if oriented else None
+        row[f"val_loss_{name}"] = (
+            -torch.nn.functional.logsigmoid(torch.tensor(oriented)).mean().item() if oriented else None
+        )
+    for metric in ("accuracy", "ece", "loss"):
+        values = [row[f"val_{metric}_{name}"] for name in objectives if row[f"val_{metric}_{name}"] is not None]
+        row[f"val_{metric}"] = sum(values) / len(values) if values else float("nan")
+    return row
 
 
 def evaluate(config: RewardEvalConfig) -> dict:
@@ -307,6 +407,8 @@ def evaluate(config: RewardEvalConfig) -> dict:
         summary["gold_pairs"] = len(decisive)
         summary["label_matches_gold"] = sum(d > 0 for _, d in decisive) / len(decisive)
     summary.update(length_controlled(margins, len_c, len_r, config.length_tolerance))
+    if model.config.num_labels > 1 or any(p.labels for p in pairs):
+        summary["heads"], summary["head_correlation"] = per_head_metrics(model, tokenizer, encoded, pairs, config)
     if config.attributions:
         n = config.attributions
         summary["attributions"], summary["top_words"], worst = attribute_pairs(
@@ -350,6 +452,11 @@ def evaluate(config: RewardEvalConfig) -> dict:
             + f"; disagreement (std across members, mean over responses) {ens['disagreement']:.3f}"
         )
     console.print(length_line(summary, config.length_tolerance))
+    for name, head in summary.get("heads", {}).items():
+        console.print(head_line(name, head))
+    if summary.get("head_correlation"):
+        corr = ", ".join(f"{k} {v:.3f}" for k, v in summary["head_correlation"].items())
+        console.print(f"correlation between heads (rewards of every response): {corr}")
     if summary.get("top_words"):
         top = summary["top_words"]
         console.print(
@@ -380,6 +487,81 @@ def ensemble_report(path: Path, member_rewards: list[tuple[list[float], list[flo
         "mean_accuracy": rm.preference_accuracy([c - r for c, r in zip(mean_chosen, mean_rejected)]),
         "disagreement": rm.ensemble_disagreement([c + r for c, r in member_rewards]),
     }
+
+
+def per_head_metrics(model, tokenizer, encoded: list, pairs: list, config: RewardEvalConfig) -> tuple[dict, dict]:
+    """Every head of the model against its objective's labels: accuracy, ECE with its reliability bins, mean margin,
+    length bias and, where the pairs' metadata carries `gold_objectives`, accuracy against that objective's gold;
+    and the Pearson correlation between every two heads' rewards over all responses. A head whose objective no
+    pair labels is measured against the pairs' overall chosen/rejected (`labels: overall`)."""
+    objectives = objectives_of(model.config)
+    chosen, rejected = head_rewards_of(model, encoded, tokenizer.pad_token_id, config.batch_size)
+    labelled_names = {name for p in pairs for name in (p.labels or {})}
+    heads = {}
+    for h, name in enumerate(objectives):
+        own = name in labelled_names
+        signs = label_signs(pairs, [name if own else "overall"])[:, 0]
+        keep = [i for i, s in enumerate(signs.tolist()) if s != 0]
+        # each pair oriented so that its winner for this objective comes first
+        first = [(chosen if signs[i] > 0 else rejected)[i, h].item() for i in keep]
+        second = [(rejected if signs[i] > 0 else chosen)[i, h].item() for i in keep]
+        margins = [a - b for a, b in zip(first, second)]
+        if not margins:
+            heads[name] = {"labels": "objective", "pairs": 0}
+            continue
+        won = [signs[i] > 0 for i in keep]
+        len_w = [len((p.chosen if w else p.rejected).split()) for p, w in zip((pairs[i] for i in keep), won)]
+        len_l = [len((p.rejected if w else p.chosen).split()) for p, w in zip((pairs[i] for i in keep), won)]
+        head = {
+            "labels": "objective" if own else "overall",
+            "pairs": len(margins),
+            "accuracy": rm.preference_accuracy(margins),
+            "ece": rm.expected_calibration_error(margins, config.bins),
+            "mean_margin": sum(margins) / len(margins),
+            "length_correlation": rm.pearson(first + second, [float(x) for x in len_w + len_l]),
+            "longer_preferred_share": rm.longer_preferred_share(margins, len_w, len_l),
+            "reliability": rm.reliability_bins(margins, config.bins),
+        }
+        gold = [
+            (m, g["winner"] - g["loser"])
+            for m, i in zip(margins, keep)
+            if (g := gold_of(pairs[i], name, signs[i] > 0)) is not None
+        ]
+        decisive = [(m, d) for m, d in gold if abs(d) >= config.gold_min_diff]
+        if decisive:
+            head["gold_accuracy"] = sum((m > 0) == (d > 0) for m, d in decisive) / len(decisive)
+            head["gold_pairs"] = len(decisive)
+        heads[name] = head
+    rewards = torch.cat([chosen, rejected])  # [responses, heads]
+    correlation = {
+        f"{a}~{b}": rm.pearson(rewards[:, i].tolist(), rewards[:, j].tolist())
+        for i, a in enumerate(objectives)
+        for j, b in enumerate(objectives)
+        if i < j
+    }
+    return heads, correlation
+
+
+def gold_of(pair, objective: str, chosen_won: bool) -> dict | None:
+    """The objective's gold scores from a pair's metadata (`gold_objectives: {NAME: {chosen, rejected}}`, written
+    by `rlhfkit pairs objectives=...`), as {winner, loser} for the objective's label; None without them."""
+    gold = (pair.metadata.get("gold_objectives") or {}).get(objective)
+    if not isinstance(gold, dict) or not {"chosen", "rejected"} <= gold.keys():
+        return None
+    c, r = float(gold["chosen"]), float(gold["rejected"])
+    return {"winner": c, "loser": r} if chosen_won else {"winner": r, "loser": c}
+
+
+def head_line(name: str, head: dict) -> str:
+    if not head["pairs"]:
+        return f"head {name}: no pair labelled for it"
+    line = (
+        f"head {name} on {head['pairs']} pairs ({head['labels']} labels): accuracy {head['accuracy']:.3f}, ECE "
+        f"{head['ece']:.3f}, length correlation {head['length_correlation']:.3f}"
+    )
+    if "gold_accuracy" in head:
+        line += f", accuracy against its gold {head['gold_accuracy']:.3f} on {head['gold_pairs']} pairs"
+    return line
 
 
 def length_line(summary: dict, tolerance: float) -> str:

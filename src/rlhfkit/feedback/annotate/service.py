@@ -1248,6 +1248,14 @@ def dashboard(s: Session, project: Project) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- export
 
 
+def criteria_labels(criteria: dict[str, str | None], winner: str) -> dict[str, str] | None:
+    """Per-criterion majorities (a, b, tie, both_bad or None) as a pair's `labels` in its chosen/rejected terms, for
+    one reward-model head per criterion; both_bad and no majority say nothing about the order and are left out."""
+    terms = {winner: "chosen", "b" if winner == "a" else "a": "rejected", "tie": "tie"}
+    labels = {name: terms[choice] for name, choice in criteria.items() if choice in terms}
+    return labels or None
+
+
 def export_preferences(s: Session, project: Project) -> tuple[list[PreferencePair], dict[str, int]]:
     """One preference pair per main or calibration pair whose human majority is a or b (chosen = that response).
     Left out and counted: pairs with no human judgment, no majority (no choice has more than half of the votes),
@@ -1302,6 +1310,7 @@ def export_preferences(s: Session, project: Project) -> tuple[list[PreferencePai
                 category=pair.category,
                 annotator="annotate",
                 metadata=metadata,
+                labels=criteria_labels(metadata.get("criteria") or {}, winner),
             )
         )
         counts["exported"] += 1
