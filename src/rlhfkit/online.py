@@ -8,6 +8,7 @@ import random
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -119,6 +120,43 @@ def shard(runtime, policy: Policy, optimizer, *others: torch.nn.Module) -> None:
         fully_shard_model(runtime, policy.reference)
     for module in others:
         fully_shard_model(runtime, module, optimizer)
+
+
+class PolicyTraining(NamedTuple):
+    """What a critic-free online stage trains with: the optimizer over the policy's trainable weights, its schedule,
+    this process's sampler, the checkpoint modules, where the run starts (step, checkpoint) and the module gradients
+    flow through (DDP's wrapper; FSDP2 and one process: the policy itself)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    params: list
+    generator: torch.Generator
+    modules: dict
+    start_step: int
+    last_checkpoint: Path | None
+    state: dict
+    trained: torch.nn.Module
+
+
+def start_policy_training(config: OnlineRLConfig, runtime, policy: Policy, prompts: PromptStream) -> PolicyTraining:
+    """The shared start of grpo, rloo, reinforce-pp and online-dpo: AdamW (its default decay, on every weight), the
+    warm-up schedule, sharding under FSDP (before resuming: the checkpoint holds shards), the resume, then DDP."""
+    from .train import adamw, constant_schedule
+
+    optimizer = adamw(trainable(policy.model), config.lr, weight_decay=0.01, eps=1e-5)
+    shard(runtime, policy, optimizer)  # fsdp=true under torchrun: policy and reference sharded in place
+    scheduler = constant_schedule(optimizer, config.warmup_steps)
+    # every process draws the same prompts in the same order, and samples its own responses to its share
+    generator = torch.Generator().manual_seed(config.seed + runtime.rank)
+    modules = {"policy": policy.model}
+    out = Path(config.output_dir)
+    start_step, last_checkpoint, state = resume_state(config, out, modules, optimizer, generator, prompts, runtime)
+    scheduler.last_epoch = start_step
+    # gradients flow through the DDP wrapper (FSDP2 reduce-scatters them itself); sampling uses the plain module
+    trained = policy.model if runtime.fsdp or runtime.world == 1 else runtime.accelerator.prepare_model(policy.model)
+    return PolicyTraining(
+        optimizer, scheduler, trainable(policy.model), generator, modules, start_step, last_checkpoint, state, trained
+    )
 
 
 def setup(config: OnlineRLConfig):

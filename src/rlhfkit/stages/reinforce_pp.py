@@ -21,7 +21,6 @@ from ..console import progress_bar
 from ..errors import ConfigError
 from ..losses import group_advantages, grpo_policy_loss, kl_penalty, masked_mean, reinforce_pp_advantages
 from ..runtime import clip_grad_norm, start
-from ..train import adamw, constant_schedule
 
 
 def token_rewards(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
@@ -41,16 +40,9 @@ def run(config: ReinforcePPConfig) -> dict:
         )
     k = config.group_size
     reward_fn, gold, policy, prompts = online.setup(config)
-    optimizer = adamw(online.trainable(policy.model), config.lr, weight_decay=0.01, eps=1e-5)  # decay on every weight
-    online.shard(runtime, policy, optimizer)  # fsdp=true under torchrun: policy and reference sharded in place
-    params = online.trainable(policy.model)
-    scheduler = constant_schedule(optimizer, config.warmup_steps)
-    generator = torch.Generator().manual_seed(config.seed + runtime.rank)
-    modules = {"policy": policy.model}
-    start_step, last_ckpt, _ = online.resume_state(config, out, modules, optimizer, generator, prompts, runtime)
-    scheduler.last_epoch = start_step
-    # gradients flow through the DDP wrapper (FSDP2 reduce-scatters them itself); sampling uses the plain module
-    trained = policy.model if runtime.fsdp or runtime.world == 1 else runtime.accelerator.prepare_model(policy.model)
+    optimizer, scheduler, params, generator, modules, start_step, last_ckpt, _, trained = online.start_policy_training(
+        config, runtime, policy, prompts
+    )
     if runtime.is_main:
         save_config(config, out)
     log = online.run_log(config, out, resume_step=start_step if last_ckpt else None, enabled=runtime.is_main)
