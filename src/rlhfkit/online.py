@@ -354,6 +354,13 @@ def zero_variance_groups(scores: torch.Tensor, k: int) -> torch.Tensor:
     return (grouped == grouped[:, :1]).all(1)
 
 
+def progress_metrics(row: dict) -> dict[str, float]:
+    """What an online stage's progress line shows of a logged row: the rolling reward, gold (when judged) and KL, and
+    the step's grad_norm."""
+    gold = {"gold": row["gold_avg"]} if "gold_avg" in row else {}
+    return {"reward": row["reward_avg"], **gold, "kl": row["kl_avg"], "grad_norm": row["grad_norm"]}
+
+
 def batch_reward_std(runtime, scores: torch.Tensor) -> float:
     """The spread of the whole batch's rewards (every process): the zero-variance signal of a stage without groups
     (PPO, REINFORCE++ with one response per prompt); exactly 0 when every reward is equal."""

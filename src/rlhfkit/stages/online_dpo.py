@@ -147,12 +147,7 @@ def run(config: OnlineDPOConfig) -> dict:
                 step, **{**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
             )
             alarm.check(step, measured)
-            advance(
-                reward=row["reward_avg"],
-                **({"gold": row["gold_avg"]} if "gold_avg" in row else {}),
-                kl=row["kl_avg"],
-                grad_norm=row["grad_norm"],
-            )
+            advance(**online.progress_metrics(row))
             if step % config.save_every == 0 or step == config.steps:
                 last_ckpt = online.checkpoint_now(out, step, modules, optimizer, generator, prompts, runtime)
     return online.finish("online-dpo", config, policy, out, row, runtime=runtime, log=log)

@@ -198,12 +198,7 @@ def run(config: PPOConfig) -> dict:
                 },
             )
             alarm.check(step, measured)
-            advance(
-                reward=row["reward_avg"],
-                **({"gold": row["gold_avg"]} if "gold_avg" in row else {}),
-                kl=row["kl_avg"],
-                grad_norm=row["grad_norm"],
-            )
+            advance(**online.progress_metrics(row))
             if step % config.save_every == 0 or step == config.steps:
                 last_ckpt = online.checkpoint_now(
                     out, step, modules, optimizer, generator, prompts, runtime, kl_coef=kl_ctl.coef
