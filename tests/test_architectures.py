@@ -1,7 +1,8 @@
 """The architecture matrix: every training stage on tiny random Llama, Qwen2, Mistral, GPT-2, GPT-NeoX, OPT, Phi and
 Gemma models, with full fine-tuning and with LoRA, a couple of steps each; and the families users bring now (Qwen3,
 OLMo-2, Granite, Gemma 2, Gemma 3, Phi-3, SmolLM3: `tiny.NEW_ARCHS`) on SFT, reward, DPO and GRPO with full fine-tuning
-(their LoRA path is the same peft code the first eight prove; leaving it out keeps the matrix's time down).
+(their LoRA path is the same peft code the first eight prove; leaving it out keeps the matrix's time down). KTO, online
+DPO and REINFORCE++ run on the first eight with full fine-tuning and on Llama with LoRA.
 
 The models come from the real transformers config classes (`rlhfkit.models.tiny`), are saved to directories and loaded
 by path like any user model. Each run must save a model that plain `transformers` reloads (a merged LoRA leaves no
@@ -23,7 +24,9 @@ from rlhfkit.config import (
     GRPOConfig,
     KTOConfig,
     LoraSettings,
+    OnlineDPOConfig,
     PPOConfig,
+    ReinforcePPConfig,
     RewardSpec,
     RewardTrainConfig,
     SFTConfig,
@@ -32,7 +35,7 @@ from rlhfkit.data.tokenize import render_prompt
 from rlhfkit.errors import ModelError
 from rlhfkit.models.loading import find_lora_targets, load_reward_model, load_tokenizer
 from rlhfkit.models.tiny import ARCH_CHAT, ARCHS, CHAT_ARCHS, NEW_ARCHS, build_tiny
-from rlhfkit.stages import dpo, grpo, kto, ppo, reward, sft
+from rlhfkit.stages import dpo, grpo, kto, online_dpo, ppo, reinforce_pp, reward, sft
 
 STAGES = ("sft", "reward", "dpo", "ppo", "grpo")
 MODES = ("full", "lora")
@@ -43,6 +46,10 @@ MATRIX = [(a, s, m) for a in FIRST_ARCHS for s in STAGES for m in MODES] + [
 ]
 MATRIX.append(("granite", "reward", "lora"))  # LoRA (peft's SEQ_CLS wrapper) on rlhfkit's own score head
 MATRIX += [(a, "kto", "full") for a in FIRST_ARCHS] + [("llama", "kto", "lora")]
+# the two later online stages share ppo's and grpo's rollout engine and reference handling: every first-wave family
+# with full fine-tuning, LoRA (the adapter-disabled reference) on one
+MATRIX += [(a, s, "full") for a in FIRST_ARCHS for s in ("online_dpo", "reinforce_pp")]
+MATRIX += [("llama", "online_dpo", "lora"), ("llama", "reinforce_pp", "lora")]
 
 TOPICS = [
     "the pasta",
@@ -138,6 +145,10 @@ def run_stage(stage: str, model_dir: Path, data: dict, out: Path, lora: LoraSett
         kto.run(KTOConfig(data=str(data["thumbs"]), val_fraction=0.25, **trained, **common))
     elif stage == "ppo":
         ppo.run(PPOConfig(batch_size=2, mini_batch_size=2, epochs_per_batch=1, **online, **common))
+    elif stage == "online_dpo":
+        online_dpo.run(OnlineDPOConfig(batch_size=2, mini_batch_size=4, **online, **common))
+    elif stage == "reinforce_pp":
+        reinforce_pp.run(ReinforcePPConfig(batch_size=2, mini_batch_size=2, **online, **common))
     else:
         grpo.run(GRPOConfig(batch_size=1, group_size=2, mini_batch_size=2, **online, **common))
     return out / "model"

@@ -582,3 +582,27 @@ def test_kto_in_two_sharded_processes_follows_one_process(tmp_path, preference_f
     one, two_summary = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two"))
     assert two_summary["balance"] == one["balance"] and two_summary["processes"] == 2
     assert relative_difference(tmp_path / "one", tmp_path / "two") < 5e-3
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+@pytest.mark.parametrize(
+    ("stage", "keys"),
+    [
+        ("reinforce-pp", ("reward", "kl", "policy_loss", "return", "entropy")),
+        ("online-dpo", ("reward", "kl", "dpo_loss", "reward_margin", "implicit_reward_margin", "entropy")),
+    ],
+)
+def test_fsdp_follows_ddp_for_reinforce_pp_and_online_dpo(tmp_path, stage, keys):
+    # 2 prompts a process; both samplers draw the same per-process streams under DDP and FSDP
+    args = [stage, "rewards=[{function: default}]", "steps=2", "batch_size=4", "mini_batch_size=4"]
+    args += ["max_new_tokens=16", "lr=1e-4", "threads=1"]
+    ddp = launch(torchrun(2), *args, f"output_dir={tmp_path / 'ddp'}")
+    assert "distributed: 2 processes" in ddp.stderr
+    launch(torchrun(2), *args, "fsdp=true", f"output_dir={tmp_path / 'fsdp'}")
+    assert_same_curves(tmp_path / "ddp", tmp_path / "fsdp", keys)
+    assert [r["step"] for r in metric_rows(tmp_path / "fsdp")] == [1, 2]
+    assert json.loads((tmp_path / "fsdp" / "summary.json").read_text())["processes"] == 2
+    # gathered from both shards, the whole policy, and it moved off the start
+    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "fsdp")
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert metric_rows(tmp_path / "fsdp")[-1]["kl"] != 0

@@ -103,7 +103,7 @@ def test_configs_refuse_what_cannot_work():
     with pytest.raises(ConfigError, match="kl_coef"):
         build_config(OnlineDPOConfig, {"rewards": [{"function": "default"}], "kl_coef": 0.1})  # beta does that
     with pytest.raises(ConfigError, match="loss_type"):
-        build_config(OnlineDPOConfig, {"rewards": [{"function": "default"}], "loss_type": "simpo"})
+        build_config(OnlineDPOConfig, {"rewards": [{"function": "default"}], "loss_type": "kto"})
 
 
 # ----------------------------------------------------------------------------------------------- online DPO
@@ -131,6 +131,23 @@ def test_online_dpo_runs_logs_and_saves(tmp_path):
     check_detectors_read(out)
     assert yaml.safe_load((out / "config.yaml").read_text())["loss_type"] == "sigmoid"
     check_plain_model(out / "model")
+
+
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+def test_online_dpo_reference_free_losses(loss_type, tmp_path):
+    out = tmp_path / loss_type
+    online_dpo.run(OnlineDPOConfig(output_dir=str(out), steps=2, batch_size=4, mini_batch_size=8, beta=2.0,
+                                   loss_type=loss_type, **TINY))  # fmt: skip
+    first, last = rows(out / "metrics.jsonl")
+    # reference-free: the implicit rewards are beta * the per-token mean log-prob of each response, never 0 as
+    # DPO's beta * (logp - ref_logp) is at step 1, and negative (a log-prob); the policy moves off the reference
+    assert first["implicit_reward_chosen"] < -0.1 and first["implicit_reward_rejected"] < -0.1
+    assert abs(first["kl"]) < 1e-4 and last["kl"] > 1e-4
+    if loss_type == "simpo":  # at a zero mean-log-prob margin the loss is -logsigmoid(-gamma) = 0.974 (gamma 0.5)
+        assert 0 < first["dpo_loss"] < 5
+    else:  # ORPO adds the chosen response's NLL (the per-token mean), which is larger than its odds-ratio term
+        assert first["dpo_loss"] > -first["implicit_reward_chosen"] / 2.0
+    assert yaml.safe_load((out / "config.yaml").read_text())["loss_type"] == loss_type
 
 
 def test_online_dpo_drops_ties_from_the_step(tmp_path, monkeypatch):
@@ -230,18 +247,25 @@ def env() -> dict:
     return {**os.environ, "RLHFKIT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 
-def test_kill_9_then_resume_reaches_the_uninterrupted_result(tmp_path):
-    settings = dict(steps=6, batch_size=4, mini_batch_size=4, lr=1e-4, max_new_tokens=16, save_every=2, threads=1)
-    online_dpo.run(OnlineDPOConfig(output_dir=str(tmp_path / "straight"), rewards=[RewardSpec(function="default")],
-                                   **settings))  # fmt: skip
-    args = ["online-dpo", "rewards=[{function: default}]", *(f"{k}={v}" for k, v in settings.items())]
+KILL = {  # stage: (its run function and config, the metrics a resumed run must give again)
+    "online-dpo": (online_dpo.run, OnlineDPOConfig, ("dpo_loss", "reward_margin", "implicit_reward_accuracy")),
+    "reinforce-pp": (reinforce_pp.run, ReinforcePPConfig, ("policy_loss", "return", "clip_fraction")),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(KILL))
+def test_kill_9_then_resume_reaches_the_uninterrupted_result(stage, tmp_path):
+    run, config_class, keys = KILL[stage]
+    settings = dict(steps=4, batch_size=4, mini_batch_size=4, lr=1e-4, max_new_tokens=16, save_every=2, threads=1)
+    run(config_class(output_dir=str(tmp_path / "straight"), rewards=[RewardSpec(function="default")], **settings))
+    args = [stage, "rewards=[{function: default}]", *(f"{k}={v}" for k, v in settings.items())]
     out = tmp_path / "killed"
     process = subprocess.Popen(cli(*args, f"output_dir={out}"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, env=env())  # fmt: skip
     deadline = time.time() + 240
-    # killed after the step-4 checkpoint, once step 5 is logged: mid-way to the next checkpoint
-    while not ((out / "checkpoints" / "step-000004").is_dir() and (out / "metrics.jsonl").is_file()
-               and any(r["step"] >= 5 for r in rows(out / "metrics.jsonl"))):  # fmt: skip
+    # killed after the step-2 checkpoint, once step 3 is logged: mid-way to the next checkpoint
+    while not ((out / "checkpoints" / "step-000002").is_dir() and (out / "metrics.jsonl").is_file()
+               and any(r["step"] >= 3 for r in rows(out / "metrics.jsonl"))):  # fmt: skip
         assert process.poll() is None, f"the run ended before it could be killed:\n{process.stderr.read()[-3000:]}"
         assert time.time() < deadline, "the run never reached the point to kill it"
         time.sleep(0.01)
@@ -251,12 +275,12 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_result(tmp_path):
     resumed = subprocess.run(cli(*args, f"output_dir={out}", "resume=true"), capture_output=True, text=True,
                              env=env(), timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr and "step-000004" in "".join(resumed.stderr.split())
+    assert "resuming from" in resumed.stderr and "step-000002" in "".join(resumed.stderr.split())
     again, first = rows(out / "metrics.jsonl"), rows(tmp_path / "straight" / "metrics.jsonl")
-    assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]  # the killed run's step 5 is dropped, none twice
+    assert [r["step"] for r in again] == [1, 2, 3, 4]  # the killed run's step 3 is dropped, none twice
     for a, b in zip(again, first):
         # sampler, prompt position and optimizer restored: the same draws, labels and updates
-        for key in ("reward", "kl", "entropy", "dpo_loss", "reward_margin", "implicit_reward_accuracy", "reward_avg"):
+        for key in ("reward", "kl", "entropy", "reward_avg", *keys):
             assert a[key] == pytest.approx(b[key], abs=1e-4), (a["step"], key)
     sa, sb = state(out / "model"), state(tmp_path / "straight" / "model")
     for k in sa:

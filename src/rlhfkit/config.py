@@ -596,7 +596,7 @@ class ReinforcePPConfig(ClipSettings, ShardedOnlineSettings, OnlineRLConfig):
         return self
 
 
-OnlineDPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
+OnlineDPOLossType = DPOLossType
 
 
 class OnlineDPOConfig(ShardedOnlineSettings, OnlineRLConfig):
@@ -608,10 +608,16 @@ class OnlineDPOConfig(ShardedOnlineSettings, OnlineRLConfig):
         "scored response chosen; e.g. [{model: runs/rm/model}] or [{function: default}] (the gold judge)",
     )
     beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference")
-    loss_type: OnlineDPOLossType = Field("sigmoid", description="sigmoid (DPO), ipo, hinge (SLiC) or robust")
+    loss_type: OnlineDPOLossType = Field(
+        "sigmoid",
+        description="sigmoid (DPO), ipo, hinge (SLiC), robust, simpo or orpo (both reference-free: the reference "
+        "then only measures the KL that is logged)",
+    )
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="assumed share of wrong judge labels (cDPO for sigmoid, robust DPO)"
     )
+    simpo_gamma: float = inherit(DPOConfig, "simpo_gamma", 0.5)
+    sft_coef: float = inherit(DPOConfig, "sft_coef", 0.0)
     kl_coef: float = Field(
         0.0, ge=0, le=0, description="unused by online-dpo (beta is its pull to the reference); must stay 0"
     )

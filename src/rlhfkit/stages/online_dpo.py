@@ -3,8 +3,9 @@
 One iteration: take `batch_size` prompts, sample two responses to each from the current policy (the rollout
 engine), score both with the judge (`rewards`: a reward model, an AI judge or any `module:function` scorer, the
 same reward sources as ppo and grpo; a gold callable for experiments), call the higher one chosen, and take a
-DPO-family step (`losses.dpo_loss`, `loss_type` sigmoid / ipo / hinge / robust) against the frozen reference's
-log-probs of the same responses (with LoRA, the adapter-disabled policy). A pair the judge scores equal is a tie:
+DPO-family step (the offline stage's `preference_loss`: `loss_type` sigmoid / ipo / hinge / robust against the frozen
+reference's log-probs of the same responses, with LoRA the adapter-disabled policy; simpo / orpo reference-free, on
+per-token mean log-probs, ORPO with its NLL term on the chosen response). A pair the judge scores equal is a tie:
 it stays out of the loss (weight 0) and its share is logged as `tie_share`.
 """
 
@@ -19,8 +20,9 @@ from .. import online
 from ..config import OnlineDPOConfig, save_config
 from ..console import progress_bar
 from ..errors import ConfigError
-from ..losses import dpo_loss, masked_mean
+from ..losses import masked_mean
 from ..runtime import clip_grad_norm, start
+from .dpo import preference_loss
 
 
 def label_pairs(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,6 +87,7 @@ def run(config: OnlineDPOConfig) -> dict:
     log = online.run_log(config, out, resume_step=start_step if last_ckpt else None, enabled=runtime.is_main)
     alarm = online.SignalAlarm(config, enabled=runtime.is_main)
     pairs_per_step = config.mini_batch_size // 2 // runtime.world
+    sft_coef = config.sft_coef or (1.0 if config.loss_type == "orpo" else 0.0)
     row: dict = {}
     with progress_bar(f"online-dpo ({config.loss_type})", config.steps) as advance:
         advance(start_step)
@@ -106,12 +109,14 @@ def run(config: OnlineDPOConfig) -> dict:
                 logps, entropy = policy.logps(
                     trained, input_ids[rows], attention_mask[rows], prompt_len, config.temperature, with_entropy=True
                 )
-                seq = (logps * batch.mask[rows]).sum(1)
+                seq, tokens = (logps * batch.mask[rows]).sum(1), batch.mask[rows].sum(1).clamp(min=1)
                 n = len(idx)
-                losses, chosen_rewards, rejected_rewards = dpo_loss(
-                    seq[:n], seq[n:], ref_seq[chosen[idx]], ref_seq[rejected[idx]],
-                    beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
-                )  # fmt: skip
+                ref = torch.stack([ref_seq[chosen[idx]], ref_seq[rejected[idx]]], dim=1)
+                losses, chosen_rewards, rejected_rewards = preference_loss(
+                    config, seq[:n], seq[n:], tokens[:n], tokens[n:], ref
+                )
+                if sft_coef:  # ORPO's NLL term on the chosen response (per-token mean), as in offline dpo
+                    losses = losses - sft_coef * seq[:n] / tokens[:n]
                 weight = labelled[idx].to(losses.dtype)  # ties: weight 0, out of the step
                 (total,) = runtime.sum([weight.sum().item()])
                 # DDP averages gradients over processes, so each process scales its sum by world / total
