@@ -172,3 +172,78 @@ def test_a_broken_ensemble_is_refused_with_its_file(trained, tmp_path):
     (broken / "ensemble.json").write_text("{not json")
     with pytest.raises(ModelError, match="not a reward-model ensemble manifest"):
         RewardModelScorer(broken)
+
+
+# ----------------------------------------------------------------------------------------------- the cheap form
+
+
+@pytest.fixture(scope="module")
+def shared(trained) -> tuple[Path, dict]:
+    """A 4-head shared-backbone ensemble fitted on the features of the first ensemble's member-0 (a trained RM)."""
+    root, _ = trained
+    summary = reward.train(
+        RewardTrainConfig(
+            model=str(root / "rm" / "model" / "member-0"),
+            data=str(root / "pairs.jsonl"),
+            output_dir=str(root / "shared"),
+            ensemble=4,
+            ensemble_form="shared_backbone",
+            val_fraction=0.25,
+            seed=3,
+        )
+    )
+    return root / "shared" / "model", summary
+
+
+def test_shared_backbone_ensemble_is_one_folder_every_reader_reads(shared):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.evaluate.shift import reward_margins, reward_scorers
+
+    model_dir, summary = shared
+    manifest = json.loads((model_dir / "ensemble.json").read_text())
+    assert manifest["form"] == "shared_backbone" and manifest["members"] == [f"member-{k}" for k in range(4)]
+    assert manifest["seeds"] == [3, 4, 5, 6] and not list(model_dir.glob("member-*"))  # one model, no member folders
+    assert summary["ensemble_val_accuracy"] > 0.5 and summary["val_disagreement"] > 0
+    assert all(m["distinct_train_pairs"] < summary["train_pairs"] for m in summary["members"])  # bootstrap resamples
+    prompts = ["We tried the park last week.", "We tried the game yesterday."] * 2
+    responses = [GOOD[0], BAD[1], GOOD[2], BAD[3]]
+    scorer = RewardModelScorer(model_dir, ensemble_method="min")
+    assert len(scorer.models) == 4 and scorer.num_heads == 1 and scorer.objectives == ["reward"]
+    backbone_calls = []
+    shared_model = scorer.models[0].shared
+    getattr(shared_model, shared_model.base_model_prefix).register_forward_hook(lambda *_: backbone_calls.append(1))
+    members = torch.tensor(scorer.score_members(prompts, responses), dtype=torch.float64)
+    assert len(backbone_calls) == 1  # four members, one backbone forward for the batch
+    assert (members.std(dim=0) > 0).all()  # different seeds and resamples: the heads differ
+    # plain transformers reads the folder as one 4-head model: its logits are the members' rewards
+    plain = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            ids = scorer.encoder.encode_response(p, r)
+            logits = plain(input_ids=torch.tensor([ids])).logits[0].double()
+            assert logits.tolist() == pytest.approx(members[:, i].tolist(), abs=1e-4)
+    assert scorer.score(prompts, responses) == pytest.approx(ensemble_reward(members, "min").tolist(), abs=1e-5)
+    total, parts = RewardFunction([RewardSpec(model=str(model_dir))])(prompts, responses)
+    assert total.tolist() == pytest.approx(members.mean(0).tolist(), abs=1e-5) and "reward_rm0_disagreement" in parts
+    # reward eval reports each member; the shift monitor measures the heads' disagreement
+    pairs = review_pairs()[:6]
+    margins, per_member = reward_margins(reward_scorers(str(model_dir)), pairs)
+    assert len(per_member) == 4 and all(m > 0 for m in margins)
+    report = reward.evaluate(
+        RewardEvalConfig(model=str(model_dir), data=str(model_dir.parent / "val_pairs.jsonl"),
+                         output_dir=str(model_dir.parent / "eval"), attributions=0)  # fmt: skip
+    )
+    assert [m["name"] for m in report["ensemble"]["members"]] == manifest["members"]
+
+
+def test_shared_backbone_refusals():
+    from rlhfkit.config import build_config
+    from rlhfkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs ensemble=K with K >= 2"):
+        build_config(RewardTrainConfig, {"data": "x.jsonl", "ensemble_form": "shared_backbone"})
+    with pytest.raises(ConfigError, match="lora and fsdp do not apply"):
+        build_config(
+            RewardTrainConfig, {"data": "x.jsonl", "ensemble": 3, "ensemble_form": "shared_backbone", "lora": {"r": 4}}
+        )

@@ -241,6 +241,18 @@ class RewardTrainConfig(TrainConfig):
         description="ensemble: each member trains on its own bootstrap resample of the training pairs (the "
         "validation pairs are shared)",
     )
+    ensemble_form: Literal["separate", "shared_backbone"] = Field(
+        "separate",
+        description="ensemble: separate (K whole reward models, each fine-tuned) or shared_backbone (the cheap form: "
+        "`model`'s backbone frozen, K heads fitted on its features, one folder, one backbone forward for all K; "
+        "start it from a trained reward model to give its members that model's features)",
+    )
+    head_l2: float = Field(
+        1e-3,
+        ge=0,
+        description="ensemble_form=shared_backbone: L2 penalty on each head's weights (each head is a Bradley-Terry "
+        "logistic regression on the frozen features, fitted with L-BFGS)",
+    )
     objectives: list[str] | None = Field(
         None,
         description="one head per objective, trained on the pairs' `labels` for it (a pair without a label for an "
@@ -257,6 +269,14 @@ class RewardTrainConfig(TrainConfig):
             names = [o.strip() for o in self.objectives]
             if not names or not all(names) or len(set(names)) != len(names):
                 raise ValueError("objectives must be a non-empty list of distinct, non-empty names (or null)")
+        if self.ensemble_form == "shared_backbone":
+            if self.ensemble < 2:
+                raise ValueError(f"ensemble_form=shared_backbone needs ensemble=K with K >= 2 (got {self.ensemble})")
+            if self.lora is not None or self.fsdp:
+                raise ValueError(
+                    "ensemble_form=shared_backbone freezes the backbone and fits only the heads: lora and fsdp "
+                    "do not apply (leave them unset)"
+                )
         return self
 
 

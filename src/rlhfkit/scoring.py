@@ -4,7 +4,8 @@ and reward models (an HF sequence-classification directory, one scalar head per 
 every caller: reward training and evaluation, online rewards, policy evaluation and the reward-model judge.
 
 A reward-model ensemble (`rlhfkit reward train ensemble=K`) is a directory holding `ensemble.json` and one reward-model
-directory per member; it is read wherever a reward model is (`load_reward_models`, `RewardModelScorer`), and the
+directory per member (or, `ensemble_form=shared_backbone`, one model whose K heads on a frozen backbone are the
+members: `SharedHead`); it is read wherever a reward model is (`load_reward_models`, `RewardModelScorer`), and the
 reader's `ensemble_method` / `ensemble_coef` combine the members' rewards (rlhfkit.losses.ensemble_reward)."""
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class RewardEncoder:
 def head_scores(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
     """Rewards of every head for token sequences, shape [n, heads]: padding-free where decoder_parts allows (the score
     head reads each sequence's last hidden state), else one right-padded batch through the whole model."""
+    if isinstance(model, SharedHead):
+        return model.scores(sequences, pad_id)
     parts = decoder_parts(model, head="score")
     if parts is not None:
         backbone, score = parts
@@ -223,24 +226,48 @@ SCORING_MAX_PROMPT_LENGTH = 512
 
 
 ENSEMBLE_FILE = "ensemble.json"
+SHARED_BACKBONE = "shared_backbone"  # the cheap form: one frozen backbone, one head per member, in one folder
 
 
 def is_ensemble(path: str | Path) -> bool:
     return (Path(path) / ENSEMBLE_FILE).is_file()
 
 
+def ensemble_manifest(path: str | Path) -> dict:
+    """The ensemble.json of an ensemble directory, checked: {members: [names], form?: separate|shared_backbone}."""
+    manifest_path = Path(path) / ENSEMBLE_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        names = manifest["members"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TypeError("members must be a list of names")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(
+            f"{manifest_path}: not a reward-model ensemble manifest ({exc}); expected {{members: [...]}}"
+        ) from None
+    return manifest
+
+
+def is_shared_backbone(path: str | Path) -> bool:
+    return is_ensemble(path) and ensemble_manifest(path).get("form") == SHARED_BACKBONE
+
+
 def ensemble_members(path: str | Path) -> list[Path]:
-    """The member directories of a reward-model ensemble, in order; [path] for a single reward model."""
+    """The member directories of a reward-model ensemble, in order; [path] for a single reward model and for a
+    shared-backbone ensemble (one folder: one model whose heads are the members)."""
     path = Path(path)
     if not is_ensemble(path):
         return [path]
     manifest_path = path / ENSEMBLE_FILE
-    try:
-        members = [path / name for name in json.loads(manifest_path.read_text())["members"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ModelError(
-            f"{manifest_path}: not a reward-model ensemble manifest ({exc}); expected {{members: [...]}}"
-        ) from None
+    manifest = ensemble_manifest(path)
+    if manifest.get("form") == SHARED_BACKBONE:
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{manifest_path}: a shared-backbone ensemble without its model (no config.json beside it); train "
+                "it again with `rlhfkit reward train ensemble=K ensemble_form=shared_backbone`"
+            )
+        return [path]
+    members = [path / name for name in manifest["members"]]
     missing = [str(m) for m in members if not (m / "config.json").is_file()]
     if not members or missing:
         raise ModelError(
@@ -258,7 +285,39 @@ def load_reward_models(path: str | Path, tokenizer=None) -> tuple[object, list]:
 
     members = ensemble_members(path)
     tokenizer = tokenizer or load_tokenizer(members[0])
+    if is_shared_backbone(path):
+        shared = load_reward_model(path, tokenizer).eval()
+        expected = len(ensemble_manifest(path)["members"])
+        if shared.config.num_labels != expected:
+            raise ModelError(
+                f"{path}: ensemble.json lists {expected} members, the model has {shared.config.num_labels} head(s)"
+            )
+        return tokenizer, [SharedHead(shared, k) for k in range(expected)]
     return tokenizer, [load_reward_model(member, tokenizer).eval() for member in members]
+
+
+class SharedHead(torch.nn.Module):
+    """Member k of a shared-backbone ensemble: head k of one K-head reward model, seen as a one-head reward model
+    (its `config` says one head, named "reward"). The members of one model share each backbone forward: the K heads'
+    scores of a batch are computed once and each member reads its column."""
+
+    def __init__(self, shared: torch.nn.Module, index: int):
+        super().__init__()
+        import copy
+
+        self.shared, self.index = shared, index
+        self.config = copy.deepcopy(shared.config)
+        self.config.num_labels = 1
+        self.config.id2label, self.config.label2id = {0: "reward"}, {"reward": 0}
+
+    @torch.no_grad()
+    def scores(self, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+        key = (pad_id, tuple(tuple(s) for s in sequences))
+        memo = getattr(self.shared, "_rlhfkit_heads_memo", None)
+        if memo is None or memo[0] != key:
+            memo = (key, head_scores(self.shared, sequences, pad_id))
+            self.shared._rlhfkit_heads_memo = memo  # one batch's [n, K] scores: the next batch replaces it
+        return memo[1][:, self.index : self.index + 1]
 
 
 def combine_rewards(member_rewards: list[list[float]], method: str = "mean", coef: float = 0.0) -> list[float]:

@@ -141,21 +141,21 @@ def finite(values: list[float]) -> list[float]:
 
 
 def reward_scorers(reward_model: str, batch_size: int = 32) -> list:
-    """One RewardModelScorer per member of an ensemble directory, or one for a single reward model."""
-    from ..scoring import RewardModelScorer, ensemble_members
+    """The RewardModelScorer of a reward model or of a whole ensemble (every member, either form), in a list."""
+    from ..scoring import RewardModelScorer
 
-    return [RewardModelScorer(path, batch_size=batch_size) for path in ensemble_members(reward_model)]
+    return [RewardModelScorer(reward_model, batch_size=batch_size)]
 
 
 def reward_margins(scorers: list, pairs: list[PreferencePair]) -> tuple[list[float], list[list[float]]]:
-    """(margins r(chosen) - r(rejected) per pair, each scorer's margins): an ensemble's margin is its members'
+    """(margins r(chosen) - r(rejected) per pair, each member's margins): an ensemble's margin is its members'
     mean. A pair the truncation rule leaves no room for has margin NaN."""
     prompts = [p.prompt for p in pairs]
     per_model = []
     for scorer in scorers:
-        chosen = scorer.score(prompts, [p.chosen for p in pairs])
-        rejected = scorer.score(prompts, [p.rejected for p in pairs])
-        per_model.append([c - r for c, r in zip(chosen, rejected)])
+        chosen = scorer.score_members(prompts, [p.chosen for p in pairs])
+        rejected = scorer.score_members(prompts, [p.rejected for p in pairs])
+        per_model += [[c - r for c, r in zip(cs, rs)] for cs, rs in zip(chosen, rejected)]
     return [sum(column) / len(column) for column in zip(*per_model)], per_model
 
 

@@ -31,11 +31,15 @@ from ..resolve import resolve_model_path
 from ..runtime import BatchStream, accumulate, optimizer_step, prepare, resume, save, save_trained, should_save, start
 from ..scoring import (
     ENSEMBLE_FILE,
+    SHARED_BACKBONE,
     RewardEncoder,
+    SharedHead,
     encode_pairs,
+    ensemble_manifest,
     ensemble_margins,
     ensemble_members,
     head_rewards_of,
+    head_scores,
     load_reward_models,
     margins_of,
     objectives_of,
@@ -98,6 +102,8 @@ def train(config: RewardTrainConfig) -> dict:
         "truncation": encoder.encoder.report.as_dict(),
         **({"objectives": objectives, "unlabelled_pairs": len(train_enc) - len(items)} if objectives else {}),
     }
+    if config.ensemble_form == "shared_backbone":
+        return train_shared_heads(config, runtime, model_path, tokenizer, items, val_enc, out, facts)
     if config.ensemble == 1:
         return train_member(config, runtime, model_path, tokenizer, items, val_enc, out, out / "model", facts, heads)
     return train_ensemble(config, runtime, model_path, tokenizer, items, val_enc, out, facts)
@@ -183,6 +189,144 @@ def train_ensemble(config, runtime, model_path, tokenizer, items, val_enc, out: 
             f"(members {accuracies}), disagreement {summary['val_disagreement']:.3f}; saved to {model_dir}"
         )
     runtime.barrier()
+    return summary
+
+
+@torch.no_grad()
+def pooled_features(model, sequences: list[list[int]], pad_id: int, batch_size: int) -> torch.Tensor:
+    """What the score head reads for each sequence (its last non-padding token's hidden state), [n, hidden]: caught
+    on the way into the head, so every layout the scorer supports (packed or padded) gives the same features."""
+    caught: list[torch.Tensor] = []
+    hook = model.score.register_forward_hook(lambda module, args, output: caught.append(args[0].detach().float()))
+    rows = []
+    try:
+        for i in range(0, len(sequences), batch_size):
+            chunk = sequences[i : i + batch_size]
+            caught.clear()
+            head_scores(model, chunk, pad_id)
+            hidden = caught[-1]
+            if hidden.dim() == 3:  # the padded path: the head saw every position; take what HF's pooling takes
+                ends = [next((j for j in range(len(s) - 1, -1, -1) if s[j] != pad_id), 0) for s in chunk]
+                hidden = hidden[torch.arange(len(chunk)), torch.tensor(ends)]
+            rows.append(hidden.cpu())
+    finally:
+        hook.remove()
+    return torch.cat(rows)
+
+
+def fit_heads(chosen, rejected, counts, init, margins, config) -> tuple[torch.Tensor, list[float]]:
+    """K Bradley-Terry heads on frozen features: head k minimises sum_i counts[k, i] * -log sigmoid(w_k . (c_i - r_i)
+    - margin_i) / n + center_coef * mean((w_k . c_i + w_k . r_i)^2) + head_l2 * |w_k|^2, by full-batch L-BFGS from
+    `init` [K, hidden]; returns the weights and each head's final loss."""
+    diff, total = chosen - rejected, chosen + rejected
+    weights = init.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([weights], lr=1.0, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
+    n = diff.shape[0]
+
+    def per_head() -> torch.Tensor:
+        logits = diff @ weights.T - margins[:, None]  # [n, K]
+        loss = (counts.T * torch.nn.functional.softplus(-logits)).sum(0) / n
+        if config.center_coef:
+            loss = loss + config.center_coef * ((total @ weights.T) ** 2).mean(0)
+        return loss + config.head_l2 * (weights**2).sum(1)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = per_head().sum()  # the heads are independent problems: one sum, one solve
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return weights.detach(), per_head().tolist()
+
+
+def train_shared_heads(config, runtime, model_path, tokenizer, items, val_enc, out: Path, facts: dict) -> dict:
+    """The cheap ensemble: `model`'s backbone frozen, its pooled features computed once, and K heads fitted on them
+    (member k: seed + k for its initialisation and, with ensemble_bootstrap, its own bootstrap resample), saved as one
+    K-head model in OUT/model with ensemble.json (form shared_backbone) written last."""
+    if runtime.world > 1:
+        raise ConfigError(
+            "ensemble_form=shared_backbone fits heads on features computed once, in one process: run it without a "
+            f"launcher (this run has {runtime.world} processes)"
+        )
+    started, k = time.time(), config.ensemble
+    model = load_reward_model(model_path, tokenizer, num_labels=k, new_head=True).eval()
+    hidden = model.score.in_features
+    if model.config.num_labels != k:  # a trained reward model keeps its backbone; its heads are replaced by K
+        model.score = torch.nn.Linear(hidden, k, bias=model.score.bias is not None)
+        model.config.num_labels = k
+    pad = tokenizer.pad_token_id
+    console.print(f"reward train: shared-backbone ensemble of {k}: features of {len(items)} training pairs")
+    encoded = [e for e, _ in items]
+    chosen = pooled_features(model, [c for c, _ in encoded], pad, config.batch_size * 2)
+    rejected = pooled_features(model, [r for _, r in encoded], pad, config.batch_size * 2)
+    margins = torch.tensor([m if config.use_margin else 0.0 for _, m in items], dtype=torch.float32)
+    counts, init, seeds = torch.zeros(k, len(items)), torch.zeros(k, hidden), []
+    std = getattr(model.config, "initializer_range", 0.02)
+    for member in range(k):
+        seed = config.seed + member
+        seeds.append(seed)
+        if config.ensemble_bootstrap:  # the separate form's resample: as many pairs as there are, with replacement
+            rng = random.Random(seed)
+            for _ in items:
+                counts[member, rng.randrange(len(items))] += 1
+        else:
+            counts[member] = 1.0
+        init[member] = torch.randn(hidden, generator=torch.Generator().manual_seed(seed)) * std
+    weights, losses = fit_heads(chosen, rejected, counts, init, margins, config)
+    with torch.no_grad():
+        model.score.weight.copy_(weights)
+        if model.score.bias is not None:
+            model.score.bias.zero_()  # a Bradley-Terry head's offset cancels in every margin
+    names = [f"member-{m}" for m in range(k)]
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {name: i for i, name in enumerate(names)}
+    members = [SharedHead(model, m) for m in range(k)]
+    margins_val, _, _, member_rewards = ensemble_margins(members, val_enc, pad, config.batch_size * 2)
+    per_member = [
+        {
+            "name": name,
+            "seed": seed,
+            "train_loss": round(loss, 6),
+            "distinct_train_pairs": int((counts[m] > 0).sum()),
+            "best_val_accuracy": rm.preference_accuracy([c - r for c, r in zip(*member_rewards[m])]),
+        }
+        for m, (name, seed, loss) in enumerate(zip(names, seeds, losses))
+    ]
+    summary = {
+        **facts,
+        "ensemble": k,
+        "ensemble_form": SHARED_BACKBONE,
+        "bootstrap": config.ensemble_bootstrap,
+        "members": per_member,
+        "model_dir": str(out / "model"),
+        "ensemble_val_accuracy": rm.preference_accuracy(margins_val),
+        "ensemble_val_ece": rm.expected_calibration_error(margins_val),
+        "val_disagreement": rm.ensemble_disagreement([c + r for c, r in member_rewards]),
+    }
+    model_dir = out / "model"
+    if (model_dir / ENSEMBLE_FILE).is_file() or (model_dir / "config.json").is_file():
+        shutil.rmtree(model_dir)  # an earlier model or ensemble in this folder: replaced whole
+    save_trained(runtime, model, tokenizer, model_dir, config, "reward-train", summary, state=model.state_dict())
+    write_json(
+        model_dir / ENSEMBLE_FILE,
+        {
+            "kind": "reward-model ensemble",
+            "form": SHARED_BACKBONE,
+            "members": names,
+            "seeds": seeds,
+            "bootstrap": config.ensemble_bootstrap,
+            "trained_by": "rlhfkit reward train",
+        },
+    )
+    summary = {"elapsed_s": round(time.time() - started, 1), **summary}
+    write_json(out / "summary.json", summary)
+    accuracies = ", ".join(f"{m['best_val_accuracy']:.3f}" for m in per_member)
+    console.print(
+        f"reward train: shared-backbone ensemble of {k}: validation accuracy {summary['ensemble_val_accuracy']:.3f} "
+        f"(members {accuracies}), disagreement {summary['val_disagreement']:.3f}; saved to {model_dir}"
+    )
     return summary
 
 
@@ -471,7 +615,7 @@ def ensemble_report(path: Path, member_rewards: list[tuple[list[float], list[flo
     """Each member's accuracy and calibration, the mean-combined ensemble's accuracy, and the disagreement."""
     from ..scoring import combine_rewards
 
-    names = [member.name for member in ensemble_members(path)]
+    names = ensemble_manifest(path)["members"]  # either form: the manifest names the members
     members = []
     for name, (chosen, rejected) in zip(names, member_rewards):
         margins = [c - r for c, r in zip(chosen, rejected)]
