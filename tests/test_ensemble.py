@@ -231,8 +231,12 @@ def test_shared_backbone_ensemble_is_one_folder_every_reader_reads(shared):
     margins, per_member = reward_margins(reward_scorers(str(model_dir)), pairs)
     assert len(per_member) == 4 and all(m > 0 for m in margins)
     report = reward.evaluate(
-        RewardEvalConfig(model=str(model_dir), data=str(model_dir.parent / "val_pairs.jsonl"),
-                         output_dir=str(model_dir.parent / "eval"), attributions=0)  # fmt: skip
+        RewardEvalConfig(
+            model=str(model_dir),
+            data=str(model_dir.parent / "val_pairs.jsonl"),
+            output_dir=str(model_dir.parent / "eval"),
+            attributions=0,
+        )  # fmt: skip
     )
     assert [m["name"] for m in report["ensemble"]["members"]] == manifest["members"]
 
