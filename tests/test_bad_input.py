@@ -676,6 +676,22 @@ def test_ensemble_with_a_missing_member(place, tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (["ensemble_form=shared_backbone"], "needs ensemble=K with K >= 2"),
+        (["ensemble=3", "ensemble_form=shared_backbone", "lora.r=4"], "lora and fsdp do not apply"),
+        (["ensemble=3", "ensemble_form=shared"], "ensemble_form"),
+    ],
+)
+def test_shared_backbone_ensemble_settings(setting, expected, tmp_path, monkeypatch, capsys):
+    pairs = data_file(tmp_path, "preference", "good")
+    out = tmp_path / "out"
+    argv = ["reward", "train", f"data={pairs}", *setting, f"output_dir={out}"]
+    assert_one_line_error(run_cli(monkeypatch, capsys, *argv), "command line", expected)
+    assert not out.exists()
+
+
 def test_import_margins_with_an_unknown_ensemble_method(place, annotate_db, monkeypatch, capsys):
     argv = ["annotate", "import-margins", "-p", "demo", "--db", str(annotate_db), "--reward-model", str(place["rm"])]
     result = run_cli(monkeypatch, capsys, *argv, "--ensemble-method", "max")
@@ -757,6 +773,7 @@ def battery() -> Counter:
     add("data import", 2)  # every skipped line; .gz output
     add("coverage", len(COVERAGE_SETTINGS))
     add("reward eval")  # an ensemble with a missing member
+    add("reward train", 3)  # shared-backbone ensemble settings
     add("annotate import-margins")  # an unknown ensemble method
     add("config show")
     add("registry list")
