@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from rlhfkit.config import PairsConfig, RewardEvalConfig, RewardSpec, RewardTrainConfig
@@ -366,7 +367,7 @@ def test_pareto_sweeps_the_heads_weights_and_marks_the_dominated_points(two_head
     assert (out / "pareto.png").stat().st_size > 0 and (out / "pareto.md").is_file()
     page = build_report(out).read_text()
     section = page.split('id="pareto"')[1].split("</section>")[0]
-    assert "Pareto" in section and "<img" in section and "gold brevity" in section and "the policy" in section
+    assert "Pareto" in section and "<img" in section and "gold brevity" in section and "the policy itself" in section
     assert "Not in this run folder" not in section
 
 
@@ -387,3 +388,31 @@ def test_pareto_refuses_bad_weights_and_heads(two_heads, tmp_path, monkeypatch, 
         for fragment in fragments:
             assert fragment in error, (fragment, error)
         assert not out.exists()
+
+
+def test_pareto_with_a_short_grpo_run_per_weighting(two_heads, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "pareto"
+    code, printed = run_pareto(
+        tmp_path,
+        monkeypatch,
+        capsys,
+        f"reward_model={two_heads['rm']}",
+        "golds={sentiment: default:quality}",
+        "method=grpo",
+        "weights=[[3, 1], [0, 2]]",
+        "grpo={steps: 1, batch_size: 2, group_size: 2}",
+        "num_prompts=2",
+        "samples_per_prompt=2",
+        "max_new_tokens=8",
+        "threads=1",
+        f"output_dir={out}",
+    )
+    assert code == 0, printed
+    result = json.loads((out / "pareto.json").read_text())
+    assert [p["weights"] for p in result["points"]] == [[0.75, 0.25], [0.0, 1.0]]  # scaled to sum to 1
+    for i, point in enumerate(result["points"]):
+        run = yaml.safe_load((out / f"grpo-{i}" / "config.yaml").read_text())
+        # each GRPO run is trained on the heads weighted by its weighting
+        assert [(r["head"], r["weight"]) for r in run["rewards"]] == list(enumerate(point["weights"]))
+        assert (out / f"grpo-{i}" / "model" / "config.json").is_file() and point["run_dir"] == str(out / f"grpo-{i}")
+    assert result["front"] and "the starting policy" in printed

@@ -616,7 +616,7 @@ def section_pareto(run_dir: Path, stages: dict[str, Path]) -> str:
         policy = result["policy"]
         rows.append(
             [
-                "the policy",
+                "the policy itself",
                 *(policy["gold"][n] for n in names),
                 *(policy["proxy"][n] for n in names),
                 policy["words"],

@@ -388,7 +388,8 @@ def format_table(result: dict) -> str:
 
     for p in result["points"]:
         lines.append(row(format_weights(p["weights"]), p, "yes" if p["on_front"] else "dominated"))
-    lines.append(row("the policy, no selection", result["policy"], "-"))
+    start = "the policy, no selection" if result["method"] == "bon" else "the starting policy"
+    lines.append(row(start, result["policy"], "-"))
     chosen = "each prompt's best of n" if result["method"] == "bon" else "each policy's samples"
     lines += ["", f"gold and score: means over {chosen} on {result['num_prompts']} prompts; every gold maximised."]
     return "\n".join(lines)
