@@ -665,6 +665,24 @@ def test_coverage_settings_are_bounded(setting, tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
 
+PARETO_SETTINGS = {
+    "weights=[[1, -0.5]]": "weights[0] [1.0, -0.5]: every weight must be >= 0",
+    "weights=[[0, 0]]": "weights[0] [0.0, 0.0]: at least one weight must be > 0",
+    "weights=[]": "weights is empty",
+    "grid=1": "key 'grid'",
+    "grpo={steps: 0}": "grpo",
+    "rewards=[{function: default}]": "give exactly one of reward_model",
+}
+
+
+@pytest.mark.parametrize("setting", list(PARETO_SETTINGS))
+def test_pareto_settings_are_checked(setting, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = ["pareto", "reward_model=RM", setting, f"output_dir={out}"]
+    assert_one_line_error(run_cli(monkeypatch, capsys, *argv), "command line", PARETO_SETTINGS[setting])
+    assert not out.exists()
+
+
 def test_ensemble_with_a_missing_member(place, tmp_path, monkeypatch, capsys):
     ensemble = tmp_path / "ensemble"
     shutil.copytree(place["rm"], ensemble / "member-0")
@@ -772,6 +790,7 @@ def battery() -> Counter:
         add(command)
     add("data import", 2)  # every skipped line; .gz output
     add("coverage", len(COVERAGE_SETTINGS))
+    add("pareto", len(PARETO_SETTINGS))
     add("reward eval")  # an ensemble with a missing member
     add("reward train", 3)  # shared-backbone ensemble settings
     add("annotate import-margins")  # an unknown ensemble method

@@ -11,6 +11,7 @@ import pytest
 
 from rlhfkit import cli
 from rlhfkit.evaluate.coverage import greedy_cover, kmeans, nearest_similarity, prompt_coverage
+from rlhfkit.report.html import section_coverage
 
 # unit vectors at known angles in the plane: cos(0) = 1, cos(60 deg) = 0.5, cos(90 deg) = 0
 E0, E60, E90 = [1.0, 0.0], [0.5, math.sqrt(3) / 2], [0.0, 1.0]
@@ -125,3 +126,6 @@ def test_coverage_command_finds_the_missing_category_and_fills_it(tmp_path, monk
     # the phone reference prompts were uncovered, and clustered apart from the rest
     assert any("phone" in c["representative"] for c in result["uncovered_clusters"])
     assert "uncovered cluster" in printed and "picked" in printed
+    page = section_coverage(out, {})  # the report's section: before and after, and the uncovered clusters
+    assert f"<td>{result['coverage']:.4g}</td>" in page and f"<td>{result['coverage_after']:.4g}</td>" in page
+    assert "Uncovered reference prompts" in page and "phone" in page and "Not in this run folder" not in page

@@ -251,3 +251,27 @@ def test_shared_backbone_refusals():
         build_config(
             RewardTrainConfig, {"data": "x.jsonl", "ensemble": 3, "ensemble_form": "shared_backbone", "lora": {"r": 4}}
         )
+
+
+def test_report_sets_the_ensemble_against_a_single_member(trained, tmp_path):
+    """bon-sweep with the ensemble (uwo), then its samples scored by one member alone: the report's ensemble section
+    lists both proxies with their gold; a folder without an ensemble shows the placeholder."""
+    from rlhfkit.config import BonSweepConfig
+    from rlhfkit.report.html import section_ensemble, stage_dirs
+    from rlhfkit.stages import bon_sweep
+
+    root, _ = trained
+    model = root / "rm" / "model"
+    common = dict(max_n=3, num_prompts=2, max_new_tokens=8, bootstrap=0, threads=1)
+    uwo = RewardSpec(model=str(model), ensemble_method="uwo", ensemble_coef=0.5)
+    bon_sweep.run(BonSweepConfig(rewards=[uwo], output_dir=str(tmp_path / "uwo"), **common))
+    single = RewardSpec(model=str(model / "member-0"))
+    sweep = bon_sweep.run(
+        BonSweepConfig(
+            rewards=[single], samples_from=str(tmp_path / "uwo"), output_dir=str(tmp_path / "single"), **common
+        )
+    )
+    page = section_ensemble(stage_dirs(tmp_path))
+    assert f"ensemble of {K} (uwo 0.5)" in page and "<td>reward model</td>" in page
+    assert f"<td>{sweep['rows'][-1]['gold']:.4g}</td>" in page and "Not in this run folder" not in page
+    assert "Not in this run folder" in section_ensemble({"single": tmp_path / "single"})

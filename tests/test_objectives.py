@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from rlhfkit.config import PairsConfig, RewardEvalConfig, RewardSpec, RewardTrainConfig
@@ -21,7 +22,7 @@ from rlhfkit.demo import gold
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.losses import multi_head_bradley_terry_loss
 from rlhfkit.online import RewardFunction
-from rlhfkit.report.html import section_reward
+from rlhfkit.report.html import section_heads, section_reward
 from rlhfkit.scoring import RewardModelScorer, load_scorer
 from rlhfkit.stages import pairs as pairs_stage
 from rlhfkit.stages import reward
@@ -152,7 +153,11 @@ def test_each_head_learns_its_own_objective(two_heads, tmp_path):
     figures = tmp_path / "figures"
     figures.mkdir()
     page = section_reward({"reward_eval": tmp_path / "eval"}, figures)
-    assert "<td>brevity</td>" in page and (figures / "reliability_reward_eval.png").is_file()
+    # the overall reliability diagram, one curve per head
+    assert "Reliability diagram" in page and (figures / "reliability_reward_eval.png").is_file()
+    heads_page = section_heads({"reward_eval": tmp_path / "eval"}, figures)  # the report's per-head audit
+    assert "<td>brevity</td>" in heads_page and "sentiment ~ brevity" in heads_page
+    assert (figures / "heads_reliability_reward_eval.png").is_file() and "Not in this run folder" not in heads_page
 
 
 def test_a_head_is_chosen_by_name(two_heads):
@@ -267,3 +272,147 @@ def test_raw_ultrafeedback_fine_grained_ratings_become_labels(tmp_path):
     assert pair.labels == {"helpfulness": "chosen", "honesty": "tie", "instruction_following": "chosen"}
     with pytest.raises(DataError, match=r"uf-bad.jsonl:1: field 'completions\[1\]\.fine-grained_score'"):
         import_preferences(write_jsonl(tmp_path / "uf-bad.jsonl", [bad]), "ultrafeedback")
+
+
+# ---------------------------------------------------------------- weights and the Pareto front (#14.3)
+
+
+def test_weighted_reward_is_the_weighted_sum_of_the_sources():
+    from rlhfkit.online import weighted_reward
+
+    scores = torch.tensor([[1.0, -2.0], [0.5, 4.0], [0.0, 0.0]])
+    # by hand: 0.25 * 1 + 0.75 * -2 = -1.25; 0.25 * 0.5 + 0.75 * 4 = 3.125
+    assert weighted_reward(scores, [0.25, 0.75]).tolist() == [-1.25, 3.125, 0.0]
+    assert weighted_reward(scores, [2.0, 0.0]).tolist() == [2.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="one weight per source"):
+        weighted_reward(scores, [1.0, 0.0, 0.0])
+
+
+def test_simplex_grid_and_weight_scaling():
+    from rlhfkit.stages.pareto import normalised, simplex_grid
+
+    assert simplex_grid(2, 5) == [[1.0, 0.0], [0.75, 0.25], [0.5, 0.5], [0.25, 0.75], [0.0, 1.0]]
+    three = simplex_grid(3, 3)
+    assert len(three) == 6 and all(sum(w) == 1.0 for w in three) and [0.5, 0.5, 0.0] in three
+    assert normalised([[2, 2], [0, 3]], ["a", "b"]) == [[0.5, 0.5], [0.0, 1.0]]
+    with pytest.raises(ConfigError, match=r"weights\[1\] \[1, 2, 3\]: 3 number\(s\) for 2 objectives \(a, b\)"):
+        normalised([[1, 0], [1, 2, 3]], ["a", "b"])
+
+
+def test_heads_of_one_model_combine_by_weight_from_one_load(two_heads):
+    prompts = ["Write a short review of the gym."] * 2
+    responses = [" The gym was great.", " The gym was awful." + PADDING]
+    rm = str(two_heads["rm"])
+    both = RewardFunction(
+        [RewardSpec(model=rm, head="sentiment", weight=0.3), RewardSpec(model=rm, head="brevity", weight=0.7)]
+    )
+    assert both.sources[0][2] is both.sources[1][2]  # one model loaded, one forward pass for both heads
+    assert both.objectives == ["sentiment", "brevity"]
+    sentiment = RewardFunction([RewardSpec(model=rm, head="sentiment")])(prompts, responses)[0]
+    brevity = RewardFunction([RewardSpec(model=rm, head=1)])(prompts, responses)[0]
+    total, parts = both(prompts, responses)
+    assert total.tolist() == pytest.approx((0.3 * sentiment + 0.7 * brevity).tolist(), abs=1e-5)
+    assert parts["reward_rm0"] == pytest.approx(sentiment.mean().item(), abs=1e-5)
+
+
+def run_pareto(tmp_path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    from rlhfkit import cli
+
+    monkeypatch.setattr("sys.argv", ["rlhfkit", "pareto", *args])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_pareto_sweeps_the_heads_weights_and_marks_the_dominated_points(two_heads, tmp_path, monkeypatch, capsys):
+    from rlhfkit.evaluate import pareto_front
+    from rlhfkit.report.html import build_report
+
+    out = tmp_path / "pareto"
+    code, printed = run_pareto(
+        tmp_path,
+        monkeypatch,
+        capsys,
+        f"reward_model={two_heads['rm']}",
+        "golds={sentiment: default:quality}",  # brevity's gold is the default task's, by its name
+        "grid=3",
+        "n=6",
+        "num_prompts=6",
+        "max_new_tokens=16",
+        "threads=1",
+        f"output_dir={out}",
+    )
+    assert code == 0, printed
+    result = json.loads((out / "pareto.json").read_text())
+    assert result["objectives"] == ["sentiment", "brevity"]
+    assert result["golds"] == {"sentiment": "default:quality", "brevity": "default:brevity"}
+    points = result["points"]
+    assert [p["weights"] for p in points] == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+    golds = [[p["gold"]["sentiment"], p["gold"]["brevity"]] for p in points]
+    assert result["front"] == pareto_front(golds) and result["front"]
+    assert [p["dominated"] for p in points] == [i not in result["front"] for i in range(3)]
+    # the samples are drawn once (6 prompts x 6) and re-ranked per weighting: all weight on a head picks, per
+    # prompt, the sample that head scores highest, so no other weighting's winners score higher on it
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 36
+    for p in points:
+        assert p["proxy"]["sentiment"] <= points[0]["proxy"]["sentiment"] + 1e-9
+        assert p["proxy"]["brevity"] <= points[2]["proxy"]["brevity"] + 1e-9
+    assert points[2]["proxy"]["brevity"] > points[0]["proxy"]["brevity"]
+    assert points[0]["proxy"]["sentiment"] > result["policy"]["proxy"]["sentiment"]  # selection beats no selection
+    assert "dominated" in printed or "yes" in printed
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "pareto.md").is_file()
+    page = build_report(out).read_text()
+    section = page.split('id="pareto"')[1].split("</section>")[0]
+    assert "Pareto" in section and "<img" in section and "gold brevity" in section and "the policy itself" in section
+    assert "Not in this run folder" not in section
+
+
+def test_pareto_refuses_bad_weights_and_heads(two_heads, tmp_path, monkeypatch, capsys):
+    rm = f"reward_model={two_heads['rm']}"
+    gold = "golds={sentiment: default:quality}"
+    for args, fragments in (
+        ([rm, gold, "weights=[[1, 0, 0]]"], ["weights[0] [1.0, 0.0, 0.0]", "3 number(s) for 2 objectives"]),
+        ([rm, gold, "heads=[sentiment, tone]"], ["heads[1]=tone", "heads: 0: sentiment, 1: brevity"]),
+        ([rm], ["golds: objective 'sentiment' has no gold judge"]),
+        ([rm, gold, "golds={tone: default}"], ["golds: no objective named tone"]),
+        (["reward_model=default"], ["not a reward model"]),
+    ):
+        out = tmp_path / "out"
+        code, printed = run_pareto(tmp_path, monkeypatch, capsys, *args, f"output_dir={out}")
+        assert code != 0 and "Traceback" not in printed, printed
+        error = printed.strip().splitlines()[-1]
+        for fragment in fragments:
+            assert fragment in error, (fragment, error)
+        assert not out.exists()
+
+
+def test_pareto_with_a_short_grpo_run_per_weighting(two_heads, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "pareto"
+    code, printed = run_pareto(
+        tmp_path,
+        monkeypatch,
+        capsys,
+        f"reward_model={two_heads['rm']}",
+        "golds={sentiment: default:quality}",
+        "method=grpo",
+        "weights=[[3, 1], [0, 2]]",
+        "grpo={steps: 1, batch_size: 2, group_size: 2}",
+        "num_prompts=2",
+        "samples_per_prompt=2",
+        "max_new_tokens=8",
+        "threads=1",
+        f"output_dir={out}",
+    )
+    assert code == 0, printed
+    result = json.loads((out / "pareto.json").read_text())
+    assert [p["weights"] for p in result["points"]] == [[0.75, 0.25], [0.0, 1.0]]  # scaled to sum to 1
+    for i, point in enumerate(result["points"]):
+        run = yaml.safe_load((out / f"grpo-{i}" / "config.yaml").read_text())
+        # each GRPO run is trained on the heads weighted by its weighting
+        assert [(r["head"], r["weight"]) for r in run["rewards"]] == list(enumerate(point["weights"]))
+        assert (out / f"grpo-{i}" / "model" / "config.json").is_file() and point["run_dir"] == str(out / f"grpo-{i}")
+    assert result["front"] and "the starting policy" in printed

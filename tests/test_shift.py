@@ -6,6 +6,7 @@ One pairs file and one reward model per module (about 25 s on one thread); each 
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import random
@@ -16,6 +17,7 @@ import pytest
 from rlhfkit import cli
 from rlhfkit.config import PairsConfig, RewardTrainConfig
 from rlhfkit.evaluate import shift as measures
+from rlhfkit.report.html import section_shift
 from rlhfkit.stages import pairs, reward
 
 HELD_OUT = {"laptop", "book", "game"}
@@ -73,6 +75,10 @@ def test_held_out_categories_are_flagged_and_a_random_split_is_not(split, monkey
     assert checks["distance"]["shifted"]
     categories = {json.loads(line)["prompt"]: json.loads(line)["category"] for line in split["held_out"].open()}
     assert {categories.get(row["prompt"]) for row in held["farthest"]} <= HELD_OUT  # the farthest are the new ones
+    # the report's section: the verdict, every set's figures, each check, the farthest prompts
+    page = section_shift(split["root"] / "shift-held_out-0", {})
+    assert 'class="fail">SHIFTED' in page and "<td>rm_accuracy</td>" in page and "<td>distance</td>" in page
+    assert html.escape(held["farthest"][0]["prompt"]) in page and "Not in this run folder" not in page
 
     code, inside, printed = monitor(split, "in_distribution", monkeypatch, capsys)
     assert code == 0 and not inside["shifted"] and "no shift" in printed

@@ -30,28 +30,62 @@ from .train import Alarms, RunLog, gradient_problem
 # ---------------------------------------------------------------- rewards
 
 
+def weighted_reward(source_scores: torch.Tensor, weights) -> torch.Tensor:
+    """The combined reward of each response: sum over sources s of weights[s] * source_scores[:, s].
+
+    `source_scores` is [responses, sources] (each source a reward-model head or a scorer), `weights` one number per
+    source. This is the one way rlhfkit combines objectives: PPO, GRPO, RLOO, REINFORCE++, online DPO, best-of-n,
+    bon-sweep and frontier score with it through RewardFunction, and `rlhfkit pareto` sweeps the weights."""
+    weights = torch.as_tensor(weights, dtype=source_scores.dtype)
+    if source_scores.ndim != 2 or weights.shape != (source_scores.shape[1],):
+        raise ValueError(
+            f"weighted_reward: {tuple(weights.shape)} weights for scores of shape {tuple(source_scores.shape)} "
+            "(one weight per source)"
+        )
+    return source_scores @ weights
+
+
 class RewardFunction:
-    """Weighted sum of reward sources: reward-model directories (a chosen head) and `module:function` callables."""
+    """The reward sources of a `rewards` list, combined by weighted_reward with each source's `weight`: reward-model
+    heads (every head of one model read from one forward pass, the model loaded once however many sources name it)
+    and `module:function` callables."""
 
     def __init__(self, specs: list[RewardSpec]):
-        self.sources = []
-        for i, spec in enumerate(specs):
+        self.specs = list(specs)
+        self.sources = []  # (name, spec, a RewardModelScorer or a callable, head index or None)
+        scorers: dict[Path, RewardModelScorer] = {}
+        for i, spec in enumerate(self.specs):
             if spec.model:
-                scorer = RewardModelScorer(
-                    spec.model, ensemble_method=spec.ensemble_method, ensemble_coef=spec.ensemble_coef
-                )
-                scorer.check_head(spec.head, f"rewards[{i}].head")
-                self.sources.append((f"rm{i}", spec, scorer))
+                path = resolve_model_path(spec.model)
+                if path not in scorers:
+                    scorers[path] = RewardModelScorer(
+                        path, ensemble_method=spec.ensemble_method, ensemble_coef=spec.ensemble_coef
+                    )
+                scorer = scorers[path]
+                self.sources.append((f"rm{i}", spec, scorer, scorer.check_head(spec.head, f"rewards[{i}].head")))
             else:
-                self.sources.append((f"fn{i}", spec, load_scorer(spec.function, option=f"rewards[{i}].function")))
+                scorer = load_scorer(spec.function, option=f"rewards[{i}].function")
+                self.sources.append((f"fn{i}", spec, scorer, None))
+        self.weights = torch.tensor([spec.weight for spec in self.specs])
+
+    @property
+    def objectives(self) -> list[str]:
+        """What each source scores: a head's objective name (`quality`, or LABEL_0 for an unnamed head) or the
+        function's `module:function` spec."""
+        return [
+            source.objectives[head] if head is not None else spec.function for _, spec, source, head in self.sources
+        ]
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
-        total = torch.zeros(len(responses))
-        parts = {}
-        for name, spec, source in self.sources:
-            if isinstance(source, RewardModelScorer):
-                members = torch.tensor(source.score_members(prompts, responses, spec.head))
+    def source_scores(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Every source's scores, [responses, sources] (an ensemble's members combined by the source's
+        ensemble_method), and the logged parts: each source's mean and an ensemble's disagreement."""
+        columns, parts, heads = [], {}, {}
+        for name, spec, source, head in self.sources:
+            if head is not None:
+                if id(source) not in heads:
+                    heads[id(source)] = source.head_members(prompts, responses)
+                members = heads[id(source)][:, :, head]
                 scores = torch.tensor(combine_rewards(members.tolist(), spec.ensemble_method, spec.ensemble_coef))
                 if len(members) > 1:
                     # the members' disagreement: std over members, averaged over responses (logged, never trained on)
@@ -59,8 +93,12 @@ class RewardFunction:
             else:
                 scores = torch.tensor(call_scorer(source, prompts, responses, option=name))
             parts[f"reward_{name}"] = scores.mean().item()
-            total += spec.weight * scores
-        return total, parts
+            columns.append(scores.float())
+        return torch.stack(columns, 1), parts
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        scores, parts = self.source_scores(prompts, responses)
+        return weighted_reward(scores, self.weights), parts
 
 
 # ---------------------------------------------------------------- policy, reference, prompts

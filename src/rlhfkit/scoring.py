@@ -370,24 +370,29 @@ class RewardModelScorer:
         return head_index(self.model.config, head, option, self.path)
 
     @torch.no_grad()
+    def head_members(self, prompts: list, responses: list[str], on_batch=None) -> torch.Tensor:
+        """Every member's scores from every head in one forward pass per batch, shape [members, responses, heads]
+        (NaN for a response with no room left); `on_batch(n)` is told after each batch of n sequences has been
+        scored by every member."""
+        sequences = [self.encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
+        kept = [i for i, s in enumerate(sequences) if s is not None]
+        scores = torch.full((len(self.models), len(sequences), self.num_heads), math.nan)
+        for start in range(0, len(kept), self.batch_size):
+            chunk = kept[start : start + self.batch_size]
+            for k, model in enumerate(self.models):
+                values = head_scores(model, [sequences[i] for i in chunk], self.tokenizer.pad_token_id)
+                scores[k, chunk] = values[:, : self.num_heads].cpu()
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return scores
+
     def score_members(
         self, prompts: list, responses: list[str], head: int | str = 0, on_batch=None
     ) -> list[list[float]]:
         """Each member's scores from one head (index or objective name; one list per member, one score per
-        response); `on_batch(n)` is told after each batch of n sequences has been scored by every member."""
+        response); `on_batch` as in head_members."""
         head = self.check_head(head, "head")
-        sequences = [self.encoder.encode_response(p, r) for p, r in zip(prompts, responses)]
-        kept = [i for i, s in enumerate(sequences) if s is not None]
-        scores = [[math.nan] * len(sequences) for _ in self.models]
-        for start in range(0, len(kept), self.batch_size):
-            chunk = kept[start : start + self.batch_size]
-            for model, member_scores in zip(self.models, scores):
-                values = score_sequences(model, [sequences[i] for i in chunk], self.tokenizer.pad_token_id, head)
-                for i, value in zip(chunk, values.tolist()):
-                    member_scores[i] = value
-            if on_batch is not None:
-                on_batch(len(chunk))
-        return scores
+        return self.head_members(prompts, responses, on_batch)[:, :, head].tolist()
 
     def score(self, prompts: list, responses: list[str], head: int | str = 0, on_batch=None) -> list[float]:
         """One score per response from one head (index or objective name; an ensemble's members combined);

@@ -2,7 +2,9 @@
 
 The report reads what a run folder holds, stage by stage; a section whose stage did not run says so
 instead of disappearing, so every report has the same outline:
-data and agreement, reward-model audit, training curves, over-optimisation, detectors, gate, samples. An optional
+data and agreement, reward-model audit, reward heads per objective, distribution shift, prompt coverage, training
+curves, over-optimisation, ensemble against a single reward model, the Pareto front of the objectives, detectors,
+gate, samples. An optional
 section (the reward/KL frontier) appears only when its stage's output is there.
 """
 
@@ -20,8 +22,13 @@ from . import plots
 SECTIONS = [
     ("data", "Data and agreement"),
     ("reward", "Reward-model audit"),
+    ("heads", "Reward heads per objective"),
+    ("shift", "Distribution shift"),
+    ("coverage", "Prompt coverage"),
     ("training", "Training curves"),
     ("overoptimisation", "Over-optimisation"),
+    ("ensemble", "Ensemble against a single reward model"),
+    ("pareto", "Pareto front of the objectives"),
     ("detectors", "Detector verdicts"),
     ("gate", "Acceptance gate"),
     ("samples", "Before and after"),
@@ -187,23 +194,6 @@ def section_reward(stages: dict[str, Path], figures: Path) -> str:
                 ],
             )
         )
-        if summary.get("heads"):  # a multi-head model: every metric per head, against that objective's labels
-            parts.append(
-                _table(
-                    ["head", "pairs", "accuracy", "accuracy against its gold", "ECE", "length correlation"],
-                    [
-                        [
-                            head_name,
-                            head.get("pairs"),
-                            head.get("accuracy"),
-                            head.get("gold_accuracy"),
-                            head.get("ece"),
-                            head.get("length_correlation"),
-                        ]
-                        for head_name, head in summary["heads"].items()
-                    ],
-                )
-            )
         bins = [b for b in summary.get("reliability", []) if b["count"]]
         if bins:
             path = figures / f"reliability_{name}.png"
@@ -391,6 +381,263 @@ def section_frontier(run_dir: Path, stages: dict[str, Path]) -> str | None:
     return None
 
 
+def _folders(run_dir: Path, stages: dict[str, Path]) -> list[tuple[str, Path]]:
+    """The run folder and every stage folder in it, each once, with the name a section shows."""
+    seen, out = set(), []
+    for name, folder in [(run_dir.name, run_dir), *stages.items()]:
+        if folder.resolve() not in seen:
+            seen.add(folder.resolve())
+            out.append((name, folder))
+    return out
+
+
+def section_heads(stages: dict[str, Path], figures: Path) -> str:
+    """Every reward-eval of a multi-head model: each head's metrics against its own objective's labels and gold,
+    the correlation between heads, and one reliability diagram per head."""
+    parts = []
+    for name, folder in stages.items():
+        summary = _read_json(folder / "summary.json") or {}
+        heads = summary.get("heads") if summary.get("stage") == "reward-eval" else None
+        if not heads:
+            continue
+        parts.append(f"<p>{html.escape(name)}: {len(heads)} heads, each against its own objective's labels.</p>")
+        parts.append(
+            _table(
+                [
+                    "head",
+                    "pairs",
+                    "accuracy",
+                    "accuracy against its gold",
+                    "ECE",
+                    "mean margin",
+                    "length correlation",
+                    "prefers the longer response",
+                ],
+                [
+                    [
+                        head_name,
+                        head.get("pairs"),
+                        head.get("accuracy"),
+                        head.get("gold_accuracy"),
+                        head.get("ece"),
+                        head.get("mean_margin"),
+                        head.get("length_correlation"),
+                        head.get("longer_preferred_share"),
+                    ]
+                    for head_name, head in heads.items()
+                ],
+            )
+        )
+        correlation = summary.get("head_correlation") or {}
+        if correlation:
+            parts.append(
+                "<p>Correlation between heads (Pearson, rewards of every response):</p>"
+                + _table(["heads", "correlation"], [[k.replace("~", " ~ "), v] for k, v in correlation.items()])
+            )
+        path = figures / f"heads_reliability_{name}.png"
+        fig, axes = plots.new_figures(len(heads), 4.0 * len(heads), 3.6)
+        for ax, (head_name, head) in zip(axes, heads.items()):
+            bins = [b for b in head.get("reliability", []) if b["count"]]
+            ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle="--", linewidth=1)
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o")
+            ece = head.get("ece")
+            ax.set_title(f"head {head_name}" + (f": ECE {ece:.3f}" if ece is not None else ""))
+            ax.set_xlabel("confidence max(p, 1-p)")
+            ax.set_ylabel("accuracy")
+        plots.save_figure(fig, path)
+        parts.append(_figure(path, f"Reliability diagram per head ({name})"))
+    return "".join(parts) or _missing("a reward eval of a multi-head reward model (pairs with per-objective labels)")
+
+
+def section_shift(run_dir: Path, stages: dict[str, Path]) -> str:
+    """rlhfkit shift: the verdict, every figure on each set, each check, and the farthest new prompts."""
+    parts = []
+    for name, folder in _folders(run_dir, stages):
+        shift = _read_json(folder / "shift.json")
+        if not shift or "sets" not in shift:  # a flywheel round's shift.json has checks only
+            continue
+        verdict = '<span class="fail">SHIFTED</span>' if shift["shifted"] else '<span class="pass">no shift</span>'
+        parts.append(f"<p>{html.escape(name)}: {verdict} (against the {html.escape(shift['compared_with'])})</p>")
+        sets = shift["sets"]
+        measures = ["prompts", "pairs", "distance", "rm_accuracy", "confidence", "disagreement", "gold_agreement"]
+        parts.append(
+            _table(
+                ["measure", *sets],
+                [[m, *(sets[s].get(m) for s in sets)] for m in measures if any(m in sets[s] for s in sets)],
+            )
+        )
+        word = {True: "SHIFT", False: "ok", None: "n/a"}
+        body = _table(
+            ["check", "verdict", "detail"], [[c["check"], word[c["shifted"]], c["detail"]] for c in shift["checks"]]
+        )
+        parts.append(
+            body.replace("<td>SHIFT</td>", '<td class="fail">SHIFT</td>').replace(
+                "<td>ok</td>", '<td class="pass">ok</td>'
+            )
+        )
+        if shift.get("farthest"):
+            parts.append(
+                "<p>The new prompts farthest from the training ones (cosine distance to the nearest):</p>"
+                + _table(["prompt", "distance"], [[r["prompt"], r["distance"]] for r in shift["farthest"][:10]])
+            )
+        parts += [f'<p class="muted">{html.escape(note)}</p>' for note in shift.get("notes", [])]
+    return "".join(parts) or _missing("a shift monitor result (rlhfkit shift)")
+
+
+def section_coverage(run_dir: Path, stages: dict[str, Path]) -> str:
+    """rlhfkit coverage: coverage before and after the picks, and the uncovered clusters."""
+    parts = []
+    for name, folder in _folders(run_dir, stages):
+        cov = _read_json(folder / "coverage.json")
+        if not cov or cov.get("stage") != "coverage":
+            continue
+        parts.append(
+            _table(
+                [
+                    "run",
+                    "prompts",
+                    "reference prompts",
+                    "threshold",
+                    "coverage",
+                    "pool",
+                    "picked",
+                    "coverage after",
+                    "target",
+                    "reached",
+                ],
+                [
+                    [
+                        name,
+                        cov["prompts"],
+                        cov["reference"],
+                        cov["threshold"],
+                        cov["coverage"],
+                        cov["pool"],
+                        cov["picked"],
+                        cov["coverage_after"],
+                        cov["target"],
+                        "yes" if cov["reached_target"] else "no",
+                    ]
+                ],
+            )
+        )
+        if cov.get("uncovered_clusters"):
+            parts.append(
+                "<p>Uncovered reference prompts, clustered:</p>"
+                + _table(
+                    ["size", "nearest the centre", "more of it"],
+                    [[c["size"], c["representative"], " | ".join(c["examples"])] for c in cov["uncovered_clusters"]],
+                )
+            )
+    return "".join(parts) or _missing("a coverage result (rlhfkit coverage)")
+
+
+def _proxy_label(specs: list[dict]) -> tuple[str, bool]:
+    """(how a rewards list reads, whether one of its sources is a reward-model ensemble)."""
+    from ..scoring import ensemble_members, is_ensemble
+
+    words, ensemble = [], False
+    for spec in specs:
+        weight = "" if spec.get("weight", 1.0) == 1.0 else f"{spec['weight']:g} x "
+        if spec.get("model"):
+            model = Path(spec["model"])
+            if model.is_dir() and is_ensemble(model):
+                ensemble = True
+                method = spec.get("ensemble_method", "mean")
+                coef = f" {spec.get('ensemble_coef', 0.5):g}" if method == "uwo" else ""
+                words.append(f"{weight}ensemble of {len(ensemble_members(model))} ({method}{coef})")
+            else:
+                words.append(f"{weight}reward model")
+        else:
+            words.append(f"{weight}{spec.get('function')}")
+    return " + ".join(words), ensemble
+
+
+def section_ensemble(stages: dict[str, Path]) -> str:
+    """Gold under over-optimisation with a single reward model against an ensemble: every bon-sweep and online run
+    of the folder with its proxy, when one of them scores with an ensemble; and each audited ensemble's members."""
+    import yaml
+
+    rows, any_ensemble, members = [], False, []
+    for name, folder in stages.items():
+        sweep = _read_json(folder / "sweep.json")
+        summary = _read_json(folder / "summary.json") or {}
+        if sweep and sweep.get("stage") == "bon-sweep":
+            label, ensemble = _proxy_label(sweep.get("rewards", []))
+            last = sweep["rows"][-1]
+            best = next(r for r in sweep["rows"] if r["n"] == sweep["gold_best_n"])
+            rows.append(
+                [name, "best-of-n", label, f"n = {last['n']}", last["gold"], f"n = {best['n']}: {best['gold']:.4g}"]
+            )
+        elif "final" in summary and (folder / "config.yaml").is_file():
+            specs = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("rewards") or []
+            label, ensemble = _proxy_label(specs)
+            final = summary["final"]
+            rows.append([name, summary.get("stage"), label, f"step {final.get('step')}", final.get("gold_avg"), ""])
+        elif summary.get("stage") == "reward-eval" and summary.get("ensemble"):
+            ens = summary["ensemble"]
+            members += [[name, m["name"], m["accuracy"], m["ece"]] for m in ens["members"]]
+            members.append([name, f"ensemble ({ens['method']})", summary.get("accuracy"), summary.get("ece")])
+            ensemble = True
+        else:
+            continue
+        any_ensemble = any_ensemble or ensemble
+    if not any_ensemble:
+        return _missing("a bon-sweep, online run or reward eval with a reward-model ensemble (reward train ensemble=K)")
+    parts = []
+    if rows:
+        parts.append(
+            "<p>Gold at the end of each run: the largest n of a best-of-n sweep, the last window of an online run.</p>"
+            + _table(["run", "kind", "proxy", "at", "gold", "gold at its best n"], rows)
+        )
+    if members:
+        parts.append(_table(["reward eval", "member", "accuracy", "ECE"], members))
+    return "".join(parts)
+
+
+def section_pareto(run_dir: Path, stages: dict[str, Path]) -> str:
+    """rlhfkit pareto: the front's plot and every weighting's point, dominated or not."""
+    parts = []
+    for name, folder in _folders(run_dir, stages):
+        result = _read_json(folder / "pareto.json")
+        if not result or result.get("stage") != "pareto":
+            continue
+        names = result["objectives"]
+        rows = [
+            [
+                " / ".join(f"{w:.2f}" for w in p["weights"]),
+                *(p["gold"][n] for n in names),
+                *(p["proxy"][n] for n in names),
+                p["words"],
+                "on the front" if p["on_front"] else "dominated",
+            ]
+            for p in result["points"]
+        ]
+        policy = result["policy"]
+        rows.append(
+            [
+                "the policy itself",
+                *(policy["gold"][n] for n in names),
+                *(policy["proxy"][n] for n in names),
+                policy["words"],
+                "",
+            ]
+        )
+        method = "best-of-" + str(result["n"]) if result["method"] == "bon" else "a short GRPO run"
+        if (folder / "pareto.png").is_file():
+            parts.append(
+                _figure(folder / "pareto.png", f"{name}: gold per objective, {method} per weighting; crosses dominated")
+            )
+        parts.append(
+            _table(
+                [f"weights ({' / '.join(names)})", *(f"gold {n}" for n in names), *(f"score {n}" for n in names)]
+                + ["words", "front"],
+                rows,
+            ).replace("<td>dominated</td>", '<td class="muted">dominated</td>')
+        )
+    return "".join(parts) or _missing("a Pareto sweep (rlhfkit pareto)")
+
+
 def section_detectors(stages: dict[str, Path]) -> str:
     from ..evaluate.detectors import eval_detectors, load_metrics, run_detectors
 
@@ -493,6 +740,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     bodies = {
         "data": section_data(run_dir, stages, figures),
         "reward": section_reward(stages, figures),
+        "heads": section_heads(stages, figures),
+        "shift": section_shift(run_dir, stages),
+        "coverage": section_coverage(run_dir, stages),
+        "ensemble": section_ensemble(stages),
+        "pareto": section_pareto(run_dir, stages),
         "training": section_training(stages, figures),
         "overoptimisation": section_overoptimisation(stages, figures),
         "frontier": section_frontier(run_dir, stages),

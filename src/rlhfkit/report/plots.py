@@ -22,6 +22,14 @@ def new_figure(width: float = 7.0, height: float = 4.5):
     return figure, figure.subplots()
 
 
+def new_figures(count: int, width: float = 7.0, height: float = 4.5):
+    """A blank figure (no pyplot state) and its `count` axes side by side."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, list(figure.subplots(1, count, squeeze=False)[0])
+
+
 def save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
     """Write the figure as PNG (creating the folder) and return the path."""
     path = Path(path)
@@ -216,4 +224,52 @@ def plot_gao_forms(fit: dict, path: str | Path, title: str | None = None) -> Pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "Gao et al. forms fitted to an online run")
+    return save_figure(figure, path)
+
+
+def plot_pareto(result: dict, path: str | Path, title: str | None = None) -> Path:
+    """The gold of the first two objectives of a Pareto sweep (rlhfkit pareto), one point per weighting.
+
+    `result`: pareto.json's content: objectives, points (weights, gold, gold_stderr, on_front) and policy. Points on
+    the front are filled and joined by a line; dominated points are grey crosses; the star is the policy itself. With
+    more than two objectives a point may sit on the front through an objective the axes do not show."""
+    x_name, y_name = result["objectives"][:2]
+    figure, ax = new_figure(7.0, 5.0)
+    for on_front in (True, False):
+        group = [p for p in result["points"] if p["on_front"] == on_front]
+        if not group:
+            continue
+        errors = [[(p.get("gold_stderr") or {}).get(name) or 0.0 for p in group] for name in (x_name, y_name)]
+        ax.errorbar(
+            [p["gold"][x_name] for p in group],
+            [p["gold"][y_name] for p in group],
+            xerr=errors[0],
+            yerr=errors[1],
+            fmt="o" if on_front else "x",
+            color=GOLD_COLOR if on_front else "grey",
+            markersize=7,
+            capsize=2,
+            label="on the front (±1 standard error)" if on_front else "dominated",
+        )
+    front = sorted((p for p in result["points"] if p["on_front"]), key=lambda p: p["gold"][x_name])
+    if len(front) > 1:
+        ax.plot([p["gold"][x_name] for p in front], [p["gold"][y_name] for p in front], "-", color=GOLD_COLOR)
+    for p in result["points"]:
+        ax.annotate(
+            "/".join(f"{w:.2g}" for w in p["weights"]),
+            (p["gold"][x_name], p["gold"][y_name]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(4, 4),
+        )
+    policy = result.get("policy")
+    if policy:
+        ax.plot(policy["gold"][x_name], policy["gold"][y_name], "*", color="black", markersize=12, label="the policy")
+    ax.set_xlabel(f"gold {x_name}")
+    ax.set_ylabel(f"gold {y_name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    method = "best-of-n" if result.get("method") == "bon" else "GRPO"
+    labels = "/".join(result["objectives"])
+    ax.set_title(title or f"Pareto front, {method} per weighting; labels: weights {labels}")
     return save_figure(figure, path)

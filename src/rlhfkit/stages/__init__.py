@@ -100,6 +100,12 @@ STAGES: dict[str, Stage] = {
         "FrontierConfig",
         "Reward/KL frontier: DPO, PPO and GRPO at several strengths, gold against KL to the SFT model, per method.",
     ),
+    "pareto": Stage(
+        "pareto",
+        "ParetoConfig",
+        "Pareto front of several objectives: best-of-n (or a short GRPO) per weighting of the reward heads, every "
+        "objective's gold, the dominated points marked.",
+    ),
     "eval": Stage(
         "eval",
         "EvalConfig",
