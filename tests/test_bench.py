@@ -103,6 +103,8 @@ def test_bf16_sampling_row_and_goal_next_to_the_equal_arithmetic_row():
     row[spec.BF16_SAMPLING] = online(0.6, [0.10, 0.11])
     goals = "\n".join(spec.goals([row]))
     assert "0.60 of TRL's (goal <= 0.5): NOT met" in goals and "NOT shown equal" in goals
+    row = {key: online(0.5, [0.2]) for key in ("rlhfkit", "trl", spec.BF16_SAMPLING)} | {"task": "rloo", "model": "x"}
+    assert "one repeat: noise not measured): equal within the noise" in "\n".join(spec.goals([row]))
 
 
 def test_section_is_replaced_and_other_sections_kept():
