@@ -107,10 +107,6 @@ def run(config: OnlineDPOConfig) -> dict:
                 logps, entropy = policy.logps(
                     trained, input_ids[rows], attention_mask[rows], prompt_len, config.temperature, with_entropy=True
                 )
-                if not grad_norms and not mismatch:
-                    # bf16 rollouts: DPO's loss does not weigh tokens by the sampler, so the mismatch is only logged,
-                    # measured before the first step of the iteration (the policy as it sampled)
-                    mismatch = online.correction_weights(config, batch, rows, logps, batch.mask[rows])[2]
                 seq = (logps * batch.mask[rows]).sum(1)
                 n = len(idx)
                 losses, chosen_rewards, rejected_rewards = dpo_loss(
@@ -123,6 +119,10 @@ def run(config: OnlineDPOConfig) -> dict:
                 loss = (losses * weight).sum() * (runtime.world / max(total, 1.0))
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
                 entropies.append(masked_mean(entropy, batch.mask[rows]).item())
+                if not grad_norms and not mismatch:
+                    # bf16 rollouts: DPO's loss does not weigh tokens by the sampler, so the mismatch is only logged,
+                    # measured before the first step of the iteration (the policy as it sampled)
+                    mismatch = online.correction_weights(config, batch, rows, logps, batch.mask[rows])[2]
                 if total == 0:  # every pair of this step tied, on every process: nothing to learn from
                     continue
                 loss.backward()
