@@ -1,7 +1,8 @@
 """rlhfkit against TRL: the same models, data and hyper-parameters through both, side by side (`make bench`).
 
     python bench/run.py [--only rlhfkit|trl] [--tasks sft,reward,dpo,grpo,rloo] [--models default,llama20m]
-                        [--repeats 3] [--steps N] [--rl-steps N] [--threads 1] [--output BENCHMARKS.md]
+                        [--repeats 3] [--steps N] [--rl-steps N] [--threads 1] [--no-bf16-sampling]
+                        [--output BENCHMARKS.md]
 
 1. installs TRL (pinned, see spec.TRL_REQUIREMENTS) into bench/.venv-trl, once;
 2. builds the models and data (bench/prepare.py) into bench/.cache;
@@ -154,6 +155,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=str(ROOT / "BENCHMARKS.md"),
         help="markdown file whose 'Training throughput vs TRL' section is rewritten",
     )
+    p.add_argument(
+        "--no-bf16-sampling",
+        action="store_true",
+        help=f"skip the extra '{spec.BF16_SAMPLING}' configuration of grpo and rloo (rollout_dtype=bfloat16)",
+    )
     p.add_argument("--no-write", action="store_true", help="print the table; leave the markdown file alone")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (no share-of-peak column)")
     p.add_argument(
@@ -212,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     work_root = Path(args.work)
     work = work_root / "runs" / stamp
-    total = args.repeats * len(combos) * len(tools)
+    bf16 = not args.no_bf16_sampling
+    online_combos = sum(t in spec.ONLINE_TASKS for t, _ in combos) if "rlhfkit" in tools and bf16 else 0
+    total = args.repeats * (len(combos) * len(tools) + online_combos)
     done = 0
     for r in range(args.repeats):
         peak = None if args.no_peak else measure_peak(args.threads, env)
@@ -224,9 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             entry = entries[f"{task}/{model}"]
             hyper = hypers[(task, model)]
             plan = Plan(**entry["plan"])
-            for tool in order:
+            extra = [spec.BF16_SAMPLING] if task in spec.ONLINE_TASKS and "rlhfkit" in tools and bf16 else []
+            for label in order + extra:
+                tool, variant = ("rlhfkit", "bf16-sampling") if label == spec.BF16_SAMPLING else (label, "")
                 done += 1
-                name = f"{task}-{model}-{tool}-r{r}"
+                name = f"{task}-{model}-{label.replace(' ', '-')}-r{r}"
                 job = Job(
                     tool=tool,
                     task=task,
@@ -239,14 +249,16 @@ def main(argv: list[str] | None = None) -> int:
                     result=str(work / f"{name}.json"),
                     threads=args.threads,
                     repeat=r,
+                    variant=variant,
                 )
                 job_path = work / f"{name}.job.json"
                 job_path.parent.mkdir(parents=True, exist_ok=True)
                 job_path.write_text(job.to_json())
                 status, rss = run_child([pythons[tool], workers[tool], str(job_path)], work / f"{name}.log", env)
                 if status != 0 or not Path(job.result).is_file():
-                    failures.append(f"{task}/{model} {tool} round {r + 1}: exit {status}; log {work / (name + '.log')}")
-                    log(f"[{done}/{total}] {task}/{model} {tool}: FAILED (exit {status}); see {work / (name + '.log')}")
+                    child_log = work / f"{name}.log"
+                    failures.append(f"{task}/{model} {label} round {r + 1}: exit {status}; log {child_log}")
+                    log(f"[{done}/{total}] {task}/{model} {label}: FAILED (exit {status}); see {child_log}")
                     continue
                 result = Result.load(job.result)
                 result.peak_rss_mb = rss
@@ -255,12 +267,13 @@ def main(argv: list[str] | None = None) -> int:
                         f"first batch has {result.first_batch_tokens} tokens, the plan {plan.tokens_per_step[0]}"
                     )
                 summary = spec.summarise_run(result, hyper, plan)
-                runs.setdefault((task, model, tool), []).append(summary)
+                summary["tool"] = label
+                runs.setdefault((task, model, label), []).append(summary)
                 raw.append(
                     {**summary, "task": task, "model": model, "versions": result.versions, "notes": result.notes}
                 )
                 log(
-                    f"[{done}/{total}] {task}/{model} {tool}: {spec.fmt(summary.get('step_s'), '.3f')} s/step, "
+                    f"[{done}/{total}] {task}/{model} {label}: {spec.fmt(summary.get('step_s'), '.3f')} s/step, "
                     f"{spec.fmt(summary.get('samples_per_s'), '.1f')} samples/s, peak RSS {rss:.0f} MB, "
                     f"final loss {spec.fmt(summary.get('final_loss'), '.5f')}"
                 )
@@ -272,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(**entries[f"{task}/{model}"]["plan"])
         if task in spec.TRAIN_TASKS and plan.padded_tokens_per_step:
             row["padding_bound"] = sum(plan.padded_tokens_per_step) / sum(plan.tokens_per_step)
-        for tool in spec.TOOLS:
+        for tool in (*spec.TOOLS, spec.BF16_SAMPLING):
             row[tool] = spec.combine(runs.get((task, model, tool), [])) if (task, model, tool) in runs else {}
         k, t = row["rlhfkit"], row["trl"]
         if task in spec.TRAIN_TASKS and k.get("losses") and t.get("losses"):

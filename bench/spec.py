@@ -23,6 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 TOOLS = ("rlhfkit", "trl")
+# An extra configuration of rlhfkit on the online tasks, run next to the equal-arithmetic row: the rollout samples
+# with a bf16 copy of the policy (rollout_dtype=bfloat16), the update stays fp32 with the importance correction.
+BF16_SAMPLING = "rlhfkit bf16-sampling"
 TRAIN_TASKS = ("sft", "reward", "dpo")
 ONLINE_TASKS = ("grpo", "rloo")
 TASKS = TRAIN_TASKS + ONLINE_TASKS
@@ -100,6 +103,7 @@ class Job:
     threads: int = 2
     seed: int = 0
     repeat: int = 0
+    variant: str = ""  # rlhfkit only: "bf16-sampling" (BF16_SAMPLING)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -240,6 +244,13 @@ def summarise_run(result: Result, hyper: Hyper, plan: Plan) -> dict:
     return out
 
 
+def reward_noise(configurations: list[dict]) -> float | None:
+    """The run-to-run noise of the mean reward: the largest half-range over repeats of any configuration given
+    (None with a single repeat of each)."""
+    spreads = [c.get("reward_half_range") for c in configurations if c.get("reward_half_range") is not None]
+    return max(spreads) if spreads else None
+
+
 def combine(runs: list[dict]) -> dict:
     """Median over repeats of every rate; the spread of the step time; the largest peak RSS."""
     out = {"repeats": len(runs)}
@@ -255,6 +266,8 @@ def combine(runs: list[dict]) -> dict:
     ):
         out[key] = median([r.get(key) for r in runs])
     out["step_spread"] = spread([r.get("step_s") for r in runs])
+    rewards = [r["mean_reward"] for r in runs if r.get("mean_reward") is not None]
+    out["reward_half_range"] = (max(rewards) - min(rewards)) / 2 if len(rewards) > 1 else None
     out["peak_rss_mb"] = max((r["peak_rss_mb"] for r in runs), default=None)
     finals = [r.get("final_loss") for r in runs if r.get("final_loss") is not None]
     out["final_loss"] = median(finals)
@@ -339,6 +352,18 @@ def render_table(rows: list[dict], peak_flops: float | None) -> str:
                 f"{fmt(t.get('mean_generated'), '.1f')} | "
                 f"{share(k.get('flop_per_s'), peak_flops)} / {share(t.get('flop_per_s'), peak_flops)} |"
             )
+            b = r.get(BF16_SAMPLING)
+            if b:
+                lines.append(
+                    f"| {r['task']} bf16-sampling | {r['model']} | {fmt(b.get('step_s'), '.2f')} | "
+                    f"{fmt(t.get('step_s'), '.2f')} | **{fmt(ratio(b.get('step_s'), t.get('step_s')), '.2f')}** | "
+                    f"{fmt(b.get('tokens_per_s'), '.0f')} | {fmt(t.get('tokens_per_s'), '.0f')} | "
+                    f"{fmt(b.get('peak_rss_mb'), '.0f')} | {fmt(t.get('peak_rss_mb'), '.0f')} | "
+                    f"**{fmt(ratio(b.get('peak_rss_mb'), t.get('peak_rss_mb')), '.2f')}** | "
+                    f"{fmt(b.get('mean_reward'), '.3f')} / {fmt(t.get('mean_reward'), '.3f')} | "
+                    f"{fmt(b.get('mean_generated'), '.1f')} / {fmt(t.get('mean_generated'), '.1f')} | "
+                    f"{share(b.get('flop_per_s'), peak_flops)} / {share(t.get('flop_per_s'), peak_flops)} |"
+                )
     return "\n".join(lines)
 
 
@@ -372,6 +397,22 @@ def goals(rows: list[dict]) -> list[str]:
             out.append(
                 f"- {r['task']} / {r['model']}: iteration time {fmt(x, '.2f')} of TRL's (goal <= 0.5): "
                 f"{'met' if ok else 'NOT met'}"
+            )
+        b = r.get(BF16_SAMPLING)
+        if b:
+            x = ratio(b.get("step_s"), t.get("step_s"))
+            noise = reward_noise([k, b, t])
+            rewards = [b.get("mean_reward"), k.get("mean_reward"), t.get("mean_reward")]
+            gap = None if None in rewards[::2] else abs(rewards[0] - rewards[2])
+            same = gap is not None and (gap == 0 or (noise is not None and gap <= noise))
+            measured = (
+                f"run-to-run noise {fmt(noise, '.3f')}" if noise is not None else "one repeat: noise not measured"
+            )
+            out.append(
+                f"- {r['task']} / {r['model']} bf16-sampling: iteration time {fmt(x, '.2f')} of TRL's (goal <= 0.5): "
+                f"{'met' if x is not None and x <= 0.5 else 'NOT met'}; mean reward {fmt(rewards[0], '.3f')} "
+                f"(fp32 sampling {fmt(rewards[1], '.3f')}, TRL {fmt(rewards[2], '.3f')}; {measured}): "
+                f"{'equal within the noise' if same else 'NOT shown equal'}"
             )
         m = ratio(k.get("peak_rss_mb"), t.get("peak_rss_mb"))
         out.append(

@@ -83,6 +83,8 @@ def stage_values(job: Job) -> tuple[str, dict]:
         "save_every": BIG,
         "clip_low": 0.2,
     }
+    if job.variant == "bf16-sampling":  # spec.BF16_SAMPLING: sample with a bf16 copy, update in fp32, corrected
+        online["rollout_dtype"] = "bfloat16"
     if job.task == "grpo":
         return "grpo", {**online, "group_size": h.group, "normalize": True, "kl_estimator": "k3"}
     return "rloo", {**online, "k": h.group, "kl_estimator": "k1"}

@@ -364,6 +364,9 @@ EXTRA_CANNOT_TRAIN = {
         "clip_high=-0.1": "key 'clip_high'",
         "loss_type=ppo": "key 'loss_type'",
         "overlong_buffer=0": "key 'overlong_buffer'",
+        "rollout_dtype=float16": "key 'rollout_dtype'",
+        "is_cap=0.5": "key 'is_cap'",
+        "is_warn_logratio=0": "key 'is_warn_logratio'",
     },
     "rloo": {"mini_batch_size=0": "key 'mini_batch_size'", "k=1": "key 'k'", "clip_low=0": "key 'clip_low'"},
     "reinforce-pp": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,33 @@ def test_rates_ratios_and_goals_in_the_table():
     assert "padding bound 1.60x: TRL's padded batches are 62% real tokens" in "\n".join(
         spec.goals([{**row, "padding_bound": 1.6}])
     )
+
+
+def test_bf16_sampling_row_and_goal_next_to_the_equal_arithmetic_row():
+    def online(step_s: float, rewards: list[float]) -> dict:
+        return {"step_s": step_s, "mean_reward": statistics.mean(rewards), "reward_half_range": None} | (
+            {"reward_half_range": (max(rewards) - min(rewards)) / 2} if len(rewards) > 1 else {}
+        )
+
+    row = {
+        "task": "grpo",
+        "model": "default",
+        "rlhfkit": online(0.5, [0.30, 0.34]),
+        "trl": online(1.0, [0.32, 0.36]),
+        spec.BF16_SAMPLING: online(0.4, [0.31, 0.33]),
+    }
+    table = spec.render_table([row], peak_flops=None)
+    assert "| grpo | default | 0.50 | 1.00 | **0.50** |" in table
+    assert "| grpo bf16-sampling | default | 0.40 | 1.00 | **0.40** |" in table
+    goals = "\n".join(spec.goals([row]))
+    assert "grpo / default bf16-sampling: iteration time 0.40 of TRL's (goal <= 0.5): met" in goals
+    # |0.32 - 0.34| = 0.02 is within the largest half-range over repeats (0.02): equal within the noise
+    assert "run-to-run noise 0.020): equal within the noise" in goals
+    row[spec.BF16_SAMPLING] = online(0.6, [0.10, 0.11])
+    goals = "\n".join(spec.goals([row]))
+    assert "0.60 of TRL's (goal <= 0.5): NOT met" in goals and "NOT shown equal" in goals
+    row = {key: online(0.5, [0.2]) for key in ("rlhfkit", "trl", spec.BF16_SAMPLING)} | {"task": "rloo", "model": "x"}
+    assert "one repeat: noise not measured): equal within the noise" in "\n".join(spec.goals([row]))
 
 
 def test_section_is_replaced_and_other_sections_kept():

@@ -446,7 +446,31 @@ class ShardedOnlineSettings(Strict):
     )
 
 
-class OnlineRLConfig(TrackingSettings, DataColumns, LogitsSettings):
+class RolloutPrecisionSettings(Strict):
+    """Sampling in reduced precision with the mismatch corrected (rlhfkit.losses.truncated_importance_weights)."""
+
+    rollout_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="weights the rollout samples with: float32 (the policy itself), or bfloat16 (a bf16 copy of the "
+        "policy, refreshed before every rollout; the update stays in fp32, with the trainer's log-probs in the ratio "
+        "and truncated importance weights between the two; pays on hardware with fast bf16, GPUs, not on CPUs "
+        "without avx512_bf16/AMX). Not with fsdp or QLoRA",
+    )
+    is_cap: float | None = Field(
+        2.0,
+        ge=1,
+        description="bfloat16 rollouts: the cap of the token importance weights min(exp(trainer - sampler), is_cap) "
+        "that multiply the policy-gradient term; null: no weights (the mismatch is still logged)",
+    )
+    is_warn_logratio: float = Field(
+        0.05,
+        gt=0,
+        description="bfloat16 rollouts: WARN when the mean |trainer - sampler| token log-ratio (is_logratio_mean) "
+        "exceeds this",
+    )
+
+
+class OnlineRLConfig(RolloutPrecisionSettings, TrackingSettings, DataColumns, LogitsSettings):
     """Keys shared by ppo, grpo, rloo, reinforce-pp and online-dpo."""
 
     model: str = Field("default", description="policy to start from (usually the SFT model)")

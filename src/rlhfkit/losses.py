@@ -309,16 +309,45 @@ def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k
     return torch.expm1(neg) - neg
 
 
+def truncated_importance_weights(
+    trainer_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, cap: float = 2.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token-level truncated importance sampling between the model that sampled the responses (a bf16 copy of the
+    policy) and the policy the update differentiates (fp32): w = min(exp(trainer - sampler), cap), detached, 0 at
+    masked positions (TRL's vllm_importance_sampling_correction, verl's rollout_corr token mode). Multiplied into
+    the policy-gradient term, it turns the sampler's expectation into the trainer's; the cap bounds the variance.
+    Stats over unmasked tokens: is_logratio_mean and is_logratio_max of |trainer - sampler|, and is_clipped_share,
+    the share of tokens whose weight the cap cut."""
+    _check_same_shape(trainer_logps=trainer_logps, sampler_logps=sampler_logps, mask=mask)
+    if not cap >= 1.0:
+        raise ValueError(f"cap must be >= 1 (weights above it are cut to it), got {cap!r}")
+    keep = mask != 0
+    with torch.no_grad():
+        # Zeroed at masked positions before exp, as in grpo_policy_loss: padding cannot overflow.
+        log_ratio = _masked(trainer_logps.detach().double() - sampler_logps.detach().double(), keep)
+        raw = torch.exp(log_ratio)
+        weights = _masked(torch.clamp(raw, max=cap), keep).to(trainer_logps.dtype)
+        gap = log_ratio.abs()
+        stats = {
+            "is_logratio_mean": masked_mean(gap, mask).item(),
+            "is_logratio_max": gap[keep].max().item() if bool(keep.any()) else 0.0,
+            "is_clipped_share": masked_mean((raw > cap).double(), mask).item(),
+        }
+    return weights, stats
+
+
 def ppo_policy_loss(
     logps: torch.Tensor,
     old_logps: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO clipped surrogate loss (token-level masked mean) plus float stats clip_fraction/approx_kl/ratio_mean."""
+    """PPO clipped surrogate loss (token-level masked mean) plus float stats clip_fraction/approx_kl/ratio_mean;
+    `weights` as in grpo_policy_loss."""
     # The token-level mean over the batch is exactly DAPO's normaliser with a symmetric clip.
-    return grpo_policy_loss(logps, old_logps, advantages, mask, loss_type="dapo", clip_low=clip_range)
+    return grpo_policy_loss(logps, old_logps, advantages, mask, loss_type="dapo", clip_low=clip_range, weights=weights)
 
 
 GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "gspo")
@@ -333,10 +362,16 @@ def grpo_policy_loss(
     clip_low: float = 0.2,
     clip_high: float | None = None,
     max_tokens: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped-ratio policy loss of the GRPO family over [n, T] tensors, plus float stats
-    clip_fraction/approx_kl/ratio_mean. `clip_high=None` is `clip_low`; `max_tokens` is dr_grpo's length budget."""
+    clip_fraction/approx_kl/ratio_mean. `clip_high=None` is `clip_low`; `max_tokens` is dr_grpo's length budget.
+    `weights` ([n, T], detached; None: all 1) multiply each token's clipped term: the importance weights of
+    `truncated_importance_weights` when the responses were sampled by another model (a bf16 copy); gspo, whose term
+    is per sequence, takes each sequence's mean weight."""
     _check_same_shape(logps=logps, old_logps=old_logps, advantages=advantages, mask=mask)
+    if weights is not None:
+        _check_same_shape(logps=logps, weights=weights)
     if loss_type not in GRPO_LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(GRPO_LOSS_TYPES)}")
     clip_high = clip_low if clip_high is None else clip_high
@@ -359,6 +394,9 @@ def grpo_policy_loss(
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     # Pessimistic bound: the larger (worse) of the two losses, per token (per sequence for gspo).
     term = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        weights = _masked(weights.detach(), keep)
+        term = term * (masked_mean(weights, mask, dim=1) if loss_type == "gspo" else weights)
     if loss_type == "grpo":
         # GRPO paper: mean over each sequence's tokens, then over sequences (long answers weigh less per token).
         loss = masked_mean(term, mask, dim=1).mean()

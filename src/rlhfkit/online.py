@@ -17,9 +17,10 @@ from .config import OnlineRLConfig, RewardSpec
 from .console import console
 from .data.records import load_records
 from .data.tokenize import Encoder, pad_left
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 from .evaluate.diversity import distinct_n, stock_phrase
 from .forward import CHUNK_SIZE, token_logps
+from .losses import truncated_importance_weights
 from .models.loading import apply_lora, load_causal_lm, load_tokenizer
 from .resolve import resolve_model_path
 from .rollout import TRUNCATION_WARNING, Rollout, decode_responses, generate, stop_token_ids, warn_if_truncated
@@ -112,6 +113,15 @@ class Policy:
     path: Path
     logits: str = "auto"  # forward.token_logps's output-layer path (config keys logits, logits_chunk_size)
     chunk_size: int = CHUNK_SIZE
+    sampler: SamplingCopy | None = None  # rollout_dtype=bfloat16: the bf16 copy the rollout samples with
+
+    def sampling_model(self) -> torch.nn.Module:
+        """The model the rollout samples with: the policy itself, or its bf16 copy given the policy's current
+        weights (copied before every rollout, so it is never a step behind)."""
+        if self.sampler is None:
+            return self.model
+        self.sampler.refresh()
+        return self.sampler.model
 
     def logps(self, model, input_ids, attention_mask, prompt_len: int, temperature: float, with_entropy=False):
         """forward.token_logps on `model` (the policy, or the policy as DDP wraps it) with the config's logits path."""
@@ -125,6 +135,47 @@ class Policy:
             with self.model.disable_adapter():
                 return self.logps(self.model, input_ids, attention_mask, prompt_len, temperature)[0]
         return self.logps(self.reference, input_ids, attention_mask, prompt_len, temperature)[0]
+
+
+class SamplingCopy:
+    """A persistent bfloat16 copy of the policy for sampling (rollout_dtype=bfloat16). A LoRA policy is copied
+    merged, W + the adapter's delta, into a plain model: sampling through the adapter's extra matmuls in bf16 would
+    cost more than it saves. `refresh()` copies the policy's current weights in (one pass over them, no allocation);
+    `refresh_seconds` is the time the last one took."""
+
+    def __init__(self, model: torch.nn.Module):
+        import copy
+
+        lora = hasattr(model, "get_base_model")
+        plain = copy.deepcopy(model).merge_and_unload() if lora else copy.deepcopy(model)
+        self.model = plain.to(torch.bfloat16).eval().requires_grad_(False)
+        source = model.get_base_model() if lora else model
+        self.pairs = [(param, _weight_source(source, name)) for name, param in self.model.named_parameters()]
+        self.refresh_seconds = 0.0
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        for param, weight in self.pairs:
+            param.copy_(weight())
+        self.refresh_seconds = time.perf_counter() - t0
+
+
+def _weight_source(model: torch.nn.Module, name: str):
+    """A function giving the current value of weight `name` of `model` (plain names, as in the merged copy): a
+    LoRA layer's base weight plus its active adapters' deltas, or the parameter itself."""
+    from peft.tuners.lora import LoraLayer
+
+    path, _, leaf = name.rpartition(".")
+    module = model.get_submodule(path)
+    if not isinstance(module, LoraLayer):
+        return lambda: getattr(module, leaf)
+    base = module.get_base_layer()
+    if leaf != "weight":
+        return lambda: getattr(base, leaf)
+    return lambda: base.weight + sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
 
 
 def load_policy(config: OnlineRLConfig) -> Policy:
@@ -142,7 +193,8 @@ def load_policy(config: OnlineRLConfig) -> Policy:
         reference.eval().requires_grad_(False)
     # Dropout off everywhere: log-probs must agree between rollout and update.
     model.eval()
-    return Policy(model, tokenizer, reference, path, config.logits, config.logits_chunk_size)
+    sampler = SamplingCopy(model) if config.rollout_dtype == "bfloat16" else None
+    return Policy(model, tokenizer, reference, path, config.logits, config.logits_chunk_size, sampler)
 
 
 def shard(runtime, policy: Policy, optimizer, *others: torch.nn.Module) -> None:
@@ -151,6 +203,11 @@ def shard(runtime, policy: Policy, optimizer, *others: torch.nn.Module) -> None:
     sharded too: a frozen full copy on every process would cost what sharding the policy saves."""
     if not runtime.fsdp:
         return
+    if policy.sampler is not None:
+        raise ConfigError(
+            "rollout_dtype=bfloat16 with fsdp=true: a whole bf16 copy on every process would undo the sharding, and "
+            "sampling from the gathered shards in bf16 is not supported; set rollout_dtype=float32 or fsdp=false"
+        )
     from .runtime import shard as fully_shard_model
 
     fully_shard_model(runtime, policy.model, optimizer)
@@ -248,6 +305,9 @@ class Batch:
     mask: torch.Tensor  # [B, R] float
     stats: dict
     gold_scores: torch.Tensor | None = None  # [B] the gold judge's score of each response (when gold is set)
+    # [B, R] rollout_dtype=bfloat16: the fp32 policy's log-probs of the sampled tokens before the update (`logps` are
+    # the bf16 sampler's); None when the update's own first forward gives them (one gradient step per iteration)
+    trainer_logps: torch.Tensor | None = None
 
     def select(self, rows: list[int]) -> Batch:
         """The batch's rows `rows`, in that order (stats kept: they describe the batch as sampled)."""
@@ -317,9 +377,10 @@ def sample_batch(
 ) -> Batch:
     tok = policy.tokenizer
     batch = pad_left([prompts.ids[i] for i in indices], tok.pad_token_id)
+    sampler = policy.sampling_model()  # the policy, or its bf16 copy (rollout_dtype)
     with gathered(policy.model):  # under FSDP: whole weights for the rollout, no collectives inside generation
         rollout = generate(
-            policy.model,
+            sampler,
             batch["input_ids"],
             batch["attention_mask"],
             eos_id=stop_token_ids(tok, policy.model),
@@ -334,7 +395,7 @@ def sample_batch(
     prompt_len = rollout.prompt_ids.shape[1]
     mask = rollout.response_mask.float()
     # Behaviour log-probs come from sampling itself (same tempered distribution the update uses): no second forward
-    # pass.
+    # pass. With a bf16 sampler they are the sampler's, and the update corrects for it (correction_weights).
     logps = rollout.logps
     ref_logps = policy.reference_logps(input_ids, attention_mask, prompt_len, config.temperature)
     prompt_texts = [prompts.texts[i] for i in indices]
@@ -354,11 +415,51 @@ def sample_batch(
         "stock_phrase_share": stock_phrase(responses)[1],
         "truncated_share": rollout.truncated_share,
     }
+    if policy.sampler is not None:
+        stats["sampler_refresh_seconds"] = policy.sampler.refresh_seconds
     gold_scores = None
     if gold is not None:
         gold_scores = torch.tensor(call_scorer(gold, prompt_texts, responses), dtype=torch.float64)
         stats["gold"] = gold_scores.mean().item()
     return Batch(rollout, prompt_texts, responses, scores, logps.detach(), ref_logps.detach(), mask, stats, gold_scores)
+
+
+# ---------------------------------------------------------------- reduced-precision sampling
+
+
+@torch.no_grad()
+def add_trainer_logps(policy: Policy, batch: Batch, config: OnlineRLConfig, mini_batch_size: int) -> None:
+    """rollout_dtype=bfloat16: the fp32 policy's log-probs of the sampled tokens, before any update, into
+    `batch.trainer_logps`, when the iteration takes more than one gradient step (an extra no-grad pass, in
+    mini-batches). With one step the update's own forward gives them, detached, at no cost."""
+    rows = len(batch.scores)
+    steps = config.epochs_per_batch * -(-rows // mini_batch_size)
+    if policy.sampler is None or steps <= 1:
+        return
+    input_ids, attention_mask = batch.rollout.full()
+    prompt_len = batch.rollout.prompt_ids.shape[1]
+    parts = [
+        policy.logps(policy.model, input_ids[i : i + mini_batch_size], attention_mask[i : i + mini_batch_size],
+                     prompt_len, config.temperature)[0]
+        for i in range(0, rows, mini_batch_size)
+    ]  # fmt: skip
+    batch.trainer_logps = torch.cat(parts)
+
+
+def correction_weights(
+    config: OnlineRLConfig, batch: Batch, rows: torch.Tensor, logps: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+    """(old log-probs for the ratio, importance weights or None, their stats) of the mini-batch `rows`, whose
+    log-probs under the policy being trained are `logps`. float32 rollouts: the sampler is the policy, so the
+    sampled log-probs, no weights (the update as it always was). bfloat16: the fp32 policy's log-probs before the
+    update (batch.trainer_logps, or `logps` detached at an iteration's only step) and the truncated importance
+    weights min(exp(trainer - sampler), is_cap) that correct for sampling with the bf16 copy."""
+    if config.rollout_dtype == "float32":
+        return batch.logps[rows], None, {}
+    trainer = logps.detach() if batch.trainer_logps is None else batch.trainer_logps[rows]
+    cap = float("inf") if config.is_cap is None else config.is_cap
+    weights, stats = truncated_importance_weights(trainer, batch.logps[rows], mask, cap)
+    return trainer, None if config.is_cap is None else weights, stats
 
 
 # ---------------------------------------------------------------- monitoring and guards
@@ -424,6 +525,7 @@ class SignalAlarm:
     """Loud, rate-limited WARNINGs (train.Alarms: each kind at most once every 10 steps) read from an online
     iteration's metrics row, so every online stage calls `check(step, row)` after logging it:
     - over TRUNCATION_WARNING of the responses cut at max_new_tokens (`truncated_share`, as TruncationAlarm);
+    - the bf16 sampler drifting from the fp32 policy (`is_logratio_mean` over is_warn_logratio);
     - no learning signal: every group's rewards equal (`zero_variance_group_share` 1), every response token masked
       out of the loss (`masked_token_share` 1), every response of the batch rewarded the same (`reward_std` 0: ppo,
       no groups), or a gradient norm (before clipping) of 0 or not finite (`grad_norm`).
@@ -473,6 +575,17 @@ class SignalAlarm:
             self.note = False
             console.print(ZERO_LOSS_NOTE, markup=False, highlight=False, soft_wrap=True)
         self.truncation.check(step, row.get("truncated_share", 0.0))
+        gap = row.get("is_logratio_mean")
+        limit = self.config.is_warn_logratio
+        if gap is not None and gap > limit:
+            self.alarms.warn(
+                step,
+                "mismatch",
+                f"the bf16 sampler and the fp32 policy disagree: mean |log-ratio| per token {gap:.3g} (max "
+                f"{row.get('is_logratio_max', float('nan')):.3g}) is over is_warn_logratio={limit}, and "
+                f"{row.get('is_clipped_share', 0.0):.1%} of the importance weights hit is_cap; the correction "
+                "grows noisy as the gap grows: lower the temperature, or set rollout_dtype=float32",
+            )
         problems = self.problems(row)
         if problems:
             self.alarms.warn(step, "no_signal", "no learning signal: " + "; ".join(problems))

@@ -104,6 +104,7 @@ def run(config: OnlineDPOConfig) -> dict:
             # sums over the labelled pairs of every gradient step: loss, implicit accuracy, implicit rewards, count
             sums = torch.zeros(5, dtype=torch.float64)
             entropies, grad_norms = [], []
+            mismatch: dict[str, float] = {}
             for idx in online.minibatches(len(chosen), pairs_per_step, config.epochs_per_batch):
                 rows = torch.cat([chosen[idx], rejected[idx]])  # one forward for both sides
                 logps, entropy = policy.logps(
@@ -123,6 +124,10 @@ def run(config: OnlineDPOConfig) -> dict:
                 loss = (losses * weight).sum() * (runtime.world / max(total, 1.0))
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
                 entropies.append(masked_mean(entropy, batch.mask[rows]).item())
+                if not grad_norms and not mismatch:
+                    # bf16 rollouts: DPO's loss does not weigh tokens by the sampler, so the mismatch is only logged,
+                    # measured before the first step of the iteration (the policy as it sampled)
+                    mismatch = online.correction_weights(config, batch, rows, logps, batch.mask[rows])[2]
                 if total == 0:  # every pair of this step tied, on every process: nothing to learn from
                     continue
                 loss.backward()
@@ -147,7 +152,7 @@ def run(config: OnlineDPOConfig) -> dict:
                     "implicit_reward_rejected": rejected_sum / count,
                     "implicit_reward_margin": (chosen_sum - rejected_sum) / count,
                 }
-            measured = {**runtime.mean_stats({**batch.stats, "entropy": entropy}), **judged, **stats}
+            measured = {**runtime.mean_stats({**batch.stats, **mismatch, "entropy": entropy}), **judged, **stats}
             row = log.log(
                 step, **{**measured, "lr": scheduler.get_last_lr()[0], "step_seconds": round(time.time() - t0, 3)}
             )

@@ -153,10 +153,14 @@ def run(config: PPOConfig) -> dict:
                 advantages = whiten(advantages, mask)
             stats: dict[str, float] = {}
             n_updates = 0
-            for idx in online.minibatches(len(last), config.mini_batch_size // runtime.world, config.epochs_per_batch):
+            size = config.mini_batch_size // runtime.world
+            online.add_trainer_logps(policy, batch, config, size)  # bf16 rollouts with several steps: fp32 old logps
+            for idx in online.minibatches(len(last), size, config.epochs_per_batch):
                 logps, entropy, values = trained(input_ids[idx], attention_mask[idx], prompt_len, config.temperature)
+                # bf16 rollouts: the ratio against the fp32 policy, and token weights for the sampler's mismatch
+                old_logps, is_weights, is_stats = online.correction_weights(config, batch, idx, logps, mask[idx])
                 pg_loss, pg_stats = ppo_policy_loss(
-                    logps, batch.logps[idx], advantages[idx], mask[idx], config.clip_range
+                    logps, old_logps, advantages[idx], mask[idx], config.clip_range, weights=is_weights
                 )
                 vf_loss, vf_stats = ppo_value_loss(
                     values, old_values[idx], returns[idx], mask[idx], config.value_clip_range
@@ -176,6 +180,7 @@ def run(config: PPOConfig) -> dict:
                     "grad_norm": grad_norm,
                     **pg_stats,
                     **vf_stats,
+                    **is_stats,
                 }.items():
                     stats[k] = stats.get(k, 0.0) + v
             scheduler.step()

@@ -68,21 +68,24 @@ def run(config: ReinforcePPConfig) -> dict:
             prompt_len = batch.rollout.prompt_ids.shape[1]
             stats: dict[str, float] = {}
             n_updates = 0
-            for idx in online.minibatches(
-                len(indices), config.mini_batch_size // runtime.world, config.epochs_per_batch
-            ):
+            size = config.mini_batch_size // runtime.world
+            online.add_trainer_logps(policy, batch, config, size)  # bf16 rollouts with several steps: fp32 old logps
+            for idx in online.minibatches(len(indices), size, config.epochs_per_batch):
                 logps, entropy = policy.logps(
                     trained, input_ids[idx], attention_mask[idx], prompt_len, config.temperature, with_entropy=True
                 )
+                # bf16 rollouts: the ratio against the fp32 policy, and token weights for the sampler's mismatch
+                old_logps, is_weights, is_stats = online.correction_weights(config, batch, idx, logps, mask[idx])
                 loss, pg_stats = grpo_policy_loss(
                     logps,
-                    batch.logps[idx],
+                    old_logps,
                     advantages[idx],
                     mask[idx],
                     loss_type=config.loss_type,
                     clip_low=config.clip_low,
                     clip_high=config.clip_high,
                     max_tokens=config.max_new_tokens,
+                    weights=is_weights,
                 )
                 online.guard(step, loss, batch.stats["kl"], config, last_ckpt)
                 loss.backward()
@@ -95,6 +98,7 @@ def run(config: ReinforcePPConfig) -> dict:
                     "entropy": masked_mean(entropy, mask[idx]).item(),
                     "grad_norm": grad_norm,
                     **pg_stats,
+                    **is_stats,
                 }.items():
                     stats[key] = stats.get(key, 0.0) + v
             scheduler.step()
