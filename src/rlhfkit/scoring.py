@@ -268,6 +268,22 @@ def combine_rewards(member_rewards: list[list[float]], method: str = "mean", coe
     return ensemble_reward(torch.tensor(member_rewards, dtype=torch.float64), method, coef).tolist()
 
 
+def preference_disagreement(rewards_a: list[list[float]], rewards_b: list[list[float]]) -> list[float]:
+    """Each pair's ensemble disagreement from each member's rewards of its two responses ([K][n] each): the
+    population standard deviation over members of the preference probability sigmoid(r_a - r_b), 0 when every
+    member gives the same probability, at most 0.5 (half the members sure of a, half sure of b); NaN where a member
+    scored NaN."""
+    margins = torch.tensor(rewards_a, dtype=torch.float64) - torch.tensor(rewards_b, dtype=torch.float64)
+    return torch.sigmoid(margins).std(dim=0, correction=0).tolist()
+
+
+def most_uncertain(disagreement: list[float], budget: int) -> list[int]:
+    """The indices of the `budget` pairs of highest disagreement, highest first (ties: the earlier pair; a NaN
+    disagreement ranks after every number)."""
+    key = [(-d if not math.isnan(d) else math.inf, i) for i, d in enumerate(disagreement)]
+    return [i for _, i in sorted(key)[:budget]]
+
+
 class RewardModelScorer:
     """A reward-model directory loaded once, scoring (prompt, response) texts with one head. Inputs are cut by the
     training rule (prompt from the left, then the response from the right) to `max_length` tokens, capped by the
