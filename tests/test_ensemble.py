@@ -193,6 +193,18 @@ def test_selection_keeps_the_pairs_the_members_disagree_on_most():
     assert disagreement[:5] == pytest.approx(expected, abs=1e-12) and math.isnan(disagreement[5])
     assert most_uncertain(disagreement, 3) == [1, 2, 3]  # a tie goes to the earlier pair
     assert most_uncertain(disagreement, 6) == [1, 2, 3, 0, 4, 5]  # a pair a member could not score comes last
+    # members sure of a but by different amounts (x) against members split on which is better (y): std ranks x
+    # first, sign ranks y first (a third of the members on the minority side; the std / 1000 breaks ties)
+    sigmoid = lambda m: 1 / (1 + math.exp(-m))  # noqa: E731
+    x, y = [3.0, 0.1, 3.0], [0.2, -0.2, 0.2]
+    rewards_a, rewards_b = [[mx, my] for mx, my in zip(x, y)], [[0.0, 0.0]] * 3
+    std_x, std_y = ((sigmoid(m[0]) - sigmoid(m[1])) * math.sqrt(2) / 3 for m in (x, y))
+    assert preference_disagreement(rewards_a, rewards_b) == pytest.approx([std_x, std_y], abs=1e-12)
+    assert preference_disagreement(rewards_a, rewards_b, "sign") == pytest.approx(
+        [std_x / 1000, 1 / 3 + std_y / 1000], abs=1e-12
+    )
+    assert most_uncertain(preference_disagreement(rewards_a, rewards_b), 1) == [0]
+    assert most_uncertain(preference_disagreement(rewards_a, rewards_b, "sign"), 1) == [1]
 
 
 def test_pairs_labels_only_the_pairs_the_ensemble_is_least_sure_of(trained, tmp_path):

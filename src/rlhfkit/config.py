@@ -190,6 +190,11 @@ class PairsConfig(DataColumns):
         "The pool is the candidate pairs of the num_prompts prompts; only kept pairs are labelled",
     )
     budget: int | None = Field(None, gt=0, description="selection disagreement or random: how many pairs to keep")
+    selection_measure: Literal["std", "sign"] = Field(
+        "std",
+        description="selection=disagreement: std (of the members' sigmoid(r_a - r_b)) or sign (the share of members "
+        "on the minority side of which response is better; ties by std)",
+    )
     selection_model: str | None = Field(
         None,
         description="selection=disagreement: the reward-model ensemble (the model/ directory of `reward train "

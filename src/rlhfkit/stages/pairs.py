@@ -213,12 +213,14 @@ def select_pairs(
             "lower budget"
         )
     summary = {"method": config.selection, "pool": len(candidates), "kept": config.budget}
+    if config.selection == "disagreement":
+        summary["measure"] = config.selection_measure
     if config.selection == "random":
         return sorted(random.Random(config.seed).sample(candidates, config.budget)), {}, summary
     prompts = [samples.prompts[2 * i] for i in candidates]
     members_a = selector.score_members(prompts, [samples.responses[2 * i] for i in candidates])
     members_b = selector.score_members(prompts, [samples.responses[2 * i + 1] for i in candidates])
-    disagreement = dict(zip(candidates, preference_disagreement(members_a, members_b)))
+    disagreement = dict(zip(candidates, preference_disagreement(members_a, members_b, config.selection_measure)))
     ranked = [candidates[j] for j in most_uncertain([disagreement[i] for i in candidates], config.budget)]
 
     def mean(values):
