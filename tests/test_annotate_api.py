@@ -1257,3 +1257,28 @@ def test_serve_with_two_workers_on_postgresql_hands_out_safely(postgres_server):
     assert table["acknowledged but lost"] == table["duplicated rows"] == table["errors (non-200)"] == "0"
     assert table["pairs given to more than max_judgments (4) annotators"] == table["pairs given to one annotator twice"]
     assert table["pairs given to one annotator twice"] == "0"
+
+
+def test_sampling_by_ensemble_disagreement_serves_the_most_disputed_first(app_harness):
+    """sample_by disagreement: fresh pairs by the uploaded ensemble disagreement, highest first (the margins do not
+    matter then; pairs without one last), and one above disagreement_above gets a second judgment."""
+    h = app_harness
+    project = h.project(overlap=1, max_judgments=2, anchor_rate=0, sample_by="disagreement", disagreement_above=0.27)
+    h.pairs(project, pair_rows(5))
+    doubts = {"p0": 0.1, "p1": 0.3, "p3": 0.05, "p4": 0.25}  # p2: none uploaded
+    rows = [{"pair_id": p, "margin": 0.0 if p == "p3" else 1.0, "disagreement": d} for p, d in doubts.items()]
+    response = h.client.post(
+        f"/api/projects/{project}/margins", json={"jsonl": jsonl(rows), "filename": "m.jsonl"}, headers=h.admin
+    )
+    assert response.status_code == 200 and response.json() == {"imported": 4}
+    assert h.client.get("/api/projects", headers=h.admin).json()[0]["sample_by"] == "disagreement"
+    served = []
+    for name in ("ann", "bob"):
+        items = h.label_all(project, h.invite(project, name), good)
+        served += [item["prompt"].split("number ")[1].split()[0] for item in items]
+    assert served == ["p1", "p4", "p0", "p3", "p2", "p1"]
+    exported = h.client.get(f"/api/projects/{project}/export.jsonl", headers=h.admin).text.splitlines()
+    assert {json.loads(r)["id"]: json.loads(r)["metadata"].get("ensemble_disagreement") for r in exported} == {
+        **doubts,
+        "p2": None,
+    }

@@ -861,3 +861,34 @@ def test_objective_mistakes_are_one_line_errors(monkeypatch, capsys, tmp_path, a
     args = [a.split("=")[0] + "=" + str(files[a.split("=")[1]]) if a.split("=")[-1] in files else a for a in args]
     assert_one_line_error(run_cli(monkeypatch, capsys, *args, f"output_dir={tmp_path / 'out'}"), *fragments)
     assert not (tmp_path / "out" / "pairs.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------------ active selection (#14.5)
+
+SELECTION_MISTAKES = {
+    "unknown-method": (["selection=best", "budget=1"], ["key 'selection'", "'all', 'disagreement' or 'random'"]),
+    "budget-over-pool": (["selection=random", "budget=5"], ["budget=5 is more than the pool", "num_prompts=2"]),
+    "no-budget": (["selection=random"], ["selection=random needs budget=N"]),
+    "no-ensemble-given": (["selection=disagreement", "budget=1"], ["needs selection_model=DIR"]),
+    "single-model": (
+        ["selection=disagreement", "budget=1", "selection_model=RM"],
+        ["selection_model=", "a single reward model, not an ensemble", "ensemble=K"],
+    ),
+    "budget-without-selection": (["budget=1"], ["set selection=disagreement or random"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SELECTION_MISTAKES))
+def test_selection_mistakes_are_one_line_errors(case, place, tmp_path, monkeypatch, capsys):
+    settings, fragments = SELECTION_MISTAKES[case]
+    out = tmp_path / "out"
+    argv = ["pairs", "num_prompts=2", f"output_dir={out}", *(s.replace("=RM", f"={place['rm']}") for s in settings)]
+    assert_one_line_error(run_cli(monkeypatch, capsys, *argv), *fragments)
+    assert not (out / "pairs.jsonl").exists()
+
+
+def test_import_margins_with_a_disagreement_out_of_range(annotate_db, tmp_path, monkeypatch, capsys):
+    rows = tmp_path / "margins.jsonl"
+    rows.write_text('{"pair_id": "p0", "margin": 0.5, "disagreement": 0.1}\n{"pair_id": "p1", "disagreement": 0.9}\n')
+    argv = ["annotate", "import-margins", str(rows), "-p", "demo", "--db", str(annotate_db)]
+    assert_one_line_error(run_cli(monkeypatch, capsys, *argv), "margins.jsonl:2: field 'disagreement'", "[0, 0.5]")

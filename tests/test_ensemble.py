@@ -5,20 +5,21 @@ online rewards, best-of-n and eval, the reward-model judge, and `reward eval`, w
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from rlhfkit.config import BoNConfig, JudgeConfig, RewardEvalConfig, RewardSpec, RewardTrainConfig
-from rlhfkit.data.records import PreferencePair, write_jsonl
+from rlhfkit.config import BoNConfig, JudgeConfig, PairsConfig, RewardEvalConfig, RewardSpec, RewardTrainConfig
+from rlhfkit.data.records import PreferencePair, read_jsonl, write_jsonl
 from rlhfkit.errors import ModelError
 from rlhfkit.feedback.judge import Question, RewardModelJudge
 from rlhfkit.losses import ensemble_reward
 from rlhfkit.online import RewardFunction
 from rlhfkit.release import load_for_export
-from rlhfkit.scoring import RewardModelScorer
-from rlhfkit.stages import bon, judge, reward
+from rlhfkit.scoring import RewardModelScorer, most_uncertain, preference_disagreement
+from rlhfkit.stages import bon, judge, pairs, reward
 
 GOOD = [" It was wonderful.", " Lovely staff, I would go back.", " Excellent and fun.", " The best one all year."]
 BAD = [" It was awful.", " Rude staff, never again.", " Poor, boring and broken.", " The worst one all year."]
@@ -275,3 +276,139 @@ def test_report_sets_the_ensemble_against_a_single_member(trained, tmp_path):
     assert f"ensemble of {K} (uwo 0.5)" in page and "<td>reward model</td>" in page
     assert f"<td>{sweep['rows'][-1]['gold']:.4g}</td>" in page and "Not in this run folder" not in page
     assert "Not in this run folder" in section_ensemble({"single": tmp_path / "single"})
+
+
+# ------------------------------------------------------------- active selection: what the ensemble is least sure of
+
+
+def test_selection_keeps_the_pairs_the_members_disagree_on_most():
+    ln3 = math.log(3.0)  # sigmoid(ln 3) = 0.75
+    margins = [  # r_a - r_b of 3 members (rows) on 6 pairs (columns)
+        [0.0, ln3, ln3, ln3, 2.0, 1.0],
+        [0.0, -ln3, ln3, 0.0, 2.0, math.nan],
+        [0.0, ln3, -ln3, -ln3, 2.0, 1.0],
+    ]
+    rewards_b = [[0.5] * 6 for _ in margins]
+    rewards_a = [[m + 0.5 for m in row] for row in margins]
+    disagreement = preference_disagreement(rewards_a, rewards_b)
+    # probabilities 0.75, 0.25, 0.75 -> population std sqrt(1/18); 0.75, 0.5, 0.25 -> sqrt(1/24); all equal -> 0
+    expected = [0.0, math.sqrt(1 / 18), math.sqrt(1 / 18), math.sqrt(1 / 24), 0.0]
+    assert disagreement[:5] == pytest.approx(expected, abs=1e-12) and math.isnan(disagreement[5])
+    assert most_uncertain(disagreement, 3) == [1, 2, 3]  # a tie goes to the earlier pair
+    assert most_uncertain(disagreement, 6) == [1, 2, 3, 0, 4, 5]  # a pair a member could not score comes last
+    # members sure of a but by different amounts (x) against members split on which is better (y): std ranks x
+    # first, sign ranks y first (a third of the members on the minority side; the std / 1000 breaks ties)
+    sigmoid = lambda m: 1 / (1 + math.exp(-m))  # noqa: E731
+    x, y = [3.0, 0.1, 3.0], [0.2, -0.2, 0.2]
+    rewards_a, rewards_b = [[mx, my] for mx, my in zip(x, y)], [[0.0, 0.0]] * 3
+    std_x, std_y = ((sigmoid(m[0]) - sigmoid(m[1])) * math.sqrt(2) / 3 for m in (x, y))
+    assert preference_disagreement(rewards_a, rewards_b) == pytest.approx([std_x, std_y], abs=1e-12)
+    assert preference_disagreement(rewards_a, rewards_b, "sign") == pytest.approx(
+        [std_x / 1000, 1 / 3 + std_y / 1000], abs=1e-12
+    )
+    assert most_uncertain(preference_disagreement(rewards_a, rewards_b), 1) == [0]
+    assert most_uncertain(preference_disagreement(rewards_a, rewards_b, "sign"), 1) == [1]
+
+
+def test_pairs_labels_only_the_pairs_the_ensemble_is_least_sure_of(trained, tmp_path):
+    root, _ = trained
+    model_dir = root / "rm" / "model"
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": p.prompt} for p in review_pairs()[::3]])  # 8 prompts: a pool of 8 pairs
+    common = dict(prompts=str(prompts), num_prompts=8, max_new_tokens=10, seed=5, threads=1)
+    active = pairs.run(
+        PairsConfig(
+            **common,
+            output_dir=str(tmp_path / "active"),
+            selection="disagreement",
+            budget=3,
+            selection_model=str(model_dir),
+        )
+    )
+    drawn = pairs.run(PairsConfig(**common, output_dir=str(tmp_path / "random"), selection="random", budget=3))
+    everything = pairs.run(PairsConfig(**common, output_dir=str(tmp_path / "all")))
+    pool = {row["id"]: row for _, row in read_jsonl(tmp_path / "all" / "pairs.jsonl")}
+    assert everything["pairs"] == 8 and active["selection"]["pool"] == drawn["selection"]["pool"] == 8
+    # the members scored one by one: each pair's std over members of sigmoid(r_a - r_b), a and b in sampling order
+    scorers = [RewardModelScorer(model_dir / f"member-{k}") for k in range(K)]
+    std = {}  # sigmoid(-x) = 1 - sigmoid(x): the std is the same whichever response the panel chose
+    for i, row in pool.items():
+        margins = torch.tensor([s.score([row["prompt"]] * 2, [row["chosen"], row["rejected"]]) for s in scorers])
+        std[i] = torch.sigmoid(margins[:, 0] - margins[:, 1]).std(correction=0).item()
+    top3 = sorted(std, key=std.get, reverse=True)[:3]
+    kept = {row["id"]: row for _, row in read_jsonl(tmp_path / "active" / "pairs.jsonl")}
+    assert set(kept) == set(top3)
+    for i, row in kept.items():
+        assert row["metadata"]["disagreement"] == pytest.approx(std[i], abs=1e-4)
+    assert active["selection"]["kept_mean_disagreement"] > active["selection"]["pool_mean_disagreement"]
+    # only the kept pairs cost labels: one vote per annotator on each
+    votes = [row for _, row in read_jsonl(tmp_path / "active" / "judgments.jsonl")]
+    assert {v["pair_id"] for v in votes} == set(top3) and len(votes) == 3 * len(active["annotators"])
+    assert len(list(read_jsonl(tmp_path / "random" / "pairs.jsonl"))) == 3
+
+
+def test_annotation_app_serves_the_pairs_the_ensemble_disagrees_on_first(trained, tmp_path, monkeypatch, capsys):
+    from fastapi.testclient import TestClient
+
+    from rlhfkit.feedback.annotate.app import create_app
+
+    root, _ = trained
+    model_dir = root / "rm" / "model"
+    rows = [
+        {"id": f"r{i}", "prompt": f"We tried the {SUBJECTS[i]} last week.", "response_a": a, "response_b": b}
+        for i, (a, b) in enumerate(
+            [(GOOD[0], BAD[0]), (GOOD[1], GOOD[2]), (BAD[1], BAD[2]), (GOOD[3], BAD[3]), (BAD[0], GOOD[1])]
+        )
+    ]
+    # the reference: each member alone, the std over members of sigmoid(r_a - r_b)
+    scorers = [RewardModelScorer(model_dir / f"member-{k}") for k in range(K)]
+    std = {}
+    for row in rows:
+        rewards = torch.tensor([s.score([row["prompt"]] * 2, [row["response_a"], row["response_b"]]) for s in scorers])
+        std[row["id"]] = torch.sigmoid(rewards[:, 0] - rewards[:, 1]).std(correction=0).item()
+    ranked = sorted(std, key=std.get, reverse=True)
+    cut = (std[ranked[0]] + std[ranked[1]]) / 2  # only the most disputed pair is above it
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    (tmp_path / "project.yaml").write_text(
+        "name: reviews\noverlap: 1\nmax_judgments: 2\nanchor_rate: 0\nsample_by: disagreement\n"
+        f"disagreement_above: {cut!r}\npairs: pairs.jsonl\n"
+    )
+    db = str(tmp_path / "store.sqlite")
+    assert run_cli(monkeypatch, capsys, "annotate", "init", "--db", db)[0] == 0
+    assert (
+        run_cli(monkeypatch, capsys, "annotate", "create-project", str(tmp_path / "project.yaml"), "--db", db)[0] == 0
+    )
+    argv = ["annotate", "import-margins", "-p", "reviews", "--reward-model", str(model_dir), "--db", db]
+    code, out, err = run_cli(monkeypatch, capsys, *argv)
+    assert code == 0, err
+    assert out.strip() == "stored 5 reward margins in 'reviews' (5 with an ensemble disagreement)"
+    tokens = []
+    for name in ("ann", "bob"):
+        out = run_cli(monkeypatch, capsys, "annotate", "invite", name, "--project", "reviews", "--db", db)[1]
+        tokens.append(out.split("token (shown once): ")[1].split()[0])
+    served = []
+    with TestClient(create_app(db)) as client:
+        for token in tokens:
+            headers = {"Authorization": f"Bearer {token}"}
+            while (result := client.post("/api/projects/reviews/next", headers=headers).json())[
+                "state"
+            ] == "assignment":
+                item = result["assignment"]
+                url = f"/api/projects/reviews/assignments/{item['id']}/judgment"
+                assert client.post(url, headers=headers, json={"choice": "left"}).status_code == 200
+                served.append(next(r["id"] for r in rows if r["prompt"] == item["prompt"]))
+    # the first annotator gets every pair, the most disputed by the members first; the second only the pair whose
+    # disagreement is above disagreement_above (its extra judgment)
+    assert served == ranked + [ranked[0]]
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    import sys
+
+    from rlhfkit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["rlhfkit", *args])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    captured = capsys.readouterr()
+    return stop.value.code or 0, captured.out, captured.err

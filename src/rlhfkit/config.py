@@ -182,6 +182,24 @@ class PairsConfig(DataColumns):
     batch_size: int = Field(64, gt=0, description="prompts per generation batch")
     max_prompt_length: int = Field(128, gt=0, description="tokens kept from the end of an over-long prompt")
     skip_identical: bool = Field(True, description="drop pairs whose two responses are the same text")
+    selection: Literal["all", "disagreement", "random"] = Field(
+        "all",
+        description="which candidate pairs the panel labels: all; disagreement (active selection: the `budget` "
+        "pairs of the pool that `selection_model`, a reward-model ensemble, is least sure of: the highest standard "
+        "deviation over its members of sigmoid(r_a - r_b)); random (`budget` pairs drawn with `seed`, to compare). "
+        "The pool is the candidate pairs of the num_prompts prompts; only kept pairs are labelled",
+    )
+    budget: int | None = Field(None, gt=0, description="selection disagreement or random: how many pairs to keep")
+    selection_measure: Literal["std", "sign"] = Field(
+        "std",
+        description="selection=disagreement: std (of the members' sigmoid(r_a - r_b)) or sign (the share of members "
+        "on the minority side of which response is better; ties by std)",
+    )
+    selection_model: str | None = Field(
+        None,
+        description="selection=disagreement: the reward-model ensemble (the model/ directory of `reward train "
+        "ensemble=K`) whose members' disagreement ranks the pool",
+    )
     seed: int = Field(0, description="seed for sampling")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
@@ -198,6 +216,22 @@ class PairsConfig(DataColumns):
             raise ValueError("objectives must name at least one objective, each a non-empty name (or be null)")
         if isinstance(self.objectives, list) and len(set(names)) != len(names):
             raise ValueError("objectives lists an objective twice")
+        return self
+
+    @model_validator(mode="after")
+    def _selection(self):
+        if self.selection == "all" and (self.budget is not None or self.selection_model is not None):
+            raise ValueError("budget and selection_model choose pairs: set selection=disagreement or random")
+        if self.selection != "all" and self.budget is None:
+            raise ValueError(f"selection={self.selection} needs budget=N, the number of pairs to keep")
+        if self.selection == "disagreement" and not self.selection_model:
+            raise ValueError("selection=disagreement needs selection_model=DIR, a reward-model ensemble")
+        if self.selection == "random" and self.selection_model is not None:
+            raise ValueError("selection=random draws pairs at random; selection_model is for selection=disagreement")
+        if self.budget is not None and self.num_prompts is not None and self.budget > self.num_prompts:
+            raise ValueError(
+                f"budget={self.budget} is more than the pool of num_prompts={self.num_prompts} candidate pairs"
+            )
         return self
 
 

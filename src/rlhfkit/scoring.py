@@ -327,6 +327,32 @@ def combine_rewards(member_rewards: list[list[float]], method: str = "mean", coe
     return ensemble_reward(torch.tensor(member_rewards, dtype=torch.float64), method, coef).tolist()
 
 
+def preference_disagreement(
+    rewards_a: list[list[float]], rewards_b: list[list[float]], measure: str = "std"
+) -> list[float]:
+    """Each pair's ensemble disagreement from each member's rewards of its two responses ([K][n] each). `std`: the
+    population standard deviation over members of the preference probability sigmoid(r_a - r_b), 0 when every
+    member gives the same probability, at most 0.5 (half the members sure of a, half sure of b). `sign`: the share of
+    members on the minority side of which response is better (0 when all agree, 0.5 at most), plus the std / 1000 to
+    order the pairs of one share. NaN where a member scored NaN."""
+    margins = torch.tensor(rewards_a, dtype=torch.float64) - torch.tensor(rewards_b, dtype=torch.float64)
+    std = torch.sigmoid(margins).std(dim=0, correction=0)
+    if measure == "std":
+        return std.tolist()
+    if measure != "sign":
+        raise ValueError(f"unknown disagreement measure {measure!r} (std or sign)")
+    prefer_a = (margins > 0).double().mean(dim=0)
+    share = torch.minimum(prefer_a, 1 - prefer_a) + std / 1000
+    return torch.where(margins.isnan().any(dim=0), torch.nan, share).tolist()
+
+
+def most_uncertain(disagreement: list[float], budget: int) -> list[int]:
+    """The indices of the `budget` pairs of highest disagreement, highest first (ties: the earlier pair; a NaN
+    disagreement ranks after every number)."""
+    key = [(-d if not math.isnan(d) else math.inf, i) for i, d in enumerate(disagreement)]
+    return [i for _, i in sorted(key)[:budget]]
+
+
 class RewardModelScorer:
     """A reward-model directory loaded once, scoring (prompt, response) texts with one head. Inputs are cut by the
     training rule (prompt from the left, then the response from the right) to `max_length` tokens, capped by the

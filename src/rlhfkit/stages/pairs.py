@@ -5,20 +5,35 @@ scores, every vote and the panel's agreement; with `objectives`, the same panel 
 its own gold, and the majorities become the pair's `labels`) and `judgments.jsonl` (one row per annotator vote; `a`
 and `b` in sampling order, with `chosen_side` naming the one that became `chosen`, and `criteria` the votes per
 objective).
+
+With `selection=disagreement` the prompts' candidate pairs are a pool, and only the `budget` pairs a reward-model
+ensemble is least sure of are labelled (active selection: the highest standard deviation over its members of
+sigmoid(r_a - r_b), scoring.preference_disagreement); `selection=random` keeps `budget` pairs drawn at random, the
+baseline to compare it with.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from ..config import PairsConfig, save_config
 from ..console import console
 from ..data.records import PreferencePair, load_records, write_jsonl
+from ..errors import ConfigError
 from ..feedback.panel import SimulatedPanel, majority
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..resolve import resolve_model_path, resolve_prompts
 from ..rollout import sample_responses
-from ..scoring import call_scorer, load_scorer
+from ..scoring import (
+    RewardModelScorer,
+    call_scorer,
+    is_ensemble,
+    load_scorer,
+    most_uncertain,
+    preference_disagreement,
+    require_reward_model,
+)
 from ..train import RunLog, setup_torch
 
 
@@ -28,6 +43,7 @@ def run(config: PairsConfig) -> dict:
     gold = load_scorer(config.gold)
     objective_golds = {name: load_scorer(spec, f"objectives.{name}") for name, spec in config.objective_golds().items()}
     model_path = resolve_model_path(config.model)
+    selector = load_selector(config)
     prompt_path = resolve_prompts(config.prompts)
     records = load_records(prompt_path, "prompt", config.columns)[: config.num_prompts]
     tokenizer = load_tokenizer(model_path, padding_side="left")
@@ -58,17 +74,22 @@ def run(config: PairsConfig) -> dict:
         )
         for k, (name, scorer) in enumerate(objective_golds.items())
     }
-    pairs, judgments = [], []
     skipped = {"identical": 0, "empty": 0}
-    for i, record in enumerate(records):
+    candidates = []  # prompt indices whose two responses make a pair worth labelling
+    for i in range(len(records)):
         a, b = samples.responses[2 * i], samples.responses[2 * i + 1]
-        gold_a, gold_b = scores[2 * i], scores[2 * i + 1]
         if not a.strip() or not b.strip():
             skipped["empty"] += 1
-            continue
-        if config.skip_identical and a.strip() == b.strip():
+        elif config.skip_identical and a.strip() == b.strip():
             skipped["identical"] += 1
-            continue
+        else:
+            candidates.append(i)
+    kept, disagreement, selection = select_pairs(config, selector, samples, candidates)
+    pairs, judgments = [], []
+    for i in kept:
+        record = records[i]
+        a, b = samples.responses[2 * i], samples.responses[2 * i + 1]
+        gold_a, gold_b = scores[2 * i], scores[2 * i + 1]
         pair_id = f"pair-{i}"
         votes = panel.label(gold_a, gold_b, a, b)
         winner, agreement = majority(votes)
@@ -96,6 +117,7 @@ def run(config: PairsConfig) -> dict:
                     "agreement": round(agreement, 3),
                     "votes": {v.annotator: v.choice for v in votes},
                     **({"gold_objectives": gold_objectives} if objectives else {}),
+                    **({"disagreement": round(disagreement[i], 6)} if disagreement else {}),
                 },
                 labels=labels or None,
             )
@@ -129,6 +151,7 @@ def run(config: PairsConfig) -> dict:
         prompts=str(prompt_path),
         pairs=len(pairs),
         skipped=skipped,
+        **({"selection": selection} if selection else {}),
         mean_gold=round(mean_gold, 4),
         truncated_share=round(samples.truncated_share, 4),
         panel_matches_gold=round(gold_agree, 4),
@@ -140,6 +163,14 @@ def run(config: PairsConfig) -> dict:
         f"pairs: {len(pairs)} labelled pairs (skipped {skipped}); panel majority agrees with gold on {gold_agree:.1%}; "
         f"{samples.truncated_share:.1%} of responses hit max_new_tokens; wrote {out / 'pairs.jsonl'}"
     )
+    if selection:
+        line = f"selection={config.selection}: labelled {selection['kept']} of a pool of {selection['pool']} pairs"
+        if "pool_mean_disagreement" in selection:
+            line += (
+                f"; mean ensemble disagreement {selection['kept_mean_disagreement']:.4f} kept vs "
+                f"{selection['pool_mean_disagreement']:.4f} over the pool"
+            )
+        console.print(line)
     if objectives:
         console.print(
             "objective labels agree with the overall label on "
@@ -151,3 +182,53 @@ def run(config: PairsConfig) -> dict:
             f"max_new_tokens={config.max_new_tokens}; raise it"
         )
     return summary
+
+
+def load_selector(config: PairsConfig) -> RewardModelScorer | None:
+    """The ensemble of selection=disagreement, loaded (and refused when it is not an ensemble) before any sampling."""
+    if config.selection != "disagreement":
+        return None
+    path = resolve_model_path(config.selection_model)
+    hint = "give the model/ directory of `rlhfkit reward train ensemble=K`"
+    require_reward_model(path, config.selection_model, hint)
+    if not is_ensemble(path):
+        raise ConfigError(
+            f"selection_model={config.selection_model}: a single reward model, not an ensemble (no ensemble.json); "
+            f"selection=disagreement ranks pairs by how much an ensemble's members disagree: {hint}"
+        )
+    return RewardModelScorer(path)
+
+
+def select_pairs(
+    config: PairsConfig, selector: RewardModelScorer | None, samples, candidates: list[int]
+) -> tuple[list[int], dict[int, float], dict]:
+    """(the candidate prompt indices to label, in pool order; each candidate's ensemble disagreement; the summary's
+    `selection`) under config.selection."""
+    if config.selection == "all":
+        return candidates, {}, {}
+    if config.budget > len(candidates):
+        raise ConfigError(
+            f"budget={config.budget}: the pool holds only {len(candidates)} candidate pairs (from num_prompts="
+            f"{len(samples.prompts) // 2} prompts, after dropping empty and identical pairs); raise num_prompts or "
+            "lower budget"
+        )
+    summary = {"method": config.selection, "pool": len(candidates), "kept": config.budget}
+    if config.selection == "disagreement":
+        summary["measure"] = config.selection_measure
+    if config.selection == "random":
+        return sorted(random.Random(config.seed).sample(candidates, config.budget)), {}, summary
+    prompts = [samples.prompts[2 * i] for i in candidates]
+    members_a = selector.score_members(prompts, [samples.responses[2 * i] for i in candidates])
+    members_b = selector.score_members(prompts, [samples.responses[2 * i + 1] for i in candidates])
+    disagreement = dict(zip(candidates, preference_disagreement(members_a, members_b, config.selection_measure)))
+    ranked = [candidates[j] for j in most_uncertain([disagreement[i] for i in candidates], config.budget)]
+
+    def mean(values):
+        values = [v for v in values if v == v]  # a pair with no room for a response after truncation has none
+        return round(sum(values) / max(1, len(values)), 6)
+
+    summary["pool_mean_disagreement"] = mean(disagreement.values())
+    summary["kept_mean_disagreement"] = mean(disagreement[i] for i in ranked)
+    summary["ensemble"] = str(selector.path)
+    summary["members"] = len(selector.models)
+    return sorted(ranked), disagreement, summary

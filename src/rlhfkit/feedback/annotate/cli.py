@@ -178,13 +178,17 @@ def import_pairs(
 
 @app.command("import-margins")
 def import_margins(
-    path: Path | None = typer.Argument(None, help="JSONL of {pair_id, margin} with margin = r(a) - r(b)"),
+    path: Path | None = typer.Argument(
+        None,
+        help="JSONL of {pair_id, margin, disagreement?}: margin = r(a) - r(b), disagreement = an ensemble's std over "
+        "members of sigmoid(r_a - r_b)",
+    ),
     project: str = ProjectOpt,
     reward_model: str | None = typer.Option(
         None,
         "--reward-model",
         help="compute the margins with this reward model (an `rlhfkit reward train` model directory) instead of "
-        "reading a file",
+        "reading a file; an ensemble (`reward train ensemble=K`) stores its members' disagreement too",
     ),
     ensemble_method: str = typer.Option(
         "mean", "--ensemble-method", help="a reward-model ensemble: combine its members by mean, min or uwo"
@@ -192,7 +196,8 @@ def import_margins(
     ensemble_coef: float = typer.Option(0.5, "--ensemble-coef", help="uwo: weight of the members' variance"),
     db: str = DbOpt,
 ):
-    """Reward-model margins per pair; dynamic sampling gives pairs with |margin| < margin_below more judgments."""
+    """Reward-model margins per pair (and an ensemble's disagreement); dynamic sampling gives pairs with |margin| <
+    margin_below more judgments, or, under sample_by disagreement, those with disagreement > disagreement_above."""
     from ...config import ConfigError
     from ...data.records import read_jsonl
     from ...losses import ENSEMBLE_METHODS
@@ -209,32 +214,51 @@ def import_margins(
     with database.session() as s:
         target = service.get_project(s, project)
         if reward_model:
-            rows = list(enumerate(compute_margins(s, target, reward_model, ensemble_method, ensemble_coef), start=1))
-            count = service.import_margins(s, target, rows, f"--reward-model {reward_model}")
+            margins = compute_margins(s, target, reward_model, ensemble_method, ensemble_coef)
+            source = f"--reward-model {reward_model}"
+            count = service.import_margins(s, target, list(enumerate(margins, start=1)), source)
+            with_disagreement = sum("disagreement" in m for m in margins)
         else:
-            count = service.import_margins(s, target, read_jsonl(path), str(path))
+            count, with_disagreement = service.import_margins(s, target, read_jsonl(path), str(path)), 0
         s.commit()
-    typer.echo(f"stored {count} reward margins in '{project}'")
+    typer.echo(
+        f"stored {count} reward margins in '{project}'"
+        + (f" ({with_disagreement} with an ensemble disagreement)" if with_disagreement else "")
+    )
 
 
 def compute_margins(s, project, model: str, ensemble_method: str = "mean", ensemble_coef: float = 0.5) -> list[dict]:
     """{pair_id, margin} for every pair of the project: r(prompt, a) - r(prompt, b), scored exactly as
     `rlhfkit judge kind=reward_model` scores (a directory without a reward head is refused there, with a clear error;
-    an ensemble's members combined by `ensemble_method`). A pair with no room left for a response after truncation
+    an ensemble's members combined by `ensemble_method`, and its disagreement: the std over members of
+    sigmoid(r_a - r_b), scoring.preference_disagreement). A pair with no room left for a response after truncation
     gets no margin."""
     from sqlalchemy import select
 
+    from ...scoring import preference_disagreement
     from ..judge import Question, RewardModelJudge
     from .models import Pair
 
     pairs = s.scalars(select(Pair).where(Pair.project_id == project.id).order_by(Pair.id)).all()
     judge = RewardModelJudge(model, ensemble_method=ensemble_method, ensemble_coef=ensemble_coef)
     verdicts = judge.judge([Question(p.prompt, p.response_a, p.response_b) for p in pairs])
+    disagreement = [None] * len(pairs)
+    if len(judge.scorer.models) > 1:
+        prompts = [p.prompt for p in pairs]
+        members_a = judge.scorer.score_members(prompts, [p.response_a for p in pairs], judge.head)
+        members_b = judge.scorer.score_members(prompts, [p.response_b for p in pairs], judge.head)
+        disagreement = preference_disagreement(members_a, members_b)
     margins = []
-    for pair, verdict in zip(pairs, verdicts):
+    for pair, verdict, doubt in zip(pairs, verdicts, disagreement):
         first, second = verdict.detail["reward_first"], verdict.detail["reward_second"]
         if first is not None and second is not None:
-            margins.append({"pair_id": pair.external_id, "margin": round(first - second, 6)})
+            margins.append(
+                {
+                    "pair_id": pair.external_id,
+                    "margin": round(first - second, 6),
+                    **({"disagreement": round(doubt, 6)} if doubt is not None else {}),
+                }
+            )
     return margins
 
 

@@ -51,6 +51,8 @@ class Project(Base):
     batch_size: Mapped[int] = mapped_column(Integer, default=10)
     dispute_below: Mapped[float] = mapped_column(Float, default=0.6)
     margin_below: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sample_by: Mapped[str] = mapped_column(String(16), default="margin", server_default="margin")
+    disagreement_above: Mapped[float | None] = mapped_column(Float, nullable=True)
     anchor_window: Mapped[int] = mapped_column(Integer, default=5)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -61,6 +63,7 @@ class Pair(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "external_id", name="uq_pairs_project_external_id"),
         Index("ix_pairs_project_role_margin", "project_id", "role", "margin"),
+        Index("ix_pairs_project_role_disagreement", "project_id", "role", "disagreement"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
@@ -73,6 +76,8 @@ class Pair(Base):
         String(16), nullable=True
     )  # known answer of calibration and anchor pairs
     margin: Mapped[float | None] = mapped_column(Float, nullable=True)  # reward-model margin r(a) - r(b), when uploaded
+    # a reward-model ensemble's disagreement on the pair (std over members of sigmoid(r_a - r_b)), when uploaded
+    disagreement: Mapped[float | None] = mapped_column(Float, nullable=True)
     category: Mapped[str | None] = mapped_column(String(200), nullable=True)
     extra: Mapped[dict] = mapped_column(JSON, default=dict)  # the imported record's metadata, kept for the export
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -16,7 +16,9 @@ Rules worth knowing (also in README, "Annotation app"):
   the agreement is >= the project's threshold, or when an admin overrides (recorded with name and reason).
 - Dynamic sampling: a main pair wants `overlap` human judgments; one whose uploaded reward margin
   |r(a) - r(b)| is below `margin_below` wants one more; once a pair has what it wants, if its most common choice
-  has less than `dispute_below` of the votes it wants one more again; never more than `max_judgments`.
+  has less than `dispute_below` of the votes it wants one more again; never more than `max_judgments`. With
+  `sample_by: disagreement` an ensemble's uploaded disagreement plays the margin's part: the most disputed by the
+  members first, and one above `disagreement_above` wants one more.
 - The majority of a pair is the choice of more than half of its human votes; machine judgments never count
   toward a pair's judgments, its majority or the human agreement.
 """
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from sqlalchemy import func, select, text
@@ -152,6 +154,21 @@ class ProjectSettings(Strict):
         description="a pair whose uploaded reward margin |r(a) - r(b)| is below this gets overlap + 1 judgments "
         "(null: off)",
     )
+    sample_by: Literal["margin", "disagreement"] = Field(
+        "margin",
+        description="what dynamic sampling reads as the reward model's doubt about a pair: margin (fresh pairs with "
+        "the smallest uploaded |margin| first; margin_below) or disagreement (the pairs a reward-model ensemble's "
+        "members disagree on most first, from the uploaded disagreement; disagreement_above)",
+    )
+    disagreement_above: float | None = Field(
+        None,
+        ge=0,
+        le=0.5,
+        strict=True,
+        allow_inf_nan=False,
+        description="sample_by disagreement: a pair whose ensemble disagreement (std over members of sigmoid(r_a - "
+        "r_b), 0 to 0.5) is above this gets overlap + 1 judgments (null: off)",
+    )
     anchor_window: int = Field(
         5,
         ge=1,
@@ -182,7 +199,9 @@ class ProjectFile(ProjectSettings):
         description="JSONL of calibration pairs (known `answer` optional; chosen/rejected rows: the answer is 'a')",
     )
     anchors: str | None = Field(None, description="JSONL of anchor pairs with known answers")
-    margins: str | None = Field(None, description="JSONL of reward margins {pair_id, margin}")
+    margins: str | None = Field(
+        None, description="JSONL of reward margins {pair_id, margin, disagreement?} (disagreement: of an ensemble)"
+    )
 
 
 def create_project(s: Session, settings: ProjectSettings) -> Project:
@@ -222,6 +241,8 @@ def project_view(project: Project) -> dict[str, Any]:
         "batch_size": project.batch_size,
         "dispute_below": project.dispute_below,
         "margin_below": finite(project.margin_below),
+        "sample_by": project.sample_by,
+        "disagreement_above": finite(project.disagreement_above),
         "anchor_window": project.anchor_window,
     }
 
@@ -511,7 +532,9 @@ def _pairs_by_external_id(s: Session, project: Project) -> dict[str, Pair]:
 
 
 def import_margins(s: Session, project: Project, rows: Iterable[tuple[int, Any]], source: str) -> int:
-    """Reward margins {pair_id, margin}: margin = r(a) - r(b) from a reward model; dynamic sampling uses |margin|."""
+    """Reward margins {pair_id, margin, disagreement}: margin = r(a) - r(b) from a reward model, disagreement = an
+    ensemble's std over members of sigmoid(r_a - r_b) (a row gives either or both); dynamic sampling uses |margin|,
+    or the disagreement under sample_by disagreement."""
     pairs = _pairs_by_external_id(s, project)
     count = 0
     for lineno, obj in rows:
@@ -522,9 +545,15 @@ def import_margins(s: Session, project: Project, rows: Iterable[tuple[int, Any]]
         pair_id = str(parse_identifier(obj, "pair_id", where))
         if pair_id not in pairs:
             raise where.fail("pair_id", f"no pair '{pair_id}' in project '{project.name}'")
-        if "margin" not in obj:
-            raise where.fail("margin", "missing")
-        pairs[pair_id].margin = _optional_number(obj, "margin", where)
+        if "margin" not in obj and "disagreement" not in obj:
+            raise where.fail("margin", "missing (give margin, an ensemble's disagreement, or both)")
+        if "margin" in obj:
+            pairs[pair_id].margin = _optional_number(obj, "margin", where)
+        if "disagreement" in obj:
+            disagreement = _optional_number(obj, "disagreement", where)
+            if disagreement is not None and not 0 <= disagreement <= 0.5:
+                raise where.fail("disagreement", f"{disagreement} is outside [0, 0.5] (a std of probabilities)")
+            pairs[pair_id].disagreement = disagreement
         count += 1
     if not count:
         raise DataError(f"{source}: no margins")
@@ -754,7 +783,8 @@ def assignment_view(assignment: Assignment, pair: Pair, project: Project) -> dic
 # common choice has less than `dispute_below` of the votes; never more than `max_judgments`. Open assignments
 # count as judgments to come. Order: pairs short of `overlap` first (those closest to it first, so pairs get
 # finished), then the extra judgments of dynamic sampling (most disputed first, then least confident margin), then
-# import order.
+# import order. Under sample_by disagreement the ensemble's disagreement stands in for the margin: "low confidence" is
+# disagreement > disagreement_above, and the least confident is the most disagreed-on (DOUBT below).
 #
 # The counting is done in the database, and only over "touched" pairs: those with a human judgment or an open main
 # assignment. An untouched pair always wants more (overlap >= 1), ranks after every touched pair short of `overlap`
@@ -776,16 +806,15 @@ CANDIDATES = (
     _TOUCHED
     + """,
 counted AS (
-    SELECT p.id, p.margin, COALESCE(t.votes, 0) AS votes, COALESCE(t.top, 0) AS top,
+    SELECT p.id, {doubt} AS doubt, COALESCE(t.votes, 0) AS votes, COALESCE(t.top, 0) AS top,
            COALESCE(t.votes, 0) + COALESCE(o.open, 0) AS taken,
-           CASE WHEN p.margin IS NOT NULL AND ABS(p.margin) < CAST(:margin_below AS DOUBLE PRECISION)
-                THEN :overlap + 1 ELSE :overlap END AS base
+           CASE WHEN {low} THEN :overlap + 1 ELSE :overlap END AS base
     FROM touched x JOIN pairs p ON p.id = x.pair_id LEFT JOIN tally t ON t.pair_id = p.id LEFT JOIN pending o ON
     o.pair_id = p.id
     WHERE p.project_id = :project AND p.role = 'main'
       AND p.id NOT IN (SELECT pair_id FROM assignments WHERE annotator_id = :annotator)),
 wanted AS (
-    SELECT id, margin, votes, top, taken,
+    SELECT id, doubt, votes, top, taken,
            CASE WHEN votes > 0 AND votes >= base AND top < CAST(:dispute_below AS DOUBLE PRECISION) * votes THEN
            votes + 1 ELSE base END AS wants
     FROM counted)
@@ -793,10 +822,25 @@ SELECT id, taken, COUNT(*) OVER () AS candidates FROM wanted
 WHERE taken < CASE WHEN wants > :max_judgments THEN :max_judgments ELSE wants END
 ORDER BY CASE WHEN taken < :overlap THEN 0 ELSE 1 END,
          CASE WHEN taken < :overlap THEN -taken WHEN votes > 0 THEN CAST(top AS REAL) / votes ELSE 1.0 END,
-         COALESCE(ABS(margin), 1e30), id
+         COALESCE(doubt, 1e30), id
 LIMIT 1
 """
 )
+
+# What the reward model's doubt about a pair is, per sample_by: (the column, an SQL order key that is smallest for the
+# least confident pair, the condition for one more judgment). A pair without the column's value has no doubt key.
+DOUBT = {
+    "margin": (
+        "margin",
+        "ABS(p.margin)",
+        "p.margin IS NOT NULL AND ABS(p.margin) < CAST(:margin_below AS DOUBLE PRECISION)",
+    ),
+    "disagreement": (
+        "disagreement",
+        "-p.disagreement",
+        "p.disagreement IS NOT NULL AND p.disagreement > CAST(:disagreement_above AS DOUBLE PRECISION)",
+    ),
+}
 
 # Main pairs this annotator cannot get as untouched ones: touched, or already theirs.
 EXCLUDED = (
@@ -832,15 +876,17 @@ def _main_queue(s: Session, project: Project, annotator: Annotator) -> tuple[int
         "max_judgments": project.max_judgments,
         "dispute_below": project.dispute_below,
         "margin_below": project.margin_below,
+        "disagreement_above": project.disagreement_above,
     }
-    touched = s.execute(text(CANDIDATES), params).first()
+    column, doubt, low = DOUBT[project.sample_by or "margin"]
+    touched = s.execute(text(CANDIDATES.format(doubt=doubt, low=low)), params).first()
     total = s.scalar(select(func.count()).select_from(Pair).where(Pair.project_id == project.id, Pair.role == "main"))
     untouched = total - s.scalar(text(EXCLUDED), params)
     count = untouched + (touched[2] if touched else 0)
     if touched is not None and touched[1] < project.overlap:
         return touched[0], count  # a pair already under way and short of its overlap comes first
     if untouched:
-        for which, order in (("p.margin IS NOT NULL", "ABS(p.margin), p.id"), ("p.margin IS NULL", "p.id")):
+        for which, order in ((f"p.{column} IS NOT NULL", f"{doubt}, p.id"), (f"p.{column} IS NULL", "p.id")):
             best = s.scalar(text(UNTOUCHED.format(which=which, order=order)), params)
             if best is not None:
                 return best, count
@@ -1300,6 +1346,8 @@ def export_preferences(s: Session, project: Project) -> tuple[list[PreferencePai
             }
         if pair.margin is not None:
             metadata["reward_margin"] = finite(pair.margin)
+        if pair.disagreement is not None:
+            metadata["ensemble_disagreement"] = finite(pair.disagreement)
         chosen, rejected = (pair.response_a, pair.response_b) if winner == "a" else (pair.response_b, pair.response_a)
         out.append(
             PreferencePair(

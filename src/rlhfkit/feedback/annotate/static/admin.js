@@ -73,7 +73,7 @@ document.getElementById("create-form").addEventListener("submit", event => {
       criteria: form.get("criteria").split(",").map(c => c.trim()).filter(Boolean),
       overlap: number("overlap"), max_judgments: number("max_judgments"), agreement_threshold: number("agreement_threshold"),
       anchor_rate: number("anchor_rate"), batch_size: number("batch_size"), dispute_below: number("dispute_below"),
-      margin_below: number("margin_below"),
+      margin_below: number("margin_below"), sample_by: form.get("sample_by"), disagreement_above: number("disagreement_above"),
     };
     const project = await api("POST", "/api/projects", settings);
     show(`Created project ${project.name}.`);
