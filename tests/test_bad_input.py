@@ -378,7 +378,8 @@ EXTRA_CANNOT_TRAIN = {
     },
     "online-dpo": {
         "beta=0": "key 'beta'",
-        "loss_type=simpo": "key 'loss_type'",
+        "loss_type=kto": "key 'loss_type'",
+        "simpo_gamma=-1": "key 'simpo_gamma'",
         "label_smoothing=0.5": "key 'label_smoothing'",
         "kl_coef=0.1": "key 'kl_coef'",
         "mini_batch_size=0": "key 'mini_batch_size'",
