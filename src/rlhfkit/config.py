@@ -282,10 +282,11 @@ class RewardTrainConfig(TrainConfig):
         "start it from a trained reward model to give its members that model's features)",
     )
     head_l2: float = Field(
-        1e-3,
+        10.0,
         ge=0,
-        description="ensemble_form=shared_backbone: L2 penalty on each head's weights (each head is a Bradley-Terry "
-        "logistic regression on the frozen features, fitted with L-BFGS)",
+        description="ensemble_form=shared_backbone: L2 pull of each head (a Bradley-Terry logistic regression on the "
+        "frozen features, fitted with L-BFGS) toward the trained head of `model` when it is a one-head reward model, "
+        "else toward 0 (then try about 1e-3); smaller: members that differ more and fit their resamples harder",
     )
     objectives: list[str] | None = Field(
         None,

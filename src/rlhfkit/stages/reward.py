@@ -214,10 +214,11 @@ def pooled_features(model, sequences: list[list[int]], pad_id: int, batch_size: 
     return torch.cat(rows)
 
 
-def fit_heads(chosen, rejected, counts, init, margins, config) -> tuple[torch.Tensor, list[float]]:
+def fit_heads(chosen, rejected, counts, init, margins, config, anchor=None) -> tuple[torch.Tensor, list[float]]:
     """K Bradley-Terry heads on frozen features: head k minimises sum_i counts[k, i] * -log sigmoid(w_k . (c_i - r_i)
-    - margin_i) / n + center_coef * mean((w_k . c_i + w_k . r_i)^2) + head_l2 * |w_k|^2, by full-batch L-BFGS from
-    `init` [K, hidden]; returns the weights and each head's final loss."""
+    - margin_i) / n + center_coef * mean((w_k . c_i + w_k . r_i)^2) + head_l2 * |w_k - anchor|^2 (anchor: the trained
+    head the members start near, else 0), by full-batch L-BFGS from `init` [K, hidden]; returns the weights and each
+    head's final loss."""
     diff, total = chosen - rejected, chosen + rejected
     weights = init.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([weights], lr=1.0, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
@@ -228,7 +229,8 @@ def fit_heads(chosen, rejected, counts, init, margins, config) -> tuple[torch.Te
         loss = (counts.T * torch.nn.functional.softplus(-logits)).sum(0) / n
         if config.center_coef:
             loss = loss + config.center_coef * ((total @ weights.T) ** 2).mean(0)
-        return loss + config.head_l2 * (weights**2).sum(1)
+        offset = weights if anchor is None else weights - anchor
+        return loss + config.head_l2 * (offset**2).sum(1)
 
     def closure():
         optimizer.zero_grad()
@@ -244,7 +246,9 @@ def fit_heads(chosen, rejected, counts, init, margins, config) -> tuple[torch.Te
 def train_shared_heads(config, runtime, model_path, tokenizer, items, val_enc, out: Path, facts: dict) -> dict:
     """The cheap ensemble: `model`'s backbone frozen, its pooled features computed once, and K heads fitted on them
     (member k: seed + k for its initialisation and, with ensemble_bootstrap, its own bootstrap resample), saved as one
-    K-head model in OUT/model with ensemble.json (form shared_backbone) written last."""
+    K-head model in OUT/model with ensemble.json (form shared_backbone) written last. From a trained one-head reward
+    model the members start at its head (plus the member's noise) and head_l2 pulls them toward it, so they keep its
+    scale and direction and differ where their resamples differ."""
     if runtime.world > 1:
         raise ConfigError(
             "ensemble_form=shared_backbone fits heads on features computed once, in one process: run it without a "
@@ -252,8 +256,10 @@ def train_shared_heads(config, runtime, model_path, tokenizer, items, val_enc, o
         )
     started, k = time.time(), config.ensemble
     model = load_reward_model(model_path, tokenizer, num_labels=k, new_head=True).eval()
-    hidden = model.score.in_features
+    hidden, anchor = model.score.in_features, None
     if model.config.num_labels != k:  # a trained reward model keeps its backbone; its heads are replaced by K
+        if model.config.num_labels == 1:  # its one trained head: the members start near it and are pulled to it
+            anchor = model.score.weight.detach().float().clone()
         model.score = torch.nn.Linear(hidden, k, bias=model.score.bias is not None)
         model.config.num_labels = k
     pad = tokenizer.pad_token_id
@@ -274,7 +280,9 @@ def train_shared_heads(config, runtime, model_path, tokenizer, items, val_enc, o
         else:
             counts[member] = 1.0
         init[member] = torch.randn(hidden, generator=torch.Generator().manual_seed(seed)) * std
-    weights, losses = fit_heads(chosen, rejected, counts, init, margins, config)
+        if anchor is not None:
+            init[member] += anchor[0]
+    weights, losses = fit_heads(chosen, rejected, counts, init, margins, config, anchor)
     with torch.no_grad():
         model.score.weight.copy_(weights)
         if model.score.bias is not None:
