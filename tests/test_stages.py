@@ -12,8 +12,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -702,26 +700,10 @@ def test_small_demo_end_to_end(tiny_demo):
     assert again["gold_dpo"] == summary["gold_dpo"]
 
 
-def test_cli_overrides_reach_the_saved_config(tmp_path):
+def test_cli_overrides_reach_the_saved_config(tmp_path, cli_in_process):
     out = tmp_path / "run"
-    env = {**os.environ, "RLHFKIT_NO_PROGRESS": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rlhfkit.cli",
-            "sft",
-            f"output_dir={out}",
-            "max_steps=3",
-            "--lr",
-            "1e-4",
-            "--batch_size=4",
-            "val_fraction=0.01",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    result = cli_in_process(
+        "sft", f"output_dir={out}", "max_steps=3", "--lr", "1e-4", "--batch_size=4", "val_fraction=0.01"
     )
     assert result.returncode == 0, result.stderr
     config = config_yaml(out)
