@@ -367,8 +367,8 @@ def relative_difference(run_a: Path, run_b: Path) -> float:
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_fsdp_follows_one_process_saves_the_whole_model_and_resumes_after_kill_9(tmp_path, sft_one_process):
-    args, one = SFT_ARGS, sft_one_process
-    two = launch(torchrun(2), *args, "fsdp=true", f"output_dir={tmp_path / 'two'}")
+    one = sft_one_process  # the same SFT_ARGS in one process (the DDP test follows it too)
+    two = launch(torchrun(2), *SFT_ARGS, "fsdp=true", f"output_dir={tmp_path / 'two'}")
     assert "distributed: 2 processes" in two.stderr
     assert losses(tmp_path / "two") == pytest.approx(losses(one), rel=2e-3, abs=2e-3)
     assert losses(tmp_path / "two", "val_loss") == pytest.approx(losses(one, "val_loss"), rel=2e-3)
@@ -381,7 +381,7 @@ def test_fsdp_follows_one_process_saves_the_whole_model_and_resumes_after_kill_9
 
     out = tmp_path / "killed"
     process = subprocess.Popen(
-        [*torchrun(2), *args, "fsdp=true", f"output_dir={out}"],
+        [*torchrun(2), *SFT_ARGS, "fsdp=true", f"output_dir={out}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -398,7 +398,7 @@ def test_fsdp_follows_one_process_saves_the_whole_model_and_resumes_after_kill_9
     assert not (out / "model").exists()
     assert (out / "checkpoints" / "step-000004" / "sharded").is_dir()  # every process's shards, not one copy
 
-    resumed = launch(torchrun(2), *args, "fsdp=true", f"output_dir={out}", "resume=true")
+    resumed = launch(torchrun(2), *SFT_ARGS, "fsdp=true", f"output_dir={out}", "resume=true")
     assert "resuming from" in resumed.stderr and "step-000004" in resumed.stderr
     drop_time = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
     assert drop_time(rows(out / "metrics.jsonl")) == drop_time(rows(tmp_path / "two" / "metrics.jsonl"))
