@@ -71,28 +71,39 @@ def losses(run_dir: Path, key: str = "loss") -> list[float]:
 # -------------------------------------------------------------------------------------- N processes == 1 process
 
 
+# One SFT setting for the DDP and the FSDP comparisons: its one-process run is made once (fixture) and both follow it.
+SFT_ARGS = [
+    "sft",
+    "max_steps=8",
+    "batch_size=4",
+    "grad_accum=2",
+    "lr=1e-3",
+    "log_every=1",
+    "eval_every=4",
+    "checkpoint_every=4",
+    "val_fraction=0.05",
+    "max_length=96",
+    "threads=1",
+    "seed=3",
+]
+
+
+@pytest.fixture(scope="module")
+def sft_one_process(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sft") / "one"
+    launch(single(), *SFT_ARGS, f"output_dir={out}")
+    return out
+
+
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
-def test_two_processes_follow_the_one_process_loss_curve_sft(tmp_path):
-    args = [
-        "sft",
-        "max_steps=6",
-        "batch_size=8",
-        "grad_accum=2",
-        "lr=1e-3",
-        "log_every=1",
-        "eval_every=3",
-        "val_fraction=0.01",
-        "max_length=96",
-        "threads=1",
-    ]
-    launch(single(), *args, f"output_dir={tmp_path / 'one'}")
-    two = launch(torchrun(2), *args, f"output_dir={tmp_path / 'two'}")
+def test_two_processes_follow_the_one_process_loss_curve_sft(tmp_path, sft_one_process):
+    two = launch(torchrun(2), *SFT_ARGS, f"output_dir={tmp_path / 'two'}")
     assert "distributed: 2 processes" in two.stderr
-    one_curve, two_curve = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert len(one_curve) == len(two_curve) == 6
+    one_curve, two_curve = losses(sft_one_process), losses(tmp_path / "two")
+    assert len(one_curve) == len(two_curve) == 8
     # same global batch and token-weighted loss: equal up to float rounding in the gradient all-reduce
     assert two_curve == pytest.approx(one_curve, rel=2e-3, abs=2e-3)
-    assert losses(tmp_path / "two", "val_loss") == pytest.approx(losses(tmp_path / "one", "val_loss"), rel=2e-3)
+    assert losses(tmp_path / "two", "val_loss") == pytest.approx(losses(sft_one_process, "val_loss"), rel=2e-3)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2
     from transformers import AutoModelForCausalLM
@@ -271,10 +282,11 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_result(tmp_path, stage, pr
     assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
-def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):
-    result = launch(
-        single(), "sft", "max_steps=2", "batch_size=4", "val_fraction=0.01", "resume=true", f"output_dir={tmp_path}"
+def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path, cli_in_process):
+    result = cli_in_process(
+        "sft", "max_steps=2", "batch_size=4", "val_fraction=0.01", "resume=true", f"output_dir={tmp_path}"
     )
+    assert result.returncode == 0, result.stderr
     assert "no checkpoint" in result.stderr and (tmp_path / "model").is_dir()
 
 
@@ -323,14 +335,8 @@ def test_bf16_autocast_and_gradient_checkpointing_train_on_cpu(tmp_path):
         ("device=cuda", "device 'cuda': no CUDA GPU"),
     ],
 )
-def test_cuda_only_options_are_refused_on_cpu_before_any_work(tmp_path, override, message):
-    result = subprocess.run(
-        [*single(), "sft", override, f"output_dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=120,
-    )
+def test_cuda_only_options_are_refused_on_cpu_before_any_work(tmp_path, override, message, cli_in_process):
+    result = cli_in_process("sft", override, f"output_dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and message in result.stderr
     assert not (tmp_path / "run" / "model").exists()
@@ -360,36 +366,22 @@ def relative_difference(run_a: Path, run_b: Path) -> float:
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
-def test_fsdp_follows_one_process_saves_the_whole_model_and_resumes_after_kill_9(tmp_path):
-    args = [
-        "sft",
-        "max_steps=8",
-        "batch_size=4",
-        "grad_accum=2",
-        "lr=1e-3",
-        "log_every=1",
-        "eval_every=4",
-        "checkpoint_every=4",
-        "val_fraction=0.05",
-        "max_length=96",
-        "threads=1",
-        "seed=3",
-    ]
-    launch(single(), *args, f"output_dir={tmp_path / 'one'}")
-    two = launch(torchrun(2), *args, "fsdp=true", f"output_dir={tmp_path / 'two'}")
+def test_fsdp_follows_one_process_saves_the_whole_model_and_resumes_after_kill_9(tmp_path, sft_one_process):
+    one = sft_one_process  # the same SFT_ARGS in one process (the DDP test follows it too)
+    two = launch(torchrun(2), *SFT_ARGS, "fsdp=true", f"output_dir={tmp_path / 'two'}")
     assert "distributed: 2 processes" in two.stderr
-    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=2e-3, abs=2e-3)
-    assert losses(tmp_path / "two", "val_loss") == pytest.approx(losses(tmp_path / "one", "val_loss"), rel=2e-3)
+    assert losses(tmp_path / "two") == pytest.approx(losses(one), rel=2e-3, abs=2e-3)
+    assert losses(tmp_path / "two", "val_loss") == pytest.approx(losses(one, "val_loss"), rel=2e-3)
     # gathered from both shards: every weight, the same model (measured 4e-4 here; DDP gives 5e-4)
-    assert relative_difference(tmp_path / "one", tmp_path / "two") < 5e-3
+    assert relative_difference(one, tmp_path / "two") < 5e-3
     from transformers import AutoModelForCausalLM
 
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model")
-    assert sum(p.numel() for p in reloaded.parameters()) == sum(v.numel() for v in weights(tmp_path / "one").values())
+    assert sum(p.numel() for p in reloaded.parameters()) == sum(v.numel() for v in weights(one).values())
 
     out = tmp_path / "killed"
     process = subprocess.Popen(
-        [*torchrun(2), *args, "fsdp=true", f"output_dir={out}"],
+        [*torchrun(2), *SFT_ARGS, "fsdp=true", f"output_dir={out}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -406,7 +398,7 @@ def test_fsdp_follows_one_process_saves_the_whole_model_and_resumes_after_kill_9
     assert not (out / "model").exists()
     assert (out / "checkpoints" / "step-000004" / "sharded").is_dir()  # every process's shards, not one copy
 
-    resumed = launch(torchrun(2), *args, "fsdp=true", f"output_dir={out}", "resume=true")
+    resumed = launch(torchrun(2), *SFT_ARGS, "fsdp=true", f"output_dir={out}", "resume=true")
     assert "resuming from" in resumed.stderr and "step-000004" in resumed.stderr
     drop_time = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
     assert drop_time(rows(out / "metrics.jsonl")) == drop_time(rows(tmp_path / "two" / "metrics.jsonl"))

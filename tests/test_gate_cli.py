@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+
+import pytest
 
 from rlhfkit.resolve import resolve_model_path
 
-ENV = {**os.environ, "RLHFKIT_NO_PROGRESS": "1"}
 
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True, env=ENV, timeout=600
-    )
+@pytest.fixture
+def cli(cli_in_process):
+    """`rlhfkit ARGS...` run in this process (tests/conftest.py): its exit code, stdout and stderr."""
+    return cli_in_process
 
 
 def make_checkpoints(root: Path, names: list[str]) -> dict[str, Path]:
@@ -29,7 +26,7 @@ def make_checkpoints(root: Path, names: list[str]) -> dict[str, Path]:
     return paths
 
 
-def test_gate_exit_codes_registry_and_rollback(tmp_path):
+def test_gate_exit_codes_registry_and_rollback(tmp_path, cli):
     paths = make_checkpoints(tmp_path, ["good", "bad", "better"])
     eval_json = tmp_path / "eval.json"
     eval_json.write_text(
@@ -73,7 +70,7 @@ def test_gate_exit_codes_registry_and_rollback(tmp_path):
     assert (tmp_path / "current").resolve() == paths["good"].resolve()
 
 
-def test_gate_evaluates_the_checkpoint_when_no_metrics_are_given(tmp_path):
+def test_gate_evaluates_the_checkpoint_when_no_metrics_are_given(tmp_path, cli):
     paths = make_checkpoints(tmp_path, ["policy"])
     result = cli(
         "gate",
@@ -89,13 +86,13 @@ def test_gate_evaluates_the_checkpoint_when_no_metrics_are_given(tmp_path):
     assert (tmp_path / "policy" / "gate" / "eval" / "eval.json").is_file()
 
 
-def test_gate_bad_threshold_is_one_line_error(tmp_path):
+def test_gate_bad_threshold_is_one_line_error(tmp_path, cli):
     paths = make_checkpoints(tmp_path, ["policy"])
     result = cli("gate", str(paths["policy"]), "thresholds={mean_gold: 'at least 0.4'}")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "mean_gold" in result.stderr
 
 
-def test_detect_fires_on_a_blowing_up_run_and_not_on_a_healthy_one(tmp_path):
+def test_detect_fires_on_a_blowing_up_run_and_not_on_a_healthy_one(tmp_path, cli):
     def write(path: Path, rows: list[dict]) -> Path:
         path.mkdir()
         (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

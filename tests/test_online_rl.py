@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -611,26 +608,16 @@ def test_best_of_n_picks_winners_and_finetunes(tmp_path):
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_grpo_runs(tmp_path):
+def test_cli_grpo_runs(tmp_path, cli_in_process):
     out = tmp_path / "grpo"
-    env = {**os.environ, "RLHFKIT_NO_PROGRESS": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rlhfkit.cli",
-            "grpo",
-            f"output_dir={out}",
-            "rewards=[{function: default}]",
-            "steps=1",
-            "batch_size=2",
-            "group_size=2",
-            "max_new_tokens=16",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    result = cli_in_process(
+        "grpo",
+        f"output_dir={out}",
+        "rewards=[{function: default}]",
+        "steps=1",
+        "batch_size=2",
+        "group_size=2",
+        "max_new_tokens=16",
     )
     assert result.returncode == 0, result.stderr
     assert [r["step"] for r in rows(out / "metrics.jsonl")] == [1]

@@ -187,7 +187,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_runs_the_example_pipeline_end_to_end(tmp_path):
+def test_cli_runs_the_example_pipeline_end_to_end(tmp_path, cli_in_process):
     example = str(DEMO_PIPELINE)  # the demo pipeline shipped with the package
     run_dir = tmp_path / "run"
     tiny = [
@@ -231,6 +231,6 @@ def test_cli_runs_the_example_pipeline_end_to_end(tmp_path):
     assert len(lines) == 10 and all(" skip " in line for line in lines[:9]) and "run   gate (gate): forced" in lines[9]
     assert json.loads((run_dir / "pipeline.json").read_text()) == result  # a dry run writes nothing
 
-    bad = cli(example, *tiny, "dpo.betaa=0.2")
+    bad = cli_in_process("run", example, *tiny, "dpo.betaa=0.2")  # in this process: no second interpreter start
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"error: {example}: stage 'dpo' (dpo): unknown key 'betaa'"]

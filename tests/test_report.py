@@ -9,7 +9,6 @@ import pytest
 
 from rlhfkit.evaluate.registry import Registry
 from rlhfkit.report.html import SECTIONS, build_report
-from rlhfkit.stages import demo
 
 CHROMIUM = shutil.which("chromium")
 DEMO_SECTIONS = ["data", "reward", "training", "overoptimisation", "detectors", "gate", "samples"]
@@ -25,23 +24,8 @@ BROWSER_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    summary = demo.run(
-        {
-            "output_dir": str(root),
-            "pairs": {"num_prompts": 120},
-            "sft": {"max_steps": 10, "batch_size": 8, "val_fraction": 0.01},
-            "reward": {"max_steps": 15, "eval_every": 5, "batch_size": 16},
-            "dpo": {"max_steps": 10, "batch_size": 8},
-            "ppo": {"steps": 3, "batch_size": 4, "mini_batch_size": 4, "max_new_tokens": 16, "save_every": 3},
-            "bon_sweep": {"max_n": 8, "num_prompts": 4, "max_new_tokens": 16, "bootstrap": 20},
-            "bon_sweep_length": {"max_n": 8, "num_prompts": 4, "max_new_tokens": 16, "bootstrap": 20},
-            "eval": {"num_prompts": 12, "samples_per_prompt": 2, "self_bleu_texts": 20},
-            "gate": {"thresholds": ["mean_gold >= -1.0", "distinct_2 >= 0.0"]},
-        }
-    )
-    return root, summary
+def demo_run(tiny_demo):
+    return tiny_demo  # the session's small demo (tests/conftest.py), shared with test_stages.py
 
 
 def test_demo_ends_with_gate_verdict_registry_and_report(demo_run):

@@ -12,14 +12,13 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import TINY_DEMO
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhfkit.config import (
@@ -675,80 +674,36 @@ def test_policy_eval_writes_results(reward_run, tmp_path):
     assert all(s["prompt"].strip() in heldout for s in samples)
 
 
-def test_small_demo_end_to_end(tmp_path):
-    summary = demo.run(
-        [
-            f"output_dir={tmp_path}",
-            "pairs.num_prompts=120",
-            "sft.max_steps=10",
-            "sft.batch_size=8",
-            "sft.val_fraction=0.01",
-            "reward.max_steps=15",
-            "reward.eval_every=5",
-            "reward.batch_size=16",
-            "dpo.max_steps=10",
-            "dpo.batch_size=8",
-            "eval.num_prompts=12",
-            "eval.samples_per_prompt=2",
-            "gate.thresholds=[mean_gold >= -1]",
-        ]
-    )
-    on_disk = json.loads((tmp_path / "demo_summary.json").read_text())
+def test_small_demo_end_to_end(tiny_demo):
+    root, summary = tiny_demo  # the session's small demo (tests/conftest.py), shared with test_report.py
+    on_disk = json.loads((root / "demo_summary.json").read_text())
     for key in ("gold_sft", "gold_dpo", "reward_gold_accuracy", "distinct2_ratio"):
         assert on_disk[key] is not None and math.isfinite(on_disk[key]), key
     assert on_disk["gold_gain"] == pytest.approx(on_disk["gold_dpo"] - on_disk["gold_sft"])
     assert summary["pairs"] == on_disk["pairs"] and on_disk["pairs"] > 100
     for stage in ("sft", "pairs", "reward", "reward_eval", "dpo", "eval"):
-        assert (tmp_path / stage / "config.yaml").is_file(), stage
+        assert (root / stage / "config.yaml").is_file(), stage
         if stage != "eval":
-            assert (tmp_path / stage / "summary.json").is_file(), stage
-    assert (tmp_path / "eval" / "eval.json").is_file()
-    assert config_yaml(tmp_path / "sft")["max_steps"] == 10
-    assert config_yaml(tmp_path / "dpo")["model"] == str(tmp_path / "sft" / "model")
-    assert yaml.safe_load((tmp_path / "pipeline.yaml").read_text())["stages"][1]["config"]["num_prompts"] == 120
-    assert summary["gate_passed"] is True and summary["report"] == str(tmp_path / "report.html")
+            assert (root / stage / "summary.json").is_file(), stage
+    assert (root / "eval" / "eval.json").is_file()
+    assert config_yaml(root / "sft")["max_steps"] == 10
+    assert config_yaml(root / "dpo")["model"] == str(root / "sft" / "model")
+    assert yaml.safe_load((root / "pipeline.yaml").read_text())["stages"][1]["config"]["num_prompts"] == 120
+    assert summary["gate_passed"] is True and summary["report"] == str(root / "report.html")
 
-    again = demo.run(
-        [
-            f"output_dir={tmp_path}",
-            "pairs.num_prompts=120",
-            "sft.max_steps=10",
-            "sft.batch_size=8",
-            "sft.val_fraction=0.01",
-            "reward.max_steps=15",
-            "reward.eval_every=5",
-            "reward.batch_size=16",
-            "dpo.max_steps=10",
-            "dpo.batch_size=8",
-            "eval.num_prompts=12",
-            "eval.samples_per_prompt=2",
-            "gate.thresholds=[mean_gold >= -1]",
-        ]
-    )
-    assert set(again["stages"].values()) == {"skipped"}  # a second demo run reuses every stage
+    # The same settings as the command line's NAME.KEY=VALUE overrides: a second demo run reuses every stage.
+    overrides = [
+        f"{stage}.{key}={json.dumps(value)}" for stage, keys in TINY_DEMO.items() for key, value in keys.items()
+    ]
+    again = demo.run([f"output_dir={root}", *overrides])
+    assert set(again["stages"].values()) == {"skipped"}
     assert again["gold_dpo"] == summary["gold_dpo"]
 
 
-def test_cli_overrides_reach_the_saved_config(tmp_path):
+def test_cli_overrides_reach_the_saved_config(tmp_path, cli_in_process):
     out = tmp_path / "run"
-    env = {**os.environ, "RLHFKIT_NO_PROGRESS": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rlhfkit.cli",
-            "sft",
-            f"output_dir={out}",
-            "max_steps=3",
-            "--lr",
-            "1e-4",
-            "--batch_size=4",
-            "val_fraction=0.01",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    result = cli_in_process(
+        "sft", f"output_dir={out}", "max_steps=3", "--lr", "1e-4", "--batch_size=4", "val_fraction=0.01"
     )
     assert result.returncode == 0, result.stderr
     config = config_yaml(out)
