@@ -153,6 +153,10 @@ def test_goals_on_qwen152k_are_issue_16s():
     assert "iteration time 0.62 of TRL's (goal <= 0.67): met" in grpo
     default = "\n".join(spec.goals([{"task": "grpo", "model": "default", "rlhfkit": k, "trl": t}]))
     assert "(goal <= 0.5): NOT met" in default and "(goal <= 1.0): met" in default
+    # on a shared machine the CPU seconds per step tell what the wall clock cannot
+    k, t = {**k, "cpu_step_s": 5.0}, {**t, "cpu_step_s": 20.0}
+    shared = [{"task": "dpo", "model": "qwen152k", "rlhfkit": k, "trl": t}]
+    assert "1.67x TRL's (goal >= 1.5x): met (by CPU seconds per step: 4.00x)" in "\n".join(spec.goals(shared))
 
 
 def test_qwen152k_has_qwens_vocabulary_and_takes_the_chunked_path():
