@@ -345,6 +345,6 @@ def prepare(hypers: dict, models: list[str], tasks: list[str], seed: int = 0) ->
 if __name__ == "__main__":
     import sys
 
-    from .spec import MODELS, default_hypers
+    from .spec import DEFAULT_MODELS, default_hypers
 
-    prepare(default_hypers(), sys.argv[1:] or list(MODELS), ["sft", "reward", "dpo", "grpo", "rloo"])
+    prepare(default_hypers(), sys.argv[1:] or list(DEFAULT_MODELS), ["sft", "reward", "dpo", "grpo", "rloo"])

@@ -139,7 +139,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=spec.TOOLS, help="run one tool only (rlhfkit alone needs no TRL install)")
     p.add_argument("--tasks", default=",".join(spec.TASKS), help="comma-separated subset of " + ",".join(spec.TASKS))
-    p.add_argument("--models", default=",".join(spec.MODELS), help="comma-separated subset of " + ",".join(spec.MODELS))
+    p.add_argument(
+        "--models",
+        default=",".join(spec.DEFAULT_MODELS),
+        help=f"comma-separated, of {', '.join(spec.MODELS)} (default: {', '.join(spec.DEFAULT_MODELS)})",
+    )
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; rates are the median over them")
     p.add_argument(
         "--steps", type=int, help="optimizer steps of SFT, reward and DPO runs (default: per model, see spec.py)"

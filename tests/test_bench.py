@@ -174,8 +174,6 @@ def test_qwen152k_has_qwens_vocabulary_and_takes_the_chunked_path():
     ids = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
     assert max(ids) < learned and tokenizer.decode(ids) == texts[0]  # text never becomes a reserved entry
     assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == ("<|im_end|>", "<|endoftext|>", None)
-    again, _ = build_qwen_tokenizer(texts)
-    assert again.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()  # same texts, same tokenizer
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(Qwen2Config(vocab_size=spec.QWEN_VOCAB, **spec.QWEN152K))
