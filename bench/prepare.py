@@ -1,9 +1,10 @@
 """Models and data for the benchmark, built once per configuration into bench/.cache (runs in rlhfkit's venv).
 
 Equal work needs the same weights, the same examples in the same order and the same token ids in both tools:
-- models: the embedded default, and a ~20M-parameter Llama-config model (random init, seed 0, the default's
-  tokenizer); for reward training a sequence-classification copy of each, its head initialised once here
-  (rlhfkit's own initialisation, seeded) so both tools start from the same head.
+- models: the embedded default, a ~20M-parameter Llama-config model (random init, seed 0, the default's
+  tokenizer), and a Qwen2-config model at Qwen's vocabulary size (random init, seed 0, a 151,936-token tokenizer
+  built here: build_qwen_tokenizer); for reward training a sequence-classification copy of each, its head
+  initialised once here (rlhfkit's own initialisation, seeded) so both tools start from the same head.
 - data: from the default's files. SFT examples and preference pairs (two reviews of one prompt, ordered by the
   gold judge) are kept only when they need no truncation and tokenise the same jointly (TRL) and in parts
   (rlhfkit): then the token ids agree exactly.
@@ -18,7 +19,7 @@ import math
 import random
 from pathlib import Path
 
-from .spec import LLAMA20M, Hyper, Plan
+from .spec import LLAMA20M, QWEN152K, QWEN_VOCAB, Hyper, Plan
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -61,6 +62,87 @@ def build_llama20m(out_dir: Path, tokenizer_dir: Path) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def tokenizer_texts(default_root: Path) -> tuple[list[str], list[str]]:
+    """(texts, their sources) for the qwen152k tokenizer: the default's pre-training corpus (the bench's data come
+    from the same generator), and the HH-RLHF sample in shared/data when the checkout has one (real dialogue)."""
+    import gzip
+
+    texts = (default_root / "corpus.txt").read_text().splitlines()
+    sources = [f"the default's corpus.txt ({len(texts)} reviews)"]
+    root = HERE.parent
+    for folder in (root / "shared" / "data", root.parent / "shared" / "data"):
+        hh = folder / "hh-rlhf-harmless-sample.jsonl.gz"
+        if hh.is_file():
+            with gzip.open(hh, "rt") as lines:
+                records = [json.loads(line) for line in lines if line.strip()]
+            texts += [r[side] for r in records for side in ("chosen", "rejected")]
+            sources.append(f"{hh.name} ({len(records)} records, both transcripts)")
+            break
+    return texts, sources
+
+
+def build_qwen_tokenizer(texts: list[str]):
+    """A byte-level BPE trained on `texts`, QWEN_VOCAB tokens long. Local text gives far fewer merges than Qwen's
+    151,643, so the vocabulary is topped up with `<|reserved_N|>` entries that no merge produces (as Qwen's own
+    vocabulary has tokens past its BPE's, and its embedding rows past its tokenizer's): they exist for the model and
+    the sampler, the text never tokenises to them. Special tokens as Qwen2.5-Instruct's: EOS `<|im_end|>`, pad
+    `<|endoftext|>`, no BOS. The tokenizers library's BPE trainer is deterministic, so the same texts give the same
+    tokenizer."""
+    from tokenizers import ByteLevelBPETokenizer, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        texts,
+        vocab_size=QWEN_VOCAB,
+        min_frequency=2,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        show_progress=False,
+    )
+    spec = json.loads(bpe._tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    learned = len(vocab)
+    for i in range(QWEN_VOCAB - learned):
+        vocab[f"<|reserved_{i}|>"] = learned + i
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=QWEN152K["max_position_embeddings"],
+    )
+    return tokenizer, learned
+
+
+def build_qwen152k(out_dir: Path, default_root: Path) -> Path:
+    """The Qwen2-config model at Qwen's vocabulary (spec.QWEN152K), random init with seed 0, and its tokenizer
+    (rebuilt only when missing); build.json says what the tokenizer was trained on."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    if (out_dir / "build.json").is_file():
+        return out_dir
+    texts, sources = tokenizer_texts(default_root)
+    tokenizer, learned = build_qwen_tokenizer(texts)
+    config = Qwen2Config(
+        vocab_size=QWEN_VOCAB,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attention_dropout=0.0,
+        **QWEN152K,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    info = {"vocab": len(tokenizer), "bpe_tokens": learned, "reserved": QWEN_VOCAB - learned, "texts": sources}
+    (tmp / "build.json").write_text(json.dumps(info, indent=1) + "\n")
     tmp.rename(out_dir)
     return out_dir
 
@@ -176,8 +258,12 @@ def prepare(hypers: dict, models: list[str], tasks: list[str], seed: int = 0) ->
     model_dirs = {"default": default.model_dir}
     if "llama20m" in models:
         model_dirs["llama20m"] = build_llama20m(CACHE / "models" / "llama20m", default.model_dir)
+    if "qwen152k" in models:
+        model_dirs["qwen152k"] = build_qwen152k(CACHE / "models" / "qwen152k", default.root)
     reward_dirs = {
-        m: build_reward_init(model_dirs[m], CACHE / "models" / f"{m}-reward-init") for m in models if "reward" in tasks
+        m: build_reward_init(model_dirs[m], CACHE / "models" / f"{m}-reward-init")
+        for m in models
+        if "reward" in tasks and ("reward", m) in hypers
     }
     params = {}
     for m in models:
@@ -185,11 +271,12 @@ def prepare(hypers: dict, models: list[str], tasks: list[str], seed: int = 0) ->
         if m in reward_dirs:
             tok = load_tokenizer(reward_dirs[m])
             params[(m, "rm")] = matmul_params(load_reward_model(reward_dirs[m], tok))
-    tokenizer = load_tokenizer(default.model_dir)
-
     entries = {}
     for m in models:
+        tokenizer = load_tokenizer(model_dirs[m])
         for task in tasks:
+            if (task, m) not in hypers:  # qwen152k: SFT, DPO and GRPO only
+                continue
             hyper: Hyper = hypers[(task, m)]
             folder = CACHE / "data" / f"{task}-{m}-b{hyper.batch}-s{hyper.steps}"
             tokens = Tokens(tokenizer, hyper)
@@ -258,6 +345,6 @@ def prepare(hypers: dict, models: list[str], tasks: list[str], seed: int = 0) ->
 if __name__ == "__main__":
     import sys
 
-    from .spec import default_hypers
+    from .spec import DEFAULT_MODELS, default_hypers
 
-    prepare(default_hypers(), sys.argv[1:] or ["default", "llama20m"], ["sft", "reward", "dpo", "grpo", "rloo"])
+    prepare(default_hypers(), sys.argv[1:] or list(DEFAULT_MODELS), ["sft", "reward", "dpo", "grpo", "rloo"])

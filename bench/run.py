@@ -1,8 +1,8 @@
 """rlhfkit against TRL: the same models, data and hyper-parameters through both, side by side (`make bench`).
 
-    python bench/run.py [--only rlhfkit|trl] [--tasks sft,reward,dpo,grpo,rloo] [--models default,llama20m]
+    python bench/run.py [--only rlhfkit|trl] [--tasks sft,reward,dpo,grpo,rloo] [--models default,llama20m,qwen152k]
                         [--repeats 3] [--steps N] [--rl-steps N] [--threads 1] [--no-bf16-sampling]
-                        [--output BENCHMARKS.md]
+                        [--output BENCHMARKS.md] [--section "## Training throughput vs TRL"]
 
 1. installs TRL (pinned, see spec.TRL_REQUIREMENTS) into bench/.venv-trl, once;
 2. builds the models and data (bench/prepare.py) into bench/.cache;
@@ -10,7 +10,10 @@
 4. runs every (task, model, tool) in its own process, `--repeats` rounds, interleaved (each round runs every
    task once with each tool, alternating which tool goes first), and reads each child's peak RSS with wait4();
 5. writes bench/.cache/results.json and the "Training throughput vs TRL" section of BENCHMARKS.md (other
-   sections are left as they are), followed by bench/analysis.md.
+   sections are left as they are), followed by bench/analysis.md; `--section` names another section (without
+   the analysis), for a run of a subset that should not replace the main table.
+
+A (task, model) without hyper-parameters in spec.default_hypers is not run (qwen152k has SFT, DPO and GRPO).
 """
 
 from __future__ import annotations
@@ -136,7 +139,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=spec.TOOLS, help="run one tool only (rlhfkit alone needs no TRL install)")
     p.add_argument("--tasks", default=",".join(spec.TASKS), help="comma-separated subset of " + ",".join(spec.TASKS))
-    p.add_argument("--models", default=",".join(spec.MODELS), help="comma-separated subset of " + ",".join(spec.MODELS))
+    p.add_argument(
+        "--models",
+        default=",".join(spec.DEFAULT_MODELS),
+        help=f"comma-separated, of {', '.join(spec.MODELS)} (default: {', '.join(spec.DEFAULT_MODELS)})",
+    )
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; rates are the median over them")
     p.add_argument(
         "--steps", type=int, help="optimizer steps of SFT, reward and DPO runs (default: per model, see spec.py)"
@@ -159,6 +166,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-bf16-sampling",
         action="store_true",
         help=f"skip the extra '{spec.BF16_SAMPLING}' configuration of grpo and rloo (rollout_dtype=bfloat16)",
+    )
+    p.add_argument(
+        "--section",
+        default=spec.SECTION_TITLE,
+        help="the '## ' heading of the section to write (another than the default gets no analysis appended)",
     )
     p.add_argument("--no-write", action="store_true", help="print the table; leave the markdown file alone")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (no share-of-peak column)")
@@ -190,13 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"bench: unknown task or model {bad}; tasks: {', '.join(spec.TASKS)}; models: {', '.join(spec.MODELS)}"
         )
+    if not args.section.startswith("## "):
+        raise SystemExit(f"bench: --section must be a '## ' heading, got {args.section!r}")
     tools = [args.only] if args.only else list(spec.TOOLS)
     started = time.time()
-    command = (
-        "make bench"
-        if os.environ.get("MAKELEVEL")
-        else "python bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    )
+    flags = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if os.environ.get("MAKELEVEL"):
+        command = f'make bench BENCH_ARGS="{flags}"' if flags else "make bench"
+    else:
+        command = f"python bench/run.py {flags}".rstrip()
     load_before = os.getloadavg()
 
     pythons = {"rlhfkit": sys.executable}
@@ -210,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     entries = prepare(hypers, models, tasks)
     env = child_env(args.threads)
-    combos = [(t, m) for m in models for t in tasks]
+    combos = [(t, m) for m in models for t in tasks if (t, m) in hypers]
     runs: dict[tuple[str, str, str], list[dict]] = {}
     raw: list[dict] = []
     failures: list[str] = []
@@ -320,17 +334,17 @@ def main(argv: list[str] | None = None) -> int:
     (work_root / "results.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "runs": raw}, indent=1, default=str)
     )
-    section = render_section(meta, rows)
+    section = render_section(meta, rows, args.section)
     print(section)
     if not args.no_write:
         out = Path(args.output)
-        out.write_text(spec.replace_section(out.read_text() if out.is_file() else "", section))
-        log(f"wrote the '{spec.SECTION_TITLE[3:]}' section of {out}; raw numbers in {work_root / 'results.json'}")
+        out.write_text(spec.replace_section(out.read_text() if out.is_file() else "", section, args.section))
+        log(f"wrote the '{args.section[3:]}' section of {out}; raw numbers in {work_root / 'results.json'}")
     log(f"done in {meta['minutes']} min")
     return 1 if failures else 0
 
 
-def render_section(meta: dict, rows: list[dict]) -> str:
+def render_section(meta: dict, rows: list[dict], title: str = spec.SECTION_TITLE) -> str:
     m = meta["machine"]
     peak = meta["peak_flops"]
     v = meta["versions"]
@@ -351,7 +365,7 @@ def render_section(meta: dict, rows: list[dict]) -> str:
             f"and the last not timed), lr {h['lr']}, max length {h['max_length']}{extra}"
         )
     lines = [
-        spec.SECTION_TITLE,
+        title,
         "",
         f"Command: `{meta['command']}` — {meta['date']}, {meta['minutes']} min. "
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}; "
@@ -368,7 +382,7 @@ def render_section(meta: dict, rows: list[dict]) -> str:
         "",
         spec.render_table(rows, peak),
         "",
-        "Goals (issue #7), as measured side by side:",
+        "Goals (issue #7; on qwen152k issue #16's), as measured side by side:",
         "",
         *spec.goals([r for r in rows if r["rlhfkit"] and r["trl"]]),
         "",
@@ -379,7 +393,7 @@ def render_section(meta: dict, rows: list[dict]) -> str:
     if meta["failures"]:
         lines += ["", "Failed runs:", "", *[f"- {f}" for f in meta["failures"]]]
     analysis = HERE / "analysis.md"
-    if analysis.is_file():
+    if analysis.is_file() and title == spec.SECTION_TITLE:
         lines += ["", analysis.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 

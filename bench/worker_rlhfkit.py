@@ -11,6 +11,7 @@ import time
 
 START = time.perf_counter()
 
+import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -139,6 +140,7 @@ def main(job_path: str) -> None:
     online.sample_batch = counted_sample
 
     name, values = stage_values(job)
+    values.update(json.loads(os.environ.get("RLHFKIT_BENCH_SET", "{}")))  # A/B runs by hand, e.g. {"logits": "full"}
     config = build_config(STAGES[name].config, values, source=f"bench {job.task}")
     {"sft": sft.run, "reward-train": reward.train, "dpo": dpo.run, "grpo": grpo.run, "rloo": grpo.run}[name](config)
     result.setup_s = result.step_ends[0] - START if result.step_ends else 0.0
