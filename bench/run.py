@@ -2,6 +2,7 @@
 
     python bench/run.py [--only rlhfkit|trl] [--tasks sft,reward,dpo,grpo,rloo] [--models default,llama20m]
                         [--repeats 3] [--steps N] [--rl-steps N] [--threads 1] [--output BENCHMARKS.md]
+                        [--device cpu|cuda] [--trl-python PATH]
 
 1. installs TRL (pinned, see spec.TRL_REQUIREMENTS) into bench/.venv-trl, once;
 2. builds the models and data (bench/prepare.py) into bench/.cache;
@@ -10,6 +11,12 @@
    task once with each tool, alternating which tool goes first), and reads each child's peak RSS with wait4();
 5. writes bench/.cache/results.json and the "Training throughput vs TRL" section of BENCHMARKS.md (other
    sections are left as they are), followed by bench/analysis.md.
+
+`--device cuda` runs both tools on the GPU with bf16 autocast (rlhfkit: device=cuda, mixed_precision=bf16; TRL:
+bf16=True and its fastest settings there), times every step between torch.cuda.synchronize() calls, shows the peak
+GPU memory instead of the RSS, measures the GPU's bf16 matmul peak and writes the "Training throughput vs TRL on a
+GPU" section. `--trl-python` names an interpreter that imports TRL instead of building bench/.venv-trl (the GPU
+machine has no package index: bench/gpu/run.sh installs carried wheels and passes its own python).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from bench.spec import Job, Plan, Result  # noqa: E402
 TRL_VENV = HERE / ".venv-trl"
 CACHE = HERE / ".cache"
 LOSS_TOLERANCE = 1e-3  # relative: same init, data, order and arithmetic agree to ~1e-5; 1e-3 leaves room for kernels
+BF16_LOSS_TOLERANCE = 2e-2  # device cuda: bf16 autocast rounds every matmul input to 8 significant bits in both tools
 
 
 def log(message: str) -> None:
@@ -60,6 +68,20 @@ def ensure_trl_venv() -> Path:
     subprocess.run(pip + [torch_pin], check=True)  # alone first: the pinned CPU wheel, never a CUDA build
     subprocess.run(pip + spec.TRL_REQUIREMENTS, check=True)
     stamp.write_text(wanted)
+    return python
+
+
+def check_trl_python(python: str) -> str:
+    """`--trl-python`: an interpreter that imports TRL and datasets, or a one-line error before anything runs."""
+    done = subprocess.run(
+        [python, "-c", "import trl, datasets; print(trl.__version__)"], capture_output=True, text=True, cwd=ROOT
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench: --trl-python {python} cannot import trl and datasets: {last}")
+    wanted = next(r for r in spec.TRL_REQUIREMENTS if r.startswith("trl==")).split("==")[1]
+    if done.stdout.strip() != wanted:
+        log(f"--trl-python {python} has TRL {done.stdout.strip()}, spec.TRL_REQUIREMENTS pins {wanted}")
     return python
 
 
@@ -95,9 +117,9 @@ def run_child(argv: list[str], log_path: Path, env: dict) -> tuple[int, float]:
     return proc.returncode, usage.ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def measure_peak(threads: int, env: dict) -> float | None:
+def measure_peak(threads: int, env: dict, device: str = "cpu") -> float | None:
     done = subprocess.run(
-        [sys.executable, str(HERE / "peak.py"), str(threads)], capture_output=True, text=True, env=env
+        [sys.executable, str(HERE / "peak.py"), str(threads), device], capture_output=True, text=True, env=env
     )
     if done.returncode != 0:
         log(f"matmul peak measurement failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -105,7 +127,26 @@ def measure_peak(threads: int, env: dict) -> float | None:
     return json.loads(done.stdout)["gflops"] * 1e9
 
 
-def machine() -> dict:
+def gpu() -> str:
+    """The GPU's name, memory and driver, from nvidia-smi (or torch where there is no nvidia-smi)."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            name, memory, driver = (part.strip() for part in done.stdout.strip().splitlines()[0].split(","))
+            return f"{name} ({memory}, driver {driver})"
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        pass
+    probe = "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return done.stdout.strip() or "no CUDA GPU visible"
+
+
+def machine(device: str = "cpu") -> dict:
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -124,6 +165,7 @@ def machine() -> dict:
         mem_kb = 0
     return {
         "cpu": cpu,
+        "gpu": gpu() if device == "cuda" else None,
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kb / 2**20, 1),
         "python": platform.python_version(),
@@ -153,6 +195,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output",
         default=str(ROOT / "BENCHMARKS.md"),
         help="markdown file whose 'Training throughput vs TRL' section is rewritten",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where both tools train: cuda runs them on the GPU with bf16 autocast (bench/gpu/run.sh)",
+    )
+    p.add_argument(
+        "--trl-python",
+        help="a python that imports TRL (and datasets); default: build bench/.venv-trl with the pinned requirements",
     )
     p.add_argument("--no-write", action="store_true", help="print the table; leave the markdown file alone")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (no share-of-peak column)")
@@ -195,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pythons = {"rlhfkit": sys.executable}
     if "trl" in tools:
-        pythons["trl"] = str(ensure_trl_venv())
+        pythons["trl"] = check_trl_python(args.trl_python) if args.trl_python else str(ensure_trl_venv())
     workers = {"rlhfkit": str(HERE / "worker_rlhfkit.py"), "trl": str(HERE / "worker_trl.py")}
 
     hypers = hypers_for(args)
@@ -215,10 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     total = args.repeats * len(combos) * len(tools)
     done = 0
     for r in range(args.repeats):
-        peak = None if args.no_peak else measure_peak(args.threads, env)
+        peak = None if args.no_peak else measure_peak(args.threads, env, args.device)
         if peak:
             peaks.append(peak)
-            log(f"round {r + 1}/{args.repeats}: matmul peak {peak / 1e9:.1f} GFLOP/s at {args.threads} thread(s)")
+            where = "the GPU's bf16" if args.device == "cuda" else f"{args.threads} thread(s)' fp32"
+            log(f"round {r + 1}/{args.repeats}: {where} matmul peak {peak / 1e9:.1f} GFLOP/s")
         for c, (task, model) in enumerate(combos):
             order = tools if (r + c) % 2 == 0 else tools[::-1]
             entry = entries[f"{task}/{model}"]
@@ -239,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     result=str(work / f"{name}.json"),
                     threads=args.threads,
                     repeat=r,
+                    device=args.device,
                 )
                 job_path = work / f"{name}.job.json"
                 job_path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,13 +313,15 @@ def main(argv: list[str] | None = None) -> int:
                 raw.append(
                     {**summary, "task": task, "model": model, "versions": result.versions, "notes": result.notes}
                 )
+                gpu_peak = f", peak GPU {result.peak_gpu_mb:.0f} MB" if result.peak_gpu_mb is not None else ""
                 log(
                     f"[{done}/{total}] {task}/{model} {tool}: {spec.fmt(summary.get('step_s'), '.3f')} s/step, "
-                    f"{spec.fmt(summary.get('samples_per_s'), '.1f')} samples/s, peak RSS {rss:.0f} MB, "
+                    f"{spec.fmt(summary.get('samples_per_s'), '.1f')} samples/s, peak RSS {rss:.0f} MB{gpu_peak}, "
                     f"final loss {spec.fmt(summary.get('final_loss'), '.5f')}"
                 )
 
     peak_flops = max(peaks) if peaks else None
+    tolerance = BF16_LOSS_TOLERANCE if args.device == "cuda" else LOSS_TOLERANCE
     rows = []
     for task, model in combos:
         row = {"task": task, "model": model, "hyper": hypers[(task, model)].__dict__}
@@ -279,8 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             diffs = [abs(a - b) / max(abs(a), abs(b), 1e-12) for a, b in zip(k["losses"], t["losses"])]
             row["max_loss_rel_diff"] = max(diffs)
             row["loss_match"] = (
-                f"{'yes' if max(diffs) <= LOSS_TOLERANCE else 'NO'} (max rel diff {max(diffs):.0e} over "
-                f"{len(diffs)} steps)"
+                f"{'yes' if max(diffs) <= tolerance else 'NO'} (max rel diff {max(diffs):.0e} over {len(diffs)} steps)"
             )
         elif task in spec.ONLINE_TASKS and k and t:
             row["loss_match"] = "loose: sampling differs"
@@ -292,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": command,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine(args.device),
+        "device": args.device,
+        "loss_tolerance": tolerance,
         "threads": args.threads,
         "repeats": args.repeats,
         "peak_flops": peak_flops,
@@ -311,16 +368,24 @@ def main(argv: list[str] | None = None) -> int:
     print(section)
     if not args.no_write:
         out = Path(args.output)
-        out.write_text(spec.replace_section(out.read_text() if out.is_file() else "", section))
-        log(f"wrote the '{spec.SECTION_TITLE[3:]}' section of {out}; raw numbers in {work_root / 'results.json'}")
+        title = section_title(meta)
+        out.write_text(spec.replace_section(out.read_text() if out.is_file() else "", section, title))
+        log(f"wrote the '{title[3:]}' section of {out}; raw numbers in {work_root / 'results.json'}")
     log(f"done in {meta['minutes']} min")
     return 1 if failures else 0
+
+
+def section_title(meta: dict) -> str:
+    return spec.GPU_SECTION_TITLE if meta.get("device") == "cuda" else spec.SECTION_TITLE
 
 
 def render_section(meta: dict, rows: list[dict]) -> str:
     m = meta["machine"]
     peak = meta["peak_flops"]
     v = meta["versions"]
+    cuda = meta.get("device") == "cuda"
+    memory = "peak_gpu_mb" if cuda else "peak_rss_mb"
+    ceiling = "the GPU's bf16 matmul peak" if cuda else f"fp32 matmul peak at {meta['threads']} thread(s)"
     hyper_lines = []
     for r in rows:
         h = r["hyper"]
@@ -338,7 +403,7 @@ def render_section(meta: dict, rows: list[dict]) -> str:
             f"and the last not timed), lr {h['lr']}, max length {h['max_length']}{extra}"
         )
     lines = [
-        spec.SECTION_TITLE,
+        section_title(meta),
         "",
         f"Command: `{meta['command']}` — {meta['date']}, {meta['minutes']} min. "
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}; "
@@ -348,16 +413,16 @@ def render_section(meta: dict, rows: list[dict]) -> str:
         f"{v.get('rlhfkit:transformers', v.get('trl:transformers', '-'))}, torch "
         f"{v.get('rlhfkit:torch', v.get('trl:torch', '-'))}. "
         f"{meta['threads']} torch thread(s) per run; {meta['repeats']} interleaved rounds, medians shown. "
-        f"fp32 matmul peak at {meta['threads']} thread(s): {peak / 1e9:.1f} GFLOP/s (best of {len(meta['peaks'])} "
-        "measurements)."
+        f"{ceiling[0].upper() + ceiling[1:]}: {peak / 1e9:.1f} GFLOP/s (best of {len(meta['peaks'])} measurements)."
         if peak
         else f"Command: `{meta['command']}` — {meta['date']}; matmul peak not measured.",
         "",
-        spec.render_table(rows, peak),
+        *(gpu_lines(meta, rows) if cuda else []),
+        spec.render_table(rows, peak, memory),
         "",
         "Goals (issue #7), as measured side by side:",
         "",
-        *spec.goals([r for r in rows if r["rlhfkit"] and r["trl"]]),
+        *spec.goals([r for r in rows if r["rlhfkit"] and r["trl"]], memory),
         "",
         "Hyper-parameters (the same in both tools):",
         "",
@@ -366,9 +431,30 @@ def render_section(meta: dict, rows: list[dict]) -> str:
     if meta["failures"]:
         lines += ["", "Failed runs:", "", *[f"- {f}" for f in meta["failures"]]]
     analysis = HERE / "analysis.md"
-    if analysis.is_file():
+    if analysis.is_file() and not cuda:
         lines += ["", analysis.read_text().rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def gpu_lines(meta: dict, rows: list[dict]) -> list[str]:
+    """What a GPU run's section says before its table: the device, and what each tool ran with there."""
+    lines = [
+        f"Device: {meta['machine'].get('gpu') or 'GPU'}. Both tools train on it with bf16 autocast over fp32 weights "
+        "and optimizer state: rlhfkit with device=cuda and mixed_precision=bf16, TRL with bf16=True, use_cpu=False, "
+        "attention through PyTorch's SDPA (flash_attention_2 where the flash-attn package is installed) and "
+        "padding-free SFT batches (TRL 1.16 disables padding_free in DPO). Each step is timed between "
+        "torch.cuda.synchronize() calls; memory is the peak GPU memory torch allocated in the run "
+        "(torch.cuda.max_memory_allocated; the host RSS is in the JSON). 'Same loss?' allows a relative difference "
+        f"of {meta.get('loss_tolerance', BF16_LOSS_TOLERANCE):g}: bf16 rounds every matmul in both tools.",
+        "",
+    ]
+    if any(r["task"] in spec.ONLINE_TASKS for r in rows):
+        lines += [
+            "rlhfkit's online stages (grpo, rloo) have no device key yet: their rlhfkit rows ran on the CPU "
+            f"({meta['threads']} torch thread(s)), TRL's on the GPU.",
+            "",
+        ]
+    return lines
 
 
 if __name__ == "__main__":

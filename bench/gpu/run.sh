@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The GPU run (issue #16, item 4) in one command, on the GPU machine, from the repo root, with .whl carried:
+#
+#     bash bench/gpu/run.sh
+#
+# 1. installs the carried wheels (bench/gpu/wheels.sh made them) into /tmp/site: that machine has no package index;
+# 2. prints nvidia-smi and the versions of what runs;
+# 3. the architecture matrix (tests/test_architectures.py) with device=cuda, mixed_precision=bf16 and
+#    gradient_checkpointing=true on every stage whose config has those keys (RLHFKIT_MATRIX_EXTRA), junit XML out;
+# 4. the bench against TRL on the GPU (bench/run.py --device cuda, TRL from the same python), one bench/run.py per
+#    model of bench/spec.py's MODELS so that a model cut short by the time budget leaves the others' results;
+# 5. bench/gpu/report.py: the merged results JSON and the markdown section for BENCHMARKS.md.
+#
+# Everything lands in $OUT (the device tool's folder; else runs/gpu): run.log, matrix.xml, bench.json, gpu.md and,
+# when something failed, failures.txt (the last lines of each failed run's log). Fold gpu.md into BENCHMARKS.md
+# with `python bench/gpu/report.py fold PATH/gpu.md`.
+#
+# RLHFKIT_GPU_DRY=1 runs the same steps on this machine's CPU with tiny settings (no wheels, no nvidia-smi, a few
+# matrix rows with bf16 and gradient checkpointing, one short SFT bench row): the rehearsal before spending GPU time.
+# Knobs (environment): PY (python; default python3), RLHFKIT_GPU_BUDGET_S (seconds for the whole script, default
+# 480), RLHFKIT_GPU_MATRIX_S (the matrix's share, default 150), RLHFKIT_GPU_TASKS (default sft,reward,dpo: the
+# online stages have no device key yet), RLHFKIT_GPU_MODELS (default: all of spec.MODELS), RLHFKIT_GPU_REPEATS
+# (default 2), RLHFKIT_GPU_WHEELS (the wheel folder, default .whl), RLHFKIT_GPU_SITE (where they go, /tmp/site).
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+ROOT=$(pwd)
+DRY=${RLHFKIT_GPU_DRY:-0}
+PY=${PY:-python3}
+OUT=${OUT:-$ROOT/runs/gpu}
+BUDGET=${RLHFKIT_GPU_BUDGET_S:-480}
+WHEELS=${RLHFKIT_GPU_WHEELS:-.whl}
+SITE=${RLHFKIT_GPU_SITE:-/tmp/site}
+WORK=${RLHFKIT_GPU_WORK:-/tmp/rlhfkit-gpu-work}
+START=$(date +%s)
+mkdir -p "$OUT"
+rm -rf "$WORK" && mkdir -p "$WORK"
+exec > >(tee "$OUT/run.log") 2>&1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+say() { echo "[gpu-run $(date -u +%H:%M:%S), $(left) s left] $*"; }
+
+# ---------------------------------------------------------------------------------------------- 1. wheels
+if [ "$DRY" != 1 ] || [ -n "${RLHFKIT_GPU_WHEELS:-}" ]; then
+    if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+        say "no wheels in $WHEELS: run 'bash bench/gpu/wheels.sh' on a machine with the package index, carry .whl"
+        exit 1
+    fi
+    say "installing $(ls "$WHEELS"/*.whl | wc -l) wheels into $SITE"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+        "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH="$ROOT/src:$SITE"
+else
+    export PYTHONPATH="$ROOT/src"
+fi
+if [ -d "$WHEELS/home" ]; then  # the embedded default's build, carried: not rebuilt (minutes) on a bare machine
+    rm -rf "$WORK/home" && cp -r "$WHEELS/home" "$WORK/home" && export RLHFKIT_HOME="$WORK/home"
+fi
+
+# ---------------------------------------------------------------------------------------------- 2. the machine
+if [ "$DRY" = 1 ]; then
+    DEVICE=cpu
+    EXTRA='{"mixed_precision": "bf16", "gradient_checkpointing": true}'
+else
+    DEVICE=cuda
+    EXTRA='{"device": "cuda", "mixed_precision": "bf16", "gradient_checkpointing": true}'
+    nvidia-smi || say "nvidia-smi failed"
+fi
+"$PY" - "$DEVICE" <<'EOF' || exit 1
+import importlib, sys
+
+print(f"python {sys.version.split()[0]} at {sys.executable}")
+for name in ("torch", "transformers", "accelerate", "peft", "tokenizers", "pydantic", "datasets", "trl", "vaderSentiment"):
+    try:
+        module = importlib.import_module(name)
+        print(f"{name} {getattr(module, '__version__', '?')} from {module.__file__}")
+    except Exception as error:  # say what is missing, then stop below if it matters
+        print(f"{name}: NOT importable ({type(error).__name__}: {error})")
+import torch
+
+if sys.argv[1] == "cuda":
+    if not torch.cuda.is_available():
+        sys.exit("gpu-run: torch sees no CUDA GPU")
+    print(f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}, bf16 {torch.cuda.is_bf16_supported()}")
+import rlhfkit.config  # noqa: F401  (pydantic and the rest of rlhfkit's imports)
+EOF
+
+# ---------------------------------------------------------------------------------------------- 3. the matrix
+MATRIX_S=${RLHFKIT_GPU_MATRIX_S:-150}
+MATRIX_ARGS=(-q -p no:cacheprovider -o addopts= -rfE --junitxml="$OUT/matrix.xml")
+if [ "$DRY" = 1 ]; then
+    MATRIX_ARGS+=(-k "test_stage_runs_and_reloads and llama and (sft or reward or dpo) and not online")
+fi
+if "$PY" -c "import xdist" 2>/dev/null; then
+    MATRIX_ARGS+=(-n "${RLHFKIT_GPU_MATRIX_WORKERS:-8}")
+fi
+if "$PY" -c "import pytest_timeout" 2>/dev/null; then
+    MATRIX_ARGS+=(--timeout 120)
+fi
+say "architecture matrix with RLHFKIT_MATRIX_EXTRA=$EXTRA (at most $MATRIX_S s)"
+RLHFKIT_MATRIX_EXTRA="$EXTRA" timeout "$MATRIX_S" "$PY" -m pytest tests/test_architectures.py "${MATRIX_ARGS[@]}"
+say "matrix exit status $?"
+
+# ---------------------------------------------------------------------------------------------- 4. the bench
+MODELS=${RLHFKIT_GPU_MODELS:-$("$PY" -c "import sys; sys.path.insert(0, '.'); from bench import spec; print(','.join(spec.MODELS))")}
+TASKS=${RLHFKIT_GPU_TASKS:-sft,reward,dpo}
+REPEATS=${RLHFKIT_GPU_REPEATS:-2}
+BENCH_ARGS=(--device "$DEVICE" --tasks "$TASKS" --repeats "$REPEATS" --no-write)
+TRL_PY=${RLHFKIT_GPU_TRL_PYTHON:-$PY}
+if [ "$DRY" = 1 ]; then
+    MODELS=${RLHFKIT_GPU_MODELS:-default}
+    TASKS=${RLHFKIT_GPU_TASKS:-sft}
+    BENCH_ARGS=(--device cpu --tasks "$TASKS" --repeats 1 --steps 5 --no-write)
+    if ! "$TRL_PY" -c "import trl" 2>/dev/null; then
+        TRL_PY=${RLHFKIT_GPU_TRL_PYTHON:-bench/.venv-trl/bin/python}
+    fi
+fi
+if "$TRL_PY" -c "import trl" 2>/dev/null; then
+    BENCH_ARGS+=(--trl-python "$TRL_PY")
+else
+    say "no python that imports trl ($TRL_PY): rlhfkit alone"
+    BENCH_ARGS+=(--only rlhfkit)
+fi
+for model in ${MODELS//,/ }; do
+    budget=$(($(left) - 30))  # what is left, less the report's share
+    if [ "$budget" -lt 60 ]; then
+        say "bench $model: skipped, too little time left"
+        continue
+    fi
+    say "bench $model ($TASKS, at most $budget s)"
+    timeout "$budget" "$PY" bench/run.py "${BENCH_ARGS[@]}" --models "$model" --work "$WORK/bench-$model" >/dev/null
+    say "bench $model exit status $?"
+done
+
+# ---------------------------------------------------------------------------------------------- 5. the report
+"$PY" bench/gpu/report.py write --work "$WORK" --junit "$OUT/matrix.xml" --out "$OUT" --extra "$EXTRA" \
+    --seconds $(($(date +%s) - START))
+say "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
