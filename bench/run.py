@@ -73,9 +73,12 @@ def ensure_trl_venv() -> Path:
 
 def check_trl_python(python: str) -> str:
     """`--trl-python`: an interpreter that imports TRL and datasets, or a one-line error before anything runs."""
-    done = subprocess.run(
-        [python, "-c", "import trl, datasets; print(trl.__version__)"], capture_output=True, text=True, cwd=ROOT
-    )
+    try:
+        done = subprocess.run(
+            [python, "-c", "import trl, datasets; print(trl.__version__)"], capture_output=True, text=True, cwd=ROOT
+        )
+    except OSError as error:
+        raise SystemExit(f"bench: --trl-python {python} cannot be run: {error.strerror}") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"bench: --trl-python {python} cannot import trl and datasets: {last}")

@@ -13,14 +13,17 @@
 #
 # Everything lands in $OUT (the device tool's folder; else runs/gpu): run.log, matrix.xml, bench.json, gpu.md and,
 # when something failed, failures.txt (the last lines of each failed run's log). Fold gpu.md into BENCHMARKS.md
-# with `python bench/gpu/report.py fold PATH/gpu.md`.
+# with `python bench/gpu/report.py fold PATH/gpu.md`. The exit status is 0 when every step passed, else 1 (the
+# report is written either way).
 #
 # RLHFKIT_GPU_DRY=1 runs the same steps on this machine's CPU with tiny settings (no wheels, no nvidia-smi, a few
 # matrix rows with bf16 and gradient checkpointing, one short SFT bench row): the rehearsal before spending GPU time.
 # Knobs (environment): PY (python; default python3), RLHFKIT_GPU_BUDGET_S (seconds for the whole script, default
-# 480), RLHFKIT_GPU_MATRIX_S (the matrix's share, default 150), RLHFKIT_GPU_TASKS (default sft,reward,dpo: the
-# online stages have no device key yet), RLHFKIT_GPU_MODELS (default: all of spec.MODELS), RLHFKIT_GPU_REPEATS
-# (default 2), RLHFKIT_GPU_WHEELS (the wheel folder, default .whl), RLHFKIT_GPU_SITE (where they go, /tmp/site).
+# 480), RLHFKIT_GPU_MATRIX_S (the matrix's share, default 150), RLHFKIT_GPU_MATRIX_SELECT (a pytest -k expression:
+# part of the matrix), RLHFKIT_GPU_TASKS (default sft,reward,dpo: the online stages have no device key yet),
+# RLHFKIT_GPU_MODELS (default: all of spec.MODELS, newest first), RLHFKIT_GPU_REPEATS (default 1),
+# RLHFKIT_GPU_WHEELS (the wheel folder, default .whl; in a dry run installed only when set), RLHFKIT_GPU_SITE (where
+# they go, default /tmp/site).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 ROOT=$(pwd)
@@ -34,27 +37,31 @@ WORK=${RLHFKIT_GPU_WORK:-/tmp/rlhfkit-gpu-work}
 START=$(date +%s)
 mkdir -p "$OUT"
 rm -rf "$WORK" && mkdir -p "$WORK"
-exec > >(tee "$OUT/run.log") 2>&1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 say() { echo "[gpu-run $(date -u +%H:%M:%S), $(left) s left] $*"; }
 
+main() {
 # ---------------------------------------------------------------------------------------------- 1. wheels
 if [ "$DRY" != 1 ] || [ -n "${RLHFKIT_GPU_WHEELS:-}" ]; then
     if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
         say "no wheels in $WHEELS: run 'bash bench/gpu/wheels.sh' on a machine with the package index, carry .whl"
-        exit 1
+        return 1
     fi
     say "installing $(ls "$WHEELS"/*.whl | wc -l) wheels into $SITE"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-        "$WHEELS"/*.whl || exit 1
+        "$WHEELS"/*.whl || return 1
     export PYTHONPATH="$ROOT/src:$SITE"
 else
     export PYTHONPATH="$ROOT/src"
 fi
 if [ -d "$WHEELS/home" ]; then  # the embedded default's build, carried: not rebuilt (minutes) on a bare machine
     rm -rf "$WORK/home" && cp -r "$WHEELS/home" "$WORK/home" && export RLHFKIT_HOME="$WORK/home"
+fi
+# the HH-RLHF sample qwen152k's tokenizer is trained on (bench/prepare.py reads shared/data or ../shared/data)
+if [ -d "$WHEELS/data" ] && [ ! -e shared/data ] && [ ! -e ../shared/data ]; then
+    mkdir -p shared && cp -r "$WHEELS/data" shared/data
 fi
 
 # ---------------------------------------------------------------------------------------------- 2. the machine
@@ -66,7 +73,7 @@ else
     EXTRA='{"device": "cuda", "mixed_precision": "bf16", "gradient_checkpointing": true}'
     nvidia-smi || say "nvidia-smi failed"
 fi
-"$PY" - "$DEVICE" <<'EOF' || exit 1
+"$PY" - "$DEVICE" <<'EOF' || return 1
 import importlib, sys
 
 print(f"python {sys.version.split()[0]} at {sys.executable}")
@@ -88,7 +95,9 @@ EOF
 # ---------------------------------------------------------------------------------------------- 3. the matrix
 MATRIX_S=${RLHFKIT_GPU_MATRIX_S:-150}
 MATRIX_ARGS=(-q -p no:cacheprovider -o addopts= -rfE --junitxml="$OUT/matrix.xml")
-if [ "$DRY" = 1 ]; then
+if [ -n "${RLHFKIT_GPU_MATRIX_SELECT:-}" ]; then
+    MATRIX_ARGS+=(-k "$RLHFKIT_GPU_MATRIX_SELECT")
+elif [ "$DRY" = 1 ]; then
     MATRIX_ARGS+=(-k "test_stage_runs_and_reloads and llama and (sft or reward or dpo) and not online")
 fi
 if "$PY" -c "import xdist" 2>/dev/null; then
@@ -99,12 +108,15 @@ if "$PY" -c "import pytest_timeout" 2>/dev/null; then
 fi
 say "architecture matrix with RLHFKIT_MATRIX_EXTRA=$EXTRA (at most $MATRIX_S s)"
 RLHFKIT_MATRIX_EXTRA="$EXTRA" timeout "$MATRIX_S" "$PY" -m pytest tests/test_architectures.py "${MATRIX_ARGS[@]}"
-say "matrix exit status $?"
+status=$?
+say "matrix exit status $status"
+[ "$status" -eq 0 ] || FAILED+=("matrix (exit $status)")
 
 # ---------------------------------------------------------------------------------------------- 4. the bench
-MODELS=${RLHFKIT_GPU_MODELS:-$("$PY" -c "import sys; sys.path.insert(0, '.'); from bench import spec; print(','.join(spec.MODELS))")}
+# every model the bench has, the newest first: when the budget runs out, the oldest (the embedded default) goes
+MODELS=${RLHFKIT_GPU_MODELS:-$("$PY" -c "import sys; sys.path.insert(0, '.'); from bench import spec; print(','.join(spec.MODELS[::-1]))")}
 TASKS=${RLHFKIT_GPU_TASKS:-sft,reward,dpo}
-REPEATS=${RLHFKIT_GPU_REPEATS:-2}
+REPEATS=${RLHFKIT_GPU_REPEATS:-1}
 BENCH_ARGS=(--device "$DEVICE" --tasks "$TASKS" --repeats "$REPEATS" --no-write)
 TRL_PY=${RLHFKIT_GPU_TRL_PYTHON:-$PY}
 if [ "$DRY" = 1 ]; then
@@ -129,10 +141,21 @@ for model in ${MODELS//,/ }; do
     fi
     say "bench $model ($TASKS, at most $budget s)"
     timeout "$budget" "$PY" bench/run.py "${BENCH_ARGS[@]}" --models "$model" --work "$WORK/bench-$model" >/dev/null
-    say "bench $model exit status $?"
+    status=$?
+    say "bench $model exit status $status"
+    [ "$status" -eq 0 ] || FAILED+=("bench $model (exit $status)")
 done
 
 # ---------------------------------------------------------------------------------------------- 5. the report
 "$PY" bench/gpu/report.py write --work "$WORK" --junit "$OUT/matrix.xml" --out "$OUT" --extra "$EXTRA" \
-    --seconds $(($(date +%s) - START))
+    --seconds $(($(date +%s) - START)) || FAILED+=("report")
 say "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+    say "FAILED: ${FAILED[*]}"
+    return 1
+fi
+}
+
+FAILED=()
+main 2>&1 | tee "$OUT/run.log"
+exit "${PIPESTATUS[0]}"

@@ -11,6 +11,8 @@
 #   pytest-xdist (KINDS.md of the device tool lists it).
 # - home/: this machine's build of the embedded default (about 8 MB), so the bare GPU machine does not rebuild it
 #   (minutes) and both machines train the same model. run.sh points RLHFKIT_HOME at a copy of it.
+# - data/: shared/data's HH-RLHF sample (0.5 MB) where this checkout has one beside it: bench/prepare.py trains the
+#   qwen152k tokenizer on it too, and ../shared does not travel to the GPU machine.
 #
 # Prints the total size and fails over RLHFKIT_WHEELS_LIMIT_MB (default 50): the device tool carries at most 64 MiB,
 # the working tree included.
@@ -52,8 +54,16 @@ default=$(PYTHONPATH=src "$PY" -c 'from rlhfkit.demo.build import ensure_default
 mkdir -p "$DEST/home"
 cp -r "$default" "$DEST/home/"
 
+for folder in shared/data ../shared/data; do
+    if [ -f "$folder/hh-rlhf-harmless-sample.jsonl.gz" ]; then
+        mkdir -p "$DEST/data" && cp "$folder/hh-rlhf-harmless-sample.jsonl.gz" "$DEST/data/"
+        break
+    fi
+done
+
 ls -l "$DEST"/*.whl | awk '{printf "%8.1f MB  %s\n", $5 / 1048576, $NF}'
 echo "$(du -sh "$DEST/home/$(basename "$default")" | cut -f1)  $DEST/home/$(basename "$default") (the default's build)"
+[ -d "$DEST/data" ] && echo "$(du -sh "$DEST/data" | cut -f1)  $DEST/data (the HH-RLHF sample)"
 total=$(du -sm "$DEST" | cut -f1)
 echo "wheels: $count wheels and the default's build, ${total} MB in $DEST"
 if [ "$total" -gt "$LIMIT_MB" ]; then
