@@ -88,6 +88,13 @@ def check_trl_python(python: str) -> str:
     return python
 
 
+def check_cuda() -> None:
+    """`--device cuda` on a machine where torch sees no GPU: a one-line error before any run starts."""
+    probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"
+    if subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode != 0:
+        raise SystemExit("bench: --device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
+
+
 # ------------------------------------------------------------------------------------------------ running
 
 
@@ -248,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     load_before = os.getloadavg()
 
+    if args.device == "cuda":
+        check_cuda()
     pythons = {"rlhfkit": sys.executable}
     if "trl" in tools:
         pythons["trl"] = check_trl_python(args.trl_python) if args.trl_python else str(ensure_trl_venv())

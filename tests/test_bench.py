@@ -238,3 +238,15 @@ def test_bench_refuses_a_trl_python_without_trl():
     assert (
         done.returncode == 1 and f"bench: --trl-python {sys.executable} cannot import trl and datasets" in done.stderr
     )
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_bench_refuses_device_cuda_without_a_gpu():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--device", "cuda", "--only", "rlhfkit", "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1 and "bench: --device cuda: torch sees no CUDA GPU on this machine" in done.stderr
