@@ -2,7 +2,7 @@
 
     python bench/run.py [--only rlhfkit|trl] [--tasks sft,reward,dpo,grpo,rloo] [--models default,llama20m]
                         [--repeats 3] [--steps N] [--rl-steps N] [--threads 1] [--output BENCHMARKS.md]
-                        [--device cpu|cuda] [--trl-python PATH]
+                        [--device cpu|cuda] [--trl-python PATH] [--budget-s SECONDS]
 
 1. installs TRL (pinned, see spec.TRL_REQUIREMENTS) into bench/.venv-trl, once;
 2. builds the models and data (bench/prepare.py) into bench/.cache;
@@ -216,6 +216,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trl-python",
         help="a python that imports TRL (and datasets); default: build bench/.venv-trl with the pinned requirements",
     )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="start no run after this many seconds; the table shows what was measured (bench/gpu/run.sh's budget)",
+    )
     p.add_argument("--no-write", action="store_true", help="print the table; leave the markdown file alone")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (no share-of-peak column)")
     p.add_argument(
@@ -277,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     work_root = Path(args.work)
     work = work_root / "runs" / stamp
     total = args.repeats * len(combos) * len(tools)
-    done = 0
+    done = unstarted = 0
     for r in range(args.repeats):
         peak = None if args.no_peak else measure_peak(args.threads, env, args.device)
         if peak:
@@ -291,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             plan = Plan(**entry["plan"])
             for tool in order:
                 done += 1
+                if args.budget_s and time.time() - started > args.budget_s:
+                    unstarted += 1
+                    continue
                 name = f"{task}-{model}-{tool}-r{r}"
                 job = Job(
                     tool=tool,
@@ -332,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"final loss {spec.fmt(summary.get('final_loss'), '.5f')}"
                 )
 
+    if unstarted:
+        failures.append(f"{unstarted} of {total} runs not started: the --budget-s of {args.budget_s:g} s was spent")
+        log(failures[-1])
     peak_flops = max(peaks) if peaks else None
     tolerance = BF16_LOSS_TOLERANCE if args.device == "cuda" else LOSS_TOLERANCE
     rows = []

@@ -219,6 +219,17 @@ def test_gpu_report_merges_the_models_and_folds_into_benchmarks(tmp_path):
     assert "- `test_stage_runs[gpt2-dpo-lora]`: AssertionError: not finite" in gpu_md
     assert "CUDA out of memory" in (tmp_path / "out" / "failures.txt").read_text()
 
+    # a matrix cut short leaves no junit XML: the counts come from pytest's verbose lines in run.log
+    (tmp_path / "run.log").write_text(
+        "[gw0] [ 1%] PASSED tests/test_architectures.py::test_stage_runs[llama-sft-full] \n"
+        "[gw1] [ 2%] FAILED tests/test_architectures.py::test_stage_runs[opt-dpo-lora] \n"
+    )
+    cut = [*args, str(tmp_path / "cut"), "--log", str(tmp_path / "run.log")]
+    report.main([arg.replace("matrix.xml", "none.xml") for arg in cut])
+    cut_md = (tmp_path / "cut" / "gpu.md").read_text()
+    assert "run.log shows 1 passed, 1 failed, 0 errors, 0 skipped" in cut_md
+    assert "- `test_stage_runs[opt-dpo-lora]`: FAILED" in cut_md
+
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text("# Benchmarks\n\n## Training throughput vs TRL\n\ncpu table\n\n## GPU run\n\nhow\n")
     assert report.main(["fold", str(tmp_path / "out" / "gpu.md"), "--into", str(benchmarks)]) == 0

@@ -1,6 +1,7 @@
 """The GPU run's report: `bench/gpu/run.sh` calls `write`; a person folds its section into BENCHMARKS.md with `fold`.
 
-    python bench/gpu/report.py write --work DIR --junit matrix.xml --out DIR [--extra JSON] [--seconds N]
+    python bench/gpu/report.py write --work DIR --junit matrix.xml --out DIR [--log run.log] [--extra JSON]
+                                     [--seconds N]
     python bench/gpu/report.py fold gpu.md [--into BENCHMARKS.md]
 
 `write` merges the results.json of each bench/run.py that run.sh started (one per model, under --work), renders
@@ -41,10 +42,20 @@ def merge(results: list[dict]) -> tuple[dict, list[dict]]:
     return meta, [row for r in results for row in r["rows"]]
 
 
-def matrix_outcome(junit: Path, extra: str) -> list[str]:
-    """Lines on the architecture matrix: counts, time, and each failing test with the first line of its message."""
+def matrix_outcome(junit: Path, extra: str, log: Path | None = None) -> list[str]:
+    """Lines on the architecture matrix: counts, time, and each failing test with the first line of its message.
+    Without the junit XML (a matrix cut short by its time limit: pytest-xdist then writes none), the counts of
+    pytest's verbose lines in `log`."""
     if not junit.is_file():
-        return [f"Architecture matrix: no junit XML at {junit.name} (the matrix did not run or was cut short)."]
+        text = log.read_text(errors="replace") if log and log.is_file() else ""
+        outcomes = re.findall(r"\b(PASSED|FAILED|ERROR|SKIPPED) tests/test_architectures\.py::(\S+)", text)
+        counts = {kind: sum(k == kind for k, _ in outcomes) for kind in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
+        lines = [
+            f"Architecture matrix (RLHFKIT_MATRIX_EXTRA='{extra}'): no junit XML, so it was cut short or did not run; "
+            f"run.log shows {counts['PASSED']} passed, {counts['FAILED']} failed, {counts['ERROR']} errors, "
+            f"{counts['SKIPPED']} skipped before it stopped."
+        ]
+        return lines + [f"- `{name}`: {kind}" for kind, name in outcomes if kind in ("FAILED", "ERROR")]
     suite = ET.parse(junit).getroot()
     suite = suite.find("testsuite") if suite.tag == "testsuites" else suite
     tests, failures, errors, skipped = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
@@ -91,7 +102,7 @@ def write(args) -> int:
         lines += [spec.GPU_SECTION_TITLE, "", "No bench results: every bench/run.py failed or was cut short (run.log)."]
     ran = ", ".join(p.parent.name.removeprefix("bench-") for p in found) or "none"
     lines += ["", f"Models with results: {ran}. The whole script took {args.seconds / 60:.1f} min.", ""]
-    lines += matrix_outcome(Path(args.junit), args.extra)
+    lines += matrix_outcome(Path(args.junit), args.extra, Path(args.log) if args.log else None)
     (out / "gpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
@@ -115,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--work", required=True, help="folder holding bench-MODEL/results.json")
     w.add_argument("--junit", required=True, help="the matrix's junit XML")
     w.add_argument("--out", required=True, help="folder for bench.json, gpu.md, failures.txt")
+    w.add_argument("--log", help="run.log: the matrix's verbose lines, read when there is no junit XML")
     w.add_argument("--extra", default="", help="the RLHFKIT_MATRIX_EXTRA the matrix ran with")
     w.add_argument("--seconds", type=float, default=0.0, help="how long run.sh had run")
     f = commands.add_parser("fold", help="put gpu.md's section into BENCHMARKS.md")

@@ -19,7 +19,7 @@
 # RLHFKIT_GPU_DRY=1 runs the same steps on this machine's CPU with tiny settings (no wheels, no nvidia-smi, a few
 # matrix rows with bf16 and gradient checkpointing, one short SFT bench row): the rehearsal before spending GPU time.
 # Knobs (environment): PY (python; default python3), RLHFKIT_GPU_BUDGET_S (seconds for the whole script, default
-# 480), RLHFKIT_GPU_MATRIX_S (the matrix's share, default 150), RLHFKIT_GPU_MATRIX_SELECT (a pytest -k expression:
+# 480), RLHFKIT_GPU_MATRIX_S (the matrix's share, default 180), RLHFKIT_GPU_MATRIX_SELECT (a pytest -k expression:
 # part of the matrix), RLHFKIT_GPU_TASKS (default sft,reward,dpo: the online stages have no device key yet),
 # RLHFKIT_GPU_MODELS (default: all of spec.MODELS, newest first), RLHFKIT_GPU_REPEATS (default 1),
 # RLHFKIT_GPU_WHEELS (the wheel folder, default .whl; in a dry run installed only when set), RLHFKIT_GPU_SITE (where
@@ -93,8 +93,9 @@ import rlhfkit.config  # noqa: F401  (pydantic and the rest of rlhfkit's imports
 EOF
 
 # ---------------------------------------------------------------------------------------------- 3. the matrix
-MATRIX_S=${RLHFKIT_GPU_MATRIX_S:-150}
-MATRIX_ARGS=(-q -p no:cacheprovider -o addopts= -rfE --junitxml="$OUT/matrix.xml")
+MATRIX_S=${RLHFKIT_GPU_MATRIX_S:-180}
+# -v: one line per test in run.log, which survives a matrix cut short (xdist writes no junit XML then)
+MATRIX_ARGS=(-v -p no:cacheprovider -o addopts= -rfE --junitxml="$OUT/matrix.xml")
 if [ -n "${RLHFKIT_GPU_MATRIX_SELECT:-}" ]; then
     MATRIX_ARGS+=(-k "$RLHFKIT_GPU_MATRIX_SELECT")
 elif [ "$DRY" = 1 ]; then
@@ -107,7 +108,8 @@ if "$PY" -c "import pytest_timeout" 2>/dev/null; then
     MATRIX_ARGS+=(--timeout 120)
 fi
 say "architecture matrix with RLHFKIT_MATRIX_EXTRA=$EXTRA (at most $MATRIX_S s)"
-RLHFKIT_MATRIX_EXTRA="$EXTRA" timeout "$MATRIX_S" "$PY" -m pytest tests/test_architectures.py "${MATRIX_ARGS[@]}"
+rm -f "$OUT/matrix.xml"
+RLHFKIT_MATRIX_EXTRA="$EXTRA" timeout -k 10 "$MATRIX_S" "$PY" -m pytest tests/test_architectures.py "${MATRIX_ARGS[@]}"
 status=$?
 say "matrix exit status $status"
 [ "$status" -eq 0 ] || FAILED+=("matrix (exit $status)")
@@ -140,15 +142,17 @@ for model in ${MODELS//,/ }; do
         continue
     fi
     say "bench $model ($TASKS, at most $budget s)"
-    timeout "$budget" "$PY" bench/run.py "${BENCH_ARGS[@]}" --models "$model" --work "$WORK/bench-$model" >/dev/null
+    # run.py starts no run past --budget-s and keeps what it measured; timeout is the hard stop for a hung run
+    timeout -k 10 "$budget" "$PY" bench/run.py "${BENCH_ARGS[@]}" --models "$model" --work "$WORK/bench-$model" \
+        --budget-s $((budget - 45)) >/dev/null
     status=$?
     say "bench $model exit status $status"
     [ "$status" -eq 0 ] || FAILED+=("bench $model (exit $status)")
 done
 
 # ---------------------------------------------------------------------------------------------- 5. the report
-"$PY" bench/gpu/report.py write --work "$WORK" --junit "$OUT/matrix.xml" --out "$OUT" --extra "$EXTRA" \
-    --seconds $(($(date +%s) - START)) || FAILED+=("report")
+"$PY" bench/gpu/report.py write --work "$WORK" --junit "$OUT/matrix.xml" --log "$OUT/run.log" --out "$OUT" \
+    --extra "$EXTRA" --seconds $(($(date +%s) - START)) || FAILED+=("report")
 say "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 if [ "${#FAILED[@]}" -gt 0 ]; then
     say "FAILED: ${FAILED[*]}"
