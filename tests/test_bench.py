@@ -229,6 +229,15 @@ def test_gpu_report_merges_the_models_and_folds_into_benchmarks(tmp_path):
     cut_md = (tmp_path / "cut" / "gpu.md").read_text()
     assert "run.log shows 1 passed, 1 failed, 0 errors, 0 skipped" in cut_md
     assert "- `test_stage_runs[opt-dpo-lora]`: FAILED" in cut_md
+    # a rehearsal on the CPU gets a title of its own, which fold refuses: it never replaces the CPU table
+    for results in (tmp_path / "work").glob("bench-*/results.json"):
+        text = json.loads(results.read_text())
+        text["meta"]["device"] = "cpu"
+        results.write_text(json.dumps(text))
+    report.main([*args, str(tmp_path / "dry")])
+    assert (tmp_path / "dry" / "gpu.md").read_text().startswith(report.REHEARSAL_TITLE + "\n")
+    with pytest.raises(SystemExit, match="is a rehearsal on the CPU"):
+        report.main(["fold", str(tmp_path / "dry" / "gpu.md"), "--into", str(tmp_path / "B.md")])
 
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text("# Benchmarks\n\n## Training throughput vs TRL\n\ncpu table\n\n## GPU run\n\nhow\n")

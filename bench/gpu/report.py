@@ -27,6 +27,8 @@ from bench import spec  # noqa: E402
 from bench.run import render_section  # noqa: E402
 
 TAIL_LINES = 40  # of each failed run's log in failures.txt
+# the title of a rehearsal's section (RLHFKIT_GPU_DRY=1: the steps on the CPU), which fold refuses
+REHEARSAL_TITLE = "## GPU run rehearsed on the CPU (no GPU figures)"
 
 
 def merge(results: list[dict]) -> tuple[dict, list[dict]]:
@@ -95,7 +97,10 @@ def write(args) -> int:
     if results:
         meta, rows = merge(results)
         (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
-        lines.append(render_section(meta, rows).rstrip())
+        section = render_section(meta, rows).rstrip()
+        if meta.get("device") != "cuda":  # never folded over the CPU table; bench/analysis.md left out
+            section = REHEARSAL_TITLE + section.split("\n### ", 1)[0][len(spec.SECTION_TITLE) :]
+        lines.append(section)
         if meta["failures"]:
             (out / "failures.txt").write_text(failure_tails(meta))
     else:
@@ -113,6 +118,8 @@ def fold(args) -> int:
     title = section.splitlines()[0] if section.strip() else ""
     if not title.startswith("## "):
         raise SystemExit(f"fold: {args.section} does not start with a '## ' heading")
+    if title == REHEARSAL_TITLE:
+        raise SystemExit(f"fold: {args.section} is a rehearsal on the CPU (RLHFKIT_GPU_DRY=1), not GPU figures")
     target = Path(args.into)
     target.write_text(spec.replace_section(target.read_text() if target.is_file() else "", section, title))
     print(f"fold: wrote the '{title[3:]}' section of {target}")
