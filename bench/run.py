@@ -408,7 +408,7 @@ def render_section(meta: dict, rows: list[dict]) -> str:
     v = meta["versions"]
     cuda = meta.get("device") == "cuda"
     memory = "peak_gpu_mb" if cuda else "peak_rss_mb"
-    ceiling = "the GPU's bf16 matmul peak" if cuda else f"fp32 matmul peak at {meta['threads']} thread(s)"
+    ceiling = "The GPU's bf16 matmul peak" if cuda else f"fp32 matmul peak at {meta['threads']} thread(s)"
     hyper_lines = []
     for r in rows:
         h = r["hyper"]
@@ -436,7 +436,7 @@ def render_section(meta: dict, rows: list[dict]) -> str:
         f"{v.get('rlhfkit:transformers', v.get('trl:transformers', '-'))}, torch "
         f"{v.get('rlhfkit:torch', v.get('trl:torch', '-'))}. "
         f"{meta['threads']} torch thread(s) per run; {meta['repeats']} interleaved rounds, medians shown. "
-        f"{ceiling[0].upper() + ceiling[1:]}: {peak / 1e9:.1f} GFLOP/s (best of {len(meta['peaks'])} measurements)."
+        f"{ceiling}: {peak / 1e9:.1f} GFLOP/s (best of {len(meta['peaks'])} measurements)."
         if peak
         else f"Command: `{meta['command']}` — {meta['date']}; matmul peak not measured.",
         "",

@@ -99,7 +99,7 @@ def write(args) -> int:
         (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
         section = render_section(meta, rows).rstrip()
         if meta.get("device") != "cuda":  # never folded over the CPU table; bench/analysis.md left out
-            section = REHEARSAL_TITLE + section.split("\n### ", 1)[0][len(spec.SECTION_TITLE) :]
+            section = REHEARSAL_TITLE + section.split("\n### ", 1)[0][len(spec.SECTION_TITLE) :].rstrip()
         lines.append(section)
         if meta["failures"]:
             (out / "failures.txt").write_text(failure_tails(meta))
