@@ -1,7 +1,7 @@
 """The GPU run's report: `bench/gpu/run.sh` calls `write`; a person folds its section into BENCHMARKS.md with `fold`.
 
     python bench/gpu/report.py write --work DIR --junit matrix.xml --out DIR [--log run.log] [--extra JSON]
-                                     [--seconds N]
+                                     [--seconds N] [--rehearsal]
     python bench/gpu/report.py fold gpu.md [--into BENCHMARKS.md]
 
 `write` merges the results.json of each bench/run.py that run.sh started (one per model, under --work), renders
@@ -104,7 +104,8 @@ def write(args) -> int:
         if meta["failures"]:
             (out / "failures.txt").write_text(failure_tails(meta))
     else:
-        lines += [spec.GPU_SECTION_TITLE, "", "No bench results: every bench/run.py failed or was cut short (run.log)."]
+        title = REHEARSAL_TITLE if args.rehearsal else spec.GPU_SECTION_TITLE
+        lines += [title, "", "No bench results: every bench/run.py failed, was cut short or was skipped (run.log)."]
     ran = ", ".join(p.parent.name.removeprefix("bench-") for p in found) or "none"
     lines += ["", f"Models with results: {ran}. The whole script took {args.seconds / 60:.1f} min.", ""]
     lines += matrix_outcome(Path(args.junit), args.extra, Path(args.log) if args.log else None)
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--log", help="run.log: the matrix's verbose lines, read when there is no junit XML")
     w.add_argument("--extra", default="", help="the RLHFKIT_MATRIX_EXTRA the matrix ran with")
     w.add_argument("--seconds", type=float, default=0.0, help="how long run.sh had run")
+    w.add_argument("--rehearsal", action="store_true", help="a run on the CPU (RLHFKIT_GPU_DRY=1)")
     f = commands.add_parser("fold", help="put gpu.md's section into BENCHMARKS.md")
     f.add_argument("section", help="gpu.md from a GPU run")
     f.add_argument("--into", default=str(ROOT / "BENCHMARKS.md"), help="the markdown file to update")

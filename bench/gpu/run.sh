@@ -19,9 +19,10 @@
 # RLHFKIT_GPU_DRY=1 runs the same steps on this machine's CPU with tiny settings (no wheels, no nvidia-smi, a few
 # matrix rows with bf16 and gradient checkpointing, one short SFT bench row): the rehearsal before spending GPU time.
 # Knobs (environment): PY (python; default python3), RLHFKIT_GPU_BUDGET_S (seconds for the whole script, default
-# 480), RLHFKIT_GPU_MATRIX_S (the matrix's share, default 180), RLHFKIT_GPU_MATRIX_SELECT (a pytest -k expression:
-# part of the matrix), RLHFKIT_GPU_TASKS (default sft,reward,dpo: the online stages have no device key yet),
-# RLHFKIT_GPU_MODELS (default: all of spec.MODELS, newest first), RLHFKIT_GPU_REPEATS (default 1),
+# 480), RLHFKIT_GPU_MATRIX_S (the matrix's share, default 180; 0 skips it), RLHFKIT_GPU_MATRIX_SELECT (a pytest -k
+# expression: part of the matrix), RLHFKIT_GPU_TASKS (default sft,reward,dpo: the online stages have no device key
+# yet), RLHFKIT_GPU_MODELS (default: all of spec.MODELS, newest first; none skips the bench), RLHFKIT_GPU_REPEATS
+# (default 1),
 # RLHFKIT_GPU_WHEELS (the wheel folder, default .whl; in a dry run installed only when set), RLHFKIT_GPU_SITE (where
 # they go, default /tmp/site).
 set -uo pipefail
@@ -107,12 +108,17 @@ fi
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then
     MATRIX_ARGS+=(--timeout 120)
 fi
-say "architecture matrix with RLHFKIT_MATRIX_EXTRA=$EXTRA (at most $MATRIX_S s)"
 rm -f "$OUT/matrix.xml"
-RLHFKIT_MATRIX_EXTRA="$EXTRA" timeout -k 10 "$MATRIX_S" "$PY" -m pytest tests/test_architectures.py "${MATRIX_ARGS[@]}"
-status=$?
-say "matrix exit status $status"
-[ "$status" -eq 0 ] || FAILED+=("matrix (exit $status)")
+if [ "$MATRIX_S" -gt 0 ]; then
+    say "architecture matrix with RLHFKIT_MATRIX_EXTRA=$EXTRA (at most $MATRIX_S s)"
+    RLHFKIT_MATRIX_EXTRA="$EXTRA" timeout -k 10 "$MATRIX_S" "$PY" -m pytest tests/test_architectures.py \
+        "${MATRIX_ARGS[@]}"
+    status=$?
+    say "matrix exit status $status"
+    [ "$status" -eq 0 ] || FAILED+=("matrix (exit $status)")
+else
+    say "architecture matrix skipped (RLHFKIT_GPU_MATRIX_S=$MATRIX_S)"
+fi
 
 # ---------------------------------------------------------------------------------------------- 4. the bench
 # every model the bench has, the newest first: when the budget runs out, the oldest (the embedded default) goes
@@ -135,6 +141,7 @@ else
     say "no python that imports trl ($TRL_PY): rlhfkit alone"
     BENCH_ARGS+=(--only rlhfkit)
 fi
+[ "$MODELS" = none ] && MODELS=""
 for model in ${MODELS//,/ }; do
     budget=$(($(left) - 30))  # what is left, less the report's share
     if [ "$budget" -lt 60 ]; then
@@ -151,8 +158,9 @@ for model in ${MODELS//,/ }; do
 done
 
 # ---------------------------------------------------------------------------------------------- 5. the report
-"$PY" bench/gpu/report.py write --work "$WORK" --junit "$OUT/matrix.xml" --log "$OUT/run.log" --out "$OUT" \
-    --extra "$EXTRA" --seconds $(($(date +%s) - START)) || FAILED+=("report")
+REPORT_ARGS=(--work "$WORK" --junit "$OUT/matrix.xml" --log "$OUT/run.log" --out "$OUT" --extra "$EXTRA")
+[ "$DRY" = 1 ] && REPORT_ARGS+=(--rehearsal)
+"$PY" bench/gpu/report.py write "${REPORT_ARGS[@]}" --seconds $(($(date +%s) - START)) || FAILED+=("report")
 say "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 if [ "${#FAILED[@]}" -gt 0 ]; then
     say "FAILED: ${FAILED[*]}"
