@@ -3,6 +3,7 @@
     python bench/run.py [--only rlhfkit|trl] [--tasks sft,reward,dpo,grpo,rloo] [--models default,llama20m,qwen152k]
                         [--repeats 3] [--steps N] [--rl-steps N] [--threads 1] [--no-bf16-sampling]
                         [--output BENCHMARKS.md] [--section "## Training throughput vs TRL"]
+                        [--device cpu|cuda] [--trl-python PATH] [--budget-s SECONDS]
 
 1. installs TRL (pinned, see spec.TRL_REQUIREMENTS) into bench/.venv-trl, once;
 2. builds the models and data (bench/prepare.py) into bench/.cache;
@@ -14,6 +15,12 @@
    the analysis), for a run of a subset that should not replace the main table.
 
 A (task, model) without hyper-parameters in spec.default_hypers is not run (qwen152k has SFT, DPO and GRPO).
+
+`--device cuda` runs both tools on the GPU with bf16 autocast (rlhfkit: device=cuda, mixed_precision=bf16; TRL:
+bf16=True and its fastest settings there), times every step between torch.cuda.synchronize() calls, shows the peak
+GPU memory instead of the RSS, measures the GPU's bf16 matmul peak and writes the "Training throughput vs TRL on a
+GPU" section. `--trl-python` names an interpreter that imports TRL instead of building bench/.venv-trl (the GPU
+machine has no package index: bench/gpu/run.sh installs carried wheels and passes its own python).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from bench.spec import Job, Plan, Result  # noqa: E402
 TRL_VENV = HERE / ".venv-trl"
 CACHE = HERE / ".cache"
 LOSS_TOLERANCE = 1e-3  # relative: same init, data, order and arithmetic agree to ~1e-5; 1e-3 leaves room for kernels
+BF16_LOSS_TOLERANCE = 2e-2  # device cuda: bf16 autocast rounds every matmul input to 8 significant bits in both tools
 
 
 def log(message: str) -> None:
@@ -65,6 +73,30 @@ def ensure_trl_venv() -> Path:
     subprocess.run(pip + spec.TRL_REQUIREMENTS, check=True)
     stamp.write_text(wanted)
     return python
+
+
+def check_trl_python(python: str) -> str:
+    """`--trl-python`: an interpreter that imports TRL and datasets, or a one-line error before anything runs."""
+    try:
+        done = subprocess.run(
+            [python, "-c", "import trl, datasets; print(trl.__version__)"], capture_output=True, text=True, cwd=ROOT
+        )
+    except OSError as error:
+        raise SystemExit(f"bench: --trl-python {python} cannot be run: {error.strerror}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench: --trl-python {python} cannot import trl and datasets: {last}")
+    wanted = next(r for r in spec.TRL_REQUIREMENTS if r.startswith("trl==")).split("==")[1]
+    if done.stdout.strip() != wanted:
+        log(f"--trl-python {python} has TRL {done.stdout.strip()}, spec.TRL_REQUIREMENTS pins {wanted}")
+    return python
+
+
+def check_cuda() -> None:
+    """`--device cuda` on a machine where torch sees no GPU: a one-line error before any run starts."""
+    probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"
+    if subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode != 0:
+        raise SystemExit("bench: --device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -99,9 +131,9 @@ def run_child(argv: list[str], log_path: Path, env: dict) -> tuple[int, float]:
     return proc.returncode, usage.ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def measure_peak(threads: int, env: dict) -> float | None:
+def measure_peak(threads: int, env: dict, device: str = "cpu") -> float | None:
     done = subprocess.run(
-        [sys.executable, str(HERE / "peak.py"), str(threads)], capture_output=True, text=True, env=env
+        [sys.executable, str(HERE / "peak.py"), str(threads), device], capture_output=True, text=True, env=env
     )
     if done.returncode != 0:
         log(f"matmul peak measurement failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -109,7 +141,26 @@ def measure_peak(threads: int, env: dict) -> float | None:
     return json.loads(done.stdout)["gflops"] * 1e9
 
 
-def machine() -> dict:
+def gpu() -> str:
+    """The GPU's name, memory and driver, from nvidia-smi (or torch where there is no nvidia-smi)."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            name, memory, driver = (part.strip() for part in done.stdout.strip().splitlines()[0].split(","))
+            return f"{name} ({memory}, driver {driver})"
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        pass
+    probe = "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return done.stdout.strip() or "no CUDA GPU visible"
+
+
+def machine(device: str = "cpu") -> dict:
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -128,6 +179,7 @@ def machine() -> dict:
         mem_kb = 0
     return {
         "cpu": cpu,
+        "gpu": gpu() if device == "cuda" else None,
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kb / 2**20, 1),
         "python": platform.python_version(),
@@ -172,6 +224,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=spec.SECTION_TITLE,
         help="the '## ' heading of the section to write (another than the default gets no analysis appended)",
     )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where both tools train: cuda runs them on the GPU with bf16 autocast (bench/gpu/run.sh)",
+    )
+    p.add_argument(
+        "--trl-python",
+        help="a python that imports TRL (and datasets); default: build bench/.venv-trl with the pinned requirements",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="start no run after this many seconds; the table shows what was measured (bench/gpu/run.sh's budget)",
+    )
     p.add_argument("--no-write", action="store_true", help="print the table; leave the markdown file alone")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (no share-of-peak column)")
     p.add_argument(
@@ -213,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         command = f"python bench/run.py {flags}".rstrip()
     load_before = os.getloadavg()
 
+    if args.device == "cuda":
+        check_cuda()
     pythons = {"rlhfkit": sys.executable}
     if "trl" in tools:
-        pythons["trl"] = str(ensure_trl_venv())
+        pythons["trl"] = check_trl_python(args.trl_python) if args.trl_python else str(ensure_trl_venv())
     workers = {"rlhfkit": str(HERE / "worker_rlhfkit.py"), "trl": str(HERE / "worker_trl.py")}
 
     hypers = hypers_for(args)
@@ -235,12 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = not args.no_bf16_sampling
     online_combos = sum(t in spec.ONLINE_TASKS for t, _ in combos) if "rlhfkit" in tools and bf16 else 0
     total = args.repeats * (len(combos) * len(tools) + online_combos)
-    done = 0
+    done = unstarted = 0
     for r in range(args.repeats):
-        peak = None if args.no_peak else measure_peak(args.threads, env)
+        peak = None if args.no_peak else measure_peak(args.threads, env, args.device)
         if peak:
             peaks.append(peak)
-            log(f"round {r + 1}/{args.repeats}: matmul peak {peak / 1e9:.1f} GFLOP/s at {args.threads} thread(s)")
+            where = "the GPU's bf16" if args.device == "cuda" else f"{args.threads} thread(s)' fp32"
+            log(f"round {r + 1}/{args.repeats}: {where} matmul peak {peak / 1e9:.1f} GFLOP/s")
         for c, (task, model) in enumerate(combos):
             order = tools if (r + c) % 2 == 0 else tools[::-1]
             entry = entries[f"{task}/{model}"]
@@ -250,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             for label in order + extra:
                 tool, variant = ("rlhfkit", "bf16-sampling") if label == spec.BF16_SAMPLING else (label, "")
                 done += 1
+                if args.budget_s and time.time() - started > args.budget_s:
+                    unstarted += 1
+                    continue
                 name = f"{task}-{model}-{label.replace(' ', '-')}-r{r}"
                 job = Job(
                     tool=tool,
@@ -264,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                     threads=args.threads,
                     repeat=r,
                     variant=variant,
+                    device=args.device,
                 )
                 job_path = work / f"{name}.job.json"
                 job_path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,13 +360,18 @@ def main(argv: list[str] | None = None) -> int:
                 raw.append(
                     {**summary, "task": task, "model": model, "versions": result.versions, "notes": result.notes}
                 )
+                gpu_peak = f", peak GPU {result.peak_gpu_mb:.0f} MB" if result.peak_gpu_mb is not None else ""
                 log(
                     f"[{done}/{total}] {task}/{model} {label}: {spec.fmt(summary.get('step_s'), '.3f')} s/step, "
-                    f"{spec.fmt(summary.get('samples_per_s'), '.1f')} samples/s, peak RSS {rss:.0f} MB, "
+                    f"{spec.fmt(summary.get('samples_per_s'), '.1f')} samples/s, peak RSS {rss:.0f} MB{gpu_peak}, "
                     f"final loss {spec.fmt(summary.get('final_loss'), '.5f')}"
                 )
 
+    if unstarted:
+        failures.append(f"{unstarted} of {total} runs not started: the --budget-s of {args.budget_s:g} s was spent")
+        log(failures[-1])
     peak_flops = max(peaks) if peaks else None
+    tolerance = BF16_LOSS_TOLERANCE if args.device == "cuda" else LOSS_TOLERANCE
     rows = []
     for task, model in combos:
         row = {"task": task, "model": model, "hyper": hypers[(task, model)].__dict__}
@@ -306,8 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             diffs = [abs(a - b) / max(abs(a), abs(b), 1e-12) for a, b in zip(k["losses"], t["losses"])]
             row["max_loss_rel_diff"] = max(diffs)
             row["loss_match"] = (
-                f"{'yes' if max(diffs) <= LOSS_TOLERANCE else 'NO'} (max rel diff {max(diffs):.0e} over "
-                f"{len(diffs)} steps)"
+                f"{'yes' if max(diffs) <= tolerance else 'NO'} (max rel diff {max(diffs):.0e} over {len(diffs)} steps)"
             )
         elif task in spec.ONLINE_TASKS and k and t:
             row["loss_match"] = "loose: sampling differs"
@@ -319,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": command,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine(args.device),
+        "device": args.device,
+        "loss_tolerance": tolerance,
         "threads": args.threads,
         "repeats": args.repeats,
         "peak_flops": peak_flops,
@@ -334,20 +414,29 @@ def main(argv: list[str] | None = None) -> int:
     (work_root / "results.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "runs": raw}, indent=1, default=str)
     )
-    section = render_section(meta, rows, args.section)
+    title = args.section if args.section != spec.SECTION_TITLE else section_title(meta)
+    section = render_section(meta, rows, title)
     print(section)
     if not args.no_write:
         out = Path(args.output)
-        out.write_text(spec.replace_section(out.read_text() if out.is_file() else "", section, args.section))
-        log(f"wrote the '{args.section[3:]}' section of {out}; raw numbers in {work_root / 'results.json'}")
+        out.write_text(spec.replace_section(out.read_text() if out.is_file() else "", section, title))
+        log(f"wrote the '{title[3:]}' section of {out}; raw numbers in {work_root / 'results.json'}")
     log(f"done in {meta['minutes']} min")
     return 1 if failures else 0
 
 
-def render_section(meta: dict, rows: list[dict], title: str = spec.SECTION_TITLE) -> str:
+def section_title(meta: dict) -> str:
+    return spec.GPU_SECTION_TITLE if meta.get("device") == "cuda" else spec.SECTION_TITLE
+
+
+def render_section(meta: dict, rows: list[dict], title: str | None = None) -> str:
+    title = title or section_title(meta)
     m = meta["machine"]
     peak = meta["peak_flops"]
     v = meta["versions"]
+    cuda = meta.get("device") == "cuda"
+    memory = "peak_gpu_mb" if cuda else "peak_rss_mb"
+    ceiling = "The GPU's bf16 matmul peak" if cuda else f"fp32 matmul peak at {meta['threads']} thread(s)"
     hyper_lines = []
     for r in rows:
         h = r["hyper"]
@@ -375,16 +464,16 @@ def render_section(meta: dict, rows: list[dict], title: str = spec.SECTION_TITLE
         f"{v.get('rlhfkit:transformers', v.get('trl:transformers', '-'))}, torch "
         f"{v.get('rlhfkit:torch', v.get('trl:torch', '-'))}. "
         f"{meta['threads']} torch thread(s) per run; {meta['repeats']} interleaved rounds, medians shown. "
-        f"fp32 matmul peak at {meta['threads']} thread(s): {peak / 1e9:.1f} GFLOP/s (best of {len(meta['peaks'])} "
-        "measurements)."
+        f"{ceiling}: {peak / 1e9:.1f} GFLOP/s (best of {len(meta['peaks'])} measurements)."
         if peak
         else f"Command: `{meta['command']}` — {meta['date']}; matmul peak not measured.",
         "",
-        spec.render_table(rows, peak),
+        *(gpu_lines(meta, rows) if cuda else []),
+        spec.render_table(rows, peak, memory),
         "",
         "Goals (issue #7; on qwen152k issue #16's), as measured side by side:",
         "",
-        *spec.goals([r for r in rows if r["rlhfkit"] and r["trl"]]),
+        *spec.goals([r for r in rows if r["rlhfkit"] and r["trl"]], memory),
         "",
         "Hyper-parameters (the same in both tools):",
         "",
@@ -396,6 +485,27 @@ def render_section(meta: dict, rows: list[dict], title: str = spec.SECTION_TITLE
     if analysis.is_file() and title == spec.SECTION_TITLE:
         lines += ["", analysis.read_text().rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def gpu_lines(meta: dict, rows: list[dict]) -> list[str]:
+    """What a GPU run's section says before its table: the device, and what each tool ran with there."""
+    lines = [
+        f"Device: {meta['machine'].get('gpu') or 'GPU'}. Both tools train on it with bf16 autocast over fp32 weights "
+        "and optimizer state: rlhfkit with device=cuda and mixed_precision=bf16, TRL with bf16=True, use_cpu=False, "
+        "attention through PyTorch's SDPA (flash_attention_2 where the flash-attn package is installed) and "
+        "padding-free SFT batches (TRL 1.16 disables padding_free in DPO). Each step is timed between "
+        "torch.cuda.synchronize() calls; memory is the peak GPU memory torch allocated in the run "
+        "(torch.cuda.max_memory_allocated; the host RSS is in the JSON). 'Same loss?' allows a relative difference "
+        f"of {meta.get('loss_tolerance', BF16_LOSS_TOLERANCE):g}: bf16 rounds every matmul in both tools.",
+        "",
+    ]
+    if any(r["task"] in spec.ONLINE_TASKS for r in rows):
+        lines += [
+            "rlhfkit's online stages (grpo, rloo) have no device key yet: their rlhfkit rows ran on the CPU "
+            f"({meta['threads']} torch thread(s)), TRL's on the GPU.",
+            "",
+        ]
+    return lines
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ class Job:
     seed: int = 0
     repeat: int = 0
     variant: str = ""  # rlhfkit only: "bf16-sampling" (BF16_SAMPLING)
+    device: str = "cpu"  # "cuda": both tools train on the GPU with bf16 autocast (bench/gpu/run.sh)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -158,6 +159,7 @@ class Result:
     setup_s: float = 0.0  # process start to the first step's start (imports, loading, tokenising, reference pass)
     wall_s: float = 0.0
     peak_rss_mb: float = 0.0
+    peak_gpu_mb: float | None = None  # device cuda: torch.cuda.max_memory_allocated() over the whole run
     versions: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -233,6 +235,7 @@ def summarise_run(result: Result, hyper: Hyper, plan: Plan) -> dict:
         "tool": result.tool,
         "repeat": result.repeat,
         "peak_rss_mb": result.peak_rss_mb,
+        "peak_gpu_mb": result.peak_gpu_mb,
         "setup_s": result.setup_s,
         "wall_s": result.wall_s,
         "steps_done": len(result.step_ends),
@@ -293,6 +296,7 @@ def combine(runs: list[dict]) -> dict:
     rewards = [r["mean_reward"] for r in runs if r.get("mean_reward") is not None]
     out["reward_half_range"] = (max(rewards) - min(rewards)) / 2 if len(rewards) > 1 else None
     out["peak_rss_mb"] = max((r["peak_rss_mb"] for r in runs), default=None)
+    out["peak_gpu_mb"] = max((r["peak_gpu_mb"] for r in runs if r.get("peak_gpu_mb") is not None), default=None)
     finals = [r.get("final_loss") for r in runs if r.get("final_loss") is not None]
     out["final_loss"] = median(finals)
     out["losses"] = runs[0].get("losses") if runs else None
@@ -313,6 +317,9 @@ def loss_match(task: str, a: float | None, b: float | None, tolerance: float) ->
 
 # ------------------------------------------------------------------------------------------------ rendering
 
+# the peak memory a table shows: (column label, ratio label)
+MEMORY = {"peak_rss_mb": ("peak RSS MB", "RSS"), "peak_gpu_mb": ("peak GPU MB", "GPU memory")}
+
 
 def fmt(value, spec: str = ".3g", none: str = "-") -> str:
     if value is None:
@@ -326,15 +333,17 @@ def ratio(a, b) -> float | None:
     return a / b
 
 
-def render_table(rows: list[dict], peak_flops: float | None) -> str:
-    """The markdown tables for BENCHMARKS.md: one row per (task, model), rlhfkit next to TRL, ratios in bold."""
+def render_table(rows: list[dict], peak_flops: float | None, memory: str = "peak_rss_mb") -> str:
+    """The markdown tables for BENCHMARKS.md: one row per (task, model), rlhfkit next to TRL, ratios in bold.
+    `memory`: the peak shown, a key of MEMORY (the process's RSS, or the GPU's allocated memory on device cuda)."""
+    label, short = MEMORY[memory]
     train = [r for r in rows if r["task"] in TRAIN_TASKS]
     online = [r for r in rows if r["task"] in ONLINE_TASKS]
     lines: list[str] = []
     if train:
         lines += [
             "| task | model | rlhfkit samples/s | TRL samples/s | **speed-up** | rlhfkit tokens/s | TRL tokens/s | "
-            "rlhfkit peak RSS MB | TRL peak RSS MB | **RSS ratio** | final loss rlhfkit / TRL | same loss? | "
+            f"rlhfkit {label} | TRL {label} | **{short} ratio** | final loss rlhfkit / TRL | same loss? | "
             "share of matmul peak rlhfkit / TRL |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -345,9 +354,9 @@ def render_table(rows: list[dict], peak_flops: float | None) -> str:
                 f"{fmt(t.get('samples_per_s'), '.1f')} | "
                 f"**{fmt(ratio(k.get('samples_per_s'), t.get('samples_per_s')), '.2f')}x** | "
                 f"{fmt(k.get('tokens_per_s'), '.0f')} | "
-                f"{fmt(t.get('tokens_per_s'), '.0f')} | {fmt(k.get('peak_rss_mb'), '.0f')} | "
-                f"{fmt(t.get('peak_rss_mb'), '.0f')} | "
-                f"**{fmt(ratio(k.get('peak_rss_mb'), t.get('peak_rss_mb')), '.2f')}** | "
+                f"{fmt(t.get('tokens_per_s'), '.0f')} | {fmt(k.get(memory), '.0f')} | "
+                f"{fmt(t.get(memory), '.0f')} | "
+                f"**{fmt(ratio(k.get(memory), t.get(memory)), '.2f')}** | "
                 f"{fmt(k.get('final_loss'), '.4f')} / "
                 f"{fmt(t.get('final_loss'), '.4f')} | {r.get('loss_match', 'n/a')} | "
                 f"{share(k.get('flop_per_s'), peak_flops)} / {share(t.get('flop_per_s'), peak_flops)} |"
@@ -358,7 +367,7 @@ def render_table(rows: list[dict], peak_flops: float | None) -> str:
         lines += [
             "| task | model | rlhfkit s/iteration | TRL s/iteration | **time ratio rlhfkit/TRL** | rlhfkit "
             "tokens/s | TRL tokens/s | "
-            "rlhfkit peak RSS MB | TRL peak RSS MB | **RSS ratio** | mean reward rlhfkit / TRL | mean response "
+            f"rlhfkit {label} | TRL {label} | **{short} ratio** | mean reward rlhfkit / TRL | mean response "
             "tokens rlhfkit / TRL | "
             "useful share of matmul peak rlhfkit / TRL |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -368,9 +377,9 @@ def render_table(rows: list[dict], peak_flops: float | None) -> str:
             lines.append(
                 f"| {r['task']} | {r['model']} | {fmt(k.get('step_s'), '.2f')} | {fmt(t.get('step_s'), '.2f')} | "
                 f"**{fmt(ratio(k.get('step_s'), t.get('step_s')), '.2f')}** | {fmt(k.get('tokens_per_s'), '.0f')} | "
-                f"{fmt(t.get('tokens_per_s'), '.0f')} | {fmt(k.get('peak_rss_mb'), '.0f')} | "
-                f"{fmt(t.get('peak_rss_mb'), '.0f')} | "
-                f"**{fmt(ratio(k.get('peak_rss_mb'), t.get('peak_rss_mb')), '.2f')}** | "
+                f"{fmt(t.get('tokens_per_s'), '.0f')} | {fmt(k.get(memory), '.0f')} | "
+                f"{fmt(t.get(memory), '.0f')} | "
+                f"**{fmt(ratio(k.get(memory), t.get(memory)), '.2f')}** | "
                 f"{fmt(k.get('mean_reward'), '.3f')} / "
                 f"{fmt(t.get('mean_reward'), '.3f')} | {fmt(k.get('mean_generated'), '.1f')} / "
                 f"{fmt(t.get('mean_generated'), '.1f')} | "
@@ -382,8 +391,8 @@ def render_table(rows: list[dict], peak_flops: float | None) -> str:
                     f"| {r['task']} bf16-sampling | {r['model']} | {fmt(b.get('step_s'), '.2f')} | "
                     f"{fmt(t.get('step_s'), '.2f')} | **{fmt(ratio(b.get('step_s'), t.get('step_s')), '.2f')}** | "
                     f"{fmt(b.get('tokens_per_s'), '.0f')} | {fmt(t.get('tokens_per_s'), '.0f')} | "
-                    f"{fmt(b.get('peak_rss_mb'), '.0f')} | {fmt(t.get('peak_rss_mb'), '.0f')} | "
-                    f"**{fmt(ratio(b.get('peak_rss_mb'), t.get('peak_rss_mb')), '.2f')}** | "
+                    f"{fmt(b.get(memory), '.0f')} | {fmt(t.get(memory), '.0f')} | "
+                    f"**{fmt(ratio(b.get(memory), t.get(memory)), '.2f')}** | "
                     f"{fmt(b.get('mean_reward'), '.3f')} / {fmt(t.get('mean_reward'), '.3f')} | "
                     f"{fmt(b.get('mean_generated'), '.1f')} / {fmt(t.get('mean_generated'), '.1f')} | "
                     f"{share(b.get('flop_per_s'), peak_flops)} / {share(t.get('flop_per_s'), peak_flops)} |"
@@ -421,8 +430,10 @@ def cpu_note(k: dict, t: dict, invert: bool) -> str:
     return f" (by CPU seconds per step: {cpu:.2f}{'x' if invert else ''})"
 
 
-def goals(rows: list[dict]) -> list[str]:
-    """One line per goal (issue #7's; issue #16's on qwen152k): met or not, with the measured ratio."""
+def goals(rows: list[dict], memory: str = "peak_rss_mb") -> list[str]:
+    """One line per goal (issue #7's; issue #16's on qwen152k): met or not, with the measured ratio (`memory`: as in
+    render_table)."""
+    label = MEMORY[memory][1]
     out = []
     for r in rows:
         k, t = r.get("rlhfkit", {}), r.get("trl", {})
@@ -463,13 +474,14 @@ def goals(rows: list[dict]) -> list[str]:
                 f"(fp32 sampling {fmt(rewards[1], '.3f')}, TRL {fmt(rewards[2], '.3f')}; {measured}): "
                 f"{'equal within the noise' if same else 'NOT shown equal'}"
             )
-        m = ratio(k.get("peak_rss_mb"), t.get("peak_rss_mb"))
+        m = ratio(k.get(memory), t.get(memory))
         met = m is not None and m <= goal.rss_ratio
-        out.append(f"  peak RSS {fmt(m, '.2f')} of TRL's (goal <= {goal.rss_ratio}): {'met' if met else 'NOT met'}")
+        out.append(f"  peak {label} {fmt(m, '.2f')} of TRL's (goal <= {goal.rss_ratio}): {'met' if met else 'NOT met'}")
     return out
 
 
 SECTION_TITLE = "## Training throughput vs TRL"
+GPU_SECTION_TITLE = "## Training throughput vs TRL on a GPU"  # device cuda: bench/gpu/run.sh's section
 
 
 def replace_section(document: str, body: str, title: str = SECTION_TITLE) -> str:

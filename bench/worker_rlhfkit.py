@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.spec import Job, Result  # noqa: E402
 
 BIG = 10**9  # "never" for eval_every / save_every: no validation or checkpoint inside the timed steps
+GPU_KEYS = {"device": "cuda", "mixed_precision": "bf16"}  # job.device cuda, where the stage's config has the keys
 
 
 def stage_values(job: Job) -> tuple[str, dict]:
@@ -112,10 +113,21 @@ def main(job_path: str) -> None:
         versions={"rlhfkit": rlhfkit.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
     )
 
+    name, values = stage_values(job)
+    on_gpu = {}
+    if job.device == "cuda":
+        on_gpu = {key: value for key, value in GPU_KEYS.items() if key in STAGES[name].config.model_fields}
+        values.update(on_gpu)
+        if not on_gpu:
+            result.notes.append(f"{name} has no device key: it ran on the CPU")
+    # a GPU step ends when its kernels have run, not when Python has queued them
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+
     # Probe 1: the end of each step is when the stage logs its row (log_every=1; online stages log every iteration).
     original_log = train_mod.RunLog.log
 
     def timed_log(self, step, **metrics):
+        sync()
         result.step_ends.append(time.perf_counter())
         result.step_cpu.append(time.process_time())
         online_row = "policy_loss" in metrics
@@ -139,12 +151,13 @@ def main(job_path: str) -> None:
 
     online.sample_batch = counted_sample
 
-    name, values = stage_values(job)
     values.update(json.loads(os.environ.get("RLHFKIT_BENCH_SET", "{}")))  # A/B runs by hand, e.g. {"logits": "full"}
     config = build_config(STAGES[name].config, values, source=f"bench {job.task}")
     {"sft": sft.run, "reward-train": reward.train, "dpo": dpo.run, "grpo": grpo.run, "rloo": grpo.run}[name](config)
     result.setup_s = result.step_ends[0] - START if result.step_ends else 0.0
     result.wall_s = time.perf_counter() - START
+    if on_gpu:
+        result.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
     result.save(job.result)
 
 

@@ -14,6 +14,11 @@ TRL gets the configuration that does the same work as rlhfkit, and its fastest e
   per generation, and the KL without the importance-ratio factor (`use_bias_correction_kl=False`), as rlhfkit;
 - RLOO: k1 sequence KL folded into the reward, leave-one-out baseline, no advantage normalisation.
 - the console printer callback is removed (a progress line per step is not part of the work).
+
+On `job.device == "cuda"` (bench/gpu/run.sh) TRL runs on the GPU with its fastest settings there: bf16 autocast
+(`bf16=True`, as rlhfkit's mixed_precision=bf16), attention through flash_attention_2 where the flash-attn package is
+installed, else PyTorch's SDPA, and padding-free SFT batches (`padding_free=True`; every record already fits
+max_length, so TRL's max_length=None truncates nothing). TRL 1.16 disables padding_free in DPO.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def gold_reward(prompts, completions, **kwargs):
 def main(job_path: str) -> None:
     job = Job.from_json(Path(job_path).read_text())
     h = job.hyper
+    cuda = job.device == "cuda"
+
+    import importlib.util
 
     import torch
     import transformers
@@ -53,6 +61,9 @@ def main(job_path: str) -> None:
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(job.threads)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)  # a GPU step ends when its kernels have run
+    attention = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+    load = {"dtype": torch.float32, **({"attn_implementation": attention} if cuda else {})}
     transformers.set_seed(job.seed)
     result = Result(
         tool="trl",
@@ -70,6 +81,7 @@ def main(job_path: str) -> None:
 
     class Probe(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            sync()
             result.step_ends.append(time.perf_counter())
             result.step_cpu.append(time.process_time())
 
@@ -91,10 +103,10 @@ def main(job_path: str) -> None:
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        bf16=False,
+        bf16=cuda,
         fp16=False,
         gradient_checkpointing=False,
-        use_cpu=True,
+        use_cpu=not cuda,
         seed=job.seed,
         data_seed=job.seed,
         dataloader_num_workers=0,
@@ -118,13 +130,13 @@ def main(job_path: str) -> None:
     if job.task == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(job.model_dir, **load)
         args = SFTConfig(
             **common,
             train_sampling_strategy="sequential",
-            max_length=h.max_length,
+            max_length=None if cuda else h.max_length,
             packing=False,
-            padding_free=False,
+            padding_free=cuda,
             pad_to_multiple_of=None,
             completion_only_loss=True,
             shuffle_dataset=False,
@@ -140,7 +152,7 @@ def main(job_path: str) -> None:
     elif job.task == "reward":
         from trl import RewardConfig, RewardTrainer
 
-        model = AutoModelForSequenceClassification.from_pretrained(job.model_dir, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(job.model_dir, **load)
         args = RewardConfig(
             **common,
             train_sampling_strategy="sequential",
@@ -159,7 +171,7 @@ def main(job_path: str) -> None:
     elif job.task == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(job.model_dir, **load)
         args = DPOConfig(
             **common,
             train_sampling_strategy="sequential",
@@ -179,7 +191,7 @@ def main(job_path: str) -> None:
             callbacks=[Probe()],
         )
     else:
-        model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(job.model_dir, **load)
         online = dict(
             common,
             per_device_train_batch_size=h.batch * h.group,
@@ -229,14 +241,17 @@ def main(job_path: str) -> None:
 
         def checked(examples):
             batch = collate(examples)
-            if result.first_batch_tokens is None:
-                result.first_batch_tokens = int(batch["attention_mask"].sum())
+            if result.first_batch_tokens is None:  # padding-free batches are one row of real tokens, with no mask
+                mask = batch.get("attention_mask")
+                result.first_batch_tokens = int(mask.sum() if mask is not None else batch["input_ids"].numel())
             return batch
 
         trainer.data_collator = checked
     trainer.train()
     result.setup_s = result.step_ends[0] - START if result.step_ends else 0.0
     result.wall_s = time.perf_counter() - START
+    if cuda:
+        result.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
     result.save(job.result)
 
 

@@ -8,11 +8,16 @@ The models come from the real transformers config classes (`rlhfkit.models.tiny`
 by path like any user model. Each run must save a model that plain `transformers` reloads (a merged LoRA leaves no
 adapter files behind) and that gives finite outputs. Part of the data is conversations, so the chat-template path runs
 for the architectures whose tokenizer has one (the real ChatML, Llama-3 and Gemma templates).
+
+RLHFKIT_MATRIX_EXTRA (JSON) adds config keys to every stage whose config has them: bench/gpu/run.sh runs the matrix
+on a GPU with '{"device": "cuda", "mixed_precision": "bf16", "gradient_checkpointing": true}' (the training stages take
+all three; the online stages have none of them and run on the CPU as always).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -50,6 +55,7 @@ MATRIX += [(a, "kto", "full") for a in FIRST_ARCHS] + [("llama", "kto", "lora")]
 # with full fine-tuning, LoRA (the adapter-disabled reference) on one
 MATRIX += [(a, s, "full") for a in FIRST_ARCHS for s in ("online_dpo", "reinforce_pp")]
 MATRIX += [("llama", "online_dpo", "lora"), ("llama", "reinforce_pp", "lora")]
+MATRIX_EXTRA = json.loads(os.environ.get("RLHFKIT_MATRIX_EXTRA") or "{}")
 
 TOPICS = [
     "the pasta",
@@ -124,7 +130,8 @@ def matrix(tmp_path_factory):
 
 
 def run_stage(stage: str, model_dir: Path, data: dict, out: Path, lora: LoraSettings | None, **extra) -> Path:
-    """A couple of steps of `stage` from `model_dir` (`extra`: more config keys); returns the saved model directory."""
+    """A couple of steps of `stage` from `model_dir` (`extra`: more config keys, over RLHFKIT_MATRIX_EXTRA's);
+    returns the saved model directory."""
     common = {"model": str(model_dir), "output_dir": str(out), "lora": lora, "seed": 0, **extra}
     trained = {"max_steps": 2, "batch_size": 4, "max_length": 48, "max_prompt_length": 32, "log_every": 1}
     online = {
@@ -135,22 +142,23 @@ def run_stage(stage: str, model_dir: Path, data: dict, out: Path, lora: LoraSett
         "max_prompt_length": 32,
         "steps": 1,
     }
-    if stage == "sft":
-        sft.run(SFTConfig(data=str(data["sft"]), val_fraction=0.25, **trained, **common))
-    elif stage == "reward":
-        reward.train(RewardTrainConfig(data=str(data["pairs"]), eval_every=1, patience=0, **trained, **common))
-    elif stage == "dpo":
-        dpo.run(DPOConfig(data=str(data["pairs"]), val_fraction=0.25, **trained, **common))
-    elif stage == "kto":
-        kto.run(KTOConfig(data=str(data["thumbs"]), val_fraction=0.25, **trained, **common))
-    elif stage == "ppo":
-        ppo.run(PPOConfig(batch_size=2, mini_batch_size=2, epochs_per_batch=1, **online, **common))
-    elif stage == "online_dpo":
-        online_dpo.run(OnlineDPOConfig(batch_size=2, mini_batch_size=4, **online, **common))
-    elif stage == "reinforce_pp":
-        reinforce_pp.run(ReinforcePPConfig(batch_size=2, mini_batch_size=2, **online, **common))
-    else:
-        grpo.run(GRPOConfig(batch_size=1, group_size=2, mini_batch_size=2, **online, **common))
+    kinds = {
+        "sft": (SFTConfig, sft.run, {"data": str(data["sft"]), "val_fraction": 0.25, **trained}),
+        "reward": (
+            RewardTrainConfig,
+            reward.train,
+            {"data": str(data["pairs"]), "eval_every": 1, "patience": 0, **trained},
+        ),
+        "dpo": (DPOConfig, dpo.run, {"data": str(data["pairs"]), "val_fraction": 0.25, **trained}),
+        "kto": (KTOConfig, kto.run, {"data": str(data["thumbs"]), "val_fraction": 0.25, **trained}),
+        "ppo": (PPOConfig, ppo.run, {"batch_size": 2, "mini_batch_size": 2, "epochs_per_batch": 1, **online}),
+        "online_dpo": (OnlineDPOConfig, online_dpo.run, {"batch_size": 2, "mini_batch_size": 4, **online}),
+        "reinforce_pp": (ReinforcePPConfig, reinforce_pp.run, {"batch_size": 2, "mini_batch_size": 2, **online}),
+        "grpo": (GRPOConfig, grpo.run, {"batch_size": 1, "group_size": 2, "mini_batch_size": 2, **online}),
+    }
+    config, run, values = kinds[stage]
+    accepted = {key: value for key, value in MATRIX_EXTRA.items() if key in config.model_fields}
+    run(config(**{**values, **accepted, **common}))
     return out / "model"
 
 

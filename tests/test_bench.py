@@ -209,3 +209,132 @@ def test_qwen152k_has_qwens_vocabulary_and_takes_the_chunked_path():
     assert head is model.get_input_embeddings().weight and tuple(head.shape) == (151_936, 256)  # tied, as Qwen2.5
     assert len(model.model.layers) == 4 and model.config.num_key_value_heads == 2
     assert use_chunked(model, "auto")  # the vocabulary is large enough for rlhfkit to chunk the output layer
+
+
+def test_gpu_section_names_the_device_and_shows_gpu_memory():
+    from bench.run import render_section
+
+    def on_gpu(tool, step_s, gpu_mb):
+        summary = run(tool, step_s, 900, [2.0, 1.5])
+        return spec.combine([{**summary, "peak_gpu_mb": gpu_mb}])
+
+    row = {"task": "sft", "model": "default", "hyper": Hyper(batch=16, steps=6, lr=1e-4).__dict__}
+    row.update(rlhfkit=on_gpu("rlhfkit", 0.05, 300), trl=on_gpu("trl", 0.1, 600), loss_match="yes")
+    meta = {
+        "command": "bash bench/gpu/run.sh",
+        "date": "2026-12-02 07:00 UTC",
+        "minutes": 1.0,
+        "machine": {"cpu": "x", "gpu": "NVIDIA H200 (143771 MiB, driver 580)", "cores": 16, "memory_gib": 128},
+        "device": "cuda",
+        "threads": 1,
+        "repeats": 1,
+        "peak_flops": None,
+        "peaks": [],
+        "versions": {},
+        "failures": [],
+    }
+    section = render_section(meta, [row])
+    assert section.startswith(spec.GPU_SECTION_TITLE + "\n")
+    assert "Device: NVIDIA H200 (143771 MiB, driver 580)." in section
+    # the memory columns and the memory goal are the GPU's peak, not the RSS (900 MB in both tools)
+    assert (
+        "rlhfkit peak GPU MB | TRL peak GPU MB | **GPU memory ratio**" in section
+        and "| 300 | 600 | **0.50** |" in section
+    )
+    assert "peak GPU memory 0.50 of TRL's (goal <= 1.0): met" in section and "RSS" not in spec.render_table(
+        [row], None, "peak_gpu_mb"
+    )
+
+
+def test_gpu_report_merges_the_models_and_folds_into_benchmarks(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+    import report
+
+    row = {"task": "sft", "model": "m", "hyper": Hyper(batch=16, steps=6, lr=1e-4).__dict__, "rlhfkit": {}, "trl": {}}
+    meta = {
+        "command": "python bench/run.py",
+        "date": "d",
+        "minutes": 1.5,
+        "machine": {"cpu": "x", "gpu": "NVIDIA H200", "cores": 16, "memory_gib": 128, "os": "Linux", "python": "3.12"},
+        "device": "cuda",
+        "threads": 1,
+        "repeats": 1,
+        "peaks": [7e14],
+        "peak_flops": 7e14,
+        "load_before": [0.1],
+        "load_after": [0.2],
+        "versions": {"rlhfkit:torch": "2.11"},
+        "failures": [],
+    }
+    for model, peak, failures in (("a", 7e14, []), ("b", 8e14, [f"sft/b trl round 1: exit 1; log {tmp_path}/x.log"])):
+        (tmp_path / "work" / f"bench-{model}").mkdir(parents=True)
+        results = {"meta": {**meta, "peaks": [peak], "failures": failures}, "rows": [{**row, "model": model}]}
+        (tmp_path / "work" / f"bench-{model}" / "results.json").write_text(json.dumps(results))
+    (tmp_path / "x.log").write_text("Traceback\nRuntimeError: CUDA out of memory\n")
+    (tmp_path / "matrix.xml").write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="0" time="61.2">'
+        '<testcase name="test_stage_runs[llama-sft-full]"/><testcase name="test_stage_runs[gpt2-dpo-lora]">'
+        '<failure message="AssertionError: not finite">trace</failure></testcase></testsuite></testsuites>'
+    )
+    args = ["write", "--work", str(tmp_path / "work"), "--junit", str(tmp_path / "matrix.xml"), "--out"]
+    assert report.main([*args, str(tmp_path / "out"), "--extra", '{"device": "cuda"}', "--seconds", "300"]) == 0
+    merged = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert [r["model"] for r in merged["rows"]] == ["a", "b"] and merged["meta"]["minutes"] == 3.0
+    assert merged["meta"]["peak_flops"] == 8e14 and merged["meta"]["command"] == "bash bench/gpu/run.sh"
+    gpu_md = (tmp_path / "out" / "gpu.md").read_text()
+    assert gpu_md.startswith(spec.GPU_SECTION_TITLE) and "Models with results: a, b." in gpu_md
+    assert "2 passed, 1 failed, 0 errors, 0 skipped in 61 s" in gpu_md
+    assert "- `test_stage_runs[gpt2-dpo-lora]`: AssertionError: not finite" in gpu_md
+    assert "CUDA out of memory" in (tmp_path / "out" / "failures.txt").read_text()
+
+    # a matrix cut short leaves no junit XML: the counts come from pytest's verbose lines in run.log
+    (tmp_path / "run.log").write_text(
+        "[gw0] [ 1%] PASSED tests/test_architectures.py::test_stage_runs[llama-sft-full] \n"
+        "[gw1] [ 2%] FAILED tests/test_architectures.py::test_stage_runs[opt-dpo-lora] \n"
+    )
+    cut = [*args, str(tmp_path / "cut"), "--log", str(tmp_path / "run.log")]
+    report.main([arg.replace("matrix.xml", "none.xml") for arg in cut])
+    cut_md = (tmp_path / "cut" / "gpu.md").read_text()
+    assert "run.log shows 1 passed, 1 failed, 0 errors, 0 skipped" in cut_md
+    assert "- `test_stage_runs[opt-dpo-lora]`: FAILED" in cut_md
+    # a rehearsal on the CPU gets a title of its own, which fold refuses: it never replaces the CPU table
+    for results in (tmp_path / "work").glob("bench-*/results.json"):
+        text = json.loads(results.read_text())
+        text["meta"]["device"] = "cpu"
+        results.write_text(json.dumps(text))
+    report.main([*args, str(tmp_path / "dry")])
+    assert (tmp_path / "dry" / "gpu.md").read_text().startswith(report.REHEARSAL_TITLE + "\n")
+    with pytest.raises(SystemExit, match="is a rehearsal on the CPU"):
+        report.main(["fold", str(tmp_path / "dry" / "gpu.md"), "--into", str(tmp_path / "B.md")])
+
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text("# Benchmarks\n\n## Training throughput vs TRL\n\ncpu table\n\n## GPU run\n\nhow\n")
+    assert report.main(["fold", str(tmp_path / "out" / "gpu.md"), "--into", str(benchmarks)]) == 0
+    report.main(["fold", str(tmp_path / "out" / "gpu.md"), "--into", str(benchmarks)])  # again: replaced, not added
+    folded = benchmarks.read_text()
+    assert "cpu table" in folded and "## GPU run\n\nhow\n" in folded and folded.count(spec.GPU_SECTION_TITLE) == 1
+
+
+def test_bench_refuses_a_trl_python_without_trl():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--trl-python", sys.executable, "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert (
+        done.returncode == 1 and f"bench: --trl-python {sys.executable} cannot import trl and datasets" in done.stderr
+    )
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_bench_refuses_device_cuda_without_a_gpu():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--device", "cuda", "--only", "rlhfkit", "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1 and "bench: --device cuda: torch sees no CUDA GPU on this machine" in done.stderr
