@@ -254,6 +254,24 @@ class Samples:
         return sum(self.truncated) / max(1, len(self.truncated))
 
 
+def sample_with(config, model, tokenizer, prompts: list[PromptValue], description: str) -> Samples:
+    """sample_responses with the sampling keys of a best-of-n style config (`SamplingSettings`: max_new_tokens,
+    temperature, top_k, top_p, batch_size, max_prompt_length) and its seed."""
+    return sample_responses(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        batch_size=config.batch_size,
+        max_prompt_length=config.max_prompt_length,
+        seed=config.seed,
+        description=description,
+    )
+
+
 def sample_responses(
     model,
     tokenizer,

@@ -18,7 +18,7 @@ from ..data.records import SFTExample, load_records, write_jsonl
 from ..evaluate.diversity import distinct_n
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..resolve import resolve_model_path
-from ..rollout import sample_responses
+from ..rollout import sample_with
 from ..scoring import call_scorer, load_scorer
 from ..train import RunLog, setup_torch
 
@@ -45,19 +45,7 @@ def run(config: BoNConfig) -> dict:
     model = load_causal_lm(path)
     save_config(config, out)
     prompts = [r.prompt for r in records for _ in range(config.n)]
-    samples = sample_responses(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
-        batch_size=config.batch_size,
-        max_prompt_length=config.max_prompt_length,
-        seed=config.seed,
-        description=f"best-of-{config.n}",
-    )
+    samples = sample_with(config, model, tokenizer, prompts, f"best-of-{config.n}")
     scores, _ = reward_fn(samples.prompts, samples.responses)
     grouped = scores.view(len(records), config.n)
     best = grouped.argmax(1)

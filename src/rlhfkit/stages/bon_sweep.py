@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..evaluate.overoptimisation import fit_gain, shape_line
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..resolve import resolve_model_path
-from ..rollout import sample_responses
+from ..rollout import sample_with
 from ..scoring import call_scorer, load_scorer
 from ..train import setup_torch
 
@@ -168,18 +168,12 @@ def run(config: BonSweepConfig) -> dict:
         tokenizer = load_tokenizer(path, padding_side="left")
         model = load_causal_lm(path)
         save_config(config, out)
-        samples = sample_responses(
+        samples = sample_with(
+            config,
             model,
             tokenizer,
             [r.prompt for r in records for _ in range(config.max_n)],
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-            batch_size=config.batch_size,
-            max_prompt_length=config.max_prompt_length,
-            seed=config.seed,
-            description=f"sampling {config.max_n} per prompt",
+            f"sampling {config.max_n} per prompt",
         )
     size = config.max_n
     proxy_scores: list[float] = []

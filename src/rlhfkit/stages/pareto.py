@@ -183,23 +183,17 @@ def bon_points(config: ParetoConfig, reward_fn, golds: list, weightings: list[li
     from ..models.loading import load_causal_lm, load_tokenizer
     from ..online import weighted_reward
     from ..resolve import resolve_model_path
-    from ..rollout import sample_responses
+    from ..rollout import sample_with
     from .bon_sweep import expected_best_of_n, kl_bon
 
     path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(path, padding_side="left")
-    samples = sample_responses(
+    samples = sample_with(
+        config,
         load_causal_lm(path),
         tokenizer,
         [p for p in prompt_texts for _ in range(config.n)],
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
-        batch_size=config.batch_size,
-        max_prompt_length=config.max_prompt_length,
-        seed=config.seed,
-        description=f"sampling {config.n} per prompt",
+        f"sampling {config.n} per prompt",
     )
     scores, _ = reward_fn.source_scores(samples.prompts, samples.responses)  # [samples, objectives]
     gold = torch.tensor([call_scorer(g, samples.prompts, samples.responses) for g in golds]).T
@@ -284,21 +278,15 @@ def measure_policy(config: ParetoConfig, model: str, reward_fn, golds: list, pro
     """A policy's mean gold (with its standard error) and mean score per objective on the held-out prompts."""
     from ..models.loading import load_causal_lm, load_tokenizer
     from ..resolve import resolve_model_path
-    from ..rollout import sample_responses
+    from ..rollout import sample_with
 
     path = resolve_model_path(model)
-    samples = sample_responses(
+    samples = sample_with(
+        config,
         load_causal_lm(path),
         load_tokenizer(path, padding_side="left"),
         [p for p in prompt_texts for _ in range(config.samples_per_prompt)],
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
-        batch_size=config.batch_size,
-        max_prompt_length=config.max_prompt_length,
-        seed=config.seed,
-        description=f"measuring {path.name}",
+        f"measuring {path.name}",
     )
     scores, _ = reward_fn.source_scores(samples.prompts, samples.responses)
     names = reward_fn.objectives

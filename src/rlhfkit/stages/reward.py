@@ -168,27 +168,42 @@ def train_ensemble(config, runtime, model_path, tokenizer, items, val_enc, out: 
     if runtime.is_main:
         models = [load_reward_models(model_dir / m["name"])[1][0] for m in members]
         margins, _, _, member_rewards = ensemble_margins(models, val_enc, tokenizer.pad_token_id, config.batch_size * 2)
-        summary["ensemble_val_accuracy"] = rm.preference_accuracy(margins)
-        summary["ensemble_val_ece"] = rm.expected_calibration_error(margins)
-        summary["val_disagreement"] = rm.ensemble_disagreement([c + r for c, r in member_rewards])
-        write_json(
-            model_dir / ENSEMBLE_FILE,
-            {
-                "kind": "reward-model ensemble",
-                "members": [m["name"] for m in members],
-                "seeds": [m["seed"] for m in members],
-                "bootstrap": config.ensemble_bootstrap,
-                "trained_by": "rlhfkit reward train",
-            },
-        )
-        summary = {"elapsed_s": round(time.time() - started, 1), **summary}
-        write_json(out / "summary.json", summary)
-        accuracies = ", ".join(f"{m['best_val_accuracy']:.3f}" for m in members)
-        console.print(
-            f"reward train: ensemble of {config.ensemble}: validation accuracy {summary['ensemble_val_accuracy']:.3f} "
-            f"(members {accuracies}), disagreement {summary['val_disagreement']:.3f}; saved to {model_dir}"
-        )
+        summary |= ensemble_figures(margins, member_rewards)
+        summary = finish_ensemble(config, out, summary, started, f"ensemble of {config.ensemble}")
     runtime.barrier()
+    return summary
+
+
+def ensemble_figures(margins: list[float], member_rewards) -> dict:
+    """The whole ensemble's validation accuracy, calibration and disagreement (either form)."""
+    return {
+        "ensemble_val_accuracy": rm.preference_accuracy(margins),
+        "ensemble_val_ece": rm.expected_calibration_error(margins),
+        "val_disagreement": rm.ensemble_disagreement([c + r for c, r in member_rewards]),
+    }
+
+
+def finish_ensemble(config, out: Path, summary: dict, started: float, label: str, form: str | None = None) -> dict:
+    """ensemble.json written last (without it the folder is no model), then the run's summary and its line."""
+    members, model_dir = summary["members"], Path(summary["model_dir"])
+    write_json(
+        model_dir / ENSEMBLE_FILE,
+        {
+            "kind": "reward-model ensemble",
+            **({"form": form} if form else {}),
+            "members": [m["name"] for m in members],
+            "seeds": [m["seed"] for m in members],
+            "bootstrap": config.ensemble_bootstrap,
+            "trained_by": "rlhfkit reward train",
+        },
+    )
+    summary = {"elapsed_s": round(time.time() - started, 1), **summary}
+    write_json(out / "summary.json", summary)
+    accuracies = ", ".join(f"{m['best_val_accuracy']:.3f}" for m in members)
+    console.print(
+        f"reward train: {label}: validation accuracy {summary['ensemble_val_accuracy']:.3f} "
+        f"(members {accuracies}), disagreement {summary['val_disagreement']:.3f}; saved to {model_dir}"
+    )
     return summary
 
 
@@ -309,33 +324,13 @@ def train_shared_heads(config, runtime, model_path, tokenizer, items, val_enc, o
         "bootstrap": config.ensemble_bootstrap,
         "members": per_member,
         "model_dir": str(out / "model"),
-        "ensemble_val_accuracy": rm.preference_accuracy(margins_val),
-        "ensemble_val_ece": rm.expected_calibration_error(margins_val),
-        "val_disagreement": rm.ensemble_disagreement([c + r for c, r in member_rewards]),
+        **ensemble_figures(margins_val, member_rewards),
     }
     model_dir = out / "model"
     if (model_dir / ENSEMBLE_FILE).is_file() or (model_dir / "config.json").is_file():
         shutil.rmtree(model_dir)  # an earlier model or ensemble in this folder: replaced whole
     save_trained(runtime, model, tokenizer, model_dir, config, "reward-train", summary, state=model.state_dict())
-    write_json(
-        model_dir / ENSEMBLE_FILE,
-        {
-            "kind": "reward-model ensemble",
-            "form": SHARED_BACKBONE,
-            "members": names,
-            "seeds": seeds,
-            "bootstrap": config.ensemble_bootstrap,
-            "trained_by": "rlhfkit reward train",
-        },
-    )
-    summary = {"elapsed_s": round(time.time() - started, 1), **summary}
-    write_json(out / "summary.json", summary)
-    accuracies = ", ".join(f"{m['best_val_accuracy']:.3f}" for m in per_member)
-    console.print(
-        f"reward train: shared-backbone ensemble of {k}: validation accuracy {summary['ensemble_val_accuracy']:.3f} "
-        f"(members {accuracies}), disagreement {summary['val_disagreement']:.3f}; saved to {model_dir}"
-    )
-    return summary
+    return finish_ensemble(config, out, summary, started, f"shared-backbone ensemble of {k}", SHARED_BACKBONE)
 
 
 def train_member(
