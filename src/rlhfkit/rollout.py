@@ -255,7 +255,7 @@ class Samples:
 
 
 def sample_with(config, model, tokenizer, prompts: list[PromptValue], description: str) -> Samples:
-    """sample_responses with the sampling keys of a best-of-n style config (`SamplingSettings`: max_new_tokens,
+    """sample_responses with the sampling keys of a config (bon, bon-sweep, pareto, pairs: max_new_tokens,
     temperature, top_k, top_p, batch_size, max_prompt_length) and its seed."""
     return sample_responses(
         model,

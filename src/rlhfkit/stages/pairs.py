@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..feedback.panel import SimulatedPanel, majority
 from ..models.loading import load_causal_lm, load_tokenizer
 from ..resolve import resolve_model_path, resolve_prompts
-from ..rollout import sample_responses
+from ..rollout import sample_with
 from ..scoring import (
     RewardModelScorer,
     call_scorer,
@@ -52,19 +52,7 @@ def run(config: PairsConfig) -> dict:
     log = RunLog(out)
 
     doubled = [r.prompt for r in records for _ in range(2)]
-    samples = sample_responses(
-        model,
-        tokenizer,
-        doubled,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        top_k=config.top_k,
-        batch_size=config.batch_size,
-        max_prompt_length=config.max_prompt_length,
-        seed=config.seed,
-        description="sampling candidate pairs",
-    )
+    samples = sample_with(config, model, tokenizer, doubled, "sampling candidate pairs")
     scores = call_scorer(gold, samples.prompts, samples.responses)
     panel = SimulatedPanel(config.panel)
     objectives = {  # objective -> (its gold scores of every sample, the panel voting on it)

@@ -527,12 +527,7 @@ def evaluate(config: RewardEvalConfig) -> dict:
         "model": str(model_path),
         "data": config.data,
         "pairs": len(pairs),
-        "accuracy": rm.preference_accuracy(margins),
-        "ece": rm.expected_calibration_error(margins, config.bins),
-        "mean_margin": sum(margins) / len(margins),
-        "length_correlation": rm.pearson(chosen + rejected, [float(x) for x in len_c + len_r]),
-        "longer_preferred_share": rm.longer_preferred_share(margins, len_c, len_r),
-        "reliability": rm.reliability_bins(margins, config.bins),
+        **margin_metrics(margins, chosen, rejected, len_c, len_r, config.bins),
         "truncation": encoder.encoder.report.as_dict(),
     }
     if len(models) > 1:
@@ -614,6 +609,19 @@ def evaluate(config: RewardEvalConfig) -> dict:
     return summary
 
 
+def margin_metrics(margins, won, lost, len_won, len_lost, bins: int) -> dict:
+    """What `reward eval` reports of a set of pairs (overall, and per head): accuracy, calibration, mean margin, and
+    the length bias of the rewards of the preferred (`won`) and the other (`lost`) responses."""
+    return {
+        "accuracy": rm.preference_accuracy(margins),
+        "ece": rm.expected_calibration_error(margins, bins),
+        "mean_margin": sum(margins) / len(margins),
+        "length_correlation": rm.pearson(won + lost, [float(x) for x in len_won + len_lost]),
+        "longer_preferred_share": rm.longer_preferred_share(margins, len_won, len_lost),
+        "reliability": rm.reliability_bins(margins, bins),
+    }
+
+
 def ensemble_report(path: Path, member_rewards: list[tuple[list[float], list[float]]], config) -> dict:
     """Each member's accuracy and calibration, the mean-combined ensemble's accuracy, and the disagreement."""
     from ..scoring import combine_rewards
@@ -662,12 +670,7 @@ def per_head_metrics(model, tokenizer, encoded: list, pairs: list, config: Rewar
         head = {
             "labels": "objective" if own else "overall",
             "pairs": len(margins),
-            "accuracy": rm.preference_accuracy(margins),
-            "ece": rm.expected_calibration_error(margins, config.bins),
-            "mean_margin": sum(margins) / len(margins),
-            "length_correlation": rm.pearson(first + second, [float(x) for x in len_w + len_l]),
-            "longer_preferred_share": rm.longer_preferred_share(margins, len_w, len_l),
-            "reliability": rm.reliability_bins(margins, config.bins),
+            **margin_metrics(margins, first, second, len_w, len_l, config.bins),
         }
         gold = [
             (m, g["winner"] - g["loser"])
